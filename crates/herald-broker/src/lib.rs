@@ -1,0 +1,1 @@
+//! A Kafka-wire-compatible broker on the Herald segment log, embeddable in-process.

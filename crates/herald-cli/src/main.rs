@@ -1,0 +1,57 @@
+//! The `herald` command: one binary for the broker (`serve`), its clients and brokerless peers.
+//!
+//! Each subcommand lives in its own module with its own clap `Args`/`Command` type; this file only
+//! wires them together, owns the options every client command shares, and turns errors into the
+//! documented exit codes (see [`exit`]).
+
+mod exit;
+mod output;
+
+use clap::{Parser, Subcommand};
+
+pub use exit::CliError;
+pub use output::Output;
+
+/// Options shared by every client command.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Global {
+    /// Kafka bootstrap address of the broker to talk to (any Kafka-compatible broker works).
+    #[arg(
+        long,
+        global = true,
+        env = "HERALD_BOOTSTRAP",
+        default_value = "127.0.0.1:9092"
+    )]
+    pub bootstrap: String,
+    /// How results are printed: `table` for people (alias `text`), `json` for scripts
+    /// (one document for listings, one object per line for streams).
+    #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "herald",
+    version,
+    about = "Herald: brokered, direct, datagram and request/response events in one binary.",
+    after_help = exit::HELP,
+    propagate_version = true
+)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result: Result<(), CliError> = match cli.command {};
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => error.report(),
+    }
+}

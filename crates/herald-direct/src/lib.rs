@@ -1,0 +1,1 @@
+//! Brokerless delivery: direct (acked, TCP) and datagram (UDP) pub/sub, request/response, discovery.
