@@ -1,0 +1,5 @@
+//! End-to-end tests of the `herald` binary: each module starts the processes it needs on loopback.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod peer;
+mod serve;

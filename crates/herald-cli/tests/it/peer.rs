@@ -1,0 +1,1 @@
+//! `herald peer`: brokerless direct, datagram and request/response between processes.

@@ -1,0 +1,1 @@
+//! `herald serve`: the broker as a process: defaults, config, signals, restarts and crashes.
