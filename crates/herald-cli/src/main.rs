@@ -4,6 +4,7 @@
 //! wires them together, owns the options every client command shares, and turns errors into the
 //! documented exit codes (see [`exit`]).
 
+mod bench;
 mod exit;
 mod output;
 
@@ -45,11 +46,17 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    /// Load generators: produce or consume through librdkafka and report throughput and latency.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let result: Result<(), CliError> = match cli.command {};
+    let result: Result<(), CliError> = match cli.command {
+        Command::Bench(command) => bench::run(&cli.global, command),
+    };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => error.report(),
