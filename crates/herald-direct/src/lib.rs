@@ -1,1 +1,21 @@
 //! Brokerless delivery: direct (acked, TCP) and datagram (UDP) pub/sub, request/response, discovery.
+//!
+//! A [`Member`] serves one topic as part of a group; a [`Publisher`] finds members (a static peer
+//! list or mDNS-SD), learns their group and capacity from their hello frame, and delivers each
+//! event to exactly one member of every group serving the topic. The wire format is described in
+//! `docs/direct-protocol.md` and implemented in [`frame`].
+
+pub mod error;
+pub mod event;
+pub mod frame;
+pub mod mdns;
+pub mod member;
+pub mod publisher;
+pub mod window;
+
+pub use error::{DatagramError, PublishError, RequestError, StartError};
+pub use event::{BoxFuture, FnHandler, Handler, Message, Mode, Received, RequestContext};
+pub use member::{Member, MemberConfig, MemberStats};
+pub use publisher::{
+    MemberState, MemberView, Publisher, PublisherConfig, PublisherStartError, Receipt, Source,
+};

@@ -1,0 +1,83 @@
+//! Typed errors, one enum per operation, so callers can act on back-pressure, deadlines and
+//! missing members differently.
+
+use crate::frame::NackReason;
+
+/// Why a member could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("mDNS: {0}")]
+    Mdns(String),
+}
+
+/// Why a direct publish failed. Every variant means the event was not acknowledged by some group.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    #[error("no live member serves topic {topic:?} (group {group:?}) before the deadline")]
+    NoLiveMember {
+        topic: String,
+        group: Option<String>,
+    },
+    #[error(
+        "back-pressure: every member of group {group:?} for topic {topic:?} is at its capacity until the deadline"
+    )]
+    BackPressure { topic: String, group: String },
+    #[error("timed out waiting for group {group:?} to acknowledge (last problem: {last})")]
+    Timeout { group: String, last: String },
+    #[error("group {group:?} refused the event {attempts} times; last: {reason:?}: {message}")]
+    Nacked {
+        group: String,
+        attempts: u32,
+        reason: NackReason,
+        message: String,
+    },
+    #[error("event too large: {bytes} bytes, limit {limit}")]
+    TooLarge { bytes: usize, limit: usize },
+    #[error("invalid event: {0}")]
+    Invalid(String),
+    #[error("the publisher was closed")]
+    Closed,
+}
+
+/// Why a datagram could not be sent.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DatagramError {
+    #[error("datagram payload of {bytes} bytes exceeds datagram_payload_bytes_max {limit}")]
+    TooLarge { bytes: usize, limit: usize },
+    #[error("no live member serves topic {topic:?}")]
+    NoLiveMember { topic: String },
+    #[error("invalid event: {0}")]
+    Invalid(String),
+    #[error("send failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Why a request got no response.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum RequestError {
+    #[error("deadline exceeded")]
+    DeadlineExceeded,
+    #[error("no live member serves topic {topic:?} before the deadline")]
+    NoLiveMember { topic: String },
+    #[error("back-pressure: every member serving {topic:?} is at its capacity until the deadline")]
+    BackPressure { topic: String },
+    #[error("the handler failed: {0}")]
+    Failed(String),
+    #[error("request too large: {bytes} bytes, limit {limit}")]
+    TooLarge { bytes: usize, limit: usize },
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("the publisher was closed")]
+    Closed,
+}

@@ -1,0 +1,969 @@
+//! The producer side: membership (static peers and mDNS), pooled pipelined connections with
+//! heartbeats, flow control against advertised capacities, and the three ways to send:
+//! direct publish (acked), datagrams, and requests.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::error::{DatagramError, PublishError, RequestError};
+use crate::event::{Message, system_to_instant, system_to_unix_ms};
+use crate::frame::{self, Frame, Hello, NackReason, WireEvent};
+use crate::mdns::{self, Discovery};
+use crate::member::DATAGRAM_PAYLOAD_BYTES_MAX_DEFAULT;
+
+/// How a producer finds and talks to members.
+#[derive(Debug, Clone)]
+pub struct PublisherConfig {
+    /// Members' TCP addresses (their UDP port has the same number).
+    pub peers: Vec<SocketAddr>,
+    /// Also browse mDNS-SD for members.
+    pub mdns: bool,
+    pub frame_bytes_max: usize,
+    pub datagram_payload_bytes_max: usize,
+    /// A ping goes out on a connection that has been quiet this long.
+    pub heartbeat_interval_ms: u64,
+    /// A connection that has been quiet this long is declared dead.
+    pub heartbeat_timeout_ms: u64,
+    /// Pause between attempts to (re)connect to a member that is down.
+    pub reconnect_interval_ms: u64,
+    pub connect_timeout_ms: u64,
+    /// Longest wait for one member's ack before trying another member (capped by the deadline).
+    pub attempt_timeout_ms: u64,
+    /// Handler failures (nacks) tolerated per group before a publish gives up.
+    pub attempts_max: u32,
+    /// Frames queued per connection before senders wait.
+    pub send_queue_frames_max: usize,
+    /// Test hook: skip sending every Nth datagram to each member (its sequence number is used up,
+    /// so the receiver counts exactly those as lost).
+    pub drop_every_nth_datagram: Option<u64>,
+}
+
+impl PublisherConfig {
+    pub fn new(peers: Vec<SocketAddr>) -> Self {
+        PublisherConfig {
+            peers,
+            mdns: false,
+            frame_bytes_max: frame::FRAME_BYTES_MAX_DEFAULT,
+            datagram_payload_bytes_max: DATAGRAM_PAYLOAD_BYTES_MAX_DEFAULT,
+            heartbeat_interval_ms: 500,
+            heartbeat_timeout_ms: 2_000,
+            reconnect_interval_ms: 200,
+            connect_timeout_ms: 1_000,
+            attempt_timeout_ms: 10_000,
+            attempts_max: 8,
+            send_queue_frames_max: 8192,
+            drop_every_nth_datagram: None,
+        }
+    }
+}
+
+/// Where a member came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Static,
+    Mdns,
+}
+
+/// A member's state as the producer sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberState {
+    /// Never reached yet.
+    Connecting,
+    /// Connected, hello received; takes events.
+    Up,
+    /// Unreachable: connection lost, refused or heartbeat timed out. Retried in the background.
+    Down,
+    /// Said goodbye (or its mDNS record was withdrawn).
+    Left,
+}
+
+/// One row of the membership view.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MemberView {
+    pub addr: SocketAddr,
+    pub source: Source,
+    pub state: MemberState,
+    pub member_id: Option<String>,
+    pub topic: Option<String>,
+    pub group: Option<String>,
+    pub capacity: u32,
+    pub in_flight: u32,
+    pub last_error: Option<String>,
+}
+
+/// What a successful direct publish did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    pub id: u128,
+    /// Groups that acknowledged the event (every group serving the topic).
+    pub groups: Vec<String>,
+}
+
+enum Reply {
+    Ack,
+    Nack(NackReason, String),
+    Response(Bytes),
+    Lost,
+}
+
+struct Conn {
+    tx: mpsc::Sender<Frame>,
+    pending: Mutex<HashMap<u128, oneshot::Sender<Reply>>>,
+}
+
+struct Slot {
+    source: Source,
+    state: MemberState,
+    hello: Option<Hello>,
+    conn: Option<Arc<Conn>>,
+    in_flight: u32,
+    last_error: Option<String>,
+    task: Option<JoinHandle<()>>,
+    datagram_seq: u64,
+    mdns_name: Option<String>,
+}
+
+struct Shared {
+    config: PublisherConfig,
+    id: u128,
+    seq: AtomicU64,
+    members: Mutex<HashMap<SocketAddr, Slot>>,
+    changed: Notify,
+    udp: UdpSocket,
+    rr: AtomicUsize,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    mdns_daemon: Option<mdns_sd::ServiceDaemon>,
+    mdns_task: Option<JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for slot in self.shared.members.lock().values_mut() {
+            if let Some(task) = slot.task.take() {
+                task.abort();
+            }
+        }
+        if let Some(task) = self.mdns_task.take() {
+            task.abort();
+        }
+        if let Some(daemon) = self.mdns_daemon.take() {
+            let _ = daemon.shutdown();
+        }
+    }
+}
+
+/// A producer: publishes direct events and datagrams and sends requests to the members it knows.
+///
+/// Cloning is cheap; every clone shares the same connections and membership.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use herald_direct::{Message, Publisher, PublisherConfig};
+/// use std::time::Duration;
+/// let publisher = Publisher::start(PublisherConfig::new(vec!["127.0.0.1:7400".parse()?])).await?;
+/// publisher.publish(Message::new("sms", "hello"), Duration::from_secs(2)).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Publisher {
+    inner: Arc<Inner>,
+}
+
+/// Why a publisher could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublisherStartError {
+    #[error("cannot open the UDP socket: {0}")]
+    Udp(std::io::Error),
+    #[error(transparent)]
+    Mdns(#[from] mdns::MdnsError),
+}
+
+impl Publisher {
+    /// Starts connecting to the static peers (and browsing mDNS if asked). Returns at once;
+    /// use [`Publisher::wait_for_topic`] to wait until members are known.
+    pub async fn start(config: PublisherConfig) -> Result<Publisher, PublisherStartError> {
+        let udp = UdpSocket::bind("0.0.0.0:0")
+            .await
+            .map_err(PublisherStartError::Udp)?;
+        let _ = socket2::SockRef::from(&udp).set_send_buffer_size(4 * 1024 * 1024);
+        let shared = Arc::new(Shared {
+            id: uuid::Uuid::new_v4().as_u128(),
+            seq: AtomicU64::new(0),
+            members: Mutex::new(HashMap::new()),
+            changed: Notify::new(),
+            udp,
+            rr: AtomicUsize::new(0),
+            config,
+        });
+        for addr in shared.config.peers.clone() {
+            add_peer(&shared, addr, Source::Static, None);
+        }
+        let (mdns_daemon, mdns_task) = if shared.config.mdns {
+            let (tx, mut rx) = mpsc::channel(256);
+            let daemon = mdns::browse(tx)?;
+            let shared2 = shared.clone();
+            let task = tokio::spawn(async move {
+                while let Some(d) = rx.recv().await {
+                    match d {
+                        Discovery::Found {
+                            fullname,
+                            addrs,
+                            topic,
+                        } => {
+                            for addr in addrs {
+                                tracing::info!(%addr, %topic, %fullname, "discovered a member with mDNS");
+                                add_peer(&shared2, addr, Source::Mdns, Some(fullname.clone()));
+                            }
+                        }
+                        Discovery::Removed { fullname } => remove_mdns(&shared2, &fullname),
+                    }
+                }
+            });
+            (Some(daemon), Some(task))
+        } else {
+            (None, None)
+        };
+        Ok(Publisher {
+            inner: Arc::new(Inner {
+                shared,
+                mdns_daemon,
+                mdns_task,
+            }),
+        })
+    }
+
+    fn shared(&self) -> &Arc<Shared> {
+        &self.inner.shared
+    }
+
+    /// This producer's id, carried in every event as the publisher.
+    pub fn id(&self) -> u128 {
+        self.shared().id
+    }
+
+    /// Adds a member address at run time (it is used as soon as its hello arrives).
+    pub fn add_peer(&self, addr: SocketAddr) {
+        add_peer(self.shared(), addr, Source::Static, None);
+    }
+
+    /// The membership view: every known member, its state, group and load.
+    pub fn members(&self) -> Vec<MemberView> {
+        let members = self.shared().members.lock();
+        let mut view: Vec<MemberView> = members
+            .iter()
+            .map(|(addr, s)| MemberView {
+                addr: *addr,
+                source: s.source,
+                state: s.state,
+                member_id: s
+                    .hello
+                    .as_ref()
+                    .map(|h| uuid::Uuid::from_u128(h.member_id).to_string()),
+                topic: s.hello.as_ref().map(|h| h.topic.clone()),
+                group: s.hello.as_ref().map(|h| h.group.clone()),
+                capacity: s.hello.as_ref().map_or(0, |h| h.capacity),
+                in_flight: s.in_flight,
+                last_error: s.last_error.clone(),
+            })
+            .collect();
+        view.sort_by_key(|v| v.addr);
+        view
+    }
+
+    /// Waits until at least one member serving `topic` is up, or the timeout passes.
+    pub async fn wait_for_topic(&self, topic: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let changed = self.shared().changed.notified();
+            if self.shared().has_live(topic) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// Publishes a direct event and returns once one member of every group serving the topic
+    /// has handled and acknowledged it, or fails when `timeout` passes.
+    pub async fn publish(
+        &self,
+        message: Message,
+        timeout: Duration,
+    ) -> Result<Receipt, PublishError> {
+        self.publish_until(message, SystemTime::now() + timeout)
+            .await
+    }
+
+    /// [`Publisher::publish`] with an absolute deadline.
+    pub async fn publish_until(
+        &self,
+        message: Message,
+        deadline: SystemTime,
+    ) -> Result<Receipt, PublishError> {
+        let shared = self.shared();
+        validate(&message).map_err(PublishError::Invalid)?;
+        let event = shared.wire_event(message, deadline, 0);
+        let bytes =
+            frame::LENGTH_PREFIX_BYTES + frame::FRAME_HEADER_BYTES + frame::event_body_len(&event);
+        if bytes > shared.config.frame_bytes_max {
+            return Err(PublishError::TooLarge {
+                bytes,
+                limit: shared.config.frame_bytes_max,
+            });
+        }
+        let at = Instant::from_std(system_to_instant(deadline));
+        let groups = shared.groups_until(&event.topic, at).await.ok_or_else(|| {
+            PublishError::NoLiveMember {
+                topic: event.topic.clone(),
+                group: None,
+            }
+        })?;
+        let event = Arc::new(event);
+        let deliveries = groups
+            .iter()
+            .map(|g| deliver(shared, g, event.clone(), at, false));
+        let results = futures::future::join_all(deliveries).await;
+        for result in results {
+            result?;
+        }
+        Ok(Receipt {
+            id: event.id,
+            groups: groups.into_iter().collect(),
+        })
+    }
+
+    /// Sends one datagram to one member of every group serving the topic; returns how many
+    /// datagrams left (one per group). Loss is counted by the receivers, not reported here.
+    pub async fn send_datagram(&self, message: Message) -> Result<usize, DatagramError> {
+        let shared = self.shared();
+        validate(&message).map_err(DatagramError::Invalid)?;
+        let mut event = shared.wire_event(message, SystemTime::UNIX_EPOCH, 0);
+        event.deadline_unix_ms = 0;
+        let bytes =
+            frame::LENGTH_PREFIX_BYTES + frame::FRAME_HEADER_BYTES + frame::event_body_len(&event);
+        let limit = shared.config.datagram_payload_bytes_max;
+        if bytes > limit {
+            return Err(DatagramError::TooLarge { bytes, limit });
+        }
+        let targets = shared.datagram_targets(&event.topic);
+        if targets.is_empty() {
+            return Err(DatagramError::NoLiveMember {
+                topic: event.topic.clone(),
+            });
+        }
+        let mut buf = BytesMut::with_capacity(bytes);
+        let mut sent = 0;
+        for (addr, seq) in targets {
+            event.seq = seq;
+            if let Some(n) = shared.config.drop_every_nth_datagram
+                && n > 0
+                && seq % n == 0
+            {
+                continue;
+            }
+            buf.clear();
+            frame::encode(&Frame::Event(event.clone()), &mut buf);
+            shared.udp.send_to(&buf, addr).await?;
+            sent += 1;
+        }
+        Ok(sent)
+    }
+
+    /// Sends a request to one member of a group serving the topic and waits for its response.
+    pub async fn request(
+        &self,
+        message: Message,
+        timeout: Duration,
+    ) -> Result<Bytes, RequestError> {
+        self.request_until(message, SystemTime::now() + timeout)
+            .await
+    }
+
+    /// [`Publisher::request`] with an absolute deadline: a handler making nested requests passes
+    /// its [`crate::RequestContext::deadline`] here so the chain never outlives the first caller.
+    pub async fn request_until(
+        &self,
+        message: Message,
+        deadline: SystemTime,
+    ) -> Result<Bytes, RequestError> {
+        let shared = self.shared();
+        validate(&message).map_err(RequestError::Invalid)?;
+        let event = shared.wire_event(message, deadline, 0);
+        let bytes =
+            frame::LENGTH_PREFIX_BYTES + frame::FRAME_HEADER_BYTES + frame::event_body_len(&event);
+        if bytes > shared.config.frame_bytes_max {
+            return Err(RequestError::TooLarge {
+                bytes,
+                limit: shared.config.frame_bytes_max,
+            });
+        }
+        let at = Instant::from_std(system_to_instant(deadline));
+        let topic = event.topic.clone();
+        // The whole call is bounded by the deadline, whatever the members do.
+        let work = async {
+            let groups = shared.groups_until(&topic, at).await.ok_or_else(|| {
+                RequestError::NoLiveMember {
+                    topic: topic.clone(),
+                }
+            })?;
+            let group = groups.iter().next().cloned().unwrap_or_default();
+            match deliver(shared, &group, Arc::new(event), at, true).await {
+                Ok(Some(value)) => Ok(value),
+                Ok(None) => Err(RequestError::Failed("no response".into())),
+                Err(PublishError::NoLiveMember { .. }) => Err(RequestError::NoLiveMember {
+                    topic: topic.clone(),
+                }),
+                Err(PublishError::BackPressure { .. }) => Err(RequestError::BackPressure {
+                    topic: topic.clone(),
+                }),
+                Err(PublishError::Nacked {
+                    reason: NackReason::DeadlineExceeded,
+                    ..
+                })
+                | Err(PublishError::Timeout { .. }) => Err(RequestError::DeadlineExceeded),
+                Err(PublishError::Nacked { message, .. }) => Err(RequestError::Failed(message)),
+                Err(other) => Err(RequestError::Failed(other.to_string())),
+            }
+        };
+        match tokio::time::timeout_at(at, work).await {
+            Ok(result) => result,
+            Err(_) => Err(RequestError::DeadlineExceeded),
+        }
+    }
+}
+
+fn validate(message: &Message) -> Result<(), String> {
+    if message.topic.is_empty() || message.topic.len() > 255 {
+        return Err("topic must be 1..=255 bytes".into());
+    }
+    if message.headers.len() > frame::HEADERS_MAX {
+        return Err(format!("at most {} headers", frame::HEADERS_MAX));
+    }
+    if message.headers.iter().any(|(k, _)| k.len() > 255) {
+        return Err("header names must be at most 255 bytes".into());
+    }
+    Ok(())
+}
+
+impl Shared {
+    fn wire_event(&self, message: Message, deadline: SystemTime, seq: u64) -> WireEvent {
+        let seq = if seq == 0 {
+            self.seq.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            seq
+        };
+        WireEvent {
+            id: uuid::Uuid::now_v7().as_u128(),
+            publisher: self.id,
+            seq,
+            deadline_unix_ms: system_to_unix_ms(deadline),
+            topic: message.topic,
+            key: message.key,
+            value: message.value,
+            headers: message.headers,
+        }
+    }
+
+    fn has_live(&self, topic: &str) -> bool {
+        self.members.lock().values().any(|s| {
+            s.state == MemberState::Up && s.hello.as_ref().is_some_and(|h| h.topic == topic)
+        })
+    }
+
+    /// Groups serving `topic`: those of every member that said hello and has not left
+    /// (members that are down still count, so their group fails loudly instead of being skipped).
+    fn groups(&self, topic: &str) -> BTreeSet<String> {
+        self.members
+            .lock()
+            .values()
+            .filter(|s| s.state != MemberState::Left)
+            .filter_map(|s| s.hello.as_ref())
+            .filter(|h| h.topic == topic)
+            .map(|h| h.group.clone())
+            .collect()
+    }
+
+    async fn groups_until(&self, topic: &str, at: Instant) -> Option<BTreeSet<String>> {
+        loop {
+            let changed = self.changed.notified();
+            let groups = self.groups(topic);
+            if !groups.is_empty() {
+                return Some(groups);
+            }
+            if tokio::time::timeout_at(at, changed).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    fn datagram_targets(&self, topic: &str) -> Vec<(SocketAddr, u64)> {
+        let mut members = self.members.lock();
+        let mut by_group: HashMap<String, Vec<SocketAddr>> = HashMap::new();
+        for (addr, s) in members.iter() {
+            if s.state == MemberState::Up
+                && let Some(h) = &s.hello
+                && h.topic == topic
+            {
+                by_group.entry(h.group.clone()).or_default().push(*addr);
+            }
+        }
+        let turn = self.rr.fetch_add(1, Ordering::Relaxed);
+        let mut out = Vec::with_capacity(by_group.len());
+        for (_, mut addrs) in by_group {
+            addrs.sort();
+            let addr = addrs[turn % addrs.len()];
+            if let Some(slot) = members.get_mut(&addr) {
+                // Sequence numbers count per destination, so each member sees a gap-free
+                // sequence when nothing is lost, whatever the load balancing does.
+                slot.datagram_seq += 1;
+                out.push((addr, slot.datagram_seq));
+            }
+        }
+        out
+    }
+
+    fn pick(&self, topic: &str, group: &str, tried: &HashSet<SocketAddr>) -> Pick {
+        let mut members = self.members.lock();
+        let mut live = false;
+        let mut best: Option<(SocketAddr, bool, u64, u64)> = None;
+        let turn = self.rr.fetch_add(1, Ordering::Relaxed);
+        for (addr, s) in members.iter() {
+            let Some(h) = &s.hello else { continue };
+            if s.state != MemberState::Up
+                || h.topic != topic
+                || h.group != group
+                || s.conn.is_none()
+            {
+                continue;
+            }
+            live = true;
+            if s.in_flight >= h.capacity {
+                continue;
+            }
+            let untried = !tried.contains(addr);
+            // Least loaded by fraction of capacity used: compare in_flight/capacity as a cross
+            // product, untried members first; ties rotate so equal members share the load.
+            let load = (s.in_flight as u64, h.capacity as u64);
+            let better = match best {
+                None => true,
+                Some((_, b_untried, b_in, b_cap)) => {
+                    if untried != b_untried {
+                        untried
+                    } else {
+                        let (a, b) = (load.0 * b_cap, b_in * load.1);
+                        a < b || (a == b && (addr.port() as usize ^ turn) & 1 == 0)
+                    }
+                }
+            };
+            if better {
+                best = Some((*addr, untried, load.0, load.1));
+            }
+        }
+        match best {
+            Some((addr, ..)) => {
+                let Some(slot) = members.get_mut(&addr) else {
+                    return Pick::NoneLive;
+                };
+                let Some(conn) = slot.conn.clone() else {
+                    return Pick::NoneLive;
+                };
+                slot.in_flight += 1;
+                Pick::Chosen(addr, conn)
+            }
+            None if live => Pick::AllFull,
+            None => Pick::NoneLive,
+        }
+    }
+
+    fn release(&self, addr: SocketAddr) {
+        if let Some(slot) = self.members.lock().get_mut(&addr) {
+            slot.in_flight = slot.in_flight.saturating_sub(1);
+        }
+        self.changed.notify_waiters();
+    }
+}
+
+enum Pick {
+    Chosen(SocketAddr, Arc<Conn>),
+    AllFull,
+    NoneLive,
+}
+
+/// Delivers one event (or request) to one member of `group`, failing over on nack, timeout or a
+/// lost connection with the same event id, until acked or the deadline passes.
+async fn deliver(
+    shared: &Arc<Shared>,
+    group: &str,
+    event: Arc<WireEvent>,
+    at: Instant,
+    request: bool,
+) -> Result<Option<Bytes>, PublishError> {
+    let topic = &event.topic;
+    let mut tried = HashSet::new();
+    let mut nacks = 0u32;
+    let mut last;
+    loop {
+        let changed = shared.changed.notified();
+        let (addr, conn) = match shared.pick(topic, group, &tried) {
+            Pick::Chosen(addr, conn) => (addr, conn),
+            Pick::AllFull => {
+                if tokio::time::timeout_at(at, changed).await.is_err() {
+                    return Err(PublishError::BackPressure {
+                        topic: topic.clone(),
+                        group: group.to_string(),
+                    });
+                }
+                continue;
+            }
+            Pick::NoneLive => {
+                if tokio::time::timeout_at(at, changed).await.is_err() {
+                    return Err(PublishError::NoLiveMember {
+                        topic: topic.clone(),
+                        group: Some(group.to_string()),
+                    });
+                }
+                continue;
+            }
+        };
+        let (reply_tx, reply_rx) = oneshot::channel();
+        conn.pending.lock().insert(event.id, reply_tx);
+        let frame = if request {
+            Frame::Request((*event).clone())
+        } else {
+            Frame::Event((*event).clone())
+        };
+        let attempt_at =
+            at.min(Instant::now() + Duration::from_millis(shared.config.attempt_timeout_ms));
+        let outcome = match tokio::time::timeout_at(attempt_at, conn.tx.send(frame)).await {
+            Ok(Ok(())) => tokio::time::timeout_at(attempt_at, reply_rx).await,
+            Ok(Err(_)) => Ok(Ok(Reply::Lost)),
+            Err(elapsed) => Err(elapsed),
+        };
+        conn.pending.lock().remove(&event.id);
+        shared.release(addr);
+        match outcome {
+            Ok(Ok(Reply::Ack)) => return Ok(None),
+            Ok(Ok(Reply::Response(value))) => return Ok(Some(value)),
+            Ok(Ok(Reply::Nack(reason, message))) => {
+                tried.insert(addr);
+                last = format!("{addr} nacked: {reason:?}: {message}");
+                match reason {
+                    NackReason::HandlerFailed | NackReason::DeadlineExceeded => {
+                        nacks += 1;
+                        if request
+                            || reason == NackReason::DeadlineExceeded
+                            || nacks >= shared.config.attempts_max
+                        {
+                            return Err(PublishError::Nacked {
+                                group: group.to_string(),
+                                attempts: nacks,
+                                reason,
+                                message,
+                            });
+                        }
+                    }
+                    NackReason::Busy | NackReason::ShuttingDown | NackReason::Unsupported => {
+                        // Another producer filled the member, or it is leaving: wait for a change
+                        // briefly rather than spin.
+                        let pause = Instant::now() + Duration::from_millis(5);
+                        let _ = tokio::time::timeout_at(pause.min(at), changed).await;
+                    }
+                }
+            }
+            Ok(Ok(Reply::Lost)) | Ok(Err(_)) => {
+                tried.insert(addr);
+                last = format!("connection to {addr} lost");
+                tracing::debug!(%addr, id = %uuid::Uuid::from_u128(event.id), "retrying on another member after a lost connection");
+            }
+            Err(_) => {
+                tried.insert(addr);
+                last = format!("{addr} did not answer in time");
+            }
+        }
+        if Instant::now() >= at {
+            return Err(PublishError::Timeout {
+                group: group.to_string(),
+                last,
+            });
+        }
+    }
+}
+
+fn add_peer(shared: &Arc<Shared>, addr: SocketAddr, source: Source, mdns_name: Option<String>) {
+    let mut members = shared.members.lock();
+    if let Some(slot) = members.get_mut(&addr) {
+        if mdns_name.is_some() {
+            slot.mdns_name = mdns_name;
+        }
+        return;
+    }
+    let task = tokio::spawn(supervise(shared.clone(), addr));
+    members.insert(
+        addr,
+        Slot {
+            source,
+            state: MemberState::Connecting,
+            hello: None,
+            conn: None,
+            in_flight: 0,
+            last_error: None,
+            task: Some(task),
+            datagram_seq: 0,
+            mdns_name,
+        },
+    );
+}
+
+fn remove_mdns(shared: &Arc<Shared>, fullname: &str) {
+    let mut members = shared.members.lock();
+    let gone: Vec<SocketAddr> = members
+        .iter()
+        .filter(|(_, s)| s.source == Source::Mdns && s.mdns_name.as_deref() == Some(fullname))
+        .map(|(a, _)| *a)
+        .collect();
+    for addr in gone {
+        if let Some(mut slot) = members.remove(&addr) {
+            tracing::info!(%addr, %fullname, "member withdrew its mDNS record; removed");
+            if let Some(task) = slot.task.take() {
+                task.abort();
+            }
+            if let Some(conn) = slot.conn.take() {
+                fail_pending(&conn);
+            }
+        }
+    }
+    drop(members);
+    shared.changed.notify_waiters();
+}
+
+fn fail_pending(conn: &Conn) {
+    for (_, tx) in conn.pending.lock().drain() {
+        let _ = tx.send(Reply::Lost);
+    }
+}
+
+fn set_state(shared: &Shared, addr: SocketAddr, state: MemberState, error: Option<String>) {
+    let mut members = shared.members.lock();
+    if let Some(slot) = members.get_mut(&addr) {
+        let before = slot.state;
+        slot.state = state;
+        if state != MemberState::Up {
+            slot.conn = None;
+        }
+        if error.is_some() {
+            slot.last_error = error.clone();
+        }
+        if before != state {
+            let group = slot
+                .hello
+                .as_ref()
+                .map(|h| h.group.clone())
+                .unwrap_or_default();
+            match state {
+                MemberState::Down => {
+                    tracing::warn!(%addr, %group, error = error.as_deref().unwrap_or(""), "member down")
+                }
+                MemberState::Left => tracing::info!(%addr, %group, "member left"),
+                _ => {}
+            }
+        }
+    }
+    drop(members);
+    shared.changed.notify_waiters();
+}
+
+/// Keeps one connection to a member alive: connect, read hello, serve, and reconnect after a
+/// pause when it drops, until the member is removed from the membership.
+async fn supervise(shared: Arc<Shared>, addr: SocketAddr) {
+    let reconnect = Duration::from_millis(shared.config.reconnect_interval_ms);
+    loop {
+        match connect(&shared, addr).await {
+            Ok((stream, hello, buf)) => {
+                let end = run_connection(&shared, addr, stream, hello, buf).await;
+                match end {
+                    End::Goodbye => set_state(&shared, addr, MemberState::Left, None),
+                    End::Failed(error) => set_state(&shared, addr, MemberState::Down, Some(error)),
+                }
+            }
+            Err(error) => {
+                let state = shared.members.lock().get(&addr).map(|s| s.state);
+                // A member that never answered stays "connecting"; one that left stays "left"
+                // until it comes back; anything else that cannot be reached is down.
+                let next = match state {
+                    Some(MemberState::Connecting) | None => MemberState::Connecting,
+                    Some(MemberState::Left) => MemberState::Left,
+                    Some(_) => MemberState::Down,
+                };
+                set_state(&shared, addr, next, Some(error));
+            }
+        }
+        tokio::time::sleep(reconnect).await;
+    }
+}
+
+async fn connect(
+    shared: &Shared,
+    addr: SocketAddr,
+) -> Result<(TcpStream, Hello, BytesMut), String> {
+    let timeout = Duration::from_millis(shared.config.connect_timeout_ms);
+    let mut stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let hello = tokio::time::timeout(timeout, async {
+        loop {
+            match frame::decode_stream(&mut buf, shared.config.frame_bytes_max) {
+                Ok(Some(Frame::Hello(hello))) => return Ok(hello),
+                Ok(Some(other)) => return Err(format!("expected hello, got {other:?}")),
+                Ok(None) => {}
+                Err(e) => return Err(format!("bad hello: {e}")),
+            }
+            match stream.read_buf(&mut buf).await {
+                Ok(0) => return Err("closed before hello".to_string()),
+                Ok(_) => {}
+                Err(e) => return Err(format!("read: {e}")),
+            }
+        }
+    })
+    .await
+    .map_err(|_| "no hello in time".to_string())??;
+    Ok((stream, hello, buf))
+}
+
+enum End {
+    Goodbye,
+    Failed(String),
+}
+
+async fn run_connection(
+    shared: &Arc<Shared>,
+    addr: SocketAddr,
+    stream: TcpStream,
+    hello: Hello,
+    mut buf: BytesMut,
+) -> End {
+    let (mut reader, writer) = stream.into_split();
+    let (tx, rx) = mpsc::channel(shared.config.send_queue_frames_max);
+    let conn = Arc::new(Conn {
+        tx: tx.clone(),
+        pending: Mutex::new(HashMap::new()),
+    });
+    {
+        let mut members = shared.members.lock();
+        let Some(slot) = members.get_mut(&addr) else {
+            return End::Failed("removed".into());
+        };
+        tracing::info!(
+            %addr,
+            topic = %hello.topic,
+            group = %hello.group,
+            capacity = hello.capacity,
+            member = %uuid::Uuid::from_u128(hello.member_id),
+            "member up"
+        );
+        slot.hello = Some(hello);
+        slot.state = MemberState::Up;
+        slot.conn = Some(conn.clone());
+        slot.last_error = None;
+    }
+    shared.changed.notify_waiters();
+    let writer_task = tokio::spawn(write_loop(writer, rx));
+    let interval = Duration::from_millis(shared.config.heartbeat_interval_ms.max(1));
+    let dead_after = Duration::from_millis(shared.config.heartbeat_timeout_ms.max(1));
+    let mut ticker = tokio::time::interval(interval);
+    let mut last_heard = Instant::now();
+    let mut nonce = 0u64;
+    let end = 'conn: loop {
+        loop {
+            match frame::decode_stream(&mut buf, shared.config.frame_bytes_max) {
+                Ok(Some(frame)) => match frame {
+                    Frame::Ack { id } => reply(&conn, id, Reply::Ack),
+                    Frame::Nack {
+                        id,
+                        reason,
+                        message,
+                    } => reply(&conn, id, Reply::Nack(reason, message)),
+                    Frame::Response { id, value } => reply(&conn, id, Reply::Response(value)),
+                    Frame::Ping { nonce } => {
+                        let _ = tx.try_send(Frame::Pong { nonce });
+                    }
+                    Frame::Pong { .. } => {}
+                    Frame::Goodbye => break 'conn End::Goodbye,
+                    other => {
+                        break 'conn End::Failed(format!("unexpected frame {other:?}"));
+                    }
+                },
+                Ok(None) => break,
+                Err(e) => break 'conn End::Failed(format!("malformed frame: {e}")),
+            }
+        }
+        tokio::select! {
+            read = reader.read_buf(&mut buf) => match read {
+                Ok(0) => break End::Failed("connection closed".into()),
+                Ok(_) => last_heard = Instant::now(),
+                Err(e) => break End::Failed(format!("read: {e}")),
+            },
+            _ = ticker.tick() => {
+                let quiet = last_heard.elapsed();
+                if quiet >= dead_after {
+                    break End::Failed(format!("no heartbeat for {} ms", quiet.as_millis()));
+                }
+                if quiet >= interval {
+                    nonce += 1;
+                    let _ = tx.try_send(Frame::Ping { nonce });
+                }
+            }
+        }
+    };
+    writer_task.abort();
+    if let Some(slot) = shared.members.lock().get_mut(&addr)
+        && slot.conn.as_ref().is_some_and(|c| Arc::ptr_eq(c, &conn))
+    {
+        slot.conn = None;
+    }
+    fail_pending(&conn);
+    end
+}
+
+fn reply(conn: &Conn, id: u128, reply: Reply) {
+    if let Some(tx) = conn.pending.lock().remove(&id) {
+        let _ = tx.send(reply);
+    }
+}
+
+async fn write_loop(mut writer: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Receiver<Frame>) {
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    while let Some(frame) = rx.recv().await {
+        frame::encode(&frame, &mut buf);
+        while buf.len() < 256 * 1024 {
+            match rx.try_recv() {
+                Ok(frame) => frame::encode(&frame, &mut buf),
+                Err(_) => break,
+            }
+        }
+        if writer.write_all(&buf).await.is_err() {
+            return;
+        }
+        buf.clear();
+    }
+}

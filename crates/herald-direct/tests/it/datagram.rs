@@ -1,0 +1,83 @@
+//! Datagrams: delivery at a modest rate, exact loss counts with the drop hook, size limit.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_direct::{DatagramError, Member, MemberConfig, Message, Publisher, PublisherConfig};
+
+use crate::harness::{Recorder, Shared, eventually, wait_up};
+
+async fn pair(
+    drop_at_receiver: Option<u64>,
+    drop_at_sender: Option<u64>,
+) -> (Member, Arc<Recorder>, Publisher) {
+    let rec = Recorder::new();
+    let mut config = MemberConfig::new("telemetry", "g", "127.0.0.1:0".parse().unwrap());
+    config.drop_every_nth_datagram = drop_at_receiver;
+    let m = Member::start(config, Arc::new(Shared(rec.clone())))
+        .await
+        .unwrap();
+    let mut pc = PublisherConfig::new(vec![m.local_addr()]);
+    pc.drop_every_nth_datagram = drop_at_sender;
+    let p = Publisher::start(pc).await.unwrap();
+    wait_up(&p, 1).await;
+    (m, rec, p)
+}
+
+async fn send_paced(p: &Publisher, n: usize) {
+    for i in 0..n {
+        p.send_datagram(Message::new("telemetry", format!("d{i}")))
+            .await
+            .unwrap();
+        if i % 100 == 99 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn datagrams_arrive_at_a_modest_rate() {
+    let (m, rec, p) = pair(None, None).await;
+    send_paced(&p, 2000).await;
+    assert!(eventually(Duration::from_secs(5), || rec.values().len() >= 1990).await);
+    let stats = m.stats();
+    assert_eq!(stats.datagrams_received as usize, rec.values().len());
+    assert_eq!(stats.datagrams_lost, 2000 - stats.datagrams_received);
+}
+
+#[tokio::test]
+async fn induced_drops_at_the_sender_are_counted_exactly() {
+    let (m, rec, p) = pair(None, Some(10)).await;
+    // 1001 datagrams: sequence numbers 10, 20, ..., 1000 are skipped, 1001 closes the range.
+    send_paced(&p, 1001).await;
+    assert!(eventually(Duration::from_secs(5), || rec.values().len() >= 901).await);
+    assert_eq!(m.stats().datagrams_lost, 100);
+    assert_eq!(m.stats().datagrams_received, 901);
+}
+
+#[tokio::test]
+async fn induced_drops_at_the_receiver_are_counted_exactly() {
+    let (m, rec, p) = pair(Some(7), None).await;
+    send_paced(&p, 1000).await;
+    // Received 1..=1000 except multiples of 7 (142 of them; 1000 is not one).
+    assert!(eventually(Duration::from_secs(5), || rec.values().len() >= 858).await);
+    assert_eq!(m.stats().datagrams_lost, 142);
+    assert_eq!(m.stats().datagrams_dropped_by_hook, 142);
+}
+
+#[tokio::test]
+async fn an_oversized_datagram_is_an_error_not_a_truncation() {
+    let (_m, rec, p) = pair(None, None).await;
+    let err = p
+        .send_datagram(Message::new("telemetry", vec![b'x'; 1500]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, DatagramError::TooLarge { limit: 1472, .. }),
+        "{err:?}"
+    );
+    p.send_datagram(Message::new("telemetry", vec![b'x'; 1000]))
+        .await
+        .unwrap();
+    assert!(eventually(Duration::from_secs(5), || rec.values().len() == 1).await);
+}

@@ -1,0 +1,144 @@
+//! Direct delivery: every group gets each event once, failover after a member dies, no member.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use herald_direct::{Message, PublishError};
+
+use crate::harness::{Recorder, counts, member, publisher, wait_up};
+
+#[tokio::test]
+async fn each_event_reaches_exactly_one_member_of_every_group() {
+    let recs: Vec<_> = (0..4).map(|_| Recorder::new()).collect();
+    let a1 = member("orders", "a", 16, &recs[0]).await;
+    let a2 = member("orders", "a", 16, &recs[1]).await;
+    let b1 = member("orders", "b", 16, &recs[2]).await;
+    let b2 = member("orders", "b", 16, &recs[3]).await;
+    let p = publisher(&[&a1, &a2, &b1, &b2]).await;
+    wait_up(&p, 4).await;
+    let mut tasks = Vec::new();
+    for i in 0..500 {
+        let p = p.clone();
+        tasks.push(tokio::spawn(async move {
+            p.publish(
+                Message::new("orders", format!("e{i}")),
+                Duration::from_secs(10),
+            )
+            .await
+        }));
+    }
+    for t in tasks {
+        let receipt = t.await.unwrap().unwrap();
+        assert_eq!(receipt.groups, vec!["a".to_string(), "b".to_string()]);
+    }
+    for group in [&recs[0..2], &recs[2..4]] {
+        let mut all = group[0].values();
+        all.extend(group[1].values());
+        let c = counts(&all);
+        assert_eq!(c.len(), 500);
+        assert!(c.values().all(|n| *n == 1), "duplicates in a group");
+        // Load balancing: both members took part.
+        assert!(!group[0].values().is_empty() && !group[1].values().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn a_dead_member_is_failed_over_without_losing_events() {
+    let r1 = Recorder::new();
+    let r2 = Recorder::slow(Duration::from_millis(20));
+    let m1 = member("t", "g", 64, &r1).await;
+    let m2 = member("t", "g", 64, &r2).await;
+    let p = publisher(&[&m1, &m2]).await;
+    wait_up(&p, 2).await;
+    let mut tasks = Vec::new();
+    for i in 0..400 {
+        let p = p.clone();
+        tasks.push(tokio::spawn(async move {
+            p.publish(Message::new("t", format!("e{i}")), Duration::from_secs(10))
+                .await
+        }));
+    }
+    // Drop m2 abruptly (no goodbye) while events are in flight on it.
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    drop(m2);
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let mut all: HashSet<String> = r1.values().into_iter().collect();
+    all.extend(r2.values());
+    assert_eq!(all.len(), 400, "an acked event is missing");
+}
+
+#[tokio::test]
+async fn a_group_with_no_live_member_fails_after_the_deadline() {
+    let r = Recorder::new();
+    let m = member("t", "lonely", 4, &r).await;
+    let p = publisher(&[&m]).await;
+    wait_up(&p, 1).await;
+    drop(m);
+    let err = p
+        .publish(Message::new("t", "x"), Duration::from_millis(500))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, PublishError::NoLiveMember { ref group, .. } if group.as_deref() == Some("lonely")),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_topic_fails_after_the_deadline() {
+    let r = Recorder::new();
+    let m = member("t", "g", 4, &r).await;
+    let p = publisher(&[&m]).await;
+    wait_up(&p, 1).await;
+    let err = p
+        .publish(Message::new("other", "x"), Duration::from_millis(200))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, PublishError::NoLiveMember { group: None, .. }),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_handler_is_retried_on_another_member() {
+    let bad = std::sync::Arc::new(Recorder {
+        fail: true,
+        ..Recorder::default()
+    });
+    let good = Recorder::new();
+    let m1 = member("t", "g", 4, &bad).await;
+    let m2 = member("t", "g", 4, &good).await;
+    let p = publisher(&[&m1, &m2]).await;
+    wait_up(&p, 2).await;
+    for i in 0..20 {
+        p.publish(Message::new("t", format!("e{i}")), Duration::from_secs(5))
+            .await
+            .unwrap();
+    }
+    assert_eq!(good.values().len(), 20);
+    assert!(m1.stats().handler_failures > 0 || good.values().len() == 20);
+}
+
+#[tokio::test]
+async fn a_malformed_frame_closes_only_that_connection() {
+    use tokio::io::AsyncWriteExt;
+    let r = Recorder::new();
+    let m = member("t", "g", 4, &r).await;
+    let p = publisher(&[&m]).await;
+    wait_up(&p, 1).await;
+    let mut bad = tokio::net::TcpStream::connect(m.local_addr())
+        .await
+        .unwrap();
+    bad.write_all(&[0, 0, 0, 4, 9, 9, 9, 9]).await.unwrap();
+    let stats_ok =
+        crate::harness::eventually(Duration::from_secs(5), || m.stats().malformed_frames == 1)
+            .await;
+    assert!(stats_ok);
+    p.publish(Message::new("t", "still works"), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(r.values(), vec!["still works".to_string()]);
+}
