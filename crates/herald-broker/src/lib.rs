@@ -1,1 +1,2 @@
 //! A Kafka-wire-compatible broker on the Herald segment log, embeddable in-process.
+pub mod group;
