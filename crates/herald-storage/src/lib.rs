@@ -1,1 +1,29 @@
 //! Durable, crash-safe partition log: segments of Kafka record batches, indexes, recovery, retention.
+//!
+//! A partition is a directory of segments (`{base_offset:020}.log`) holding Kafka RecordBatch v2
+//! bytes as producers sent them (only the base offset and leader epoch rewritten), each with a
+//! sparse offset index and time index, plus a recovery checkpoint. See `docs/storage-format.md`.
+//! All file I/O goes through [`FileSystem`]/[`StorageFile`] and time through [`Clock`], so tests
+//! can crash, tear writes and move time ([`SimFs`], [`ManualClock`]).
+
+mod batch;
+mod checkpoint;
+mod config;
+mod env;
+mod error;
+mod index;
+mod log;
+mod producer;
+mod records;
+
+pub use batch::{BATCH_HEADER_BYTES, LOG_OVERHEAD_BYTES, build_batch};
+pub use config::{
+    BATCH_BYTES_LIMIT, CleanupPolicy, DEFAULT_BATCH_BYTES_MAX, FlushPolicy, LogConfig,
+    SEGMENT_BYTES_LIMIT, SEGMENT_BYTES_MIN,
+};
+pub use env::{Clock, Env, FileSystem, ManualClock, OsFileSystem, SimFs, StorageFile, SystemClock};
+pub use error::{
+    AppendError, ConfigError, DeleteRecordsError, FlushError, MaintainError, OpenError, ReadError,
+    StorageError,
+};
+pub use log::{AppendInfo, MaintainOutcome, Offsets, PartitionLog, ReadOutcome};

@@ -1,0 +1,156 @@
+//! Per-log configuration: segment size and age, retention, flush policy and the limits on input.
+
+use crate::error::ConfigError;
+
+/// When appended batches are forced to disk.
+///
+/// ```
+/// use herald_storage::FlushPolicy;
+/// assert_eq!(FlushPolicy::default(), FlushPolicy::Always);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FlushPolicy {
+    /// `sync_to` waits for an fsync covering the caller's records (group commit).
+    #[default]
+    Always,
+    /// `maintain` fsyncs when this many milliseconds have passed since the last fsync.
+    IntervalMs(u64),
+    /// Only rolls, `flush` and clean shutdown fsync; the OS writes back when it likes.
+    Never,
+}
+
+/// What happens to old records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CleanupPolicy {
+    /// Whole closed segments are deleted by time and size retention.
+    #[default]
+    Delete,
+    /// Keep the latest record per key. Not implemented yet: rejected with
+    /// [`ConfigError::CompactNotSupported`].
+    Compact,
+}
+
+/// One partition log's configuration. Every limit carries its unit in its name.
+///
+/// ```
+/// use herald_storage::LogConfig;
+/// let config = LogConfig { segment_bytes: 64 << 20, ..LogConfig::default() };
+/// assert!(config.validate().is_ok());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// A segment is rolled before an append would make it larger than this.
+    pub segment_bytes: u64,
+    /// A non-empty segment is rolled once its first append is this old.
+    pub segment_ms: u64,
+    /// Closed segments whose newest record is older than this are deleted; `None` keeps forever.
+    pub retention_ms: Option<u64>,
+    /// Oldest closed segments are deleted while the log is larger than this; `None` is unlimited.
+    pub retention_bytes: Option<u64>,
+    /// When appends are fsynced.
+    pub flush: FlushPolicy,
+    /// Delete or compact (compact is rejected for now).
+    pub cleanup_policy: CleanupPolicy,
+    /// Largest single record batch accepted, header included (Kafka `max.message.bytes`).
+    pub batch_bytes_max: u32,
+    /// Bytes of batches between two entries of the sparse offset and time indexes.
+    pub index_interval_bytes: u32,
+    /// Largest `append` input (one or more concatenated batches).
+    pub append_bytes_max: u32,
+    /// How often `maintain` writes a recovery checkpoint, bounding what a crash makes reopen scan.
+    pub checkpoint_interval_ms: u64,
+    /// Idempotent producers whose state is kept; the least recently seen is forgotten beyond it.
+    pub producers_max: u32,
+}
+
+/// Kafka's default `max.message.bytes`.
+pub const DEFAULT_BATCH_BYTES_MAX: u32 = 1_048_588;
+/// The largest batch any configuration may allow; recovery also rejects longer length fields.
+pub const BATCH_BYTES_LIMIT: u32 = 128 << 20;
+/// The smallest segment size accepted (small values are for tests).
+pub const SEGMENT_BYTES_MIN: u64 = 1024;
+/// The largest segment size: index entries store positions as u32.
+pub const SEGMENT_BYTES_LIMIT: u64 = (1 << 31) - 1;
+const DAY_MS: u64 = 24 * 60 * 60 * 1000;
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: 1 << 30,
+            segment_ms: 7 * DAY_MS,
+            retention_ms: Some(14 * DAY_MS),
+            retention_bytes: None,
+            flush: FlushPolicy::Always,
+            cleanup_policy: CleanupPolicy::Delete,
+            batch_bytes_max: DEFAULT_BATCH_BYTES_MAX,
+            index_interval_bytes: 4096,
+            append_bytes_max: 64 << 20,
+            checkpoint_interval_ms: 60_000,
+            producers_max: 10_000,
+        }
+    }
+}
+
+impl LogConfig {
+    /// Checks every field is in range and the policy is supported.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.cleanup_policy == CleanupPolicy::Compact {
+            return Err(ConfigError::CompactNotSupported);
+        }
+        if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_LIMIT).contains(&self.segment_bytes) {
+            return Err(ConfigError::OutOfRange {
+                field: "segment_bytes",
+                value: self.segment_bytes,
+                min: SEGMENT_BYTES_MIN,
+                max: SEGMENT_BYTES_LIMIT,
+            });
+        }
+        let ranges: [(&'static str, u64, u64, u64); 6] = [
+            ("segment_ms", self.segment_ms, 1, u64::MAX),
+            (
+                "batch_bytes_max",
+                u64::from(self.batch_bytes_max),
+                crate::batch::BATCH_HEADER_BYTES as u64,
+                u64::from(BATCH_BYTES_LIMIT),
+            ),
+            (
+                "index_interval_bytes",
+                u64::from(self.index_interval_bytes),
+                1,
+                SEGMENT_BYTES_LIMIT,
+            ),
+            (
+                "append_bytes_max",
+                u64::from(self.append_bytes_max),
+                crate::batch::BATCH_HEADER_BYTES as u64,
+                u64::from(u32::MAX),
+            ),
+            (
+                "checkpoint_interval_ms",
+                self.checkpoint_interval_ms,
+                1,
+                u64::MAX,
+            ),
+            ("producers_max", u64::from(self.producers_max), 1, 1 << 24),
+        ];
+        for (field, value, min, max) in ranges {
+            if !(min..=max).contains(&value) {
+                return Err(ConfigError::OutOfRange {
+                    field,
+                    value,
+                    min,
+                    max,
+                });
+            }
+        }
+        if let FlushPolicy::IntervalMs(0) = self.flush {
+            return Err(ConfigError::OutOfRange {
+                field: "flush.interval_ms",
+                value: 0,
+                min: 1,
+                max: u64::MAX,
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,413 @@
+//! The one seam through which the log touches files and reads the time: real implementations,
+//! and an in-memory file system that can crash, tear writes, flip bits and fail fsyncs in tests.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+
+use parking_lot::Mutex;
+
+/// An open file, read and written at explicit positions so readers never contend with the writer.
+pub trait StorageFile: Send + Sync + fmt::Debug {
+    /// Reads up to `buf.len()` bytes at `pos`; fewer only at end of file.
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize>;
+    /// Writes all of `buf` at `pos`.
+    fn write_all_at(&self, buf: &[u8], pos: u64) -> io::Result<()>;
+    /// Current length in bytes.
+    fn len(&self) -> io::Result<u64>;
+    /// Whether the file holds no bytes.
+    fn is_empty(&self) -> io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
+    /// Truncates or extends to `len` bytes.
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Makes every byte written so far durable (fdatasync).
+    fn sync_data(&self) -> io::Result<()>;
+}
+
+/// Directory-level operations.
+pub trait FileSystem: Send + Sync + fmt::Debug {
+    /// Creates `dir` and its parents.
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// Names of the entries of `dir`.
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// Opens a file for reading and writing, creating it if `create`.
+    fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn StorageFile>>;
+    /// Removes a file.
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Atomically replaces `to` with `from`.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Makes creations, renames and removals in `dir` durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+}
+
+/// Wall-clock milliseconds since the Unix epoch (record timestamps use the same scale).
+pub trait Clock: Send + Sync + fmt::Debug {
+    /// Now, in milliseconds since the Unix epoch.
+    fn now_ms(&self) -> i64;
+}
+
+/// Reads and writes files and the clock; [`Env::default`] is the real machine.
+#[derive(Debug, Clone)]
+pub struct Env {
+    /// File access.
+    pub fs: Arc<dyn FileSystem>,
+    /// Time source for rolls, retention and interval flushes.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Default for Env {
+    fn default() -> Self {
+        Env {
+            fs: Arc::new(OsFileSystem),
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+/// The operating system's clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
+    }
+}
+
+/// A clock that only moves when told to, for tests of rolls and retention.
+///
+/// ```
+/// use herald_storage::{Clock, ManualClock};
+/// let clock = ManualClock::new(1_000);
+/// clock.advance_ms(500);
+/// assert_eq!(clock.now_ms(), 1_500);
+/// ```
+#[derive(Debug, Default)]
+pub struct ManualClock(AtomicI64);
+
+impl ManualClock {
+    /// A clock reading `now_ms`.
+    pub fn new(now_ms: i64) -> Self {
+        ManualClock(AtomicI64::new(now_ms))
+    }
+    /// Moves the clock forward.
+    pub fn advance_ms(&self, ms: i64) {
+        self.0.fetch_add(ms, Ordering::SeqCst);
+    }
+    /// Sets the clock.
+    pub fn set_ms(&self, now_ms: i64) {
+        self.0.store(now_ms, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// The real file system (positional reads and writes through `std::os::unix::fs::FileExt`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OsFileSystem;
+
+#[derive(Debug)]
+struct OsFile(std::fs::File);
+
+impl StorageFile for OsFile {
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let mut done = 0;
+        while done < buf.len() {
+            match self.0.read_at(&mut buf[done..], pos + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(done)
+    }
+    fn write_all_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.0.write_all_at(buf, pos)
+    }
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+}
+
+impl FileSystem for OsFileSystem {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(dir)
+    }
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            names.push(entry?.file_name().to_string_lossy().into_owned());
+        }
+        Ok(names)
+    }
+    fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn StorageFile>> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .truncate(false)
+            .open(path)?;
+        Ok(Arc::new(OsFile(file)))
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        std::fs::File::open(dir)?.sync_all()
+    }
+}
+
+/// Contents of one simulated file: what a reader sees, and what survives a power loss.
+#[derive(Debug, Default)]
+struct SimData {
+    current: Vec<u8>,
+    durable: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct SimFile {
+    data: Mutex<SimData>,
+    fail_syncs: Arc<AtomicBool>,
+}
+
+impl StorageFile for SimFile {
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+        let data = self.data.lock();
+        let len = data.current.len() as u64;
+        if pos >= len {
+            return Ok(0);
+        }
+        let n = ((len - pos) as usize).min(buf.len());
+        buf[..n].copy_from_slice(&data.current[pos as usize..pos as usize + n]);
+        Ok(n)
+    }
+    fn write_all_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
+        let mut data = self.data.lock();
+        let end = pos as usize + buf.len();
+        if data.current.len() < end {
+            data.current.resize(end, 0);
+        }
+        data.current[pos as usize..end].copy_from_slice(buf);
+        Ok(())
+    }
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.data.lock().current.len() as u64)
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.data.lock().current.resize(len as usize, 0);
+        Ok(())
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        if self.fail_syncs.load(Ordering::SeqCst) {
+            return Err(io::Error::other("injected fsync failure"));
+        }
+        let mut data = self.data.lock();
+        data.durable = data.current.clone();
+        Ok(())
+    }
+}
+
+/// An in-memory file system for crash tests.
+///
+/// Every file keeps what a reader sees and what the last fsync made durable. Directory operations
+/// (create, rename, remove) are treated as durable at once, the assumption the log makes of a
+/// journaling file system after it fsyncs the directory. [`SimFs::crash_image`] yields the state a
+/// power loss would leave; tests then tear or corrupt files and reopen the log on the image.
+///
+/// ```
+/// use herald_storage::{Env, LogConfig, PartitionLog, SimFs};
+/// use std::path::Path;
+/// let fs = SimFs::default();
+/// let log = PartitionLog::open_with(Path::new("/p"), LogConfig::default(), fs.env()).unwrap();
+/// let batch = herald_storage::build_batch(0, &[], &[b"x"], None);
+/// log.append(&batch).unwrap();
+/// let image = fs.crash_image(); // nothing was fsynced: the batch is gone after the "crash"
+/// std::mem::forget(log);
+/// let log = PartitionLog::open_with(Path::new("/p"), LogConfig::default(), image.env()).unwrap();
+/// assert_eq!(log.offsets().high_watermark, 0);
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct SimFs {
+    files: Arc<Mutex<BTreeMap<PathBuf, Arc<SimFile>>>>,
+    fail_syncs: Arc<AtomicBool>,
+    clock: Arc<ManualClock>,
+}
+
+impl SimFs {
+    /// An empty file system whose [`Env`] uses `clock`.
+    pub fn with_clock(clock: Arc<ManualClock>) -> Self {
+        SimFs {
+            clock,
+            ..SimFs::default()
+        }
+    }
+    /// An [`Env`] over this file system and its manual clock.
+    pub fn env(&self) -> Env {
+        Env {
+            fs: Arc::new(self.clone()),
+            clock: self.clock.clone(),
+        }
+    }
+    /// The clock handed out by [`SimFs::env`].
+    pub fn clock(&self) -> &Arc<ManualClock> {
+        &self.clock
+    }
+    /// Makes every later fsync fail (or succeed again).
+    pub fn set_fail_syncs(&self, fail: bool) {
+        self.fail_syncs.store(fail, Ordering::SeqCst);
+    }
+    fn image(&self, durable_only: bool) -> SimFs {
+        let fail_syncs = Arc::new(AtomicBool::new(false));
+        let files = self
+            .files
+            .lock()
+            .iter()
+            .map(|(path, f)| {
+                let d = f.data.lock();
+                let content = if durable_only {
+                    d.durable.clone()
+                } else {
+                    d.current.clone()
+                };
+                let file = SimFile {
+                    data: Mutex::new(SimData {
+                        current: content.clone(),
+                        durable: content,
+                    }),
+                    fail_syncs: fail_syncs.clone(),
+                };
+                (path.clone(), Arc::new(file))
+            })
+            .collect();
+        SimFs {
+            files: Arc::new(Mutex::new(files)),
+            fail_syncs,
+            clock: Arc::new(ManualClock::new(self.clock.now_ms())),
+        }
+    }
+    /// A copy holding only what was fsynced: the disk after a power loss.
+    pub fn crash_image(&self) -> SimFs {
+        self.image(true)
+    }
+    /// A copy holding everything written: the disk after the process alone was killed.
+    pub fn process_crash_image(&self) -> SimFs {
+        self.image(false)
+    }
+    /// Paths of all files, sorted.
+    pub fn paths(&self) -> Vec<PathBuf> {
+        self.files.lock().keys().cloned().collect()
+    }
+    /// A file's current contents.
+    pub fn contents(&self, path: &Path) -> Option<Vec<u8>> {
+        self.files
+            .lock()
+            .get(path)
+            .map(|f| f.data.lock().current.clone())
+    }
+    /// The number of bytes of a file that the last fsync made durable.
+    pub fn durable_len(&self, path: &Path) -> Option<u64> {
+        self.files
+            .lock()
+            .get(path)
+            .map(|f| f.data.lock().durable.len() as u64)
+    }
+    /// Replaces a file's contents (durably), creating it if needed.
+    pub fn write_file(&self, path: &Path, content: &[u8]) {
+        let file = SimFile {
+            data: Mutex::new(SimData {
+                current: content.to_vec(),
+                durable: content.to_vec(),
+            }),
+            fail_syncs: self.fail_syncs.clone(),
+        };
+        self.files.lock().insert(path.to_path_buf(), Arc::new(file));
+    }
+}
+
+impl FileSystem for SimFs {
+    fn create_dir_all(&self, _dir: &Path) -> io::Result<()> {
+        Ok(())
+    }
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
+        Ok(self
+            .files
+            .lock()
+            .keys()
+            .filter(|p| p.parent() == Some(dir))
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect())
+    }
+    fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn StorageFile>> {
+        let mut files = self.files.lock();
+        if let Some(f) = files.get(path) {
+            return Ok(f.clone());
+        }
+        if !create {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{} not found", path.display()),
+            ));
+        }
+        let f = Arc::new(SimFile {
+            data: Mutex::new(SimData::default()),
+            fail_syncs: self.fail_syncs.clone(),
+        });
+        files.insert(path.to_path_buf(), f.clone());
+        Ok(f)
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        match self.files.lock().remove(path) {
+            Some(_) => Ok(()),
+            None => Err(io::Error::new(io::ErrorKind::NotFound, "no such file")),
+        }
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut files = self.files.lock();
+        let f = files
+            .remove(from)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such file"))?;
+        // A rename publishes the file's contents as they are; the log fsyncs before renaming.
+        files.insert(to.to_path_buf(), f);
+        Ok(())
+    }
+    fn sync_dir(&self, _dir: &Path) -> io::Result<()> {
+        if self.fail_syncs.load(Ordering::SeqCst) {
+            return Err(io::Error::other("injected fsync failure"));
+        }
+        Ok(())
+    }
+}
+
+/// Reads exactly `buf.len()` bytes at `pos` or fails with `UnexpectedEof`.
+pub(crate) fn read_exact_at(file: &dyn StorageFile, buf: &mut [u8], pos: u64) -> io::Result<()> {
+    let n = file.read_at(buf, pos)?;
+    if n < buf.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "file shorter than expected",
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,1141 @@
+//! [`PartitionLog`]: one partition's directory of segments, with append, group commit, read,
+//! timestamp lookup, DeleteRecords, retention and crash recovery.
+//!
+//! Locking: `state` (a read-write lock) guards the segment list and offsets; appends hold it for
+//! writing while they copy bytes into the page cache, readers hold it for reading only long enough
+//! to pick a file and a position, then read with `pread` outside it. Fsyncs for group commit run
+//! under `sync_lock` alone, so appenders keep writing while one fsync covers everyone waiting.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+
+use crate::batch::{self, BATCH_HEADER_BYTES, BatchHeader, LOG_OVERHEAD_BYTES};
+use crate::checkpoint::{self, CHECKPOINT_TMP_FILE, Checkpoint};
+use crate::config::{BATCH_BYTES_LIMIT, FlushPolicy, LogConfig};
+use crate::env::{Env, StorageFile, read_exact_at};
+use crate::error::{
+    AppendError, ConfigError, DeleteRecordsError, FlushError, MaintainError, OpenError, ReadError,
+};
+use crate::index::{self, ActiveIndex, OFFSET_ENTRY_BYTES, TIME_ENTRY_BYTES};
+use crate::producer::{Check, ProducerState};
+use crate::records;
+
+/// What an append did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    /// Offset of the first record appended (or originally appended, for a duplicate).
+    pub base_offset: u64,
+    /// Offset of the last record.
+    pub last_offset: u64,
+    /// The batch was a retry of one already in the log; nothing was written.
+    pub duplicate: bool,
+    /// The log start offset after the append.
+    pub log_start: u64,
+}
+
+/// Whole batches read from the log, exactly as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadOutcome {
+    /// Concatenated record batches (possibly empty).
+    pub batches: Bytes,
+    /// Next offset to be written, at the time of the read.
+    pub high_watermark: u64,
+    /// First readable offset, at the time of the read.
+    pub log_start: u64,
+}
+
+/// The log's offsets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offsets {
+    /// First readable offset.
+    pub log_start: u64,
+    /// Next offset to be written (the log end); every record below it is readable.
+    pub high_watermark: u64,
+    /// Every record below this offset has been fsynced.
+    pub durable_end: u64,
+}
+
+/// What one `maintain` call did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MaintainOutcome {
+    /// An interval flush ran.
+    pub flushed: bool,
+    /// The active segment was rolled because of its age (or to let retention delete it).
+    pub rolled: bool,
+    /// Segments deleted by retention.
+    pub segments_deleted: usize,
+    /// Bytes those segments held.
+    pub bytes_deleted: u64,
+    /// A recovery checkpoint was written.
+    pub checkpointed: bool,
+}
+
+#[derive(Debug)]
+struct Segment {
+    base: u64,
+    log: Arc<dyn StorageFile>,
+    /// Bytes of whole, valid batches.
+    size: u64,
+    /// Offset after the segment's last record.
+    next_offset: u64,
+    /// Largest batch max timestamp, or -1 when empty.
+    max_timestamp: i64,
+    /// Clock time of the first append, for `segment_ms`.
+    roll_base_ms: Option<i64>,
+    /// Clock time of the last append (or of opening), for retention of batches without timestamps.
+    touched_ms: i64,
+    /// In-memory indexes; `Some` only for the active (last) segment.
+    active: Option<ActiveIndex>,
+    index_file: Arc<dyn StorageFile>,
+    time_file: Arc<dyn StorageFile>,
+    /// Entries in the index files of a closed segment.
+    offset_entries: u64,
+    time_entries: u64,
+}
+
+impl Segment {
+    fn retention_ts(&self) -> i64 {
+        if self.max_timestamp >= 0 {
+            self.max_timestamp
+        } else {
+            self.touched_ms
+        }
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    config: LogConfig,
+    /// Sorted by base offset, never empty; the last one is active.
+    segments: Vec<Segment>,
+    log_start: u64,
+    next_offset: u64,
+    producers: ProducerState,
+    last_checkpoint: Checkpoint,
+    last_checkpoint_ms: i64,
+    last_flush_ms: i64,
+}
+
+/// One partition's durable log of Kafka record batches.
+///
+/// `Send + Sync`; every method takes `&self`, so share it as `Arc<PartitionLog>`. Methods block
+/// on file I/O: call them from a blocking thread (e.g. `tokio::task::spawn_blocking`).
+///
+/// ```
+/// use herald_storage::{LogConfig, PartitionLog, build_batch};
+/// let dir = tempfile::tempdir().unwrap();
+/// let log = PartitionLog::open(dir.path(), LogConfig::default()).unwrap();
+/// let info = log.append(&build_batch(1_700_000_000_000, &[], &[b"hello", b"world"], None)).unwrap();
+/// assert_eq!((info.base_offset, info.last_offset), (0, 1));
+/// log.sync_to(info.last_offset + 1).unwrap(); // durable from here on
+/// let read = log.read(0, 1 << 20, true).unwrap();
+/// assert_eq!(read.high_watermark, 2);
+/// ```
+#[derive(Debug)]
+pub struct PartitionLog {
+    dir: PathBuf,
+    env: Env,
+    state: RwLock<State>,
+    sync_lock: Mutex<()>,
+    durable_end: AtomicU64,
+    poisoned: AtomicBool,
+}
+
+fn log_path(dir: &Path, base: u64) -> PathBuf {
+    dir.join(format!("{base:020}.log"))
+}
+fn index_path(dir: &Path, base: u64) -> PathBuf {
+    dir.join(format!("{base:020}.index"))
+}
+fn time_path(dir: &Path, base: u64) -> PathBuf {
+    dir.join(format!("{base:020}.timeindex"))
+}
+
+/// Segment base offsets found in a directory listing, sorted.
+fn segment_bases(names: &[String]) -> Vec<u64> {
+    let mut bases: Vec<u64> = names
+        .iter()
+        .filter_map(|n| n.strip_suffix(".log"))
+        .filter(|stem| stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()))
+        .filter_map(|stem| stem.parse().ok())
+        .collect();
+    bases.sort_unstable();
+    bases.dedup();
+    bases
+}
+
+/// Batches found by scanning a segment file from some position.
+struct Scan {
+    end_pos: u64,
+    next_offset: u64,
+    max_timestamp: i64,
+    first_max_timestamp: Option<i64>,
+    /// Stopped before the end of the file (torn or corrupt tail).
+    truncated: bool,
+}
+
+/// Reads a segment sequentially in large chunks, validating every batch.
+struct Scanner<'a> {
+    file: &'a dyn StorageFile,
+    file_len: u64,
+    buf: Vec<u8>,
+    buf_pos: u64,
+}
+
+const SCAN_CHUNK_BYTES: usize = 1 << 20;
+
+impl<'a> Scanner<'a> {
+    fn new(file: &'a dyn StorageFile, file_len: u64) -> Self {
+        Scanner {
+            file,
+            file_len,
+            buf: Vec::new(),
+            buf_pos: 0,
+        }
+    }
+
+    /// The bytes `[pos, pos + len)` if the file holds them.
+    fn bytes(&mut self, pos: u64, len: usize) -> std::io::Result<Option<&[u8]>> {
+        if pos + len as u64 > self.file_len {
+            return Ok(None);
+        }
+        let have = pos >= self.buf_pos && pos + len as u64 <= self.buf_pos + self.buf.len() as u64;
+        if !have {
+            let want = len
+                .max(SCAN_CHUNK_BYTES)
+                .min((self.file_len - pos) as usize);
+            self.buf.resize(want, 0);
+            let n = self.file.read_at(&mut self.buf, pos)?;
+            self.buf.truncate(n);
+            self.buf_pos = pos;
+            if n < len {
+                return Ok(None);
+            }
+        }
+        let start = (pos - self.buf_pos) as usize;
+        Ok(Some(&self.buf[start..start + len]))
+    }
+
+    /// The valid batch at `pos` expected to start at `offset`, or `None` at a torn/corrupt point.
+    fn batch(&mut self, pos: u64, offset: u64) -> std::io::Result<Option<(BatchHeader, &[u8])>> {
+        let len = match self.bytes(pos, LOG_OVERHEAD_BYTES)? {
+            Some(head) => match batch::announced_len(head) {
+                Some(len) if len <= BATCH_BYTES_LIMIT as usize => len,
+                _ => return Ok(None),
+            },
+            None => return Ok(None),
+        };
+        let Some(bytes) = self.bytes(pos, len)? else {
+            return Ok(None);
+        };
+        match batch::check_batch(bytes, BATCH_BYTES_LIMIT as usize) {
+            Ok(h) if h.base_offset >= 0 && h.base_offset as u64 == offset => Ok(Some((h, bytes))),
+            _ => Ok(None),
+        }
+    }
+}
+
+impl PartitionLog {
+    /// Opens (creating if missing, recovering if needed) the log in `dir` on the real machine.
+    pub fn open(dir: &Path, config: LogConfig) -> Result<PartitionLog, OpenError> {
+        Self::open_with(dir, config, Env::default())
+    }
+
+    /// Opens the log with an injected file system and clock (tests use [`crate::SimFs`]).
+    pub fn open_with(dir: &Path, config: LogConfig, env: Env) -> Result<PartitionLog, OpenError> {
+        config.validate()?;
+        let io_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| OpenError::Io {
+                path: path.clone(),
+                source,
+            }
+        };
+        let fs = env.fs.clone();
+        fs.create_dir_all(dir).map_err(io_err(dir))?;
+        let names = fs.list_dir(dir).map_err(io_err(dir))?;
+        if names.iter().any(|n| n == CHECKPOINT_TMP_FILE) {
+            // A checkpoint write that did not reach its rename; the previous one stands.
+            let tmp = dir.join(CHECKPOINT_TMP_FILE);
+            fs.remove_file(&tmp).map_err(io_err(&tmp))?;
+        }
+        let bases = segment_bases(&names);
+        let mut cp = checkpoint::read(fs.as_ref(), dir).map_err(io_err(dir))?;
+        // A checkpoint is only usable if its segment is still there.
+        if let Some(c) = &cp {
+            if !bases.contains(&c.segment_base) {
+                tracing::warn!(dir = %dir.display(), "checkpoint names a missing segment; scanning every segment");
+                cp = None;
+            }
+        }
+        let now = env.clock.now_ms();
+        let interval = u64::from(config.index_interval_bytes);
+        let producers_max = config.producers_max as usize;
+        let mut producers = cp.as_ref().map(|c| c.producers.clone()).unwrap_or_default();
+        let replay_from = cp.as_ref().map_or(0, |c| c.next_offset);
+        let mut segments: Vec<Segment> = Vec::new();
+        let mut damaged = false;
+
+        for (i, &base) in bases.iter().enumerate() {
+            let lp = log_path(dir, base);
+            let ip = index_path(dir, base);
+            let tp = time_path(dir, base);
+            if damaged {
+                // Everything after a torn or corrupt point goes: the log never has a gap.
+                for p in [&lp, &ip, &tp] {
+                    match fs.remove_file(p) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(io_err(p)(e)),
+                    }
+                }
+                continue;
+            }
+            if let Some(prev) = segments.last() {
+                if prev.next_offset != base {
+                    tracing::warn!(dir = %dir.display(), base, expected = prev.next_offset, "segment does not continue its predecessor; dropping it and everything after");
+                    damaged = true;
+                    for p in [&lp, &ip, &tp] {
+                        let _ = fs.remove_file(p);
+                    }
+                    continue;
+                }
+            }
+            let log = fs.open(&lp, false).map_err(io_err(&lp))?;
+            let index_file = fs.open(&ip, true).map_err(io_err(&ip))?;
+            let time_file = fs.open(&tp, true).map_err(io_err(&tp))?;
+            let file_len = log.len().map_err(io_err(&lp))?;
+            let is_last = i + 1 == bases.len();
+            let trusted_closed = match &cp {
+                Some(c) => base < c.segment_base && !is_last,
+                None => false,
+            };
+            if trusted_closed {
+                // Fsynced before the checkpoint was written: trust it without reading its data.
+                let idx_len = index_file.len().map_err(io_err(&ip))?;
+                let time_len = time_file.len().map_err(io_err(&tp))?;
+                if idx_len % OFFSET_ENTRY_BYTES == 0 && time_len % TIME_ENTRY_BYTES == 0 {
+                    let max_timestamp = index::last_time(time_file.as_ref())
+                        .map_err(io_err(&tp))?
+                        .map_or(-1, |e| e.ts);
+                    segments.push(Segment {
+                        base,
+                        log,
+                        size: file_len,
+                        next_offset: bases[i + 1],
+                        max_timestamp,
+                        roll_base_ms: None,
+                        touched_ms: now,
+                        active: None,
+                        index_file,
+                        time_file,
+                        offset_entries: idx_len / OFFSET_ENTRY_BYTES,
+                        time_entries: time_len / TIME_ENTRY_BYTES,
+                    });
+                    continue;
+                }
+            }
+            // Scan from the recovery point (or the start) and rebuild the indexes behind it.
+            let (start_pos, start_offset) = match &cp {
+                Some(c) if c.segment_base == base && c.position <= file_len => {
+                    (c.position, c.next_offset)
+                }
+                _ => (0, base),
+            };
+            let rel_end = start_offset - base;
+            let mut idx = ActiveIndex {
+                interval_bytes: interval,
+                ..ActiveIndex::default()
+            };
+            if start_pos > 0 {
+                idx.offsets = index::load_offsets(
+                    index_file.as_ref(),
+                    rel_end,
+                    start_pos,
+                    start_pos / OFFSET_ENTRY_BYTES + 1,
+                )
+                .map_err(io_err(&ip))?;
+                idx.times = index::load_times(
+                    time_file.as_ref(),
+                    rel_end,
+                    start_pos / TIME_ENTRY_BYTES + 1,
+                )
+                .map_err(io_err(&tp))?;
+            }
+            // Entries past the recovery point may describe batches that are gone.
+            index_file
+                .set_len(idx.offsets.len() as u64 * OFFSET_ENTRY_BYTES)
+                .map_err(io_err(&ip))?;
+            time_file
+                .set_len(idx.times.len() as u64 * TIME_ENTRY_BYTES)
+                .map_err(io_err(&tp))?;
+            idx.offsets_written = idx.offsets.len();
+            idx.times_written = idx.times.len();
+            let mut max_ts = idx.times.last().map_or(-1, |t| t.ts);
+            let scan = {
+                let mut scanner = Scanner::new(log.as_ref(), file_len);
+                let mut pos = start_pos;
+                let mut offset = start_offset;
+                let mut first_max_timestamp = None;
+                loop {
+                    if pos >= file_len {
+                        break;
+                    }
+                    let rel = offset - base;
+                    let Some((h, _)) = scanner.batch(pos, offset).map_err(io_err(&lp))? else {
+                        break;
+                    };
+                    let next = h.last_offset() as u64 + 1;
+                    if next - base > u64::from(u32::MAX) || pos > u64::from(u32::MAX) {
+                        break;
+                    }
+                    if pos == 0 {
+                        first_max_timestamp = Some(h.max_timestamp);
+                    }
+                    max_ts = max_ts.max(h.max_timestamp);
+                    idx.on_batch(rel as u32, pos as u32, h.total_bytes as u64, max_ts);
+                    if offset >= replay_from {
+                        producers.replay(&h, producers_max);
+                    }
+                    pos += h.total_bytes as u64;
+                    offset = next;
+                }
+                Scan {
+                    end_pos: pos,
+                    next_offset: offset,
+                    max_timestamp: max_ts,
+                    first_max_timestamp,
+                    truncated: pos < file_len,
+                }
+            };
+            if scan.truncated {
+                tracing::warn!(dir = %dir.display(), base, valid_bytes = scan.end_pos, file_bytes = file_len, "truncating torn or corrupt segment tail");
+                log.set_len(scan.end_pos).map_err(io_err(&lp))?;
+                damaged = true;
+            }
+            let first_ts = if start_pos == 0 {
+                scan.first_max_timestamp
+            } else {
+                let mut head = [0u8; BATCH_HEADER_BYTES];
+                read_exact_at(log.as_ref(), &mut head, 0)
+                    .ok()
+                    .and_then(|()| batch::parse_header(&head))
+                    .map(|h| h.max_timestamp)
+            };
+            let roll_base_ms =
+                (scan.end_pos > 0).then(|| first_ts.filter(|t| *t >= 0).unwrap_or(now));
+            let mut seg = Segment {
+                base,
+                log,
+                size: scan.end_pos,
+                next_offset: scan.next_offset,
+                max_timestamp: scan.max_timestamp,
+                roll_base_ms,
+                touched_ms: now,
+                active: Some(idx),
+                index_file,
+                time_file,
+                offset_entries: 0,
+                time_entries: 0,
+            };
+            let last_here = is_last || damaged;
+            if !last_here {
+                close_segment(&mut seg).map_err(io_err(&ip))?;
+            }
+            segments.push(seg);
+        }
+
+        if segments.is_empty() {
+            let base = cp.as_ref().map_or(0, |c| c.next_offset.max(c.log_start));
+            segments.push(create_segment(&env, dir, base, interval).map_err(io_err(dir))?);
+        }
+        let next_offset = segments.last().map_or(0, |s| s.next_offset);
+        producers.truncate_tail(next_offset);
+        let first_base = segments.first().map_or(0, |s| s.base);
+        let log_start = cp
+            .as_ref()
+            .map_or(first_base, |c| c.log_start.max(first_base))
+            .min(next_offset);
+        producers.truncate_head(log_start);
+        let state = State {
+            config,
+            segments,
+            log_start,
+            next_offset,
+            producers,
+            last_checkpoint: cp.unwrap_or_default(),
+            last_checkpoint_ms: now,
+            last_flush_ms: now,
+        };
+        let log = PartitionLog {
+            dir: dir.to_path_buf(),
+            env,
+            state: RwLock::new(state),
+            sync_lock: Mutex::new(()),
+            durable_end: AtomicU64::new(0),
+            poisoned: AtomicBool::new(false),
+        };
+        // Make what recovery kept durable and record it, so the next open reads nothing of it.
+        {
+            let mut st = log.state.write();
+            log.checkpoint_locked(&mut st).map_err(io_err(dir))?;
+        }
+        Ok(log)
+    }
+
+    fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::SeqCst)
+    }
+
+    fn poison<E: std::fmt::Display>(&self, what: &str, e: E) {
+        tracing::error!(dir = %self.dir.display(), error = %e, "{what} failed; the log refuses writes until reopened");
+        self.poisoned.store(true, Ordering::SeqCst);
+    }
+
+    /// Appends one or more concatenated Kafka RecordBatch v2, assigning offsets.
+    ///
+    /// All batches are validated (length, magic, CRC-32C, `batch_bytes_max`) and checked against
+    /// idempotent-producer state before anything is written: all or nothing. The records are
+    /// readable on return but not yet durable; call [`PartitionLog::sync_to`] for that.
+    pub fn append(&self, batches: &[u8]) -> Result<AppendInfo, AppendError> {
+        let (batch_bytes_max, append_bytes_max) = {
+            let st = self.state.read();
+            (st.config.batch_bytes_max, st.config.append_bytes_max)
+        };
+        if batches.len() as u64 > u64::from(append_bytes_max) {
+            return Err(AppendError::BatchTooLarge {
+                batch_bytes: batches.len() as u64,
+                batch_bytes_max: u64::from(append_bytes_max),
+            });
+        }
+        let mut headers = batch::validate_input(batches, batch_bytes_max as usize)?;
+        let mut buf = batches.to_vec();
+        let mut st = self.state.write();
+        if self.is_poisoned() {
+            return Err(AppendError::Poisoned);
+        }
+        let now = self.env.clock.now_ms();
+        // Decide the roll before assigning offsets; a roll does not change them.
+        let records: u64 = headers.iter().map(|h| h.records_count as u64).sum();
+        let active = st.segments.last().ok_or(AppendError::Poisoned)?;
+        let total = buf.len() as u64;
+        let too_big = active.size > 0 && active.size + total > st.config.segment_bytes;
+        let too_old = active
+            .roll_base_ms
+            .is_some_and(|t| now.saturating_sub(t) >= st.config.segment_ms as i64);
+        let offsets_overflow = st.next_offset + records - active.base > u64::from(u32::MAX);
+        let mut offset = st.next_offset;
+        for h in &mut headers {
+            h.base_offset = offset as i64;
+            offset += h.records_count as u64;
+        }
+        match st.producers.check(&headers)? {
+            Check::Duplicate(meta) => Ok(AppendInfo {
+                base_offset: meta.base_offset,
+                last_offset: meta.last_offset,
+                duplicate: true,
+                log_start: st.log_start,
+            }),
+            Check::Accept(updates) => {
+                if active.size > 0 && (too_big || too_old || offsets_overflow) {
+                    if let Err(e) = self.roll_locked(&mut st) {
+                        self.poison("segment roll", &e);
+                        return Err(AppendError::Io(e));
+                    }
+                }
+                let mut pos = 0;
+                for h in &headers {
+                    batch::assign_offset(&mut buf[pos..pos + h.total_bytes], h.base_offset as u64);
+                    pos += h.total_bytes;
+                }
+                let st = &mut *st;
+                let seg = st.segments.last_mut().ok_or(AppendError::Poisoned)?;
+                if let Err(e) = seg.log.write_all_at(&buf, seg.size) {
+                    self.poison("segment write", &e);
+                    return Err(AppendError::Io(e));
+                }
+                let mut pos = seg.size;
+                for h in &headers {
+                    seg.max_timestamp = seg.max_timestamp.max(h.max_timestamp);
+                    if let Some(idx) = seg.active.as_mut() {
+                        idx.on_batch(
+                            (h.base_offset as u64 - seg.base) as u32,
+                            pos as u32,
+                            h.total_bytes as u64,
+                            seg.max_timestamp,
+                        );
+                    }
+                    pos += h.total_bytes as u64;
+                }
+                let base_offset = st.next_offset;
+                seg.size = pos;
+                seg.next_offset = offset;
+                seg.touched_ms = now;
+                seg.roll_base_ms.get_or_insert(now);
+                st.next_offset = offset;
+                st.producers
+                    .apply(updates, st.config.producers_max as usize);
+                Ok(AppendInfo {
+                    base_offset,
+                    last_offset: offset - 1,
+                    duplicate: false,
+                    log_start: st.log_start,
+                })
+            }
+        }
+    }
+
+    /// Group commit: returns once every record below `end_offset` is fsynced, one fsync covering
+    /// every caller waiting at that moment. Returns at once under `IntervalMs` and `Never`.
+    pub fn sync_to(&self, end_offset: u64) -> Result<(), FlushError> {
+        let policy = self.state.read().config.flush;
+        if policy != FlushPolicy::Always {
+            return if self.is_poisoned() {
+                Err(FlushError::Poisoned)
+            } else {
+                Ok(())
+            };
+        }
+        self.sync_now(end_offset)
+    }
+
+    fn sync_now(&self, end_offset: u64) -> Result<(), FlushError> {
+        if self.is_poisoned() {
+            return Err(FlushError::Poisoned);
+        }
+        if self.durable_end.load(Ordering::SeqCst) >= end_offset {
+            return Ok(());
+        }
+        let _leader = self.sync_lock.lock();
+        // Whoever held the lock before us may have fsynced our records too.
+        if self.durable_end.load(Ordering::SeqCst) >= end_offset {
+            return Ok(());
+        }
+        if self.is_poisoned() {
+            return Err(FlushError::Poisoned);
+        }
+        let (file, target) = {
+            let st = self.state.read();
+            match st.segments.last() {
+                Some(seg) => (seg.log.clone(), st.next_offset),
+                None => return Ok(()),
+            }
+        };
+        if let Err(e) = file.sync_data() {
+            self.poison("fsync", &e);
+            return Err(FlushError::Io(e));
+        }
+        self.durable_end.fetch_max(target, Ordering::SeqCst);
+        self.state.write().last_flush_ms = self.env.clock.now_ms();
+        Ok(())
+    }
+
+    /// Fsyncs everything appended so far, whatever the flush policy.
+    pub fn flush(&self) -> Result<(), FlushError> {
+        let end = self.state.read().next_offset;
+        self.sync_now(end)
+    }
+
+    /// Whole batches starting with the one containing `offset`, up to `max_bytes` (the first batch
+    /// whole even if larger when `at_least_one`, as Kafka's KIP-74), exactly as stored.
+    pub fn read(
+        &self,
+        offset: u64,
+        max_bytes: usize,
+        at_least_one: bool,
+    ) -> Result<ReadOutcome, ReadError> {
+        let (seg_base, file, size, start_pos, hw, log_start) = {
+            let st = self.state.read();
+            let (hw, log_start) = (st.next_offset, st.log_start);
+            if offset < log_start || offset > hw {
+                return Err(ReadError::OffsetOutOfRange {
+                    log_start,
+                    high_watermark: hw,
+                });
+            }
+            if offset == hw {
+                return Ok(ReadOutcome {
+                    batches: Bytes::new(),
+                    high_watermark: hw,
+                    log_start,
+                });
+            }
+            let i = st.segments.partition_point(|s| s.base <= offset).max(1) - 1;
+            let seg = &st.segments[i];
+            let rel = (offset - seg.base) as u32;
+            let start = seg.active.as_ref().map(|idx| idx.lookup(rel));
+            let locator = start.map_or_else(
+                || Err((seg.index_file.clone(), seg.offset_entries, rel)),
+                Ok,
+            );
+            (seg.base, seg.log.clone(), seg.size, locator, hw, log_start)
+        };
+        let start_pos = match start_pos {
+            Ok(pos) => u64::from(pos),
+            Err((index_file, entries, rel)) => {
+                u64::from(index::file_lookup(index_file.as_ref(), entries, rel, size)?)
+            }
+        };
+        let corrupt = |position, reason| ReadError::Corrupt {
+            segment_base: seg_base,
+            position,
+            reason,
+        };
+        // Walk batch headers from the indexed position to the batch holding `offset`.
+        let mut pos = start_pos;
+        let mut head = [0u8; 27];
+        let first_len = loop {
+            if pos + head.len() as u64 > size {
+                return Err(corrupt(pos, "offset not found where the index points"));
+            }
+            read_exact_at(file.as_ref(), &mut head, pos)?;
+            let len = batch::announced_len(&head)
+                .filter(|l| pos + *l as u64 <= size && *l >= BATCH_HEADER_BYTES)
+                .ok_or_else(|| corrupt(pos, "bad batch length"))?;
+            let base = i64::from_be_bytes(head[0..8].try_into().unwrap_or_default());
+            let delta = i32::from_be_bytes(head[23..27].try_into().unwrap_or_default());
+            let last = base.saturating_add(i64::from(delta));
+            if last >= 0 && last as u64 >= offset {
+                break len;
+            }
+            pos += len as u64;
+        };
+        let want = if first_len > max_bytes {
+            if at_least_one { first_len } else { 0 }
+        } else {
+            max_bytes.min((size - pos) as usize)
+        };
+        let mut buf = vec![0u8; want];
+        read_exact_at(file.as_ref(), &mut buf, pos)?;
+        // Keep whole batches only.
+        let mut keep = 0usize;
+        while keep < buf.len() {
+            match batch::announced_len(&buf[keep..]) {
+                Some(len) if keep + len <= buf.len() => keep += len,
+                _ => break,
+            }
+        }
+        buf.truncate(keep);
+        Ok(ReadOutcome {
+            batches: Bytes::from(buf),
+            high_watermark: hw,
+            log_start,
+        })
+    }
+
+    /// The log start, high watermark and durable end.
+    pub fn offsets(&self) -> Offsets {
+        let st = self.state.read();
+        Offsets {
+            log_start: st.log_start,
+            high_watermark: st.next_offset,
+            durable_end: self.durable_end.load(Ordering::SeqCst).min(st.next_offset),
+        }
+    }
+
+    /// First offset whose record timestamp is >= `ts_ms`, with that timestamp (Kafka ListOffsets).
+    ///
+    /// Segments and the time index narrow the search by batch max timestamps; the records of the
+    /// candidate batches are then decoded (decompressing if needed) for the exact record. A batch
+    /// whose records cannot be decoded answers with its base offset and max timestamp.
+    pub fn offset_for_timestamp(&self, ts_ms: i64) -> Result<Option<(u64, i64)>, ReadError> {
+        /// Where to start scanning: known (active segment) or to be looked up in index files.
+        enum Start {
+            Pos(u32),
+            Files {
+                time_file: Arc<dyn StorageFile>,
+                time_entries: u64,
+                index_file: Arc<dyn StorageFile>,
+                offset_entries: u64,
+            },
+        }
+        struct Candidate {
+            base: u64,
+            log: Arc<dyn StorageFile>,
+            size: u64,
+            start: Start,
+        }
+        let (candidates, log_start) = {
+            let st = self.state.read();
+            let log_start = st.log_start;
+            let mut out = Vec::new();
+            for seg in &st.segments {
+                if seg.max_timestamp < ts_ms || seg.next_offset <= log_start || seg.size == 0 {
+                    continue;
+                }
+                let start = match &seg.active {
+                    Some(idx) => {
+                        let rel = idx.lookup_time(ts_ms);
+                        let min_rel = log_start.saturating_sub(seg.base) as u32;
+                        Start::Pos(idx.lookup(rel.max(min_rel)))
+                    }
+                    None => Start::Files {
+                        time_file: seg.time_file.clone(),
+                        time_entries: seg.time_entries,
+                        index_file: seg.index_file.clone(),
+                        offset_entries: seg.offset_entries,
+                    },
+                };
+                out.push(Candidate {
+                    base: seg.base,
+                    log: seg.log.clone(),
+                    size: seg.size,
+                    start,
+                });
+            }
+            (out, log_start)
+        };
+        for c in candidates {
+            let mut pos = match c.start {
+                Start::Pos(p) => u64::from(p),
+                Start::Files {
+                    time_file,
+                    time_entries,
+                    index_file,
+                    offset_entries,
+                } => {
+                    let rel = index::file_lookup_time(time_file.as_ref(), time_entries, ts_ms)?;
+                    let min_rel = log_start.saturating_sub(c.base) as u32;
+                    u64::from(index::file_lookup(
+                        index_file.as_ref(),
+                        offset_entries,
+                        rel.max(min_rel),
+                        c.size,
+                    )?)
+                }
+            };
+            let mut head = [0u8; BATCH_HEADER_BYTES];
+            while pos + BATCH_HEADER_BYTES as u64 <= c.size {
+                read_exact_at(c.log.as_ref(), &mut head, pos)?;
+                let Some(h) = batch::parse_header(&head) else {
+                    return Err(ReadError::Corrupt {
+                        segment_base: c.base,
+                        position: pos,
+                        reason: "bad batch header",
+                    });
+                };
+                if pos + h.total_bytes as u64 > c.size {
+                    return Err(ReadError::Corrupt {
+                        segment_base: c.base,
+                        position: pos,
+                        reason: "batch runs past the segment end",
+                    });
+                }
+                let last = h.last_offset();
+                if h.max_timestamp >= ts_ms && last >= 0 && last as u64 >= log_start {
+                    let mut whole = vec![0u8; h.total_bytes];
+                    read_exact_at(c.log.as_ref(), &mut whole, pos)?;
+                    match records::first_at_or_after(&whole, &h, ts_ms, log_start) {
+                        Ok(Some(found)) => return Ok(Some(found)),
+                        Ok(None) => {}
+                        Err(records::DecodeFault) => {
+                            let first = (h.base_offset.max(0) as u64).max(log_start);
+                            return Ok(Some((first, h.max_timestamp)));
+                        }
+                    }
+                }
+                pos += h.total_bytes as u64;
+            }
+        }
+        Ok(None)
+    }
+
+    /// DeleteRecords: moves the log start to `offset` (persisted before returning) and deletes
+    /// whole segments below it. Returns the new log start.
+    pub fn delete_records_before(&self, offset: u64) -> Result<u64, DeleteRecordsError> {
+        let mut st = self.state.write();
+        if self.is_poisoned() {
+            return Err(DeleteRecordsError::Poisoned);
+        }
+        if offset > st.next_offset {
+            return Err(DeleteRecordsError::OffsetOutOfRange {
+                log_start: st.log_start,
+                high_watermark: st.next_offset,
+            });
+        }
+        if offset <= st.log_start {
+            return Ok(st.log_start);
+        }
+        st.log_start = offset;
+        let mut cp = st.last_checkpoint.clone();
+        cp.log_start = offset;
+        if let Err(e) = checkpoint::write(self.env.fs.as_ref(), &self.dir, &cp) {
+            self.poison("checkpoint write", &e);
+            return Err(DeleteRecordsError::Io(e));
+        }
+        st.last_checkpoint = cp;
+        // An active segment wholly below the new start is rolled so it can go too.
+        let active_below = st
+            .segments
+            .last()
+            .is_some_and(|s| s.size > 0 && s.next_offset <= offset);
+        if active_below {
+            if let Err(e) = self.roll_locked(&mut st) {
+                self.poison("segment roll", &e);
+                return Err(DeleteRecordsError::Io(e));
+            }
+        }
+        let n = st
+            .segments
+            .iter()
+            .take(st.segments.len() - 1)
+            .take_while(|s| s.next_offset <= offset)
+            .count();
+        self.delete_segments_locked(&mut st, n)?;
+        st.producers.truncate_head(offset);
+        Ok(st.log_start)
+    }
+
+    /// Replaces the configuration (AlterConfigs); applies to later appends and maintenance.
+    pub fn set_config(&self, config: LogConfig) -> Result<(), ConfigError> {
+        config.validate()?;
+        let mut st = self.state.write();
+        let interval = u64::from(config.index_interval_bytes);
+        if let Some(idx) = st.segments.last_mut().and_then(|s| s.active.as_mut()) {
+            idx.interval_bytes = interval;
+        }
+        st.config = config;
+        Ok(())
+    }
+
+    /// The current configuration.
+    pub fn config(&self) -> LogConfig {
+        self.state.read().config.clone()
+    }
+
+    /// Bytes of all segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.state.read().segments.iter().map(|s| s.size).sum()
+    }
+
+    /// Housekeeping to call periodically (e.g. every second): interval flush when due, time-based
+    /// roll, retention by time and size (whole closed segments), and the recovery checkpoint.
+    pub fn maintain(&self) -> Result<MaintainOutcome, MaintainError> {
+        if self.is_poisoned() {
+            return Err(MaintainError::Poisoned);
+        }
+        let mut out = MaintainOutcome::default();
+        let now = self.env.clock.now_ms();
+        let (policy, last_flush, hw) = {
+            let st = self.state.read();
+            (st.config.flush, st.last_flush_ms, st.next_offset)
+        };
+        if let FlushPolicy::IntervalMs(ms) = policy {
+            if now.saturating_sub(last_flush) >= ms as i64
+                && self.durable_end.load(Ordering::SeqCst) < hw
+            {
+                self.sync_now(hw)?;
+                out.flushed = true;
+            }
+        }
+        let mut st = self.state.write();
+        let cfg = st.config.clone();
+        if let Some(active) = st.segments.last() {
+            let aged = active
+                .roll_base_ms
+                .is_some_and(|t| now.saturating_sub(t) >= cfg.segment_ms as i64);
+            let expired = cfg
+                .retention_ms
+                .is_some_and(|r| now.saturating_sub(active.retention_ts()) > r as i64);
+            if active.size > 0 && (aged || expired) {
+                if let Err(e) = self.roll_locked(&mut st) {
+                    self.poison("segment roll", &e);
+                    return Err(MaintainError::Io(e));
+                }
+                out.rolled = true;
+            }
+        }
+        // Retention: a prefix of closed segments, oldest first.
+        let closed = st.segments.len() - 1;
+        let mut total: u64 = st.segments.iter().map(|s| s.size).sum();
+        let mut n = 0;
+        while n < closed {
+            let seg = &st.segments[n];
+            let by_time = cfg
+                .retention_ms
+                .is_some_and(|r| now.saturating_sub(seg.retention_ts()) > r as i64);
+            let by_size = cfg
+                .retention_bytes
+                .is_some_and(|r| total.saturating_sub(seg.size) >= r);
+            if !(by_time || by_size) {
+                break;
+            }
+            total -= seg.size;
+            out.bytes_deleted += seg.size;
+            n += 1;
+        }
+        if n > 0 {
+            self.delete_segments_locked(&mut st, n)
+                .map_err(|e| match e {
+                    DeleteRecordsError::Poisoned => MaintainError::Poisoned,
+                    DeleteRecordsError::Io(e) => MaintainError::Io(e),
+                    DeleteRecordsError::OffsetOutOfRange { .. } => MaintainError::Poisoned,
+                })?;
+            out.segments_deleted = n;
+            let start = st.log_start;
+            st.producers.truncate_head(start);
+        }
+        let behind = st.segments.last().is_some_and(|s| {
+            st.last_checkpoint.segment_base != s.base || st.last_checkpoint.position != s.size
+        });
+        if behind && now.saturating_sub(st.last_checkpoint_ms) >= cfg.checkpoint_interval_ms as i64
+        {
+            if let Err(e) = self.checkpoint_locked(&mut st) {
+                self.poison("checkpoint", &e);
+                return Err(MaintainError::Io(e));
+            }
+            out.checkpointed = true;
+        }
+        Ok(out)
+    }
+
+    /// Flushes everything, writes a checkpoint so the next open scans nothing, and closes.
+    pub fn close(self) -> Result<(), FlushError> {
+        self.close_inner()
+    }
+
+    fn close_inner(&self) -> Result<(), FlushError> {
+        if self.is_poisoned() {
+            return Err(FlushError::Poisoned);
+        }
+        let mut st = self.state.write();
+        let behind = st.segments.last().is_some_and(|s| {
+            st.last_checkpoint.segment_base != s.base || st.last_checkpoint.position != s.size
+        });
+        if behind {
+            if let Err(e) = self.checkpoint_locked(&mut st) {
+                self.poison("checkpoint", &e);
+                return Err(FlushError::Io(e));
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes the first `n` segments (never the active one) and advances the log start.
+    fn delete_segments_locked(&self, st: &mut State, n: usize) -> Result<(), DeleteRecordsError> {
+        let n = n.min(st.segments.len().saturating_sub(1));
+        if n == 0 {
+            return Ok(());
+        }
+        let gone: Vec<Segment> = st.segments.drain(..n).collect();
+        if let Some(first) = st.segments.first() {
+            st.log_start = st.log_start.max(first.base);
+        }
+        // Open readers keep their file handles; removing the names frees the space after them.
+        for seg in gone {
+            for p in [
+                log_path(&self.dir, seg.base),
+                index_path(&self.dir, seg.base),
+                time_path(&self.dir, seg.base),
+            ] {
+                match self.env.fs.remove_file(&p) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(DeleteRecordsError::Io(e)),
+                }
+            }
+        }
+        if let Err(e) = self.env.fs.sync_dir(&self.dir) {
+            self.poison("directory fsync", &e);
+            return Err(DeleteRecordsError::Io(e));
+        }
+        Ok(())
+    }
+
+    /// Closes the active segment (fsynced with its indexes) and starts a new one at the log end.
+    fn roll_locked(&self, st: &mut State) -> std::io::Result<()> {
+        let interval = u64::from(st.config.index_interval_bytes);
+        let next = st.next_offset;
+        if let Some(seg) = st.segments.last_mut() {
+            if seg.size == 0 {
+                return Ok(());
+            }
+            close_segment(seg)?;
+        }
+        let seg = create_segment(&self.env, &self.dir, next, interval)?;
+        st.segments.push(seg);
+        self.durable_end.fetch_max(next, Ordering::SeqCst);
+        self.checkpoint_locked(st)
+    }
+
+    /// Writes out the active indexes, fsyncs the active segment and records a checkpoint at its end.
+    fn checkpoint_locked(&self, st: &mut State) -> std::io::Result<()> {
+        let Some(seg) = st.segments.last_mut() else {
+            return Ok(());
+        };
+        if let Some(idx) = seg.active.as_mut() {
+            idx.write_pending(seg.index_file.as_ref(), seg.time_file.as_ref())?;
+        }
+        seg.log.sync_data()?;
+        seg.index_file.sync_data()?;
+        seg.time_file.sync_data()?;
+        let cp = Checkpoint {
+            log_start: st.log_start,
+            segment_base: seg.base,
+            position: seg.size,
+            next_offset: seg.next_offset,
+            producers: st.producers.clone(),
+        };
+        checkpoint::write(self.env.fs.as_ref(), &self.dir, &cp)?;
+        self.durable_end.fetch_max(cp.next_offset, Ordering::SeqCst);
+        st.last_checkpoint = cp;
+        st.last_checkpoint_ms = self.env.clock.now_ms();
+        Ok(())
+    }
+}
+
+impl Drop for PartitionLog {
+    fn drop(&mut self) {
+        if let Err(e) = self.close_inner() {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "log closed without a final checkpoint; the next open will scan its tail");
+        }
+    }
+}
+
+/// Turns the active segment into a closed one: final time entry, indexes written, all fsynced.
+fn close_segment(seg: &mut Segment) -> std::io::Result<()> {
+    if let Some(mut idx) = seg.active.take() {
+        if seg.size > 0 {
+            let last_rel = (seg.next_offset - 1 - seg.base) as u32;
+            idx.push_time(seg.max_timestamp, last_rel);
+        }
+        idx.write_pending(seg.index_file.as_ref(), seg.time_file.as_ref())?;
+        seg.offset_entries = idx.offsets.len() as u64;
+        seg.time_entries = idx.times.len() as u64;
+    }
+    seg.log.sync_data()?;
+    seg.index_file.sync_data()?;
+    seg.time_file.sync_data()
+}
+
+fn create_segment(env: &Env, dir: &Path, base: u64, interval: u64) -> std::io::Result<Segment> {
+    let log = env.fs.open(&log_path(dir, base), true)?;
+    let index_file = env.fs.open(&index_path(dir, base), true)?;
+    let time_file = env.fs.open(&time_path(dir, base), true)?;
+    // A leftover file of the same name (from a log truncated below it) must not leak bytes in.
+    log.set_len(0)?;
+    index_file.set_len(0)?;
+    time_file.set_len(0)?;
+    env.fs.sync_dir(dir)?;
+    Ok(Segment {
+        base,
+        log,
+        size: 0,
+        next_offset: base,
+        max_timestamp: -1,
+        roll_base_ms: None,
+        touched_ms: env.clock.now_ms(),
+        active: Some(ActiveIndex {
+            interval_bytes: interval,
+            ..ActiveIndex::default()
+        }),
+        index_file,
+        time_file,
+        offset_entries: 0,
+        time_entries: 0,
+    })
+}

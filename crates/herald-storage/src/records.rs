@@ -1,0 +1,159 @@
+//! Decoding the records inside a batch, only to find exact per-record timestamps for
+//! `offset_for_timestamp`. Never used on the append or read paths, which move batches as bytes.
+
+use std::io::Read;
+
+use crate::batch::{BATCH_HEADER_BYTES, BatchHeader, COMPRESSION_MASK, TIMESTAMP_TYPE_BIT};
+
+/// Decompressed record bytes allowed per batch, so a compression bomb cannot exhaust memory.
+pub(crate) const DECOMPRESSED_BYTES_MAX: u64 = 256 << 20;
+
+/// Why a batch's records could not be decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DecodeFault;
+
+/// First record of `batch` with offset >= `min_offset` and timestamp >= `ts`, as (offset, timestamp).
+pub(crate) fn first_at_or_after(
+    batch: &[u8],
+    h: &BatchHeader,
+    ts: i64,
+    min_offset: u64,
+) -> Result<Option<(u64, i64)>, DecodeFault> {
+    let base = h.base_offset as u64;
+    if h.attributes & TIMESTAMP_TYPE_BIT != 0 {
+        // Log-append-time batches give every record the batch's max timestamp.
+        let first = base.max(min_offset);
+        return Ok((h.max_timestamp >= ts && first <= h.last_offset() as u64)
+            .then_some((first, h.max_timestamp)));
+    }
+    let body = batch.get(BATCH_HEADER_BYTES..).ok_or(DecodeFault)?;
+    let owned;
+    let records: &[u8] = match h.attributes & COMPRESSION_MASK {
+        0 => body,
+        codec => {
+            owned = decompress(codec, body)?;
+            &owned
+        }
+    };
+    let mut r = Cursor {
+        buf: records,
+        pos: 0,
+    };
+    for _ in 0..h.records_count {
+        let len = r.varint()?;
+        let len = usize::try_from(len).map_err(|_| DecodeFault)?;
+        let end = r.pos.checked_add(len).ok_or(DecodeFault)?;
+        if end > records.len() {
+            return Err(DecodeFault);
+        }
+        let _attributes = r.byte()?;
+        let ts_delta = r.varint()?;
+        let offset_delta = r.varint()?;
+        r.pos = end;
+        let offset = base.checked_add_signed(offset_delta).ok_or(DecodeFault)?;
+        let record_ts = h.base_timestamp.wrapping_add(ts_delta);
+        if offset >= min_offset && record_ts >= ts {
+            return Ok(Some((offset, record_ts)));
+        }
+    }
+    Ok(None)
+}
+
+fn decompress(codec: i16, body: &[u8]) -> Result<Vec<u8>, DecodeFault> {
+    let mut out = Vec::new();
+    let limit = DECOMPRESSED_BYTES_MAX;
+    let result = match codec {
+        1 => flate2::read::GzDecoder::new(body)
+            .take(limit)
+            .read_to_end(&mut out),
+        2 => return snappy(body),
+        3 => lz4_flex::frame::FrameDecoder::new(body)
+            .take(limit)
+            .read_to_end(&mut out),
+        4 => zstd::stream::read::Decoder::new(body)
+            .map_err(|_| DecodeFault)?
+            .take(limit)
+            .read_to_end(&mut out),
+        _ => return Err(DecodeFault),
+    };
+    result.map_err(|_| DecodeFault)?;
+    Ok(out)
+}
+
+/// Kafka's snappy is either raw snappy or the xerial (snappy-java) framing: a 16-byte header
+/// then blocks of `len u32 BE` + raw snappy block.
+fn snappy(body: &[u8]) -> Result<Vec<u8>, DecodeFault> {
+    const XERIAL_MAGIC: &[u8] = b"\x82SNAPPY\x00";
+    let mut decoder = snap::raw::Decoder::new();
+    let mut raw = |block: &[u8], out: &mut Vec<u8>| -> Result<(), DecodeFault> {
+        let n = snap::raw::decompress_len(block).map_err(|_| DecodeFault)?;
+        if out.len() as u64 + n as u64 > DECOMPRESSED_BYTES_MAX {
+            return Err(DecodeFault);
+        }
+        let start = out.len();
+        out.resize(start + n, 0);
+        decoder
+            .decompress(block, &mut out[start..])
+            .map_err(|_| DecodeFault)?;
+        Ok(())
+    };
+    let mut out = Vec::new();
+    if body.starts_with(XERIAL_MAGIC) && body.len() >= 16 {
+        let mut pos = 16;
+        while pos < body.len() {
+            let len_bytes: [u8; 4] = body
+                .get(pos..pos + 4)
+                .and_then(|s| s.try_into().ok())
+                .ok_or(DecodeFault)?;
+            let len = u32::from_be_bytes(len_bytes) as usize;
+            pos += 4;
+            let block = body.get(pos..pos + len).ok_or(DecodeFault)?;
+            raw(block, &mut out)?;
+            pos += len;
+        }
+    } else {
+        raw(body, &mut out)?;
+    }
+    Ok(out)
+}
+
+struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl Cursor<'_> {
+    fn byte(&mut self) -> Result<u8, DecodeFault> {
+        let b = *self.buf.get(self.pos).ok_or(DecodeFault)?;
+        self.pos += 1;
+        Ok(b)
+    }
+    /// A zig-zag varint of up to 64 bits (Kafka's varint and varlong share the encoding).
+    fn varint(&mut self) -> Result<i64, DecodeFault> {
+        let mut value: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let b = self.byte()?;
+            value |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok((value >> 1) as i64 ^ -((value & 1) as i64));
+            }
+        }
+        Err(DecodeFault)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::{build_batch, check_batch};
+
+    #[test]
+    fn finds_the_first_record_at_or_after_a_timestamp() {
+        let b = build_batch(1000, &[0, 30, 10, 50], &[b"a", b"b", b"c", b"d"], None);
+        let h = check_batch(&b, 1 << 20).unwrap();
+        assert_eq!(first_at_or_after(&b, &h, 1005, 0), Ok(Some((1, 1030))));
+        assert_eq!(first_at_or_after(&b, &h, 1010, 2), Ok(Some((2, 1010))));
+        assert_eq!(first_at_or_after(&b, &h, 1051, 0), Ok(None));
+        assert_eq!(first_at_or_after(&b, &h, i64::MIN, 3), Ok(Some((3, 1050))));
+    }
+}

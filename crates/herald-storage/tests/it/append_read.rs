@@ -1,0 +1,199 @@
+//! Appending, reading, reopening and the validation of input batches.
+
+use std::path::Path;
+
+use herald_storage::{
+    AppendError, CleanupPolicy, ConfigError, LogConfig, OpenError, PartitionLog, ReadError, SimFs,
+};
+
+use crate::support::{batch, pbatch, small, split, stored};
+
+#[test]
+fn appends_get_consecutive_offsets_and_read_back_byte_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = PartitionLog::open(dir.path(), LogConfig::default()).unwrap();
+    let a = batch(0, 3, 100);
+    let b = batch(1, 2, 200);
+    let ia = log.append(&a).unwrap();
+    let ib = log.append(&b).unwrap();
+    assert_eq!((ia.base_offset, ia.last_offset), (0, 2));
+    assert_eq!((ib.base_offset, ib.last_offset), (3, 4));
+    log.sync_to(5).unwrap();
+    assert_eq!(log.offsets().durable_end, 5);
+    let r = log.read(0, 1 << 20, true).unwrap();
+    assert_eq!(
+        split(&r.batches),
+        vec![(0, stored(&a, 0)), (3, stored(&b, 3))]
+    );
+    // Reading from inside a batch starts with that whole batch.
+    let r = log.read(4, 1 << 20, true).unwrap();
+    assert_eq!(split(&r.batches), vec![(3, stored(&b, 3))]);
+    assert_eq!(r.high_watermark, 5);
+    // At the high watermark: empty; beyond: out of range.
+    assert!(log.read(5, 100, true).unwrap().batches.is_empty());
+    assert!(matches!(
+        log.read(6, 100, true),
+        Err(ReadError::OffsetOutOfRange {
+            log_start: 0,
+            high_watermark: 5
+        })
+    ));
+}
+
+#[test]
+fn max_bytes_returns_whole_batches_and_at_least_one_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = PartitionLog::open(dir.path(), LogConfig::default()).unwrap();
+    let a = batch(0, 1, 1);
+    let b = batch(1, 1, 1);
+    log.append(&a).unwrap();
+    log.append(&b).unwrap();
+    let r = log.read(0, a.len() + 10, false).unwrap();
+    assert_eq!(split(&r.batches).len(), 1);
+    let r = log.read(0, 10, false).unwrap();
+    assert!(r.batches.is_empty());
+    let r = log.read(0, 10, true).unwrap();
+    assert_eq!(split(&r.batches), vec![(0, stored(&a, 0))]);
+}
+
+#[test]
+fn reopen_keeps_everything_and_continues_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut expected = Vec::new();
+    for round in 0..3u64 {
+        let log = PartitionLog::open(dir.path(), small(2048)).unwrap();
+        assert_eq!(log.offsets().high_watermark, round * 20);
+        for i in 0..10 {
+            let b = batch(round * 10 + i, 2, 1000);
+            let info = log.append(&b).unwrap();
+            expected.push((info.base_offset, stored(&b, info.base_offset)));
+        }
+        if round == 1 {
+            log.close().unwrap();
+        }
+    }
+    let log = PartitionLog::open(dir.path(), small(2048)).unwrap();
+    let mut got = Vec::new();
+    let mut next = 0;
+    while next < log.offsets().high_watermark {
+        let r = log.read(next, 1 << 20, true).unwrap();
+        let batches = split(&r.batches);
+        next = batches.last().map(|(b, _)| b + 2).unwrap();
+        got.extend(batches);
+    }
+    assert_eq!(got, expected);
+}
+
+#[test]
+fn invalid_batches_are_rejected_before_anything_is_written() {
+    let fs = SimFs::default();
+    let log = PartitionLog::open_with(Path::new("/p"), LogConfig::default(), fs.env()).unwrap();
+    let good = batch(0, 1, 1);
+    let mut bad_crc = batch(1, 1, 1);
+    let last = bad_crc.len() - 1;
+    bad_crc[last] ^= 1;
+    let mut input = good.clone();
+    input.extend_from_slice(&bad_crc);
+    assert!(matches!(
+        log.append(&input),
+        Err(AppendError::CorruptBatch { position, .. }) if position == good.len()
+    ));
+    let mut bad_magic = batch(2, 1, 1);
+    bad_magic[16] = 1;
+    assert!(matches!(
+        log.append(&bad_magic),
+        Err(AppendError::CorruptBatch { .. })
+    ));
+    assert!(matches!(
+        log.append(&good[..good.len() - 1]),
+        Err(AppendError::CorruptBatch { .. })
+    ));
+    assert!(matches!(
+        log.append(&[]),
+        Err(AppendError::CorruptBatch { .. })
+    ));
+    assert_eq!(log.offsets().high_watermark, 0);
+    assert_eq!(log.size_bytes(), 0);
+
+    log.set_config(LogConfig {
+        batch_bytes_max: 100,
+        ..LogConfig::default()
+    })
+    .unwrap();
+    let big = batch(3, 10, 1);
+    assert!(matches!(
+        log.append(&big),
+        Err(AppendError::BatchTooLarge {
+            batch_bytes_max: 100,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn compaction_is_rejected_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let compact = LogConfig {
+        cleanup_policy: CleanupPolicy::Compact,
+        ..LogConfig::default()
+    };
+    assert!(matches!(
+        PartitionLog::open(dir.path(), compact.clone()),
+        Err(OpenError::Config(ConfigError::CompactNotSupported))
+    ));
+    let log = PartitionLog::open(dir.path(), LogConfig::default()).unwrap();
+    assert_eq!(
+        log.set_config(compact),
+        Err(ConfigError::CompactNotSupported)
+    );
+}
+
+#[test]
+fn idempotent_retries_are_recognised_even_after_reopen() {
+    let fs = SimFs::default();
+    let dir = Path::new("/p");
+    let log = PartitionLog::open_with(dir, LogConfig::default(), fs.env()).unwrap();
+    let first = log.append(&pbatch(7, 0, 0, 3)).unwrap();
+    let second = log.append(&pbatch(7, 0, 3, 2)).unwrap();
+    assert_eq!((second.base_offset, second.last_offset), (3, 4));
+    let retry = log.append(&pbatch(7, 0, 0, 3)).unwrap();
+    assert!(retry.duplicate);
+    assert_eq!(
+        (retry.base_offset, retry.last_offset),
+        (first.base_offset, first.last_offset)
+    );
+    assert!(matches!(
+        log.append(&pbatch(7, 0, 9, 1)),
+        Err(AppendError::OutOfOrderSequence {
+            expected_sequence: 5,
+            sequence: 9,
+            ..
+        })
+    ));
+    log.flush().unwrap();
+    // Crash without a clean close: the state is rebuilt from the log tail.
+    let image = fs.crash_image();
+    std::mem::forget(log);
+    let log = PartitionLog::open_with(dir, LogConfig::default(), image.env()).unwrap();
+    let retry = log.append(&pbatch(7, 0, 3, 2)).unwrap();
+    assert!(retry.duplicate);
+    assert_eq!(retry.base_offset, 3);
+    // A new epoch must start at sequence 0, and fences the old one.
+    assert!(matches!(
+        log.append(&pbatch(7, 1, 5, 1)),
+        Err(AppendError::OutOfOrderSequence { .. })
+    ));
+    log.append(&pbatch(7, 1, 0, 1)).unwrap();
+    assert!(matches!(
+        log.append(&pbatch(7, 0, 5, 1)),
+        Err(AppendError::ProducerFenced {
+            current_epoch: 1,
+            ..
+        })
+    ));
+    assert_eq!(log.offsets().high_watermark, 6);
+    // Clean close: the state comes from the checkpoint snapshot.
+    log.close().unwrap();
+    let log = PartitionLog::open_with(dir, LogConfig::default(), image.env()).unwrap();
+    assert!(log.append(&pbatch(7, 1, 0, 1)).unwrap().duplicate);
+}

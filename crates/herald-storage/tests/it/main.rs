@@ -1,0 +1,5 @@
+//! Integration tests of the partition log, one module per area.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod append_read;
+mod support;
