@@ -6,6 +6,7 @@
 
 mod bench;
 mod exit;
+mod group;
 mod output;
 
 use clap::{Parser, Subcommand};
@@ -47,6 +48,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Consumer groups: list, describe (members, committed offsets, lag), reset offsets, delete.
+    #[command(subcommand)]
+    Group(group::GroupCommand),
     /// Load generators: produce or consume through librdkafka and report throughput and latency.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -55,6 +59,7 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result: Result<(), CliError> = match cli.command {
+        Command::Group(command) => group::run(&cli.global, command),
         Command::Bench(command) => bench::run(&cli.global, command),
     };
     match result {
