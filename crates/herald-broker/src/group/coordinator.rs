@@ -16,8 +16,6 @@ use super::offsets::{CommittedOffset, OffsetRecord, OffsetStore, StoreLimits};
 use super::state::{Group, GroupState, Member};
 use super::subscription::subscribed_topics;
 
-const DAY_MS: i64 = 24 * 60 * 60 * 1000;
-
 /// What the coordinator needs to know about topics: partitions (to validate commits) and
 /// retention (so a group's offsets outlive the messages they point into).
 pub trait TopicCatalog: Send + Sync {
@@ -27,8 +25,9 @@ pub trait TopicCatalog: Send + Sync {
     fn retention_ms(&self, topic: &str) -> Option<i64>;
 }
 
-/// Limits and timeouts of the group coordinator.
-#[derive(Debug, Clone)]
+/// Limits and timeouts of the group coordinator (the `[groups]` table of the broker config).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct GroupConfig {
     /// Smallest session timeout a member may ask for (Kafka `group.min.session.timeout.ms`).
     pub session_timeout_ms_min: i32,
@@ -51,7 +50,7 @@ pub struct GroupConfig {
     pub offset_metadata_bytes_max: usize,
     /// Least time an Empty group's offsets are kept (Kafka `offsets.retention.minutes`); a group
     /// covering topics with longer retention keeps them as long as those topics keep messages.
-    pub offsets_retention_ms: i64,
+    pub offsets_retention_minutes: i64,
     /// How often expired offsets are looked for.
     pub offsets_expiry_check_ms: i64,
     /// Period of the timer that applies session and rebalance timeouts.
@@ -74,7 +73,7 @@ impl Default for GroupConfig {
             protocol_metadata_bytes_max: 1 << 20,
             assignment_bytes_max: 1 << 20,
             offset_metadata_bytes_max: 4_096,
-            offsets_retention_ms: 14 * DAY_MS,
+            offsets_retention_minutes: 14 * 24 * 60,
             offsets_expiry_check_ms: 10 * 60 * 1000,
             tick_ms: 100,
             write_queue_jobs_max: 4_096,
@@ -828,7 +827,7 @@ impl Coordinator {
     /// Deletes the committed offsets of Empty groups that have outlived their retention, and
     /// groups left with no offsets. Returns how many partitions' offsets were removed.
     ///
-    /// An Empty group keeps an offset for `max(offsets_retention_ms, longest retention.ms of the
+    /// An Empty group keeps an offset for `max(offsets_retention_minutes, longest retention.ms of the
     /// topics the group has offsets for)` after it became Empty (or the commit, if later), so a
     /// group that is down keeps its place as long as the broker keeps the messages.
     pub async fn expire_offsets(&self) -> Result<usize, GroupError> {
@@ -893,7 +892,11 @@ impl Coordinator {
 
     /// How long an Empty group's offsets for these topics are kept; `None` for forever.
     fn group_retention_ms<'a>(&self, topics: impl Iterator<Item = &'a str>) -> Option<i64> {
-        let mut retention = self.shared.config.offsets_retention_ms;
+        let mut retention = self
+            .shared
+            .config
+            .offsets_retention_minutes
+            .saturating_mul(60_000);
         for topic in topics {
             match self.shared.topics.retention_ms(topic) {
                 Some(ms) if ms < 0 => return None,

@@ -447,7 +447,7 @@ async fn offsets_retention_config_only_lengthens() {
     let topics = Arc::new(Topics::default());
     topics.0.lock().insert("t".into(), (1, 14 * DAY_MS));
     let config = GroupConfig {
-        offsets_retention_ms: DAY_MS,
+        offsets_retention_minutes: 24 * 60,
         ..GroupConfig::default()
     };
     let c = Coordinator::open(dir.path(), config, clock.clone(), topics.clone()).unwrap();
