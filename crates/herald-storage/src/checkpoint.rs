@@ -15,12 +15,12 @@ pub(crate) const CHECKPOINT_FILE: &str = "checkpoint";
 pub(crate) const CHECKPOINT_TMP_FILE: &str = "checkpoint.tmp";
 const MAGIC: &[u8; 4] = b"HRCK";
 const VERSION: u16 = 1;
-const FIXED_BYTES: usize = 44;
+const FIXED_BYTES: usize = 52;
 const PRODUCER_BYTES: usize = 11;
 const BATCH_META_BYTES: usize = 24;
 /// Refuse to read checkpoints larger than this (16M producers would be far more).
 const CHECKPOINT_BYTES_MAX: u64 = 1 << 30;
-const _: () = assert!(FIXED_BYTES == 4 + 2 + 2 + 8 * 4 + 4);
+const _: () = assert!(FIXED_BYTES == 4 + 2 + 2 + 8 * 5 + 4);
 
 /// The contents of a checkpoint file.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -32,6 +32,8 @@ pub(crate) struct Checkpoint {
     pub position: u64,
     /// The offset of the batch at `position`.
     pub next_offset: u64,
+    /// Largest batch max timestamp in the segment up to `position` (-1 if none).
+    pub max_timestamp: i64,
     /// Producer state after every batch below `next_offset`.
     pub producers: ProducerState,
 }
@@ -47,6 +49,7 @@ impl Checkpoint {
             self.segment_base,
             self.position,
             self.next_offset,
+            self.max_timestamp as u64,
         ] {
             out.extend_from_slice(&v.to_be_bytes());
         }
@@ -87,6 +90,7 @@ impl Checkpoint {
         let segment_base = r.u64()?;
         let position = r.u64()?;
         let next_offset = r.u64()?;
+        let max_timestamp = r.u64()? as i64;
         let count = r.u32()?;
         let mut producers = ProducerState::default();
         for _ in 0..count {
@@ -115,7 +119,13 @@ impl Checkpoint {
                 .producers
                 .insert(pid, ProducerEntry { epoch, batches });
         }
-        if r.remaining() != 0 || position > u64::from(u32::MAX) || next_offset < segment_base {
+        let max = crate::log::OFFSET_MAX;
+        if r.remaining() != 0
+            || position > u64::from(u32::MAX)
+            || next_offset < segment_base
+            || next_offset > max
+            || log_start > max
+        {
             return None;
         }
         Some(Checkpoint {
@@ -123,6 +133,7 @@ impl Checkpoint {
             segment_base,
             position,
             next_offset,
+            max_timestamp,
             producers,
         })
     }
@@ -211,6 +222,7 @@ mod tests {
             segment_base: 10,
             position: 200,
             next_offset: 15,
+            max_timestamp: 77,
             producers,
         };
         let bytes = cp.encode();

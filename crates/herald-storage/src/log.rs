@@ -145,6 +145,15 @@ pub struct PartitionLog {
     poisoned: AtomicBool,
 }
 
+/// Milliseconds from `since` to `now`, 0 if the clock went backwards.
+fn elapsed_ms(now: i64, since: i64) -> u64 {
+    u64::try_from(i128::from(now) - i128::from(since)).unwrap_or(0)
+}
+
+/// The largest offset the log accepts; keeps every offset sum far from overflowing and every
+/// offset representable in Kafka's signed 64-bit fields.
+pub(crate) const OFFSET_MAX: u64 = (i64::MAX as u64) >> 1;
+
 fn log_path(dir: &Path, base: u64) -> PathBuf {
     dir.join(format!("{base:020}.log"))
 }
@@ -162,6 +171,7 @@ fn segment_bases(names: &[String]) -> Vec<u64> {
         .filter_map(|n| n.strip_suffix(".log"))
         .filter(|stem| stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()))
         .filter_map(|stem| stem.parse().ok())
+        .filter(|base| *base <= OFFSET_MAX)
         .collect();
     bases.sort_unstable();
     bases.dedup();
@@ -233,7 +243,14 @@ impl<'a> Scanner<'a> {
             return Ok(None);
         };
         match batch::check_batch(bytes, BATCH_BYTES_LIMIT as usize) {
-            Ok(h) if h.base_offset >= 0 && h.base_offset as u64 == offset => Ok(Some((h, bytes))),
+            // The log writes leader epoch 0; anything else there is damage the CRC cannot see.
+            Ok(h)
+                if h.base_offset >= 0
+                    && h.base_offset as u64 == offset
+                    && bytes[12..16] == [0; 4] =>
+            {
+                Ok(Some((h, bytes)))
+            }
             _ => Ok(None),
         }
     }
@@ -376,6 +393,10 @@ impl PartitionLog {
             idx.offsets_written = idx.offsets.len();
             idx.times_written = idx.times.len();
             let mut max_ts = idx.times.last().map_or(-1, |t| t.ts);
+            if start_pos > 0 {
+                // The sparse time index may miss the newest batches before the recovery point.
+                max_ts = max_ts.max(cp.as_ref().map_or(-1, |c| c.max_timestamp));
+            }
             let scan = {
                 let mut scanner = Scanner::new(log.as_ref(), file_len);
                 let mut pos = start_pos;
@@ -449,6 +470,36 @@ impl PartitionLog {
             segments.push(seg);
         }
 
+        // A closed segment left last by a dropped successor becomes active again.
+        if let Some(seg) = segments.last_mut() {
+            if seg.active.is_none() {
+                let ip = index_path(dir, seg.base);
+                let rel_end = seg.next_offset - seg.base;
+                let mut idx = ActiveIndex {
+                    interval_bytes: interval,
+                    ..ActiveIndex::default()
+                };
+                idx.offsets = index::load_offsets(
+                    seg.index_file.as_ref(),
+                    rel_end,
+                    seg.size,
+                    seg.offset_entries,
+                )
+                .map_err(io_err(&ip))?;
+                idx.times = index::load_times(seg.time_file.as_ref(), rel_end, seg.time_entries)
+                    .map_err(io_err(&ip))?;
+                seg.index_file
+                    .set_len(idx.offsets.len() as u64 * OFFSET_ENTRY_BYTES)
+                    .map_err(io_err(&ip))?;
+                seg.time_file
+                    .set_len(idx.times.len() as u64 * TIME_ENTRY_BYTES)
+                    .map_err(io_err(&ip))?;
+                idx.offsets_written = idx.offsets.len();
+                idx.times_written = idx.times.len();
+                seg.roll_base_ms = (seg.size > 0).then_some(now);
+                seg.active = Some(idx);
+            }
+        }
         if segments.is_empty() {
             let base = cp.as_ref().map_or(0, |c| c.next_offset.max(c.log_start));
             segments.push(create_segment(&env, dir, base, interval).map_err(io_err(dir))?);
@@ -526,7 +577,7 @@ impl PartitionLog {
         let too_big = active.size > 0 && active.size + total > st.config.segment_bytes;
         let too_old = active
             .roll_base_ms
-            .is_some_and(|t| now.saturating_sub(t) >= st.config.segment_ms as i64);
+            .is_some_and(|t| elapsed_ms(now, t) >= st.config.segment_ms);
         let offsets_overflow = st.next_offset + records - active.base > u64::from(u32::MAX);
         let mut offset = st.next_offset;
         for h in &mut headers {
@@ -925,9 +976,7 @@ impl PartitionLog {
             (st.config.flush, st.last_flush_ms, st.next_offset)
         };
         if let FlushPolicy::IntervalMs(ms) = policy {
-            if now.saturating_sub(last_flush) >= ms as i64
-                && self.durable_end.load(Ordering::SeqCst) < hw
-            {
+            if elapsed_ms(now, last_flush) >= ms && self.durable_end.load(Ordering::SeqCst) < hw {
                 self.sync_now(hw)?;
                 out.flushed = true;
             }
@@ -937,10 +986,10 @@ impl PartitionLog {
         if let Some(active) = st.segments.last() {
             let aged = active
                 .roll_base_ms
-                .is_some_and(|t| now.saturating_sub(t) >= cfg.segment_ms as i64);
+                .is_some_and(|t| elapsed_ms(now, t) >= cfg.segment_ms);
             let expired = cfg
                 .retention_ms
-                .is_some_and(|r| now.saturating_sub(active.retention_ts()) > r as i64);
+                .is_some_and(|r| elapsed_ms(now, active.retention_ts()) > r);
             if active.size > 0 && (aged || expired) {
                 if let Err(e) = self.roll_locked(&mut st) {
                     self.poison("segment roll", &e);
@@ -957,7 +1006,7 @@ impl PartitionLog {
             let seg = &st.segments[n];
             let by_time = cfg
                 .retention_ms
-                .is_some_and(|r| now.saturating_sub(seg.retention_ts()) > r as i64);
+                .is_some_and(|r| elapsed_ms(now, seg.retention_ts()) > r);
             let by_size = cfg
                 .retention_bytes
                 .is_some_and(|r| total.saturating_sub(seg.size) >= r);
@@ -982,8 +1031,7 @@ impl PartitionLog {
         let behind = st.segments.last().is_some_and(|s| {
             st.last_checkpoint.segment_base != s.base || st.last_checkpoint.position != s.size
         });
-        if behind && now.saturating_sub(st.last_checkpoint_ms) >= cfg.checkpoint_interval_ms as i64
-        {
+        if behind && elapsed_ms(now, st.last_checkpoint_ms) >= cfg.checkpoint_interval_ms {
             if let Err(e) = self.checkpoint_locked(&mut st) {
                 self.poison("checkpoint", &e);
                 return Err(MaintainError::Io(e));
@@ -1078,6 +1126,7 @@ impl PartitionLog {
             segment_base: seg.base,
             position: seg.size,
             next_offset: seg.next_offset,
+            max_timestamp: seg.max_timestamp,
             producers: st.producers.clone(),
         };
         checkpoint::write(self.env.fs.as_ref(), &self.dir, &cp)?;

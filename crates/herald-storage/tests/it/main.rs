@@ -2,4 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod append_read;
+mod crash;
+mod retention;
 mod support;
+mod timestamps;

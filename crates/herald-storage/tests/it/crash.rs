@@ -1,0 +1,241 @@
+//! Crash tests through the simulated file system: power loss dropping the unsynced tail, a torn
+//! last write cut at every byte, flipped bits in the tail, and fsync failures.
+
+use std::path::{Path, PathBuf};
+
+use herald_storage::{AppendError, FlushError, LogConfig, PartitionLog, SimFs};
+
+use crate::support::{batch, small, split, stored};
+
+const DIR: &str = "/part";
+
+fn dir() -> &'static Path {
+    Path::new(DIR)
+}
+
+/// Every batch of the log, read from the start.
+fn read_all(log: &PartitionLog) -> Vec<(u64, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut next = log.offsets().log_start;
+    let hw = log.offsets().high_watermark;
+    while next < hw {
+        let r = log.read(next, 1 << 16, true).unwrap();
+        let batches = split(&r.batches);
+        assert!(!batches.is_empty());
+        for (base, bytes) in batches {
+            let records = u32::from_be_bytes(bytes[57..61].try_into().unwrap()) as u64;
+            next = base + records;
+            out.push((base, bytes));
+        }
+    }
+    out
+}
+
+/// After reopening: durable batches present and identical, nothing unknown, appends continue.
+fn check_recovered(log: &PartitionLog, appended: &[(u64, Vec<u8>)], durable_end: u64) {
+    let got = read_all(log);
+    let hw = log.offsets().high_watermark;
+    assert!(
+        hw >= durable_end,
+        "lost durable records: hw {hw} < {durable_end}"
+    );
+    let expected: Vec<_> = appended.iter().filter(|(b, _)| *b < hw).cloned().collect();
+    assert_eq!(got, expected);
+    let next = batch(999, 1, 5);
+    let info = log.append(&next).unwrap();
+    assert_eq!(info.base_offset, hw);
+    assert_eq!(
+        split(&log.read(hw, 1 << 16, true).unwrap().batches),
+        vec![(hw, stored(&next, hw))]
+    );
+}
+
+fn segment_files(fs: &SimFs) -> Vec<PathBuf> {
+    fs.paths()
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect()
+}
+
+#[test]
+fn power_loss_keeps_exactly_what_was_synced_or_more() {
+    for segment_bytes in [1024, 1 << 20] {
+        let fs = SimFs::default();
+        let log = PartitionLog::open_with(dir(), small(segment_bytes), fs.env()).unwrap();
+        let mut appended = Vec::new();
+        let mut durable = 0;
+        for i in 0..40u64 {
+            let b = batch(i, 1 + (i % 3) as usize, 10);
+            let info = log.append(&b).unwrap();
+            appended.push((info.base_offset, stored(&b, info.base_offset)));
+            if i % 7 == 0 {
+                log.sync_to(info.last_offset + 1).unwrap();
+                durable = info.last_offset + 1;
+            }
+        }
+        assert!(log.offsets().durable_end >= durable);
+        let image = fs.crash_image();
+        std::mem::forget(log);
+        let log = PartitionLog::open_with(dir(), small(segment_bytes), image.env()).unwrap();
+        check_recovered(&log, &appended, durable);
+    }
+}
+
+/// Builds a log with some durable batches and one more, unsynced, batch; returns the file system,
+/// the appended batches, the durable end and the path of the segment holding the last batch.
+fn log_with_unsynced_tail(checkpoint_at_end: bool) -> (SimFs, Vec<(u64, Vec<u8>)>, u64, PathBuf) {
+    let fs = SimFs::default();
+    let log = PartitionLog::open_with(dir(), small(1 << 20), fs.env()).unwrap();
+    let mut appended = Vec::new();
+    for i in 0..4u64 {
+        let b = batch(i, 2, 10);
+        let info = log.append(&b).unwrap();
+        appended.push((info.base_offset, stored(&b, info.base_offset)));
+    }
+    if checkpoint_at_end {
+        // A clean close records the end in the checkpoint: reopen starts scanning there.
+        log.close().unwrap();
+    } else {
+        log.flush().unwrap();
+        std::mem::forget(log);
+    }
+    let log = PartitionLog::open_with(dir(), small(1 << 20), fs.env()).unwrap();
+    let durable = log.offsets().high_watermark;
+    let b = batch(100, 3, 10);
+    let info = log.append(&b).unwrap();
+    appended.push((info.base_offset, stored(&b, info.base_offset)));
+    std::mem::forget(log);
+    let seg = segment_files(&fs).pop().unwrap();
+    (fs, appended, durable, seg)
+}
+
+#[test]
+fn a_torn_last_write_is_cut_at_every_byte_and_recovery_truncates_it() {
+    for checkpoint_at_end in [false, true] {
+        let (fs, appended, durable, seg) = log_with_unsynced_tail(checkpoint_at_end);
+        let full = fs.contents(&seg).unwrap();
+        let synced = fs.durable_len(&seg).unwrap() as usize;
+        assert!(synced < full.len());
+        for cut in synced..=full.len() {
+            let image = fs.process_crash_image();
+            image.write_file(&seg, &full[..cut]);
+            let log = PartitionLog::open_with(dir(), small(1 << 20), image.env()).unwrap();
+            let hw = log.offsets().high_watermark;
+            if cut == full.len() {
+                assert_eq!(hw, durable + 3, "complete batch lost at cut {cut}");
+            } else {
+                assert_eq!(hw, durable, "partial batch kept at cut {cut}");
+            }
+            check_recovered(&log, &appended, durable);
+        }
+    }
+}
+
+#[test]
+fn flipped_bits_in_the_tail_drop_the_damaged_batch_and_nothing_before_it() {
+    for checkpoint_at_end in [false, true] {
+        let (fs, appended, durable, seg) = log_with_unsynced_tail(checkpoint_at_end);
+        let full = fs.contents(&seg).unwrap();
+        let synced = fs.durable_len(&seg).unwrap() as usize;
+        for byte in synced..full.len() {
+            for bit in [0, 3, 7] {
+                let mut damaged = full.clone();
+                damaged[byte] ^= 1 << bit;
+                let image = fs.process_crash_image();
+                image.write_file(&seg, &damaged);
+                let log = PartitionLog::open_with(dir(), small(1 << 20), image.env()).unwrap();
+                assert_eq!(
+                    log.offsets().high_watermark,
+                    durable,
+                    "byte {byte} bit {bit}"
+                );
+                check_recovered(&log, &appended, durable);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_failed_fsync_poisons_the_log_until_reopened() {
+    let fs = SimFs::default();
+    let log = PartitionLog::open_with(dir(), LogConfig::default(), fs.env()).unwrap();
+    let a = batch(0, 1, 1);
+    log.append(&a).unwrap();
+    log.sync_to(1).unwrap();
+    log.append(&batch(1, 1, 1)).unwrap();
+    fs.set_fail_syncs(true);
+    assert!(matches!(log.sync_to(2), Err(FlushError::Io(_))));
+    fs.set_fail_syncs(false);
+    // The failed fsync may have lost pages: no pretending, no more writes or syncs.
+    assert!(matches!(
+        log.append(&batch(2, 1, 1)),
+        Err(AppendError::Poisoned)
+    ));
+    assert!(matches!(log.sync_to(2), Err(FlushError::Poisoned)));
+    assert!(matches!(log.flush(), Err(FlushError::Poisoned)));
+    assert_eq!(log.offsets().durable_end, 1);
+    // Reads still work.
+    assert_eq!(split(&log.read(0, 1 << 16, true).unwrap().batches).len(), 2);
+    let image = fs.crash_image();
+    drop(log);
+    let log = PartitionLog::open_with(dir(), LogConfig::default(), image.env()).unwrap();
+    check_recovered(&log, &[(0, stored(&a, 0))], 1);
+}
+
+#[test]
+fn concurrent_appenders_with_group_commit_lose_nothing_acknowledged() {
+    let fs = SimFs::default();
+    let log = std::sync::Arc::new(PartitionLog::open_with(dir(), small(4096), fs.env()).unwrap());
+    let threads: Vec<_> = (0..8u64)
+        .map(|t| {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let mut acked = Vec::new();
+                for i in 0..25u64 {
+                    let b = batch(t * 100 + i, 2, 1);
+                    let info = log.append(&b).unwrap();
+                    log.sync_to(info.last_offset + 1).unwrap();
+                    assert!(log.offsets().durable_end > info.last_offset);
+                    acked.push((info.base_offset, stored(&b, info.base_offset)));
+                }
+                acked
+            })
+        })
+        .collect();
+    let mut acked: Vec<_> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    acked.sort();
+    let image = fs.crash_image();
+    let log = std::sync::Arc::into_inner(log).unwrap();
+    std::mem::forget(log);
+    let log = PartitionLog::open_with(dir(), small(4096), image.env()).unwrap();
+    assert_eq!(log.offsets().high_watermark, 400);
+    check_recovered(&log, &acked, 400);
+}
+
+#[test]
+fn a_corrupt_or_missing_checkpoint_falls_back_to_scanning_everything() {
+    let fs = SimFs::default();
+    let log = PartitionLog::open_with(dir(), small(1024), fs.env()).unwrap();
+    let mut appended = Vec::new();
+    for i in 0..30u64 {
+        let b = batch(i, 2, 10);
+        let info = log.append(&b).unwrap();
+        appended.push((info.base_offset, stored(&b, info.base_offset)));
+    }
+    log.close().unwrap();
+    assert!(segment_files(&fs).len() > 2);
+    let cp = Path::new(DIR).join("checkpoint");
+    let mut bytes = fs.contents(&cp).unwrap();
+    bytes[10] ^= 0xff;
+    let image = fs.process_crash_image();
+    image.write_file(&cp, &bytes);
+    let log = PartitionLog::open_with(dir(), small(1024), image.env()).unwrap();
+    check_recovered(&log, &appended, 60);
+    let image = fs.process_crash_image();
+    image.write_file(&cp, &[]);
+    let log = PartitionLog::open_with(dir(), small(1024), image.env()).unwrap();
+    check_recovered(&log, &appended, 60);
+}
