@@ -1,0 +1,108 @@
+//! Settings of an embedded or stand-alone broker, and the defaults every new topic starts from.
+//!
+//! [`BrokerConfig`] deserializes from TOML or the environment with every field optional
+//! (`#[serde(default)]`), so a config file names only what it changes.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// One day in milliseconds, for readable defaults.
+const DAY_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// Everything the broker library needs to run. The process around it (the `herald serve`
+/// command) adds its own settings, such as the HTTP address and the log format.
+///
+/// ```
+/// let config = herald_broker::BrokerConfig {
+///     data_dir: "/var/lib/herald".into(),
+///     kafka_addr: "0.0.0.0:9092".parse().unwrap(),
+///     ..Default::default()
+/// };
+/// assert_eq!(config.num_partitions, 1);
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BrokerConfig {
+    /// Directory holding topic metadata and one sub-directory per partition (`<topic>-<n>`).
+    pub data_dir: PathBuf,
+    /// Address the Kafka protocol listener binds to; port 0 picks a free port.
+    pub kafka_addr: SocketAddr,
+    /// Host name given to clients in Metadata responses; defaults to the bound IP address.
+    /// Set it when clients reach the broker under another name (containers, NAT).
+    pub advertised_host: Option<String>,
+    /// This broker's node id in Metadata responses (Kafka `node.id`).
+    pub node_id: i32,
+    /// Cluster id reported in Metadata and DescribeCluster responses.
+    pub cluster_id: String,
+    /// Create a topic when a client asks for its metadata or produces to it
+    /// (Kafka `auto.create.topics.enable`).
+    pub auto_create_topics_enable: bool,
+    /// Partitions of an auto-created topic, and of CreateTopics requests that leave it to
+    /// the broker (Kafka `num.partitions`).
+    pub num_partitions: u32,
+    /// Largest partition count a topic may have; bounds the files and memory one request
+    /// can make the broker create.
+    pub partitions_per_topic_max: u32,
+    /// Largest request frame accepted, in bytes (Kafka `socket.request.max.bytes`); a
+    /// larger frame closes the connection.
+    pub request_bytes_max: u32,
+    /// Largest number of client connections open at once; further ones are closed at accept.
+    pub connections_max: u32,
+    /// Requests one connection may have in flight (decoded, not yet answered); bounds
+    /// per-connection memory while keeping librdkafka's pipelining fast.
+    pub connection_requests_in_flight_max: u32,
+    /// How often every partition's housekeeping runs (interval flush, roll, retention).
+    pub maintenance_interval_ms: u64,
+    /// Longest a Fetch request may wait for data, whatever the client asks.
+    pub fetch_wait_ms_max: u64,
+    /// Largest response a Fetch builds, in bytes, whatever the client asks
+    /// (Kafka `fetch.max.bytes`).
+    pub fetch_response_bytes_max: u32,
+    /// Default `retention.ms` of new topics: delete whole segments older than this; -1
+    /// keeps data forever (Kafka `log.retention.ms`).
+    pub log_retention_ms: i64,
+    /// Default `retention.bytes`: delete the oldest segments while a partition is larger than
+    /// this; -1 means no size limit (Kafka `log.retention.bytes`).
+    pub log_retention_bytes: i64,
+    /// Default `segment.bytes`: start a new segment file at this size (Kafka `log.segment.bytes`).
+    pub log_segment_bytes: u64,
+    /// Default `segment.ms`: start a new segment file at this age (Kafka `log.roll.ms`).
+    pub log_segment_ms: u64,
+    /// Default `flush.ms`, the flush policy: `0` fsyncs before acknowledging `acks=all`
+    /// (concurrent producers share one fsync), a positive value fsyncs at most that many
+    /// milliseconds after an append without making `acks=all` wait, `-1` leaves flushing to
+    /// the operating system and to shutdown.
+    pub log_flush_ms: i64,
+    /// Default `max.message.bytes`: the largest record batch a producer may send, in bytes
+    /// (Kafka `message.max.bytes`).
+    pub message_bytes_max: u32,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            data_dir: PathBuf::from("./herald-data"),
+            kafka_addr: SocketAddr::from(([127, 0, 0, 1], 9092)),
+            advertised_host: None,
+            node_id: 0,
+            cluster_id: "herald-cluster".to_string(),
+            auto_create_topics_enable: true,
+            num_partitions: 1,
+            partitions_per_topic_max: 10_000,
+            request_bytes_max: 100 * 1024 * 1024,
+            connections_max: 1024,
+            connection_requests_in_flight_max: 64,
+            maintenance_interval_ms: 1000,
+            fetch_wait_ms_max: 30_000,
+            fetch_response_bytes_max: 55 * 1024 * 1024,
+            log_retention_ms: (14 * DAY_MS) as i64,
+            log_retention_bytes: -1,
+            log_segment_bytes: 1024 * 1024 * 1024,
+            log_segment_ms: 7 * DAY_MS,
+            log_flush_ms: 0,
+            message_bytes_max: 1_048_588,
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! Counters the broker keeps as it runs, and the cheap snapshot of them ([`BrokerStats`]) that
+//! the HTTP side turns into Prometheus metrics.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Highest Kafka API key counted per API; requests with a higher key count as unknown.
+pub(crate) const API_KEY_COUNTED_MAX: usize = 127;
+
+/// Live counters, updated with relaxed atomics on the request path.
+#[derive(Debug)]
+pub(crate) struct Counters {
+    pub(crate) connections_open: AtomicU64,
+    pub(crate) connections_accepted: AtomicU64,
+    pub(crate) connections_refused: AtomicU64,
+    pub(crate) requests_by_api: [AtomicU64; API_KEY_COUNTED_MAX + 1],
+    pub(crate) requests_unknown: AtomicU64,
+    pub(crate) requests_malformed: AtomicU64,
+    pub(crate) produced_bytes: AtomicU64,
+    pub(crate) produced_records: AtomicU64,
+    pub(crate) produced_batches_duplicate: AtomicU64,
+    pub(crate) fetched_bytes: AtomicU64,
+    pub(crate) fetched_records: AtomicU64,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            connections_open: AtomicU64::new(0),
+            connections_accepted: AtomicU64::new(0),
+            connections_refused: AtomicU64::new(0),
+            requests_by_api: std::array::from_fn(|_| AtomicU64::new(0)),
+            requests_unknown: AtomicU64::new(0),
+            requests_malformed: AtomicU64::new(0),
+            produced_bytes: AtomicU64::new(0),
+            produced_records: AtomicU64::new(0),
+            produced_batches_duplicate: AtomicU64::new(0),
+            fetched_bytes: AtomicU64::new(0),
+            fetched_records: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Counters {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_request(&self, api_key: i16) {
+        match usize::try_from(api_key) {
+            Ok(key) if key <= API_KEY_COUNTED_MAX => Self::add(&self.requests_by_api[key], 1),
+            _ => Self::add(&self.requests_unknown, 1),
+        }
+    }
+}
+
+/// A point-in-time snapshot of the broker's statistics. Counters (`*_total`) only grow while
+/// the broker runs; the others are gauges.
+///
+/// ```no_run
+/// # async fn demo(broker: &herald_broker::Broker) {
+/// let stats = broker.stats();
+/// println!("{} topics, {} bytes produced", stats.topics, stats.produced_bytes_total);
+/// # }
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BrokerStats {
+    /// Topics that exist now.
+    pub topics: u64,
+    /// Partitions over all topics.
+    pub partitions: u64,
+    /// Bytes the partition logs occupy on disk.
+    pub disk_bytes: u64,
+    /// Client connections open now.
+    pub connections_open: u64,
+    /// Client connections accepted since start.
+    pub connections_accepted_total: u64,
+    /// Connections closed at accept because `connections_max` were open.
+    pub connections_refused_total: u64,
+    /// Requests handled since start, by Kafka API name (`Produce`, `Fetch`, ...).
+    pub requests_total: BTreeMap<String, u64>,
+    /// Requests with an API key this broker does not know.
+    pub requests_unknown_total: u64,
+    /// Frames that could not be decoded (the connection was closed).
+    pub requests_malformed_total: u64,
+    /// Record-batch bytes appended by Produce requests.
+    pub produced_bytes_total: u64,
+    /// Records appended by Produce requests.
+    pub produced_records_total: u64,
+    /// Batches an idempotent producer retried that were already stored (not stored again).
+    pub produced_batches_duplicate_total: u64,
+    /// Record-batch bytes returned by Fetch responses.
+    pub fetched_bytes_total: u64,
+    /// Records returned by Fetch responses (whole batches, as stored).
+    pub fetched_records_total: u64,
+}
+
+impl Counters {
+    /// Copies the counters into a snapshot; topic and disk figures are filled in by the caller.
+    pub(crate) fn snapshot(&self, api_name: impl Fn(i16) -> Option<&'static str>) -> BrokerStats {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let mut requests_total = BTreeMap::new();
+        for (key, counter) in self.requests_by_api.iter().enumerate() {
+            let count = load(counter);
+            if count == 0 {
+                continue;
+            }
+            let name = i16::try_from(key)
+                .ok()
+                .and_then(&api_name)
+                .map_or_else(|| format!("api_{key}"), str::to_string);
+            requests_total.insert(name, count);
+        }
+        BrokerStats {
+            topics: 0,
+            partitions: 0,
+            disk_bytes: 0,
+            connections_open: load(&self.connections_open),
+            connections_accepted_total: load(&self.connections_accepted),
+            connections_refused_total: load(&self.connections_refused),
+            requests_total,
+            requests_unknown_total: load(&self.requests_unknown),
+            requests_malformed_total: load(&self.requests_malformed),
+            produced_bytes_total: load(&self.produced_bytes),
+            produced_records_total: load(&self.produced_records),
+            produced_batches_duplicate_total: load(&self.produced_batches_duplicate),
+            fetched_bytes_total: load(&self.fetched_bytes),
+            fetched_records_total: load(&self.fetched_records),
+        }
+    }
+}

@@ -1,0 +1,320 @@
+//! Request decoding and response encoding: the Kafka request header, the body through
+//! `kafka-protocol`, and a guard that keeps hostile length fields from allocating memory.
+//!
+//! `kafka-protocol` sizes vectors from the length fields it reads (`Vec::with_capacity(n)`,
+//! `vec![0; n]`) before checking that the bytes are there, so one 30-byte frame claiming an
+//! array of two billion elements would make it ask for hundreds of gigabytes and abort the
+//! process. [`decode_request`] therefore decodes a body first through [`GuardedBuf`], which
+//! never lets a varint length exceed the bytes left and clamps every `i32` read to the bytes
+//! left. Any field used as a length is then provably sane when that pass succeeds; because
+//! clamping may have changed a non-length field (a timeout, say), the body is decoded once more
+//! without the guard when anything was clamped.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
+use kafka_protocol::protocol::buf::ByteBuf;
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+
+use super::versions;
+
+/// Why a request frame could not be turned into a request.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The frame is shorter than the fixed part of a request header.
+    #[error("frame of {frame_bytes} bytes is too short for a request header")]
+    TooShort {
+        /// Length of the frame.
+        frame_bytes: usize,
+    },
+    /// The API key is not one this broker serves.
+    #[error("unknown API key {api_key}")]
+    UnknownApi {
+        /// The key the client sent.
+        api_key: i16,
+        /// Its version.
+        api_version: i16,
+        /// The correlation id, so an error response can still be matched.
+        correlation_id: i32,
+    },
+    /// The API is served, but not in this version.
+    #[error("API {api_key} version {api_version} is not supported")]
+    UnsupportedVersion {
+        /// The key the client sent.
+        api_key: i16,
+        /// The version the client sent.
+        api_version: i16,
+        /// The correlation id, so an error response can still be matched.
+        correlation_id: i32,
+    },
+    /// The header or body does not parse (truncated, bad lengths, garbage).
+    #[error("malformed {api} v{api_version} request: {message}")]
+    Malformed {
+        /// Name of the API.
+        api: &'static str,
+        /// Version the client sent.
+        api_version: i16,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// A decoded request: its header and its body.
+#[derive(Debug)]
+pub(crate) struct Request {
+    pub(crate) api_key: ApiKey,
+    pub(crate) header: RequestHeader,
+    pub(crate) body: RequestKind,
+}
+
+/// Decodes one request frame (without its 4-byte size prefix).
+pub(crate) fn decode_request(frame: Bytes) -> Result<Request, DecodeError> {
+    let mut peek = &frame[..];
+    if peek.len() < 8 {
+        return Err(DecodeError::TooShort {
+            frame_bytes: frame.len(),
+        });
+    }
+    let api_key_raw = peek.get_i16();
+    let api_version = peek.get_i16();
+    let correlation_id = peek.get_i32();
+    let Some(api_key) = versions::served(api_key_raw) else {
+        return Err(DecodeError::UnknownApi {
+            api_key: api_key_raw,
+            api_version,
+            correlation_id,
+        });
+    };
+    if !versions::supports(api_key, api_version) {
+        return Err(DecodeError::UnsupportedVersion {
+            api_key: api_key_raw,
+            api_version,
+            correlation_id,
+        });
+    }
+    let malformed = |message: String| DecodeError::Malformed {
+        api: versions::name(api_key),
+        api_version,
+        message,
+    };
+    if api_key == ApiKey::Produce && api_version < versions::PRODUCE_VERSION_DECODED_MIN {
+        return Err(malformed(
+            "message formats v0 and v1 are not stored; use Produce v3 or later".to_string(),
+        ));
+    }
+    let header_version = api_key.request_header_version(api_version);
+    let mut body = frame;
+    let header = guarded_decode::<RequestHeader>(&mut body, header_version).map_err(malformed)?;
+    let request = guarded_decode_body(api_key, &mut body, api_version).map_err(malformed)?;
+    if body.has_remaining() {
+        // Trailing bytes mean the client and we disagree about the layout: refuse rather
+        // than act on a request we may have misread.
+        return Err(malformed(format!(
+            "{} bytes left after the body",
+            body.remaining()
+        )));
+    }
+    Ok(Request {
+        api_key,
+        header,
+        body: request,
+    })
+}
+
+/// Decodes a header-like message through the guard, then without it if something was clamped.
+fn guarded_decode<T: Decodable>(buf: &mut Bytes, version: i16) -> Result<T, String> {
+    let start = buf.clone();
+    let mut guarded = GuardedBuf::new(buf.clone());
+    let value = T::decode(&mut guarded, version).map_err(|error| error.to_string())?;
+    if !guarded.clamped {
+        *buf = guarded.inner;
+        return Ok(value);
+    }
+    let mut again = start;
+    let value = T::decode(&mut again, version).map_err(|error| error.to_string())?;
+    *buf = again;
+    Ok(value)
+}
+
+fn guarded_decode_body(
+    api_key: ApiKey,
+    buf: &mut Bytes,
+    version: i16,
+) -> Result<RequestKind, String> {
+    let start = buf.clone();
+    let mut guarded = GuardedBuf::new(buf.clone());
+    let value = decode_kind(api_key, &mut guarded, version)?;
+    if !guarded.clamped {
+        *buf = guarded.inner;
+        return Ok(value);
+    }
+    let mut again = start;
+    let value = decode_kind(api_key, &mut again, version)?;
+    *buf = again;
+    Ok(value)
+}
+
+/// Decodes the body of one of the served APIs from any buffer type.
+fn decode_kind<B: ByteBuf>(
+    api_key: ApiKey,
+    buf: &mut B,
+    version: i16,
+) -> Result<RequestKind, String> {
+    use kafka_protocol::messages::*;
+    fn body<T: Decodable, B: ByteBuf>(buf: &mut B, version: i16) -> Result<T, String> {
+        T::decode(buf, version).map_err(|error| error.to_string())
+    }
+    Ok(match api_key {
+        ApiKey::Produce => RequestKind::Produce(body(buf, version)?),
+        ApiKey::Fetch => RequestKind::Fetch(body(buf, version)?),
+        ApiKey::ListOffsets => RequestKind::ListOffsets(body(buf, version)?),
+        ApiKey::Metadata => RequestKind::Metadata(body(buf, version)?),
+        ApiKey::ApiVersions => RequestKind::ApiVersions(body(buf, version)?),
+        ApiKey::CreateTopics => RequestKind::CreateTopics(body(buf, version)?),
+        ApiKey::DeleteTopics => RequestKind::DeleteTopics(body(buf, version)?),
+        ApiKey::CreatePartitions => RequestKind::CreatePartitions(body(buf, version)?),
+        ApiKey::DeleteRecords => RequestKind::DeleteRecords(body(buf, version)?),
+        ApiKey::DescribeConfigs => RequestKind::DescribeConfigs(body(buf, version)?),
+        ApiKey::AlterConfigs => RequestKind::AlterConfigs(body(buf, version)?),
+        ApiKey::IncrementalAlterConfigs => {
+            RequestKind::IncrementalAlterConfigs(body(buf, version)?)
+        }
+        ApiKey::DescribeCluster => RequestKind::DescribeCluster(body(buf, version)?),
+        ApiKey::InitProducerId => RequestKind::InitProducerId(body(buf, version)?),
+        ApiKey::FindCoordinator => RequestKind::FindCoordinator(body(buf, version)?),
+        ApiKey::JoinGroup => RequestKind::JoinGroup(body(buf, version)?),
+        ApiKey::SyncGroup => RequestKind::SyncGroup(body(buf, version)?),
+        ApiKey::Heartbeat => RequestKind::Heartbeat(body(buf, version)?),
+        ApiKey::LeaveGroup => RequestKind::LeaveGroup(body(buf, version)?),
+        ApiKey::OffsetCommit => RequestKind::OffsetCommit(body(buf, version)?),
+        ApiKey::OffsetFetch => RequestKind::OffsetFetch(body(buf, version)?),
+        ApiKey::ListGroups => RequestKind::ListGroups(body(buf, version)?),
+        ApiKey::DescribeGroups => RequestKind::DescribeGroups(body(buf, version)?),
+        ApiKey::DeleteGroups => RequestKind::DeleteGroups(body(buf, version)?),
+        ApiKey::OffsetDelete => RequestKind::OffsetDelete(body(buf, version)?),
+        other => return Err(format!("API {other:?} has no decoder here")),
+    })
+}
+
+/// A read buffer that keeps length fields honest; see the module docs.
+struct GuardedBuf {
+    inner: Bytes,
+    /// Set when an `i32` was clamped, so the body must be decoded again unguarded.
+    clamped: bool,
+    /// The unsigned varint being read byte by byte, with the shift of its next byte.
+    varint: Option<(u64, u32)>,
+    /// Bytes left when the current varint started: no length can exceed them.
+    varint_limit: u64,
+}
+
+impl GuardedBuf {
+    fn new(inner: Bytes) -> Self {
+        GuardedBuf {
+            inner,
+            clamped: false,
+            varint: None,
+            varint_limit: 0,
+        }
+    }
+}
+
+impl Buf for GuardedBuf {
+    fn remaining(&self) -> usize {
+        self.inner.remaining()
+    }
+
+    fn chunk(&self) -> &[u8] {
+        self.inner.chunk()
+    }
+
+    fn advance(&mut self, cnt: usize) {
+        self.varint = None;
+        self.inner.advance(cnt);
+    }
+
+    fn try_get_i32(&mut self) -> Result<i32, bytes::TryGetError> {
+        self.varint = None;
+        let value = self.inner.try_get_i32()?;
+        // One more than the bytes left: a length that large can never be satisfied, so the
+        // guarded pass still fails where the real one would, without a huge allocation.
+        let limit = i32::try_from(self.inner.remaining().saturating_add(1)).unwrap_or(i32::MAX);
+        if value > limit {
+            self.clamped = true;
+            return Ok(limit);
+        }
+        Ok(value)
+    }
+
+    fn try_get_u8(&mut self) -> Result<u8, bytes::TryGetError> {
+        // Unsigned varints (compact lengths, tagged-field counts and sizes) are read one byte
+        // at a time through this method; follow them and refuse one larger than the bytes left.
+        let byte = self.inner.try_get_u8()?;
+        let (value, shift) = match self.varint.take() {
+            Some(state) => state,
+            None => {
+                self.varint_limit = self.inner.remaining() as u64 + 2;
+                (0, 0)
+            }
+        };
+        let value = value | (u64::from(byte & 0x7f) << shift.min(63));
+        if value > self.varint_limit {
+            return Err(bytes::TryGetError {
+                requested: usize::MAX,
+                available: self.inner.remaining(),
+            });
+        }
+        if byte & 0x80 != 0 && shift < 63 {
+            self.varint = Some((value, shift + 7));
+        }
+        Ok(byte)
+    }
+}
+
+impl ByteBuf for GuardedBuf {
+    fn peek_bytes(&mut self, r: std::ops::Range<usize>) -> Bytes {
+        self.inner.peek_bytes(r)
+    }
+
+    fn get_bytes(&mut self, size: usize) -> Bytes {
+        self.varint = None;
+        self.inner.get_bytes(size)
+    }
+}
+
+/// Encodes a response frame: size prefix, response header, body.
+pub(crate) fn encode_response(
+    api_key: ApiKey,
+    api_version: i16,
+    correlation_id: i32,
+    body: &ResponseKind,
+) -> Result<Bytes, String> {
+    // ApiVersions answers with header v0 whatever its version, so that a client that sent a
+    // version we do not know can still read the error and our supported range.
+    let header_version = if api_key == ApiKey::ApiVersions {
+        0
+    } else {
+        api_key.response_header_version(api_version)
+    };
+    let header = ResponseHeader::default().with_correlation_id(correlation_id);
+    let mut buf = BytesMut::with_capacity(64);
+    buf.put_i32(0);
+    header
+        .encode(&mut buf, header_version)
+        .map_err(|error| error.to_string())?;
+    body.encode(&mut buf, api_version)
+        .map_err(|error| error.to_string())?;
+    let size = i32::try_from(buf.len() - 4).map_err(|_| "response too large".to_string())?;
+    buf[..4].copy_from_slice(&size.to_be_bytes());
+    Ok(buf.freeze())
+}
+
+/// The client id of a request, for log lines.
+pub(crate) fn client_id(header: &RequestHeader) -> &str {
+    header.client_id.as_ref().map_or("", StrBytes::as_str)
+}
+
+/// Runs the full decoding path over arbitrary bytes; the fuzz target and the property test
+/// call this. Returns whether the bytes decoded as a request.
+pub fn fuzz_decode(frame: &[u8]) -> bool {
+    decode_request(Bytes::copy_from_slice(frame)).is_ok()
+}

@@ -1,0 +1,266 @@
+//! The Kafka wire server: connection handling, request framing, and the dispatch of each API to
+//! its handler module (`produce`, `fetch`, `metadata`, `admin`, ...).
+//!
+//! This module and its children are the only code that knows `kafka_protocol` types; handlers
+//! translate requests into calls on the broker core ([`crate::Core`]) and its results back.
+//!
+//! Per connection, a reader decodes requests and runs each handler's synchronous part in
+//! arrival order (so appends from one producer stay in order), and a writer sends responses in
+//! the same order. A handler that must wait (an `acks=all` fsync, a Fetch long poll) returns a
+//! future instead of a response; it runs on its own task while the reader moves on, up to
+//! `connection_requests_in_flight_max` requests per connection.
+
+mod api_versions;
+pub(crate) mod codec;
+#[allow(dead_code, reason = "the codes are used as their handlers land")]
+pub(crate) mod errors;
+pub(crate) mod versions;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use crate::Core;
+use crate::stats::Counters;
+use codec::{DecodeError, Request};
+
+/// What a handler hands back for one request.
+pub(crate) enum Reply {
+    /// The response, ready now.
+    Ready(Box<ResponseKind>),
+    /// The response, once this future completes (durability wait, long poll).
+    #[allow(dead_code, reason = "used by the Produce and Fetch handlers")]
+    Later(Pin<Box<dyn Future<Output = ResponseKind> + Send>>),
+    /// No response at all (Produce with `acks=0`).
+    Nothing,
+}
+
+/// A response on its way to the writer, in request order.
+enum Outgoing {
+    Ready(Bytes),
+    Later(tokio::task::JoinHandle<Option<Bytes>>),
+}
+
+/// Why a connection was closed by the broker.
+#[derive(Debug, thiserror::Error)]
+enum CloseReason {
+    #[error("request frame of {frame_bytes} bytes is over request_bytes_max ({limit})")]
+    FrameTooLarge { frame_bytes: i64, limit: u32 },
+    #[error("read failed: {0}")]
+    Read(#[source] std::io::Error),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error("could not encode the {api} response: {message}")]
+    Encode { api: &'static str, message: String },
+}
+
+/// Serves one client connection until it closes, fails, or the broker stops.
+pub(crate) async fn serve_connection(
+    core: Arc<Core>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+) {
+    // Responses are small and latency matters more than packet count.
+    if let Err(error) = stream.set_nodelay(true) {
+        debug!(%peer, %error, "could not set TCP_NODELAY");
+    }
+    let (mut reader, writer) = stream.into_split();
+    let in_flight =
+        usize::try_from(core.config.connection_requests_in_flight_max.max(1)).unwrap_or(usize::MAX);
+    let (outgoing, queue) = mpsc::channel::<Outgoing>(in_flight);
+    let writer_task = tokio::spawn(write_responses(writer, queue, peer));
+    loop {
+        let frame = tokio::select! {
+            biased;
+            _ = stop.wait_for(|stopping| *stopping) => break,
+            frame = read_frame(&mut reader, core.config.request_bytes_max) => frame,
+        };
+        let frame = match frame {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(reason) => {
+                Counters::add(&core.counters.requests_malformed, 1);
+                info!(%peer, %reason, "closing connection");
+                break;
+            }
+        };
+        match handle_frame(&core, frame).await {
+            Ok(Some(response)) => {
+                if outgoing.send(response).await.is_err() {
+                    // The writer stopped (the peer went away); nothing more to answer.
+                    break;
+                }
+            }
+            Ok(None) => {}
+            Err(reason) => {
+                if matches!(reason, CloseReason::Decode(_)) {
+                    Counters::add(&core.counters.requests_malformed, 1);
+                }
+                info!(%peer, %reason, "closing connection");
+                break;
+            }
+        }
+    }
+    // Dropping the sender lets the writer finish the responses already queued, then stop.
+    drop(outgoing);
+    if let Err(error) = writer_task.await {
+        warn!(%peer, %error, "response writer failed");
+    }
+}
+
+/// Reads one size-prefixed frame; `None` on a clean end of stream between frames.
+async fn read_frame(reader: &mut OwnedReadHalf, limit: u32) -> Result<Option<Bytes>, CloseReason> {
+    let mut size = [0u8; 4];
+    match reader.read_exact(&mut size).await {
+        Ok(_) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(error) => return Err(CloseReason::Read(error)),
+    }
+    let frame_bytes = i32::from_be_bytes(size);
+    // The size is checked before anything is allocated for it.
+    let Ok(len) = u32::try_from(frame_bytes) else {
+        return Err(CloseReason::FrameTooLarge {
+            frame_bytes: i64::from(frame_bytes),
+            limit,
+        });
+    };
+    if len > limit {
+        return Err(CloseReason::FrameTooLarge {
+            frame_bytes: i64::from(frame_bytes),
+            limit,
+        });
+    }
+    let mut frame = BytesMut::zeroed(len as usize);
+    reader
+        .read_exact(&mut frame)
+        .await
+        .map_err(CloseReason::Read)?;
+    Ok(Some(frame.freeze()))
+}
+
+/// Decodes and dispatches one frame; `Ok(None)` when no response is due.
+async fn handle_frame(core: &Arc<Core>, frame: Bytes) -> Result<Option<Outgoing>, CloseReason> {
+    let request = match codec::decode_request(frame) {
+        Ok(request) => request,
+        Err(DecodeError::UnsupportedVersion {
+            api_key,
+            api_version,
+            correlation_id,
+        }) if api_key == ApiKey::ApiVersions as i16 => {
+            // The one request every client may send in a version we do not know: answer
+            // with our range (in v0) so the client can retry in one we do.
+            core.counters.count_request(api_key);
+            let body = ResponseKind::ApiVersions(api_versions::response(api_versions::error_for(
+                api_version,
+            )));
+            return encode(ApiKey::ApiVersions, 0, correlation_id, &body).map(Some);
+        }
+        Err(error) => {
+            if let DecodeError::UnknownApi { .. } = error {
+                Counters::add(&core.counters.requests_unknown, 1);
+            }
+            return Err(CloseReason::Decode(error));
+        }
+    };
+    core.counters.count_request(request.api_key as i16);
+    let api_key = request.api_key;
+    let version = request.header.request_api_version;
+    let correlation_id = request.header.correlation_id;
+    debug!(
+        api = versions::name(api_key),
+        version,
+        correlation_id,
+        client_id = codec::client_id(&request.header),
+        "request"
+    );
+    match dispatch(core, request).await {
+        Reply::Ready(body) => encode(api_key, version, correlation_id, &body).map(Some),
+        Reply::Later(future) => Ok(Some(Outgoing::Later(tokio::spawn(async move {
+            let body = future.await;
+            match encode(api_key, version, correlation_id, &body) {
+                Ok(Outgoing::Ready(bytes)) => Some(bytes),
+                Ok(Outgoing::Later(_)) => None,
+                Err(reason) => {
+                    warn!(%reason, "dropping response");
+                    None
+                }
+            }
+        })))),
+        Reply::Nothing => Ok(None),
+    }
+}
+
+fn encode(
+    api_key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &ResponseKind,
+) -> Result<Outgoing, CloseReason> {
+    codec::encode_response(api_key, version, correlation_id, body)
+        .map(Outgoing::Ready)
+        .map_err(|message| CloseReason::Encode {
+            api: versions::name(api_key),
+            message,
+        })
+}
+
+/// Sends a handler's request to its API family's module.
+async fn dispatch(core: &Arc<Core>, request: Request) -> Reply {
+    let version = request.header.request_api_version;
+    match request.body {
+        RequestKind::ApiVersions(_) => Reply::Ready(Box::new(ResponseKind::ApiVersions(
+            api_versions::response(api_versions::error_for(version)),
+        ))),
+        other => {
+            // The version table only lists APIs with a handler below, so this is a bug.
+            warn!(api = ?request.api_key, "no handler for a served API");
+            let _ = (core, other);
+            Reply::Nothing
+        }
+    }
+}
+
+/// Writes responses in request order, waiting for pending ones in turn.
+async fn write_responses(
+    writer: OwnedWriteHalf,
+    mut queue: mpsc::Receiver<Outgoing>,
+    peer: SocketAddr,
+) {
+    let mut writer = BufWriter::with_capacity(64 * 1024, writer);
+    while let Some(outgoing) = queue.recv().await {
+        let bytes = match outgoing {
+            Outgoing::Ready(bytes) => bytes,
+            Outgoing::Later(task) => match task.await {
+                Ok(Some(bytes)) => bytes,
+                Ok(None) => break,
+                Err(error) => {
+                    warn!(%peer, %error, "response task failed");
+                    break;
+                }
+            },
+        };
+        if let Err(error) = writer.write_all(&bytes).await {
+            debug!(%peer, %error, "write failed");
+            return;
+        }
+        // Flush when nothing else is ready, so pipelined responses share a write.
+        if queue.is_empty() {
+            if let Err(error) = writer.flush().await {
+                debug!(%peer, %error, "flush failed");
+                return;
+            }
+        }
+    }
+    let _ = writer.flush().await;
+    let _ = writer.shutdown().await;
+}
