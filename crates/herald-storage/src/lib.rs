@@ -11,6 +11,7 @@ mod checkpoint;
 mod config;
 mod env;
 mod error;
+pub mod fuzzing;
 mod index;
 mod log;
 mod producer;

@@ -912,13 +912,12 @@ impl PartitionLog {
             return Ok(st.log_start);
         }
         st.log_start = offset;
-        let mut cp = st.last_checkpoint.clone();
-        cp.log_start = offset;
-        if let Err(e) = checkpoint::write(self.env.fs.as_ref(), &self.dir, &cp) {
+        // The checkpoint fsyncs the records below the new start first, so a power loss can
+        // never leave a log start above the log end.
+        if let Err(e) = self.checkpoint_locked(&mut st) {
             self.poison("checkpoint write", &e);
             return Err(DeleteRecordsError::Io(e));
         }
-        st.last_checkpoint = cp;
         // An active segment wholly below the new start is rolled so it can go too.
         let active_below = st
             .segments

@@ -43,12 +43,16 @@ pub(crate) fn first_at_or_after(
         let len = r.varint()?;
         let len = usize::try_from(len).map_err(|_| DecodeFault)?;
         let end = r.pos.checked_add(len).ok_or(DecodeFault)?;
-        if end > records.len() {
+        // A record is never empty; requiring progress bounds the loop by the buffer's length.
+        if len == 0 || end > records.len() {
             return Err(DecodeFault);
         }
         let _attributes = r.byte()?;
         let ts_delta = r.varint()?;
         let offset_delta = r.varint()?;
+        if r.pos > end {
+            return Err(DecodeFault);
+        }
         r.pos = end;
         let offset = base.checked_add_signed(offset_delta).ok_or(DecodeFault)?;
         let record_ts = h.base_timestamp.wrapping_add(ts_delta);

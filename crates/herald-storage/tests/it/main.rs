@@ -3,6 +3,8 @@
 
 mod append_read;
 mod crash;
+mod fuzz_open;
+mod model;
 mod retention;
 mod support;
 mod timestamps;
