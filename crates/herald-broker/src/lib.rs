@@ -20,6 +20,7 @@
 
 mod config;
 pub mod group;
+pub mod metrics;
 #[allow(dead_code, reason = "the categories are mapped as their handlers land")]
 mod problem;
 mod stats;
