@@ -956,7 +956,8 @@ fn add_member(
 }
 
 /// A static member restarting: the new member id replaces the old one (which is fenced), and
-/// in a Stable group with unchanged protocols it gets its old assignment without a rebalance.
+/// in a Stable group whose protocol it still supports it gets its old assignment without a
+/// rebalance.
 fn rejoin_static(
     group: &mut Group,
     req: JoinRequest,
@@ -984,7 +985,6 @@ fn rejoin_static(
             .static_members
             .insert(instance.clone(), new_id.clone());
     }
-    let unchanged = member.protocols == req.protocols;
     member.member_id = new_id.clone();
     member.client_id = req.client_id;
     member.client_host = req.client_host;
@@ -995,6 +995,9 @@ fn rejoin_static(
     group.members.insert(new_id.clone(), member);
     tracing::info!(old = %old_id, new = %new_id, "static member rejoined with a new member id");
 
+    // As Kafka: the restarted member's metadata may differ (owned partitions, generation), but
+    // only a change of the group's protocol needs a new assignment.
+    let unchanged = group.select_protocol() == group.protocol_name;
     if group.state == GroupState::Stable && unchanged {
         let mut response = group.current_join_response(&new_id);
         if was_leader {

@@ -150,7 +150,7 @@ impl Group {
     }
 
     /// The protocol every member supports with the most first-choice votes, as Kafka picks it.
-    fn select_protocol(&self) -> Option<String> {
+    pub(crate) fn select_protocol(&self) -> Option<String> {
         let first = self.members.values().next()?;
         let candidates: Vec<&str> = first
             .protocols

@@ -275,6 +275,9 @@ async fn static_member_rejoin_keeps_assignment_without_rebalance_and_fences_the_
     .unwrap();
 
     req.member_id = String::new();
+    // A restarted client's metadata differs (no owned partitions yet); that alone is no reason
+    // to rebalance.
+    req.protocols[0].metadata = Bytes::from_static(b"restarted");
     let a_new = f.c.join(req).await.unwrap();
     assert_eq!(a_new.generation_id, 1, "no rebalance");
     assert_ne!(a_new.member_id, a_old.member_id);
