@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
@@ -117,7 +117,6 @@ struct State {
     producers: ProducerState,
     last_checkpoint: Checkpoint,
     last_checkpoint_ms: i64,
-    last_flush_ms: i64,
 }
 
 /// One partition's durable log of Kafka record batches.
@@ -142,6 +141,8 @@ pub struct PartitionLog {
     state: RwLock<State>,
     sync_lock: Mutex<()>,
     durable_end: AtomicU64,
+    /// Clock time of the last fsync by `sync_to`/`flush`, for interval flushes.
+    last_flush_ms: AtomicI64,
     poisoned: AtomicBool,
 }
 
@@ -520,7 +521,6 @@ impl PartitionLog {
             producers,
             last_checkpoint: cp.unwrap_or_default(),
             last_checkpoint_ms: now,
-            last_flush_ms: now,
         };
         let log = PartitionLog {
             dir: dir.to_path_buf(),
@@ -528,6 +528,7 @@ impl PartitionLog {
             state: RwLock::new(state),
             sync_lock: Mutex::new(()),
             durable_end: AtomicU64::new(0),
+            last_flush_ms: AtomicI64::new(now),
             poisoned: AtomicBool::new(false),
         };
         // Make what recovery kept durable and record it, so the next open reads nothing of it.
@@ -681,7 +682,8 @@ impl PartitionLog {
             return Err(FlushError::Io(e));
         }
         self.durable_end.fetch_max(target, Ordering::SeqCst);
-        self.state.write().last_flush_ms = self.env.clock.now_ms();
+        self.last_flush_ms
+            .store(self.env.clock.now_ms(), Ordering::SeqCst);
         Ok(())
     }
 
@@ -970,9 +972,10 @@ impl PartitionLog {
         }
         let mut out = MaintainOutcome::default();
         let now = self.env.clock.now_ms();
-        let (policy, last_flush, hw) = {
+        let last_flush = self.last_flush_ms.load(Ordering::SeqCst);
+        let (policy, hw) = {
             let st = self.state.read();
-            (st.config.flush, st.last_flush_ms, st.next_offset)
+            (st.config.flush, st.next_offset)
         };
         if let FlushPolicy::IntervalMs(ms) = policy {
             if elapsed_ms(now, last_flush) >= ms && self.durable_end.load(Ordering::SeqCst) < hw {
