@@ -8,6 +8,7 @@ mod bench;
 mod exit;
 mod group;
 mod output;
+mod peer;
 
 use clap::{Parser, Subcommand};
 
@@ -54,6 +55,10 @@ enum Command {
     /// Load generators: produce or consume through librdkafka and report throughput and latency.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Brokerless events: serve a topic as a group member, publish direct or datagram events,
+    /// request/response, and a benchmark against bare sockets.
+    #[command(subcommand)]
+    Peer(peer::PeerCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -61,6 +66,7 @@ fn main() -> std::process::ExitCode {
     let result: Result<(), CliError> = match cli.command {
         Command::Group(command) => group::run(&cli.global, command),
         Command::Bench(command) => bench::run(&cli.global, command),
+        Command::Peer(command) => peer::run(&cli.global, command),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -134,6 +134,8 @@ struct Slot {
     task: Option<JoinHandle<()>>,
     datagram_seq: u64,
     mdns_name: Option<String>,
+    /// The first connection attempt has finished (hello received or failed).
+    settled: bool,
 }
 
 struct Shared {
@@ -287,16 +289,19 @@ impl Publisher {
         view
     }
 
-    /// Waits until at least one member serving `topic` is up, or the timeout passes.
+    /// Waits until a member serving `topic` is up and every static peer has been tried once
+    /// (so every group on the list is known), or the timeout passes; returns whether a member
+    /// serving `topic` is up.
     pub async fn wait_for_topic(&self, topic: &str, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
             let changed = self.shared().changed.notified();
-            if self.shared().has_live(topic) {
+            let live = self.shared().has_live(topic);
+            if live && self.shared().static_settled() {
                 return true;
             }
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                return false;
+                return live;
             }
         }
     }
@@ -501,15 +506,25 @@ impl Shared {
             .collect()
     }
 
+    /// Every static peer has been tried at least once.
+    fn static_settled(&self) -> bool {
+        self.members
+            .lock()
+            .values()
+            .all(|s| s.source != Source::Static || s.settled)
+    }
+
+    /// The groups serving `topic`, once the static peers have all been tried: an event published
+    /// right after start must not skip a group whose hello is still on its way.
     async fn groups_until(&self, topic: &str, at: Instant) -> Option<BTreeSet<String>> {
         loop {
             let changed = self.changed.notified();
             let groups = self.groups(topic);
-            if !groups.is_empty() {
+            if !groups.is_empty() && self.static_settled() {
                 return Some(groups);
             }
             if tokio::time::timeout_at(at, changed).await.is_err() {
-                return None;
+                return (!groups.is_empty()).then_some(groups);
             }
         }
     }
@@ -728,6 +743,7 @@ fn add_peer(shared: &Arc<Shared>, addr: SocketAddr, source: Source, mdns_name: O
             task: Some(task),
             datagram_seq: 0,
             mdns_name,
+            settled: false,
         },
     );
 }
@@ -762,9 +778,11 @@ fn fail_pending(conn: &Conn) {
 
 fn set_state(shared: &Shared, addr: SocketAddr, state: MemberState, error: Option<String>) {
     let mut members = shared.members.lock();
+    let mut changed_group = None;
     if let Some(slot) = members.get_mut(&addr) {
         let before = slot.state;
         slot.state = state;
+        slot.settled = true;
         if state != MemberState::Up {
             slot.conn = None;
         }
@@ -772,21 +790,25 @@ fn set_state(shared: &Shared, addr: SocketAddr, state: MemberState, error: Optio
             slot.last_error = error.clone();
         }
         if before != state {
-            let group = slot
-                .hello
-                .as_ref()
-                .map(|h| h.group.clone())
-                .unwrap_or_default();
-            match state {
-                MemberState::Down => {
-                    tracing::warn!(%addr, %group, error = error.as_deref().unwrap_or(""), "member down")
-                }
-                MemberState::Left => tracing::info!(%addr, %group, "member left"),
-                _ => {}
-            }
+            changed_group = Some(
+                slot.hello
+                    .as_ref()
+                    .map(|h| h.group.clone())
+                    .unwrap_or_default(),
+            );
         }
     }
     drop(members);
+    // Logged after the lock is released: a slow log writer must not stall deliveries.
+    if let Some(group) = changed_group {
+        match state {
+            MemberState::Down => {
+                tracing::warn!(%addr, %group, error = error.as_deref().unwrap_or(""), "member down")
+            }
+            MemberState::Left => tracing::info!(%addr, %group, "member left"),
+            _ => {}
+        }
+    }
     shared.changed.notify_waiters();
 }
 
@@ -868,23 +890,24 @@ async fn run_connection(
         tx: tx.clone(),
         pending: Mutex::new(HashMap::new()),
     });
+    tracing::info!(
+        %addr,
+        topic = %hello.topic,
+        group = %hello.group,
+        capacity = hello.capacity,
+        member = %uuid::Uuid::from_u128(hello.member_id),
+        "member up"
+    );
     {
         let mut members = shared.members.lock();
         let Some(slot) = members.get_mut(&addr) else {
             return End::Failed("removed".into());
         };
-        tracing::info!(
-            %addr,
-            topic = %hello.topic,
-            group = %hello.group,
-            capacity = hello.capacity,
-            member = %uuid::Uuid::from_u128(hello.member_id),
-            "member up"
-        );
         slot.hello = Some(hello);
         slot.state = MemberState::Up;
         slot.conn = Some(conn.clone());
         slot.last_error = None;
+        slot.settled = true;
     }
     shared.changed.notify_waiters();
     let writer_task = tokio::spawn(write_loop(writer, rx));

@@ -1,1 +1,9 @@
 //! `herald peer`: brokerless direct, datagram and request/response between processes.
+
+mod capacity;
+mod datagram;
+mod delivery;
+mod harness;
+mod mdns;
+mod membership;
+mod request;

@@ -1,0 +1,112 @@
+//! mDNS-SD discovery between two processes in two network namespaces joined by a veth pair.
+
+use std::process::Command;
+use std::time::Duration;
+
+use super::harness::Proc;
+
+fn ip(args: &[&str]) -> bool {
+    Command::new("ip")
+        .args(args)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Two namespaces and a veth link between them, removed on drop.
+struct NetnsPair {
+    a: String,
+    b: String,
+}
+
+impl NetnsPair {
+    fn create() -> Result<NetnsPair, String> {
+        let id = std::process::id() % 100_000;
+        let (a, b) = (format!("hdm{id}a"), format!("hdm{id}b"));
+        if !ip(&["netns", "add", &a]) {
+            return Err("cannot create network namespaces (needs root and `ip`)".into());
+        }
+        let pair = NetnsPair { a, b };
+        if !ip(&["netns", "add", &pair.b]) {
+            return Err("cannot create a second network namespace".into());
+        }
+        let (va, vb) = (format!("vd{id}a"), format!("vd{id}b"));
+        let subnet = 10 + id % 200;
+        let ok = ip(&[
+            "link", "add", &va, "netns", &pair.a, "type", "veth", "peer", "name", &vb, "netns",
+            &pair.b,
+        ]) && [(&pair.a, &va, 1), (&pair.b, &vb, 2)]
+            .iter()
+            .all(|(ns, dev, host)| {
+                let addr = format!("10.213.{subnet}.{host}/24");
+                ip(&["-n", ns, "link", "set", "lo", "up"])
+                    && ip(&["-n", ns, "addr", "add", &addr, "dev", dev])
+                    && ip(&["-n", ns, "link", "set", dev, "multicast", "on", "up"])
+                    && ip(&["-n", ns, "route", "add", "224.0.0.0/4", "dev", dev])
+            });
+        if !ok {
+            return Err("cannot set up the veth link".into());
+        }
+        Ok(pair)
+    }
+
+    fn addr(&self, host: u8) -> String {
+        let subnet = 10 + std::process::id() % 100_000 % 200;
+        format!("10.213.{subnet}.{host}")
+    }
+}
+
+impl Drop for NetnsPair {
+    fn drop(&mut self) {
+        ip(&["netns", "del", &self.a]);
+        ip(&["netns", "del", &self.b]);
+    }
+}
+
+#[test]
+fn a_publisher_finds_a_member_with_mdns_across_a_veth_link() {
+    let pair = match NetnsPair::create() {
+        Ok(pair) => pair,
+        Err(reason) => {
+            println!("skipped: {reason}");
+            return;
+        }
+    };
+    let bind = format!("{}:7400", pair.addr(1));
+    let (mut member, _) = Proc::member_with(
+        &["ip", "netns", "exec", &pair.a],
+        &[
+            "peer", "listen", "--topic", "sensors", "--group", "g", "--bind", &bind, "--mdns",
+            "--output", "json",
+        ],
+    );
+    let mut publisher = Proc::spawn_with(
+        &["ip", "netns", "exec", &pair.b],
+        &[
+            "peer",
+            "publish",
+            "--topic",
+            "sensors",
+            "--mdns",
+            "--timeout-ms",
+            "20000",
+            "--output",
+            "json",
+        ],
+    );
+    publisher.write_lines(["found-you".to_string()]);
+    publisher.close_stdin();
+    assert_eq!(
+        publisher.wait_exit(Duration::from_secs(60)),
+        0,
+        "{}",
+        publisher.stderr_text()
+    );
+    assert!(
+        publisher
+            .stderr_text()
+            .contains("discovered a member with mDNS")
+    );
+    let summary = member.terminate_for_summary();
+    assert_eq!(summary["direct"], 1);
+    assert_eq!(member.event_values(), vec!["found-you".to_string()]);
+}

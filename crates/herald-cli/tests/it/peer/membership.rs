@@ -1,0 +1,38 @@
+//! Join, leave and crash of members, as the publisher's membership log reports them.
+
+use std::time::Duration;
+
+use super::harness::{Proc, listen};
+
+#[test]
+fn join_leave_and_crash_are_reflected() {
+    let (mut m1, addr1) = listen("t", "g", &[]);
+    // A port for a member that starts later.
+    let addr2 = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let peers = format!("{addr1},{addr2}");
+    let mut p = Proc::spawn(&["peer", "publish", "--topic", "t", "--peers", &peers]);
+    let limit = Duration::from_secs(20);
+    p.wait_stderr(limit, |l| l.contains("member up") && l.contains(&addr1));
+
+    // Join: the late member is picked up (the publisher retries its address every 200 ms).
+    let (m2, _) = Proc::member(&[
+        "peer", "listen", "--topic", "t", "--group", "g", "--bind", &addr2, "--output", "json",
+    ]);
+    p.wait_stderr(limit, |l| l.contains("member up") && l.contains(&addr2));
+    p.write_lines(["after-join".to_string()]);
+
+    // Leave: SIGTERM makes the member say goodbye.
+    m1.terminate_for_summary();
+    p.wait_stderr(limit, |l| l.contains("member left") && l.contains(&addr1));
+
+    // Crash: SIGKILL; the publisher notices the dead connection.
+    assert!(m2.wait_stdout_count(1, limit) || !m1.event_values().is_empty());
+    m2.signal(libc::SIGKILL);
+    p.wait_stderr(limit, |l| l.contains("member down") && l.contains(&addr2));
+    p.close_stdin();
+    assert_eq!(p.wait_exit(limit), 0, "{}", p.stderr_text());
+}
