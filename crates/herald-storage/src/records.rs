@@ -160,4 +160,71 @@ mod tests {
         assert_eq!(first_at_or_after(&b, &h, 1051, 0), Ok(None));
         assert_eq!(first_at_or_after(&b, &h, i64::MIN, 3), Ok(Some((3, 1050))));
     }
+
+    /// Re-encodes an uncompressed batch's records with `codec`, fixing length and CRC.
+    fn compress(batch: &[u8], codec: i16) -> Vec<u8> {
+        use std::io::Write;
+        let records = &batch[BATCH_HEADER_BYTES..];
+        let body = match codec {
+            1 => {
+                let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                e.write_all(records).unwrap();
+                e.finish().unwrap()
+            }
+            2 => snap::raw::Encoder::new().compress_vec(records).unwrap(),
+            3 => {
+                let mut e = lz4_flex::frame::FrameEncoder::new(Vec::new());
+                e.write_all(records).unwrap();
+                e.finish().unwrap()
+            }
+            4 => zstd::encode_all(records, 1).unwrap(),
+            // Snappy in xerial framing, as the Java client writes it.
+            _ => {
+                let block = snap::raw::Encoder::new().compress_vec(records).unwrap();
+                let mut out = b"\x82SNAPPY\x00".to_vec();
+                out.extend_from_slice(&1u32.to_be_bytes());
+                out.extend_from_slice(&1u32.to_be_bytes());
+                out.extend_from_slice(&(block.len() as u32).to_be_bytes());
+                out.extend_from_slice(&block);
+                out
+            }
+        };
+        let mut b = batch[..BATCH_HEADER_BYTES].to_vec();
+        b.extend_from_slice(&body);
+        let len = (b.len() - 12) as i32;
+        b[8..12].copy_from_slice(&len.to_be_bytes());
+        let codec = if codec > 4 { 2 } else { codec };
+        b[21..23].copy_from_slice(&codec.to_be_bytes());
+        let crc = crc32c::crc32c(&b[21..]);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
+        b
+    }
+
+    #[test]
+    fn decodes_every_kafka_compression_codec() {
+        let plain = build_batch(1000, &[0, 30, 10, 50], &[b"a", b"b", b"c", b"d"], None);
+        for codec in 1..=5 {
+            let b = compress(&plain, codec);
+            let h = check_batch(&b, 1 << 20).unwrap();
+            assert_eq!(first_at_or_after(&b, &h, 1005, 0), Ok(Some((1, 1030))), "codec {codec}");
+            assert_eq!(first_at_or_after(&b, &h, 1040, 0), Ok(Some((3, 1050))), "codec {codec}");
+        }
+    }
+
+    #[test]
+    fn garbage_records_are_a_fault_not_a_panic_or_hang() {
+        let mut b = build_batch(1000, &[0], &[b"a"], None);
+        // Claim a huge record count over a zero-length record.
+        b[57..61].copy_from_slice(&i32::MAX.to_be_bytes());
+        b.truncate(BATCH_HEADER_BYTES);
+        b.push(0);
+        let h = crate::batch::parse_header(&b).unwrap();
+        assert_eq!(first_at_or_after(&b, &h, 0, 0), Err(DecodeFault));
+        for codec in 1..=4 {
+            let mut c = b.clone();
+            c[21..23].copy_from_slice(&(codec as i16).to_be_bytes());
+            let h = crate::batch::parse_header(&c).unwrap();
+            assert_eq!(first_at_or_after(&c, &h, 0, 0), Err(DecodeFault), "codec {codec}");
+        }
+    }
 }
