@@ -78,6 +78,9 @@ pub struct BrokerConfig {
     /// Default `max.message.bytes`: the largest record batch a producer may send, in bytes
     /// (Kafka `message.max.bytes`).
     pub message_bytes_max: u32,
+    /// Consumer groups: session timeout bounds, group limits and committed-offset retention
+    /// (`[groups]` in the config file; see [`crate::group::GroupConfig`]).
+    pub groups: crate::group::GroupConfig,
 }
 
 impl Default for BrokerConfig {
@@ -103,6 +106,7 @@ impl Default for BrokerConfig {
             log_segment_ms: 7 * DAY_MS,
             log_flush_ms: 0,
             message_bytes_max: 1_048_588,
+            groups: crate::group::GroupConfig::default(),
         }
     }
 }

@@ -21,39 +21,26 @@ use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponseTopic, OffsetFetchResponseTopics,
 };
 use kafka_protocol::messages::{
-    ApiKey, BrokerId, DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest,
+    BrokerId, DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest,
     DescribeGroupsResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupId,
     HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
     LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse, OffsetCommitRequest,
     OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse, OffsetFetchRequest,
     OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
 };
+use kafka_protocol::messages::{RequestKind, ResponseKind};
 use kafka_protocol::protocol::StrBytes;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use super::Reply;
+use super::codec::{self, Request};
+use crate::Core;
 
 use crate::group::{
     CommitPartition, CommitRequest, Coordinator, FetchedOffset, GroupError, GroupState,
     JoinRequest, LeaveMember, Protocol, SyncRequest,
 };
-
-/// The group APIs and the versions this broker serves, for the ApiVersions table.
-///
-/// librdkafka 2.x negotiates FindCoordinator ≤2, JoinGroup ≤5, SyncGroup ≤3, Heartbeat ≤3,
-/// LeaveGroup ≤1, OffsetCommit ≤9, OffsetFetch ≤9, DeleteGroups ≤1, OffsetDelete 0; newer Java
-/// clients use the higher versions. OffsetCommit and OffsetFetch v9 carry KIP-848 member epochs,
-/// which the classic protocol has no use for, so they stop at v8.
-pub const GROUP_API_VERSIONS: &[(ApiKey, i16, i16)] = &[
-    (ApiKey::FindCoordinator, 0, 4),
-    (ApiKey::JoinGroup, 0, 9),
-    (ApiKey::SyncGroup, 0, 5),
-    (ApiKey::Heartbeat, 0, 4),
-    (ApiKey::LeaveGroup, 0, 5),
-    (ApiKey::OffsetCommit, 2, 8),
-    (ApiKey::OffsetFetch, 1, 8),
-    (ApiKey::ListGroups, 0, 5),
-    (ApiKey::DescribeGroups, 0, 5),
-    (ApiKey::DeleteGroups, 0, 2),
-    (ApiKey::OffsetDelete, 0, 0),
-];
 
 /// Who sent a request: the header's client id and the peer address, as groups report members.
 #[derive(Debug, Clone)]
@@ -111,6 +98,71 @@ fn s(value: &str) -> StrBytes {
 
 fn opt(value: &Option<StrBytes>) -> Option<String> {
     value.as_ref().map(|v| v.to_string())
+}
+
+/// Answers `request` if it is a group API; hands it back otherwise.
+///
+/// JoinGroup, SyncGroup and the offset writes wait (for the rest of the group, for fsync), so
+/// they answer later; the rest answer at once.
+pub(crate) fn dispatch(
+    core: &Arc<Core>,
+    request: Request,
+    peer: SocketAddr,
+) -> Result<Reply, Request> {
+    let version = request.header.request_api_version;
+    let coordinator = core.groups.clone();
+    let later = |future: std::pin::Pin<
+        Box<dyn std::future::Future<Output = ResponseKind> + Send>,
+    >| { Ok(Reply::Later(future)) };
+    match request.body {
+        RequestKind::FindCoordinator(req) => {
+            let node = NodeInfo {
+                node_id: core.config.node_id,
+                host: core.advertised.0.clone(),
+                port: core.advertised.1,
+            };
+            Ok(Reply::Ready(Box::new(ResponseKind::FindCoordinator(
+                find_coordinator(&node, version, req),
+            ))))
+        }
+        RequestKind::JoinGroup(req) => {
+            let client = ClientInfo {
+                client_id: codec::client_id(&request.header).to_string(),
+                client_host: format!("/{}", peer.ip()),
+            };
+            later(Box::pin(async move {
+                ResponseKind::JoinGroup(join_group(&coordinator, &client, version, req).await)
+            }))
+        }
+        RequestKind::SyncGroup(req) => later(Box::pin(async move {
+            ResponseKind::SyncGroup(sync_group(&coordinator, version, req).await)
+        })),
+        RequestKind::Heartbeat(req) => Ok(Reply::Ready(Box::new(ResponseKind::Heartbeat(
+            heartbeat(&coordinator, req),
+        )))),
+        RequestKind::LeaveGroup(req) => Ok(Reply::Ready(Box::new(ResponseKind::LeaveGroup(
+            leave_group(&coordinator, version, req),
+        )))),
+        RequestKind::OffsetCommit(req) => later(Box::pin(async move {
+            ResponseKind::OffsetCommit(offset_commit(&coordinator, req).await)
+        })),
+        RequestKind::OffsetFetch(req) => Ok(Reply::Ready(Box::new(ResponseKind::OffsetFetch(
+            offset_fetch(&coordinator, version, req),
+        )))),
+        RequestKind::ListGroups(req) => Ok(Reply::Ready(Box::new(ResponseKind::ListGroups(
+            list_groups(&coordinator, req),
+        )))),
+        RequestKind::DescribeGroups(req) => Ok(Reply::Ready(Box::new(
+            ResponseKind::DescribeGroups(describe_groups(&coordinator, req)),
+        ))),
+        RequestKind::DeleteGroups(req) => later(Box::pin(async move {
+            ResponseKind::DeleteGroups(delete_groups(&coordinator, req).await)
+        })),
+        RequestKind::OffsetDelete(req) => later(Box::pin(async move {
+            ResponseKind::OffsetDelete(offset_delete(&coordinator, req).await)
+        })),
+        body => Err(Request { body, ..request }),
+    }
 }
 
 /// FindCoordinator: this broker coordinates every group; transactions are not supported, and
