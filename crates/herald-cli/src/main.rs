@@ -5,10 +5,15 @@
 //! documented exit codes (see [`exit`]).
 
 mod bench;
+mod client;
+mod consume;
 mod exit;
 mod group;
+mod logdirs;
 mod output;
 mod peer;
+mod produce;
+mod topic;
 
 use clap::{Parser, Subcommand};
 
@@ -49,6 +54,13 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Topics: create, list, describe (partitions, offsets, size, configs), alter, delete.
+    #[command(subcommand)]
+    Topic(topic::TopicCommand),
+    /// Send one event per input line (stdin or --file) to a topic and report what was stored.
+    Produce(produce::ProduceArgs),
+    /// Print a topic's events, one per line, from a chosen position; optionally as a group.
+    Consume(consume::ConsumeArgs),
     /// Consumer groups: list, describe (members, committed offsets, lag), reset offsets, delete.
     #[command(subcommand)]
     Group(group::GroupCommand),
@@ -64,6 +76,9 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result: Result<(), CliError> = match cli.command {
+        Command::Topic(command) => topic::run(&cli.global, command),
+        Command::Produce(args) => produce::run(&cli.global, args),
+        Command::Consume(args) => consume::run(&cli.global, args),
         Command::Group(command) => group::run(&cli.global, command),
         Command::Bench(command) => bench::run(&cli.global, command),
         Command::Peer(command) => peer::run(&cli.global, command),
