@@ -74,10 +74,30 @@ pub struct MaintainOutcome {
     pub checkpointed: bool,
 }
 
+/// A segment's open files. Only the active segment keeps them open; closed segments are opened
+/// per read, so a partition holds three descriptors however many segments it has.
+#[derive(Debug, Clone)]
+struct SegFiles {
+    log: Arc<dyn StorageFile>,
+    index: Arc<dyn StorageFile>,
+    time: Arc<dyn StorageFile>,
+}
+
+impl SegFiles {
+    fn open(env: &Env, dir: &Path, base: u64, create: bool) -> std::io::Result<SegFiles> {
+        Ok(SegFiles {
+            log: env.fs.open(&log_path(dir, base), create)?,
+            index: env.fs.open(&index_path(dir, base), true)?,
+            time: env.fs.open(&time_path(dir, base), true)?,
+        })
+    }
+}
+
 #[derive(Debug)]
 struct Segment {
     base: u64,
-    log: Arc<dyn StorageFile>,
+    /// `Some` only for the active (last) segment.
+    files: Option<SegFiles>,
     /// Bytes of whole, valid batches.
     size: u64,
     /// Offset after the segment's last record.
@@ -90,14 +110,18 @@ struct Segment {
     touched_ms: i64,
     /// In-memory indexes; `Some` only for the active (last) segment.
     active: Option<ActiveIndex>,
-    index_file: Arc<dyn StorageFile>,
-    time_file: Arc<dyn StorageFile>,
     /// Entries in the index files of a closed segment.
     offset_entries: u64,
     time_entries: u64,
 }
 
 impl Segment {
+    fn files(&self) -> std::io::Result<&SegFiles> {
+        self.files
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other("closed segment used as the active one"))
+    }
+
     fn retention_ts(&self) -> i64 {
         if self.max_timestamp >= 0 {
             self.max_timestamp
@@ -342,15 +366,13 @@ impl PartitionLog {
                         .map_or(-1, |e| e.ts);
                     segments.push(Segment {
                         base,
-                        log,
+                        files: None,
                         size: file_len,
                         next_offset: bases[i + 1],
                         max_timestamp,
                         roll_base_ms: None,
                         touched_ms: now,
                         active: None,
-                        index_file,
-                        time_file,
                         offset_entries: idx_len / OFFSET_ENTRY_BYTES,
                         time_entries: time_len / TIME_ENTRY_BYTES,
                     });
@@ -452,15 +474,17 @@ impl PartitionLog {
                 (scan.end_pos > 0).then(|| first_ts.filter(|t| *t >= 0).unwrap_or(now));
             let mut seg = Segment {
                 base,
-                log,
+                files: Some(SegFiles {
+                    log,
+                    index: index_file,
+                    time: time_file,
+                }),
                 size: scan.end_pos,
                 next_offset: scan.next_offset,
                 max_timestamp: scan.max_timestamp,
                 roll_base_ms,
                 touched_ms: now,
                 active: Some(idx),
-                index_file,
-                time_file,
                 offset_entries: 0,
                 time_entries: 0,
             };
@@ -475,30 +499,34 @@ impl PartitionLog {
         if let Some(seg) = segments.last_mut() {
             if seg.active.is_none() {
                 let ip = index_path(dir, seg.base);
+                let files = SegFiles::open(&env, dir, seg.base, false).map_err(io_err(&ip))?;
                 let rel_end = seg.next_offset - seg.base;
                 let mut idx = ActiveIndex {
                     interval_bytes: interval,
                     ..ActiveIndex::default()
                 };
                 idx.offsets = index::load_offsets(
-                    seg.index_file.as_ref(),
+                    files.index.as_ref(),
                     rel_end,
                     seg.size,
                     seg.offset_entries,
                 )
                 .map_err(io_err(&ip))?;
-                idx.times = index::load_times(seg.time_file.as_ref(), rel_end, seg.time_entries)
+                idx.times = index::load_times(files.time.as_ref(), rel_end, seg.time_entries)
                     .map_err(io_err(&ip))?;
-                seg.index_file
+                files
+                    .index
                     .set_len(idx.offsets.len() as u64 * OFFSET_ENTRY_BYTES)
                     .map_err(io_err(&ip))?;
-                seg.time_file
+                files
+                    .time
                     .set_len(idx.times.len() as u64 * TIME_ENTRY_BYTES)
                     .map_err(io_err(&ip))?;
                 idx.offsets_written = idx.offsets.len();
                 idx.times_written = idx.times.len();
                 seg.roll_base_ms = (seg.size > 0).then_some(now);
                 seg.active = Some(idx);
+                seg.files = Some(files);
             }
         }
         if segments.is_empty() {
@@ -537,6 +565,30 @@ impl PartitionLog {
             log.checkpoint_locked(&mut st).map_err(io_err(dir))?;
         }
         Ok(log)
+    }
+
+    /// Opens a closed segment's files for one read. A segment deleted by retention since the
+    /// caller looked is reported as the offset being out of range, as Kafka does.
+    fn open_closed(&self, base: u64) -> Result<SegFiles, ReadError> {
+        let open = |path: PathBuf| self.env.fs.open(&path, false);
+        let opened = open(log_path(&self.dir, base)).and_then(|log| {
+            Ok(SegFiles {
+                log,
+                index: open(index_path(&self.dir, base))?,
+                time: open(time_path(&self.dir, base))?,
+            })
+        });
+        match opened {
+            Ok(files) => Ok(files),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let o = self.offsets();
+                Err(ReadError::OffsetOutOfRange {
+                    log_start: o.log_start,
+                    high_watermark: o.high_watermark,
+                })
+            }
+            Err(e) => Err(ReadError::Io(e)),
+        }
     }
 
     fn is_poisoned(&self) -> bool {
@@ -606,7 +658,8 @@ impl PartitionLog {
                 }
                 let st = &mut *st;
                 let seg = st.segments.last_mut().ok_or(AppendError::Poisoned)?;
-                if let Err(e) = seg.log.write_all_at(&buf, seg.size) {
+                let written = seg.files().and_then(|f| f.log.write_all_at(&buf, seg.size));
+                if let Err(e) = written {
                     self.poison("segment write", &e);
                     return Err(AppendError::Io(e));
                 }
@@ -673,7 +726,10 @@ impl PartitionLog {
         let (file, target) = {
             let st = self.state.read();
             match st.segments.last() {
-                Some(seg) => (seg.log.clone(), st.next_offset),
+                Some(Segment {
+                    files: Some(files), ..
+                }) => (files.log.clone(), st.next_offset),
+                Some(_) => return Err(FlushError::Io(std::io::Error::other("no active segment"))),
                 None => return Ok(()),
             }
         };
@@ -701,7 +757,7 @@ impl PartitionLog {
         max_bytes: usize,
         at_least_one: bool,
     ) -> Result<ReadOutcome, ReadError> {
-        let (seg_base, file, size, start_pos, hw, log_start) = {
+        let (seg_base, files, size, start_pos, offset_entries, hw, log_start) = {
             let st = self.state.read();
             let (hw, log_start) = (st.next_offset, st.log_start);
             if offset < log_start || offset > hw {
@@ -721,17 +777,31 @@ impl PartitionLog {
             let seg = &st.segments[i];
             let rel = (offset - seg.base) as u32;
             let start = seg.active.as_ref().map(|idx| idx.lookup(rel));
-            let locator = start.map_or_else(
-                || Err((seg.index_file.clone(), seg.offset_entries, rel)),
-                Ok,
-            );
-            (seg.base, seg.log.clone(), seg.size, locator, hw, log_start)
+            let start = start.ok_or(rel);
+            let files = seg.files.clone();
+            (
+                seg.base,
+                files,
+                seg.size,
+                start,
+                seg.offset_entries,
+                hw,
+                log_start,
+            )
         };
+        let files = match files {
+            Some(f) => f,
+            None => self.open_closed(seg_base)?,
+        };
+        let file = files.log;
         let start_pos = match start_pos {
             Ok(pos) => u64::from(pos),
-            Err((index_file, entries, rel)) => {
-                u64::from(index::file_lookup(index_file.as_ref(), entries, rel, size)?)
-            }
+            Err(rel) => u64::from(index::file_lookup(
+                files.index.as_ref(),
+                offset_entries,
+                rel,
+                size,
+            )?),
         };
         let corrupt = |position, reason| ReadError::Corrupt {
             segment_base: seg_base,
@@ -796,21 +866,15 @@ impl PartitionLog {
     /// candidate batches are then decoded (decompressing if needed) for the exact record. A batch
     /// whose records cannot be decoded answers with its base offset and max timestamp.
     pub fn offset_for_timestamp(&self, ts_ms: i64) -> Result<Option<(u64, i64)>, ReadError> {
-        /// Where to start scanning: known (active segment) or to be looked up in index files.
-        enum Start {
-            Pos(u32),
-            Files {
-                time_file: Arc<dyn StorageFile>,
-                time_entries: u64,
-                index_file: Arc<dyn StorageFile>,
-                offset_entries: u64,
-            },
-        }
         struct Candidate {
             base: u64,
-            log: Arc<dyn StorageFile>,
+            /// Open files of the active segment; closed ones are opened when reached.
+            files: Option<SegFiles>,
             size: u64,
-            start: Start,
+            /// Known start position (active segment) or to be looked up in the index files.
+            start: Option<u32>,
+            time_entries: u64,
+            offset_entries: u64,
         }
         let (candidates, log_start) = {
             let st = self.state.read();
@@ -820,42 +884,35 @@ impl PartitionLog {
                 if seg.max_timestamp < ts_ms || seg.next_offset <= log_start || seg.size == 0 {
                     continue;
                 }
-                let start = match &seg.active {
-                    Some(idx) => {
-                        let rel = idx.lookup_time(ts_ms);
-                        let min_rel = log_start.saturating_sub(seg.base) as u32;
-                        Start::Pos(idx.lookup(rel.max(min_rel)))
-                    }
-                    None => Start::Files {
-                        time_file: seg.time_file.clone(),
-                        time_entries: seg.time_entries,
-                        index_file: seg.index_file.clone(),
-                        offset_entries: seg.offset_entries,
-                    },
-                };
+                let start = seg.active.as_ref().map(|idx| {
+                    let rel = idx.lookup_time(ts_ms);
+                    let min_rel = log_start.saturating_sub(seg.base) as u32;
+                    idx.lookup(rel.max(min_rel))
+                });
                 out.push(Candidate {
                     base: seg.base,
-                    log: seg.log.clone(),
+                    files: seg.files.clone(),
                     size: seg.size,
                     start,
+                    time_entries: seg.time_entries,
+                    offset_entries: seg.offset_entries,
                 });
             }
             (out, log_start)
         };
         for c in candidates {
+            let files = match c.files {
+                Some(f) => f,
+                None => self.open_closed(c.base)?,
+            };
             let mut pos = match c.start {
-                Start::Pos(p) => u64::from(p),
-                Start::Files {
-                    time_file,
-                    time_entries,
-                    index_file,
-                    offset_entries,
-                } => {
-                    let rel = index::file_lookup_time(time_file.as_ref(), time_entries, ts_ms)?;
+                Some(p) => u64::from(p),
+                None => {
+                    let rel = index::file_lookup_time(files.time.as_ref(), c.time_entries, ts_ms)?;
                     let min_rel = log_start.saturating_sub(c.base) as u32;
                     u64::from(index::file_lookup(
-                        index_file.as_ref(),
-                        offset_entries,
+                        files.index.as_ref(),
+                        c.offset_entries,
                         rel.max(min_rel),
                         c.size,
                     )?)
@@ -863,7 +920,7 @@ impl PartitionLog {
             };
             let mut head = [0u8; BATCH_HEADER_BYTES];
             while pos + BATCH_HEADER_BYTES as u64 <= c.size {
-                read_exact_at(c.log.as_ref(), &mut head, pos)?;
+                read_exact_at(files.log.as_ref(), &mut head, pos)?;
                 let Some(h) = batch::parse_header(&head) else {
                     return Err(ReadError::Corrupt {
                         segment_base: c.base,
@@ -881,7 +938,7 @@ impl PartitionLog {
                 let last = h.last_offset();
                 if h.max_timestamp >= ts_ms && last >= 0 && last as u64 >= log_start {
                     let mut whole = vec![0u8; h.total_bytes];
-                    read_exact_at(c.log.as_ref(), &mut whole, pos)?;
+                    read_exact_at(files.log.as_ref(), &mut whole, pos)?;
                     match records::first_at_or_after(&whole, &h, ts_ms, log_start) {
                         Ok(Some(found)) => return Ok(Some(found)),
                         Ok(None) => {}
@@ -1117,12 +1174,13 @@ impl PartitionLog {
         let Some(seg) = st.segments.last_mut() else {
             return Ok(());
         };
+        let files = seg.files()?.clone();
         if let Some(idx) = seg.active.as_mut() {
-            idx.write_pending(seg.index_file.as_ref(), seg.time_file.as_ref())?;
+            idx.write_pending(files.index.as_ref(), files.time.as_ref())?;
         }
-        seg.log.sync_data()?;
-        seg.index_file.sync_data()?;
-        seg.time_file.sync_data()?;
+        files.log.sync_data()?;
+        files.index.sync_data()?;
+        files.time.sync_data()?;
         let cp = Checkpoint {
             log_start: st.log_start,
             segment_base: seg.base,
@@ -1154,27 +1212,28 @@ fn close_segment(seg: &mut Segment) -> std::io::Result<()> {
             let last_rel = (seg.next_offset - 1 - seg.base) as u32;
             idx.push_time(seg.max_timestamp, last_rel);
         }
-        idx.write_pending(seg.index_file.as_ref(), seg.time_file.as_ref())?;
+        let files = seg.files()?;
+        idx.write_pending(files.index.as_ref(), files.time.as_ref())?;
         seg.offset_entries = idx.offsets.len() as u64;
         seg.time_entries = idx.times.len() as u64;
     }
-    seg.log.sync_data()?;
-    seg.index_file.sync_data()?;
-    seg.time_file.sync_data()
+    if let Some(files) = seg.files.take() {
+        files.log.sync_data()?;
+        files.index.sync_data()?;
+        files.time.sync_data()?;
+    }
+    Ok(())
 }
 
 fn create_segment(env: &Env, dir: &Path, base: u64, interval: u64) -> std::io::Result<Segment> {
-    let log = env.fs.open(&log_path(dir, base), true)?;
-    let index_file = env.fs.open(&index_path(dir, base), true)?;
-    let time_file = env.fs.open(&time_path(dir, base), true)?;
+    let files = SegFiles::open(env, dir, base, true)?;
     // A leftover file of the same name (from a log truncated below it) must not leak bytes in.
-    log.set_len(0)?;
-    index_file.set_len(0)?;
-    time_file.set_len(0)?;
+    files.log.set_len(0)?;
+    files.index.set_len(0)?;
+    files.time.set_len(0)?;
     env.fs.sync_dir(dir)?;
     Ok(Segment {
         base,
-        log,
         size: 0,
         next_offset: base,
         max_timestamp: -1,
@@ -1184,8 +1243,7 @@ fn create_segment(env: &Env, dir: &Path, base: u64, interval: u64) -> std::io::R
             interval_bytes: interval,
             ..ActiveIndex::default()
         }),
-        index_file,
-        time_file,
+        files: Some(files),
         offset_entries: 0,
         time_entries: 0,
     })

@@ -206,8 +206,16 @@ mod tests {
         for codec in 1..=5 {
             let b = compress(&plain, codec);
             let h = check_batch(&b, 1 << 20).unwrap();
-            assert_eq!(first_at_or_after(&b, &h, 1005, 0), Ok(Some((1, 1030))), "codec {codec}");
-            assert_eq!(first_at_or_after(&b, &h, 1040, 0), Ok(Some((3, 1050))), "codec {codec}");
+            assert_eq!(
+                first_at_or_after(&b, &h, 1005, 0),
+                Ok(Some((1, 1030))),
+                "codec {codec}"
+            );
+            assert_eq!(
+                first_at_or_after(&b, &h, 1040, 0),
+                Ok(Some((3, 1050))),
+                "codec {codec}"
+            );
         }
     }
 
@@ -224,7 +232,11 @@ mod tests {
             let mut c = b.clone();
             c[21..23].copy_from_slice(&(codec as i16).to_be_bytes());
             let h = crate::batch::parse_header(&c).unwrap();
-            assert_eq!(first_at_or_after(&c, &h, 0, 0), Err(DecodeFault), "codec {codec}");
+            assert_eq!(
+                first_at_or_after(&c, &h, 0, 0),
+                Err(DecodeFault),
+                "codec {codec}"
+            );
         }
     }
 }
