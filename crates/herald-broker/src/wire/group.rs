@@ -20,6 +20,7 @@ use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
     OffsetFetchResponseTopic, OffsetFetchResponseTopics,
 };
+use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
 use kafka_protocol::messages::{
     BrokerId, DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest,
     DescribeGroupsResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupId,
@@ -28,7 +29,6 @@ use kafka_protocol::messages::{
     OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse, OffsetFetchRequest,
     OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
 };
-use kafka_protocol::messages::{RequestKind, ResponseKind};
 use kafka_protocol::protocol::StrBytes;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -100,20 +100,32 @@ fn opt(value: &Option<StrBytes>) -> Option<String> {
     value.as_ref().map(|v| v.to_string())
 }
 
-/// Answers `request` if it is a group API; hands it back otherwise.
+/// Whether `api_key` is a consumer-group API, answered by [`dispatch`].
+pub(crate) fn handles(api_key: ApiKey) -> bool {
+    matches!(
+        api_key,
+        ApiKey::FindCoordinator
+            | ApiKey::JoinGroup
+            | ApiKey::SyncGroup
+            | ApiKey::Heartbeat
+            | ApiKey::LeaveGroup
+            | ApiKey::OffsetCommit
+            | ApiKey::OffsetFetch
+            | ApiKey::ListGroups
+            | ApiKey::DescribeGroups
+            | ApiKey::DeleteGroups
+            | ApiKey::OffsetDelete
+    )
+}
+
+/// Answers a consumer-group request (one for which [`handles`] is true).
 ///
 /// JoinGroup, SyncGroup and the offset writes wait (for the rest of the group, for fsync), so
 /// they answer later; the rest answer at once.
-pub(crate) fn dispatch(
-    core: &Arc<Core>,
-    request: Request,
-    peer: SocketAddr,
-) -> Result<Reply, Request> {
+pub(crate) fn dispatch(core: &Arc<Core>, request: Request, peer: SocketAddr) -> Reply {
     let version = request.header.request_api_version;
     let coordinator = core.groups.clone();
-    let later = |future: std::pin::Pin<
-        Box<dyn std::future::Future<Output = ResponseKind> + Send>,
-    >| { Ok(Reply::Later(future)) };
+    let ready = |body: ResponseKind| Reply::Ready(Box::new(body));
     match request.body {
         RequestKind::FindCoordinator(req) => {
             let node = NodeInfo {
@@ -121,47 +133,53 @@ pub(crate) fn dispatch(
                 host: core.advertised.0.clone(),
                 port: core.advertised.1,
             };
-            Ok(Reply::Ready(Box::new(ResponseKind::FindCoordinator(
-                find_coordinator(&node, version, req),
-            ))))
+            ready(ResponseKind::FindCoordinator(find_coordinator(
+                &node, version, req,
+            )))
         }
         RequestKind::JoinGroup(req) => {
             let client = ClientInfo {
                 client_id: codec::client_id(&request.header).to_string(),
                 client_host: format!("/{}", peer.ip()),
             };
-            later(Box::pin(async move {
+            Reply::Later(Box::pin(async move {
                 ResponseKind::JoinGroup(join_group(&coordinator, &client, version, req).await)
             }))
         }
-        RequestKind::SyncGroup(req) => later(Box::pin(async move {
+        RequestKind::SyncGroup(req) => Reply::Later(Box::pin(async move {
             ResponseKind::SyncGroup(sync_group(&coordinator, version, req).await)
         })),
-        RequestKind::Heartbeat(req) => Ok(Reply::Ready(Box::new(ResponseKind::Heartbeat(
-            heartbeat(&coordinator, req),
-        )))),
-        RequestKind::LeaveGroup(req) => Ok(Reply::Ready(Box::new(ResponseKind::LeaveGroup(
-            leave_group(&coordinator, version, req),
-        )))),
-        RequestKind::OffsetCommit(req) => later(Box::pin(async move {
+        RequestKind::Heartbeat(req) => ready(ResponseKind::Heartbeat(heartbeat(&coordinator, req))),
+        RequestKind::LeaveGroup(req) => ready(ResponseKind::LeaveGroup(leave_group(
+            &coordinator,
+            version,
+            req,
+        ))),
+        RequestKind::OffsetCommit(req) => Reply::Later(Box::pin(async move {
             ResponseKind::OffsetCommit(offset_commit(&coordinator, req).await)
         })),
-        RequestKind::OffsetFetch(req) => Ok(Reply::Ready(Box::new(ResponseKind::OffsetFetch(
-            offset_fetch(&coordinator, version, req),
-        )))),
-        RequestKind::ListGroups(req) => Ok(Reply::Ready(Box::new(ResponseKind::ListGroups(
-            list_groups(&coordinator, req),
-        )))),
-        RequestKind::DescribeGroups(req) => Ok(Reply::Ready(Box::new(
-            ResponseKind::DescribeGroups(describe_groups(&coordinator, req)),
+        RequestKind::OffsetFetch(req) => ready(ResponseKind::OffsetFetch(offset_fetch(
+            &coordinator,
+            version,
+            req,
         ))),
-        RequestKind::DeleteGroups(req) => later(Box::pin(async move {
+        RequestKind::ListGroups(req) => {
+            ready(ResponseKind::ListGroups(list_groups(&coordinator, req)))
+        }
+        RequestKind::DescribeGroups(req) => ready(ResponseKind::DescribeGroups(describe_groups(
+            &coordinator,
+            req,
+        ))),
+        RequestKind::DeleteGroups(req) => Reply::Later(Box::pin(async move {
             ResponseKind::DeleteGroups(delete_groups(&coordinator, req).await)
         })),
-        RequestKind::OffsetDelete(req) => later(Box::pin(async move {
+        RequestKind::OffsetDelete(req) => Reply::Later(Box::pin(async move {
             ResponseKind::OffsetDelete(offset_delete(&coordinator, req).await)
         })),
-        body => Err(Request { body, ..request }),
+        _ => {
+            tracing::warn!(api = ?request.api_key, "not a consumer-group request");
+            Reply::Nothing
+        }
     }
 }
 
