@@ -20,6 +20,7 @@
 
 mod config;
 pub mod group;
+pub mod http;
 pub mod metrics;
 #[allow(dead_code, reason = "the categories are mapped as their handlers land")]
 mod problem;

@@ -5,6 +5,8 @@
 
 use std::fmt::Write as _;
 
+use crate::BrokerStats;
+
 /// Content type of the Prometheus text format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -76,6 +78,101 @@ impl Exposition {
     }
 }
 
+/// Renders a stats snapshot, plus this process's resident memory, as one exposition.
+pub fn render(stats: &BrokerStats) -> String {
+    let mut text = Exposition::default();
+    let gauges: [(&str, &str, u64); 4] = [
+        ("herald_topics", "Topics on this broker.", stats.topics),
+        (
+            "herald_partitions",
+            "Partitions over all topics.",
+            stats.partitions,
+        ),
+        (
+            "herald_log_bytes",
+            "Bytes the partition logs occupy on disk.",
+            stats.disk_bytes,
+        ),
+        (
+            "herald_connections_open",
+            "Client connections open now.",
+            stats.connections_open,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        text.family(name, help, Kind::Gauge);
+        text.sample(name, &[], value);
+    }
+    let counters: [(&str, &str, u64); 9] = [
+        (
+            "herald_connections_accepted_total",
+            "Client connections accepted since start.",
+            stats.connections_accepted_total,
+        ),
+        (
+            "herald_connections_refused_total",
+            "Connections closed at accept because connections_max were open.",
+            stats.connections_refused_total,
+        ),
+        (
+            "herald_requests_unknown_total",
+            "Requests with an API key this broker does not know.",
+            stats.requests_unknown_total,
+        ),
+        (
+            "herald_requests_malformed_total",
+            "Frames that could not be decoded; their connection was closed.",
+            stats.requests_malformed_total,
+        ),
+        (
+            "herald_produced_bytes_total",
+            "Record-batch bytes appended by Produce requests.",
+            stats.produced_bytes_total,
+        ),
+        (
+            "herald_produced_records_total",
+            "Records appended by Produce requests.",
+            stats.produced_records_total,
+        ),
+        (
+            "herald_produced_batches_duplicate_total",
+            "Retried idempotent batches that were already stored and not stored again.",
+            stats.produced_batches_duplicate_total,
+        ),
+        (
+            "herald_fetched_bytes_total",
+            "Record-batch bytes returned by Fetch responses.",
+            stats.fetched_bytes_total,
+        ),
+        (
+            "herald_fetched_records_total",
+            "Records returned by Fetch responses.",
+            stats.fetched_records_total,
+        ),
+    ];
+    for (name, help, value) in counters {
+        text.family(name, help, Kind::Counter);
+        text.sample(name, &[], value);
+    }
+    text.family(
+        "herald_requests_total",
+        "Requests handled since start, by Kafka API.",
+        Kind::Counter,
+    );
+    for (api, count) in &stats.requests_total {
+        text.sample("herald_requests_total", &[("api", api)], *count);
+    }
+    if let Some(rss) = process_rss_bytes() {
+        text.family(
+            "herald_process_resident_memory_bytes",
+            "Resident set size of the broker process.",
+            Kind::Gauge,
+        );
+        text.sample("herald_process_resident_memory_bytes", &[], rss);
+    }
+    text.finish()
+}
+
 /// The resident set size of this process in bytes, from `/proc/self/status` (Linux only;
 /// `None` elsewhere or when it cannot be read).
 pub fn process_rss_bytes() -> Option<u64> {
@@ -105,6 +202,27 @@ mod tests {
             "# HELP m help with \\\\ and\\nnewline\n# TYPE m counter\n\
              m{topic=\"a\\\"b\\\\c\\nd\",partition=\"0\"} 5\n"
         );
+    }
+
+    #[test]
+    fn render_names_every_figure() {
+        let mut stats = BrokerStats {
+            topics: 2,
+            partitions: 5,
+            produced_records_total: 42,
+            ..BrokerStats::default()
+        };
+        stats.requests_total.insert("Produce".to_string(), 7);
+        let text = render(&stats);
+        for line in [
+            "herald_topics 2\n",
+            "herald_partitions 5\n",
+            "herald_produced_records_total 42\n",
+            "herald_requests_total{api=\"Produce\"} 7\n",
+            "# TYPE herald_requests_total counter\n",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
     }
 
     #[test]

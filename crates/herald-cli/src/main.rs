@@ -13,6 +13,7 @@ mod logdirs;
 mod output;
 mod peer;
 mod produce;
+mod serve;
 mod topic;
 
 use clap::{Parser, Subcommand};
@@ -54,6 +55,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the broker: a Kafka-wire-compatible server with embedded storage, /health and /metrics.
+    Serve(serve::ServeArgs),
     /// Topics: create, list, describe (partitions, offsets, size, configs), alter, delete.
     #[command(subcommand)]
     Topic(topic::TopicCommand),
@@ -76,6 +79,7 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result: Result<(), CliError> = match cli.command {
+        Command::Serve(args) => serve::run(args),
         Command::Topic(command) => topic::run(&cli.global, command),
         Command::Produce(args) => produce::run(&cli.global, args),
         Command::Consume(args) => consume::run(&cli.global, args),

@@ -1,0 +1,219 @@
+//! Starts `herald serve` as a child process on free loopback ports with its own data directory,
+//! waits for `/health`, and stops it with SIGTERM or SIGKILL.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a broker may take to answer `/health` after starting.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a broker may take to exit after SIGTERM.
+pub const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A free loopback address: bound to port 0 and released, so the broker can bind it next.
+pub fn free_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// The `herald` command with no `HERALD_*` variables inherited from the test's environment.
+pub fn herald() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("HERALD_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+/// Answer of a plain HTTP GET.
+pub struct HttpAnswer {
+    pub status: u16,
+    pub body: String,
+}
+
+/// A minimal HTTP/1.1 GET over a fresh connection, so the tests need no HTTP client crate.
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<HttpAnswer> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("no HTTP head in {text:?}")))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no status in {head:?}")))?;
+    Ok(HttpAnswer {
+        status,
+        body: body.to_string(),
+    })
+}
+
+/// Polls `http_addr/health` until it answers 200; panics with the log at `log_path` when `child`
+/// exits first or [`READY_TIMEOUT`] passes.
+pub fn wait_healthy(http_addr: SocketAddr, child: &mut Child, log_path: &Path) {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if let Ok(answer) = http_get(http_addr, "/health") {
+            if answer.status == 200 {
+                return;
+            }
+        }
+        let log = || std::fs::read_to_string(log_path).unwrap_or_default();
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("herald serve exited with {status} before ready:\n{}", log());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "herald serve not ready after {READY_TIMEOUT:?}:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits for `child` to exit within `timeout`, returning its status.
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A `herald serve` process. Killed (SIGKILL) when dropped.
+pub struct ServeProcess {
+    pub kafka_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub data_dir: PathBuf,
+    child: Option<Child>,
+    log_path: PathBuf,
+    extra_args: Vec<String>,
+}
+
+impl ServeProcess {
+    /// Starts a broker on free ports with `data_dir` and waits until `/health` answers 200.
+    pub fn start(data_dir: &Path) -> ServeProcess {
+        Self::start_with(data_dir, free_addr(), &[])
+    }
+
+    /// Starts a broker listening for Kafka on `kafka_addr`, with extra `serve` arguments.
+    pub fn start_with(
+        data_dir: &Path,
+        kafka_addr: SocketAddr,
+        extra_args: &[&str],
+    ) -> ServeProcess {
+        let mut process = ServeProcess {
+            kafka_addr,
+            http_addr: free_addr(),
+            data_dir: data_dir.to_path_buf(),
+            child: None,
+            log_path: data_dir.with_extension("log"),
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+        };
+        process.spawn();
+        process.wait_ready();
+        process
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .unwrap();
+        let child = herald()
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--kafka-addr")
+            .arg(self.kafka_addr.to_string())
+            .arg("--http-addr")
+            .arg(self.http_addr.to_string())
+            .args(&self.extra_args)
+            .env("HERALD_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    /// Polls `/health` until it answers 200, failing with the broker's log after the deadline or
+    /// when the process exits.
+    pub fn wait_ready(&mut self) {
+        let log_path = self.log_path.clone();
+        wait_healthy(self.http_addr, self.child.as_mut().unwrap(), &log_path);
+    }
+
+    /// What the broker has logged so far (stdout and stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Sends SIGTERM and waits for the process to exit, returning its status.
+    pub fn sigterm(&mut self) -> ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -TERM failed");
+        self.wait_exit()
+    }
+
+    /// Kills the process with SIGKILL, as a crash would, and reaps it.
+    pub fn sigkill(&mut self) {
+        let child = self.child.as_mut().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        self.child = None;
+    }
+
+    fn wait_exit(&mut self) -> ExitStatus {
+        let Some(status) = wait_exit(self.child.as_mut().unwrap(), EXIT_TIMEOUT) else {
+            panic!(
+                "herald serve did not exit within {EXIT_TIMEOUT:?}:\n{}",
+                self.log()
+            );
+        };
+        self.child = None;
+        status
+    }
+
+    /// Starts the broker again on the same addresses and data directory.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart of a running broker");
+        self.spawn();
+        self.wait_ready();
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
