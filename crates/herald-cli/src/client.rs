@@ -133,7 +133,17 @@ pub fn fetch_metadata(
     probe_tcp(global)?;
     let metadata = client
         .fetch_metadata(topic, REQUEST_TIMEOUT)
-        .map_err(|error| kafka_error(global, "fetching metadata", error))?;
+        .map_err(|error| match error.rdkafka_error_code() {
+            // The TCP probe got through, so the connection was closed on us mid-request.
+            Some(RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown) => {
+                CliError::Unreachable(format!(
+                    "broker at {} accepted the connection but closed it while answering a \
+                     metadata request; check that it speaks the Kafka protocol and see its log",
+                    global.bootstrap
+                ))
+            }
+            _ => kafka_error(global, "fetching metadata", error),
+        })?;
     if let Some(name) = topic {
         let found = metadata.topics().iter().find(|t| t.name() == name);
         match found {

@@ -274,9 +274,12 @@ pub fn run(global: &Global, args: ConsumeArgs) -> Result<(), CliError> {
                 "latest"
             },
         );
-    if let Some(group) = &args.group {
-        config.set("group.id", group);
-    }
+    match &args.group {
+        Some(group) => config.set("group.id", group),
+        // librdkafka refuses to assign partitions to a consumer without a group id; a unique
+        // one that never commits or joins keeps a plain read invisible to real groups.
+        None => config.set("group.id", format!("herald-cli-{}", uuid::Uuid::new_v4())),
+    };
     let consumer: BaseConsumer = client::create(&config)?;
     let metadata = client::fetch_metadata(global, &consumer, Some(&args.topic))?;
     let mut partitions: Vec<i32> = metadata
@@ -324,8 +327,12 @@ pub fn run(global: &Global, args: ConsumeArgs) -> Result<(), CliError> {
             break Ok(());
         }
         if uncommitted && last_commit.elapsed() >= COMMIT_INTERVAL {
-            if let Err(error) = commit(&consumer, &mut out, CommitMode::Async) {
-                break Err(error);
+            // Synchronous, like the final commit: an asynchronous commit still in flight could
+            // land after a later one and move the group back.
+            match commit(&consumer, &mut out, CommitMode::Sync) {
+                Ok(None) => {}
+                Ok(Some(error)) => eprintln!("warning: committing offsets failed: {error}"),
+                Err(error) => break Err(error),
             }
             uncommitted = false;
             last_commit = Instant::now();
@@ -386,7 +393,14 @@ pub fn run(global: &Global, args: ConsumeArgs) -> Result<(), CliError> {
     match result {
         Ok(()) => {
             if uncommitted {
-                commit(&consumer, &mut out, CommitMode::Sync)?;
+                let failed = finish_output(commit(&consumer, &mut out, CommitMode::Sync))?;
+                if let Some(error) = failed {
+                    return Err(client::kafka_error(
+                        global,
+                        "committing the offsets of the printed events",
+                        error,
+                    ));
+                }
             } else {
                 finish_output(out.flush())?;
             }
@@ -397,24 +411,31 @@ pub fn run(global: &Global, args: ConsumeArgs) -> Result<(), CliError> {
 }
 
 /// A closed pipe (`herald consume t | head`) is a normal end, not an error.
-fn finish_output(result: std::io::Result<()>) -> Result<(), CliError> {
+fn finish_output<T: Default>(result: std::io::Result<T>) -> Result<T, CliError> {
     match result {
-        Ok(()) => Ok(()),
-        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Ok(value) => Ok(value),
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(T::default()),
         Err(error) => Err(CliError::Other(anyhow::anyhow!(
             "writing the output: {error}"
         ))),
     }
 }
 
-/// Flushes the output, then commits the stored offsets of the events just printed.
-fn commit(consumer: &BaseConsumer, out: &mut impl Write, mode: CommitMode) -> std::io::Result<()> {
+/// Flushes the output, then commits the stored offsets of the events just printed. A failed
+/// commit is returned apart from output errors: it is a warning while reading goes on and an
+/// error at the end.
+fn commit(
+    consumer: &BaseConsumer,
+    out: &mut impl Write,
+    mode: CommitMode,
+) -> std::io::Result<Option<KafkaError>> {
     out.flush()?;
-    match consumer.commit_consumer_state(mode) {
-        Ok(()) | Err(KafkaError::ConsumerCommit(rdkafka::error::RDKafkaErrorCode::NoOffset)) => {}
-        Err(error) => eprintln!("warning: committing offsets failed: {error}"),
-    }
-    Ok(())
+    Ok(match consumer.commit_consumer_state(mode) {
+        Ok(()) | Err(KafkaError::ConsumerCommit(rdkafka::error::RDKafkaErrorCode::NoOffset)) => {
+            None
+        }
+        Err(error) => Some(error),
+    })
 }
 
 /// True once every assigned partition has reported its end since its last event.
