@@ -214,6 +214,18 @@ pub fn encoded_len(frame: &Frame) -> usize {
     LENGTH_PREFIX_BYTES + FRAME_HEADER_BYTES + body
 }
 
+/// Appends an EVENT (or REQUEST) frame for a borrowed event, so senders need not clone it.
+pub fn encode_event(event: &WireEvent, request: bool, buf: &mut BytesMut) {
+    let start = buf.len();
+    buf.reserve(LENGTH_PREFIX_BYTES + FRAME_HEADER_BYTES + event_body_len(event));
+    buf.put_u32(0);
+    buf.put_u8(PROTOCOL_VERSION);
+    buf.put_u8(if request { Kind::Request } else { Kind::Event } as u8);
+    put_event(buf, event);
+    let body_len = (buf.len() - start - LENGTH_PREFIX_BYTES) as u32;
+    buf[start..start + LENGTH_PREFIX_BYTES].copy_from_slice(&body_len.to_be_bytes());
+}
+
 /// Appends the frame, length prefix first, to `buf`.
 pub fn encode(frame: &Frame, buf: &mut BytesMut) {
     let start = buf.len();

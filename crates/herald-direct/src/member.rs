@@ -476,26 +476,38 @@ async fn on_event(event: WireEvent, shared: &Arc<Shared>, tx: &mpsc::Sender<Fram
             .await
             .is_ok(),
         Admit::Run => {
+            let mut handling = shared
+                .handler
+                .on_event(Received::from_wire(event, Mode::Direct));
+            // A handler that finishes at once is answered from here, saving a task switch on the
+            // latency path; one that waits continues on its own task so the connection keeps
+            // reading (pipelining).
+            if let std::task::Poll::Ready(result) = futures::poll!(&mut handling) {
+                let reply = event_reply(id, &result);
+                finish(shared, id, result.is_ok(), false);
+                return tx.send(reply).await.is_ok();
+            }
             let shared = shared.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
-                let result = shared
-                    .handler
-                    .on_event(Received::from_wire(event, Mode::Direct))
-                    .await;
-                let reply = match &result {
-                    Ok(()) => Frame::Ack { id },
-                    Err(message) => Frame::Nack {
-                        id,
-                        reason: NackReason::HandlerFailed,
-                        message: message.clone(),
-                    },
-                };
+                let result = handling.await;
+                let reply = event_reply(id, &result);
                 finish(&shared, id, result.is_ok(), false);
                 let _ = tx.send(reply).await;
             });
             true
         }
+    }
+}
+
+fn event_reply(id: u128, result: &Result<(), String>) -> Frame {
+    match result {
+        Ok(()) => Frame::Ack { id },
+        Err(message) => Frame::Nack {
+            id,
+            reason: NackReason::HandlerFailed,
+            message: message.clone(),
+        },
     }
 }
 

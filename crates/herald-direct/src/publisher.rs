@@ -120,7 +120,7 @@ enum Reply {
 }
 
 struct Conn {
-    tx: mpsc::Sender<Frame>,
+    tx: mpsc::Sender<Out>,
     pending: Mutex<HashMap<u128, oneshot::Sender<Reply>>>,
 }
 
@@ -368,7 +368,8 @@ impl Publisher {
         if bytes > limit {
             return Err(DatagramError::TooLarge { bytes, limit });
         }
-        let targets = shared.datagram_targets(&event.topic);
+        let mut targets = Vec::new();
+        shared.datagram_targets(&event.topic, &mut targets);
         if targets.is_empty() {
             return Err(DatagramError::NoLiveMember {
                 topic: event.topic.clone(),
@@ -385,7 +386,7 @@ impl Publisher {
                 continue;
             }
             buf.clear();
-            frame::encode(&Frame::Event(event.clone()), &mut buf);
+            frame::encode_event(&event, false, &mut buf);
             shared.udp.send_to(&buf, addr).await?;
             sent += 1;
         }
@@ -476,7 +477,9 @@ impl Shared {
             seq
         };
         WireEvent {
-            id: uuid::Uuid::now_v7().as_u128(),
+            // Unique without a random draw per event: this publisher's random id in the high
+            // half, its sequence number in the low half.
+            id: (self.id << 64) | seq as u128,
             publisher: self.id,
             seq,
             deadline_unix_ms: system_to_unix_ms(deadline),
@@ -529,22 +532,25 @@ impl Shared {
         }
     }
 
-    fn datagram_targets(&self, topic: &str) -> Vec<(SocketAddr, u64)> {
+    /// One live member of every group serving `topic` (rotating within a group), each with the
+    /// next datagram sequence number for that member, appended to `out`.
+    fn datagram_targets(&self, topic: &str, out: &mut Vec<(SocketAddr, u64)>) {
         let mut members = self.members.lock();
-        let mut by_group: HashMap<String, Vec<SocketAddr>> = HashMap::new();
-        for (addr, s) in members.iter() {
-            if s.state == MemberState::Up
-                && let Some(h) = &s.hello
-                && h.topic == topic
-            {
-                by_group.entry(h.group.clone()).or_default().push(*addr);
-            }
-        }
+        let mut live: Vec<(&str, SocketAddr)> = members
+            .iter()
+            .filter(|(_, s)| s.state == MemberState::Up)
+            .filter_map(|(addr, s)| s.hello.as_ref().map(|h| (h, *addr)))
+            .filter(|(h, _)| h.topic == topic)
+            .map(|(h, addr)| (h.group.as_str(), addr))
+            .collect();
+        live.sort_unstable();
         let turn = self.rr.fetch_add(1, Ordering::Relaxed);
-        let mut out = Vec::with_capacity(by_group.len());
-        for (_, mut addrs) in by_group {
-            addrs.sort();
-            let addr = addrs[turn % addrs.len()];
+        let mut chosen: Vec<SocketAddr> = Vec::new();
+        for group in live.chunk_by(|a, b| a.0 == b.0) {
+            chosen.push(group[turn % group.len()].1);
+        }
+        drop(live);
+        for addr in chosen {
             if let Some(slot) = members.get_mut(&addr) {
                 // Sequence numbers count per destination, so each member sees a gap-free
                 // sequence when nothing is lost, whatever the load balancing does.
@@ -552,7 +558,6 @@ impl Shared {
                 out.push((addr, slot.datagram_seq));
             }
         }
-        out
     }
 
     fn pick(&self, topic: &str, group: &str, tried: &HashSet<SocketAddr>) -> Pick {
@@ -660,11 +665,7 @@ async fn deliver(
         };
         let (reply_tx, reply_rx) = oneshot::channel();
         conn.pending.lock().insert(event.id, reply_tx);
-        let frame = if request {
-            Frame::Request((*event).clone())
-        } else {
-            Frame::Event((*event).clone())
-        };
+        let frame = Out::Event(event.clone(), request);
         let attempt_at =
             at.min(Instant::now() + Duration::from_millis(shared.config.attempt_timeout_ms));
         let outcome = match tokio::time::timeout_at(attempt_at, conn.tx.send(frame)).await {
@@ -928,7 +929,7 @@ async fn run_connection(
                     } => reply(&conn, id, Reply::Nack(reason, message)),
                     Frame::Response { id, value } => reply(&conn, id, Reply::Response(value)),
                     Frame::Ping { nonce } => {
-                        let _ = tx.try_send(Frame::Pong { nonce });
+                        let _ = tx.try_send(Out::Frame(Frame::Pong { nonce }));
                     }
                     Frame::Pong { .. } => {}
                     Frame::Goodbye => break 'conn End::Goodbye,
@@ -953,7 +954,7 @@ async fn run_connection(
                 }
                 if quiet >= interval {
                     nonce += 1;
-                    let _ = tx.try_send(Frame::Ping { nonce });
+                    let _ = tx.try_send(Out::Frame(Frame::Ping { nonce }));
                 }
             }
         }
@@ -974,13 +975,29 @@ fn reply(conn: &Conn, id: u128, reply: Reply) {
     }
 }
 
-async fn write_loop(mut writer: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Receiver<Frame>) {
+/// What a connection's writer sends: control frames, or events shared with the publishing task
+/// (encoded straight from the shared event, never cloned).
+enum Out {
+    Frame(Frame),
+    Event(Arc<WireEvent>, bool),
+}
+
+fn encode_out(out: &Out, buf: &mut BytesMut) {
+    match out {
+        Out::Frame(frame) => frame::encode(frame, buf),
+        Out::Event(event, request) => frame::encode_event(event, *request, buf),
+    }
+}
+
+/// Writes frames in batches: everything queued goes out in one write, so pipelined events share
+/// system calls.
+async fn write_loop(mut writer: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Receiver<Out>) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
-    while let Some(frame) = rx.recv().await {
-        frame::encode(&frame, &mut buf);
+    while let Some(out) = rx.recv().await {
+        encode_out(&out, &mut buf);
         while buf.len() < 256 * 1024 {
             match rx.try_recv() {
-                Ok(frame) => frame::encode(&frame, &mut buf),
+                Ok(out) => encode_out(&out, &mut buf),
                 Err(_) => break,
             }
         }
