@@ -1,5 +1,6 @@
 //! End-to-end tests of the `herald` binary: each module starts the processes it needs on loopback.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod client;
 mod peer;
 mod serve;

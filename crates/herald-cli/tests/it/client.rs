@@ -1,0 +1,7 @@
+//! The everyday client commands (`herald topic`, `produce`, `consume`) end to end against a
+//! `herald serve` child process on free loopback ports.
+
+mod errors;
+mod harness;
+mod roundtrip;
+mod topics;

@@ -1,0 +1,81 @@
+//! Errors users meet first: no broker at the address, a topic that does not exist.
+
+use super::harness::{Broker, free_port, run};
+
+#[test]
+fn unreachable_broker_exits_3_naming_the_address() {
+    let bootstrap = format!("127.0.0.1:{}", free_port());
+    let commands: [&[&str]; 4] = [
+        &["topic", "list"],
+        &["topic", "create", "t"],
+        &["consume", "t", "--max-messages", "1"],
+        &["produce", "t"],
+    ];
+    for args in commands {
+        let run = run(&bootstrap, args, Some(b"one\n"));
+        run.assert_code(3);
+        assert!(
+            run.stderr
+                .contains(&format!("error: broker unreachable at {bootstrap}")),
+            "{args:?}: {}",
+            run.stderr
+        );
+        assert_eq!(run.stderr.lines().count(), 1, "{args:?}: {}", run.stderr);
+    }
+}
+
+#[test]
+fn missing_topic_and_partition_exit_4() {
+    let broker = Broker::start();
+    for args in [
+        &["produce", "nope"][..],
+        &["consume", "nope", "--max-messages", "1"],
+        &["topic", "describe", "nope"],
+        &["topic", "alter", "nope", "--config", "retention.ms=1"],
+    ] {
+        let run = broker.herald_with_input(args, b"one\n");
+        run.assert_code(4);
+        assert!(
+            run.stderr.contains("error: topic nope does not exist"),
+            "{args:?}: {}",
+            run.stderr
+        );
+    }
+    broker.ok(&["topic", "create", "small"]);
+    let run = broker.herald_with_input(&["produce", "small", "--partition", "3"], b"x\n");
+    run.assert_code(4);
+    assert!(run.stderr.contains("partition 3"), "{}", run.stderr);
+    // Nothing was created as a side effect of the attempts above.
+    assert!(!broker.ok(&["topic", "list"]).contains("nope"));
+}
+
+#[test]
+fn bad_usage_exits_2() {
+    let bootstrap = format!("127.0.0.1:{}", free_port());
+    let run = run(
+        &bootstrap,
+        &["consume", "t", "--format", "{nope}", "--max-messages", "1"],
+        None,
+    );
+    run.assert_code(2);
+    assert!(
+        run.stderr.contains("unknown field {nope}"),
+        "{}",
+        run.stderr
+    );
+    let both = super::harness::run(
+        &bootstrap,
+        &["consume", "t", "--from-beginning", "--offset", "3"],
+        None,
+    );
+    both.assert_code(2);
+}
+
+#[test]
+fn help_lists_the_client_commands_and_exit_codes() {
+    let help = super::harness::run("127.0.0.1:1", &["help"], None);
+    help.assert_code(0);
+    for word in ["topic", "produce", "consume", "Exit codes:", "4  not found"] {
+        assert!(help.stdout.contains(word), "{word}: {}", help.stdout);
+    }
+}

@@ -1,0 +1,200 @@
+//! A `herald serve` child on free loopback ports, killed on drop, and a way to run client
+//! commands against it with a deadline.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const HERALD: &str = env!("CARGO_BIN_EXE_herald");
+
+/// Longest a client command may run before the test fails.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Longest the broker may take to accept connections.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A port nothing listens on right now (bound, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running broker; dropping it kills the process.
+pub struct Broker {
+    child: Child,
+    pub bootstrap: String,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Broker {
+    pub fn start() -> Broker {
+        let dir = tempfile::tempdir().unwrap();
+        let kafka = format!("127.0.0.1:{}", free_port());
+        let http = format!("127.0.0.1:{}", free_port());
+        let log = dir.path().join("broker.log");
+        let log_file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(HERALD)
+            .args(["serve", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(["--kafka-addr", &kafka, "--http-addr", &http])
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .spawn()
+            .unwrap();
+        let mut broker = Broker {
+            child,
+            bootstrap: kafka,
+            log,
+            _dir: dir,
+        };
+        broker.wait_ready();
+        broker
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if TcpStream::connect(&self.bootstrap).is_ok() {
+                return;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("broker exited with {status}:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "broker not listening on {} after {READY_TIMEOUT:?}:\n{}",
+                self.bootstrap,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs `herald --bootstrap ADDR args...` and returns what it did.
+    pub fn herald(&self, args: &[&str]) -> Run {
+        run(&self.bootstrap, args, None)
+    }
+
+    /// Like [`Broker::herald`], with `input` on standard input.
+    pub fn herald_with_input(&self, args: &[&str], input: &[u8]) -> Run {
+        run(&self.bootstrap, args, Some(input))
+    }
+
+    /// Runs a command that must succeed, and returns its standard output.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let run = self.herald(args);
+        run.assert_code(0);
+        run.stdout
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The outcome of one client command.
+#[derive(Debug)]
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub args: Vec<String>,
+}
+
+impl Run {
+    pub fn assert_code(&self, code: i32) {
+        assert_eq!(
+            self.code,
+            Some(code),
+            "herald {:?} exited with {:?}\nstdout:\n{}\nstderr:\n{}",
+            self.args,
+            self.code,
+            &self.stdout[..self.stdout.len().min(4000)],
+            self.stderr
+        );
+    }
+
+    /// Parses standard output as one JSON document.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout of {:?} is not JSON ({e}):\n{}",
+                self.args, self.stdout
+            )
+        })
+    }
+}
+
+/// Runs `herald --bootstrap BOOTSTRAP args...` with a deadline.
+pub fn run(bootstrap: &str, args: &[&str], input: Option<&[u8]>) -> Run {
+    let mut child = Command::new(HERALD)
+        .args(["--bootstrap", bootstrap])
+        .args(args)
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let writer = input.map(|input| {
+        let mut stdin = child.stdin.take().unwrap();
+        let input = input.to_vec();
+        std::thread::spawn(move || {
+            // The command may stop reading early (an error); that is for the test to judge.
+            let _ = stdin.write_all(&input);
+        })
+    });
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        stdout.read_to_string(&mut s).unwrap();
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        stderr.read_to_string(&mut s).unwrap();
+        s
+    });
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "herald {args:?} still running after {COMMAND_TIMEOUT:?}; stderr:\n{}",
+                err.join().unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    if let Some(writer) = writer {
+        writer.join().unwrap();
+    }
+    Run {
+        code: status.code(),
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+        args: args.iter().map(|s| s.to_string()).collect(),
+    }
+}

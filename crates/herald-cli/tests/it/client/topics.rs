@@ -1,0 +1,119 @@
+//! `herald topic create|list|describe|alter|delete` against a started broker.
+
+use serde_json::Value;
+
+use super::harness::Broker;
+
+fn config_value(description: &Value, name: &str) -> Option<(String, String)> {
+    description["configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .map(|c| {
+            (
+                c["value"].as_str().unwrap_or_default().to_string(),
+                c["source"].as_str().unwrap().to_string(),
+            )
+        })
+}
+
+fn listed(broker: &Broker) -> Vec<(String, u64)> {
+    let run = broker.herald(&["--output", "json", "topic", "list"]);
+    run.assert_code(0);
+    run.json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["topic"].as_str().unwrap().to_string(),
+                t["partitions"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn topic_lifecycle_create_list_describe_alter_delete() {
+    let broker = Broker::start();
+
+    let out = broker.ok(&[
+        "topic",
+        "create",
+        "orders",
+        "--partitions",
+        "3",
+        "--config",
+        "retention.ms=3600000",
+    ]);
+    assert!(out.contains("orders"), "{out}");
+    broker.ok(&["topic", "create", "audit"]);
+
+    assert_eq!(
+        listed(&broker),
+        vec![("audit".to_string(), 1), ("orders".to_string(), 3)]
+    );
+    let table = broker.ok(&["topic", "list"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("TOPIC"), "{table}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.split_whitespace().eq(["orders", "3"])),
+        "{table}"
+    );
+
+    let description = broker.herald(&["--output", "json", "topic", "describe", "orders"]);
+    description.assert_code(0);
+    let description = description.json();
+    assert_eq!(description["topic"], "orders");
+    let partitions = description["partitions"].as_array().unwrap();
+    assert_eq!(partitions.len(), 3);
+    for (i, p) in partitions.iter().enumerate() {
+        assert_eq!(p["partition"], i as u64);
+        assert_eq!(p["earliest"], 0);
+        assert_eq!(p["latest"], 0);
+    }
+    assert_eq!(
+        config_value(&description, "retention.ms"),
+        Some(("3600000".to_string(), "topic".to_string()))
+    );
+    let table = broker.ok(&["topic", "describe", "orders"]);
+    assert!(table.contains("PARTITION"), "{table}");
+    assert!(table.contains("retention.ms"), "{table}");
+
+    // Changing one setting keeps the others the topic already overrides.
+    broker.ok(&["topic", "alter", "orders", "--config", "segment.ms=600000"]);
+    let description = broker
+        .herald(&["--output", "json", "topic", "describe", "orders"])
+        .json();
+    assert_eq!(
+        config_value(&description, "segment.ms").map(|c| c.0),
+        Some("600000".to_string())
+    );
+    assert_eq!(
+        config_value(&description, "retention.ms").map(|c| c.0),
+        Some("3600000".to_string())
+    );
+
+    broker.ok(&["topic", "alter", "orders", "--partitions", "5"]);
+    assert!(listed(&broker).contains(&("orders".to_string(), 5)));
+    let shrink = broker.herald(&["topic", "alter", "orders", "--partitions", "2"]);
+    shrink.assert_code(6);
+
+    let again = broker.herald(&["topic", "create", "orders"]);
+    again.assert_code(6);
+    assert!(again.stderr.contains("already exists"), "{}", again.stderr);
+
+    broker.ok(&["topic", "delete", "orders"]);
+    assert_eq!(listed(&broker), vec![("audit".to_string(), 1)]);
+    let gone = broker.herald(&["topic", "describe", "orders"]);
+    gone.assert_code(4);
+    assert!(
+        gone.stderr.contains("topic orders does not exist"),
+        "{}",
+        gone.stderr
+    );
+    broker.herald(&["topic", "delete", "orders"]).assert_code(4);
+}
