@@ -59,8 +59,9 @@ pub fn open_arbitrary_dir(data: &[u8]) {
         return;
     };
     exercise(&log);
+    // The image is taken first, so closing the log afterwards does not touch it.
     let image = fs.crash_image();
-    std::mem::forget(log);
+    drop(log);
     if let Ok(log) = PartitionLog::open_with(dir, config, image.env()) {
         exercise(&log);
     }
