@@ -2,5 +2,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod client;
+mod group;
 mod peer;
 mod serve;
