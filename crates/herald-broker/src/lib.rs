@@ -22,9 +22,11 @@ mod config;
 pub mod group;
 pub mod http;
 pub mod metrics;
-#[allow(dead_code, reason = "the categories are mapped as their handlers land")]
 mod problem;
+mod producer_ids;
 mod stats;
+mod topic_config;
+mod topics;
 mod wire;
 
 #[doc(hidden)]
@@ -41,15 +43,26 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 pub use config::BrokerConfig;
+pub use producer_ids::ProducerIdError;
 pub use stats::BrokerStats;
+pub use topics::TopicsOpenError;
+
+use producer_ids::ProducerIds;
 use stats::Counters;
+use topics::Topics;
+
+/// Directory under the data directory holding the consumer groups' committed offsets.
+const GROUPS_DIR: &str = "groups";
 
 /// State shared by every connection and background task of one broker.
 pub(crate) struct Core {
     pub(crate) config: BrokerConfig,
     pub(crate) counters: Counters,
+    pub(crate) topics: Arc<Topics>,
+    /// Consumer groups and their committed offsets.
+    pub(crate) groups: group::Coordinator,
+    pub(crate) producer_ids: ProducerIds,
     /// Host and port given to clients in Metadata responses.
-    #[allow(dead_code, reason = "read by the Metadata handler")]
     pub(crate) advertised: (String, i32),
     /// Flips to `true` when the broker starts stopping.
     pub(crate) stopping: watch::Receiver<bool>,
@@ -87,6 +100,15 @@ pub enum StartError {
     /// The configuration is inconsistent.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The stored topics could not be loaded.
+    #[error(transparent)]
+    Topics(#[from] TopicsOpenError),
+    /// The committed-offsets store could not be opened or recovered.
+    #[error("cannot open the consumer groups' committed offsets: {0}")]
+    Groups(#[from] group::OpenError),
+    /// The producer id reservation could not be read.
+    #[error(transparent)]
+    ProducerIds(#[from] ProducerIdError),
 }
 
 /// Why the broker did not stop cleanly.
@@ -96,6 +118,12 @@ pub enum ShutdownError {
     /// A background task panicked.
     #[error("a broker task failed: {0}")]
     Task(String),
+    /// Some partitions could not be flushed to disk.
+    #[error("{failed} partitions could not be flushed to disk")]
+    Flush {
+        /// How many.
+        failed: usize,
+    },
 }
 
 impl Broker {
@@ -112,6 +140,20 @@ impl Broker {
             path: config.data_dir.clone(),
             source,
         })?;
+        // Opening logs recovers them, which reads files: keep it off the async threads.
+        let (topics, producer_ids, groups, config) = tokio::task::spawn_blocking(move || {
+            let topics = Arc::new(Topics::open(&config)?);
+            let producer_ids = ProducerIds::open(&config.data_dir)?;
+            let groups = group::Coordinator::open(
+                &config.data_dir.join(GROUPS_DIR),
+                config.groups.clone(),
+                Arc::new(group::SystemClock),
+                topics.clone(),
+            )?;
+            Ok::<_, StartError>((topics, producer_ids, groups, config))
+        })
+        .await
+        .map_err(|error| StartError::Config(format!("start-up task failed: {error}")))??;
         let listener = TcpListener::bind(config.kafka_addr)
             .await
             .map_err(|source| StartError::Bind {
@@ -130,16 +172,23 @@ impl Broker {
         let core = Arc::new(Core {
             config,
             counters: Counters::default(),
+            topics,
+            producer_ids,
+            groups,
             advertised: (host, i32::from(local_addr.port())),
             stopping,
         });
+        // The group timer ends by itself once the last reference to the coordinator is gone.
+        drop(core.groups.spawn_timer());
         let accept = tokio::spawn(accept_loop(core.clone(), listener));
-        info!(kafka_addr = %local_addr, "broker listening");
+        let maintenance = tokio::spawn(maintenance_loop(core.clone()));
+        let (topic_count, partition_count, _) = core.topics.totals();
+        info!(kafka_addr = %local_addr, topics = topic_count, partitions = partition_count, "broker listening");
         Ok(Broker {
             core,
             local_addr,
             stop,
-            tasks: Mutex::new(vec![accept]),
+            tasks: Mutex::new(vec![accept, maintenance]),
         })
     }
 
@@ -155,7 +204,12 @@ impl Broker {
 
     /// A snapshot of the broker's counters and sizes; cheap enough to call per scrape.
     pub fn stats(&self) -> BrokerStats {
-        self.core.counters.snapshot(wire::versions::name_of_key)
+        let mut stats = self.core.counters.snapshot(wire::versions::name_of_key);
+        let (topics, partitions, disk_bytes) = self.core.topics.totals();
+        stats.topics = topics;
+        stats.partitions = partitions;
+        stats.disk_bytes = disk_bytes;
+        stats
     }
 
     /// Stops accepting connections, lets requests in flight finish (long polls end early),
@@ -169,11 +223,18 @@ impl Broker {
                 failure = Some(error.to_string());
             }
         }
+        let core = self.core.clone();
+        let failed = tokio::task::spawn_blocking(move || core.topics.flush_all())
+            .await
+            .map_err(|error| ShutdownError::Task(error.to_string()))?;
         info!("broker stopped");
-        match failure {
-            Some(message) => Err(ShutdownError::Task(message)),
-            None => Ok(()),
+        if let Some(message) = failure {
+            return Err(ShutdownError::Task(message));
         }
+        if failed > 0 {
+            return Err(ShutdownError::Flush { failed });
+        }
+        Ok(())
     }
 }
 
@@ -228,4 +289,23 @@ async fn accept_loop(core: Arc<Core>, listener: TcpListener) {
     }
     drop(listener);
     while connections.join_next().await.is_some() {}
+}
+
+/// Runs every partition's housekeeping (interval flush, roll, retention, checkpoint) every
+/// `maintenance_interval_ms` until the broker stops.
+async fn maintenance_loop(core: Arc<Core>) {
+    let mut stopping = core.stopping.clone();
+    let period = std::time::Duration::from_millis(core.config.maintenance_interval_ms.max(1));
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stopping.wait_for(|stopping| *stopping) => break,
+            _ = interval.tick() => {}
+        }
+        let core = core.clone();
+        if let Err(error) = tokio::task::spawn_blocking(move || core.topics.maintain_all()).await {
+            warn!(%error, "maintenance task failed");
+        }
+    }
 }

@@ -36,6 +36,4 @@ pub(crate) enum Problem {
     Unsupported,
     /// A request whose fields contradict each other.
     InvalidRequest,
-    /// The broker is stopping.
-    ShuttingDown,
 }

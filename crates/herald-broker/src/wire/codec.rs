@@ -106,14 +106,8 @@ pub(crate) fn decode_request(frame: Bytes) -> Result<Request, DecodeError> {
     let mut body = frame;
     let header = guarded_decode::<RequestHeader>(&mut body, header_version).map_err(malformed)?;
     let request = guarded_decode_body(api_key, &mut body, api_version).map_err(malformed)?;
-    if body.has_remaining() {
-        // Trailing bytes mean the client and we disagree about the layout: refuse rather
-        // than act on a request we may have misread.
-        return Err(malformed(format!(
-            "{} bytes left after the body",
-            body.remaining()
-        )));
-    }
+    // Trailing bytes are ignored, as Kafka does: librdkafka 2.x sends Metadata v12 with
+    // three more bytes than the schema has.
     Ok(Request {
         api_key,
         header,

@@ -36,10 +36,8 @@ pub(crate) const INVALID_CONFIG: i16 = 40;
 pub(crate) const KAFKA_STORAGE_ERROR: i16 = 56;
 /// Kafka `UNKNOWN_PRODUCER_ID`.
 pub(crate) const UNKNOWN_PRODUCER_ID: i16 = 59;
-/// Kafka `BROKER_NOT_AVAILABLE`, used while the broker is stopping.
-pub(crate) const BROKER_NOT_AVAILABLE: i16 = 8;
-/// Kafka `UNKNOWN_SERVER_ERROR`.
-pub(crate) const UNKNOWN_SERVER_ERROR: i16 = -1;
+/// Kafka `UNKNOWN_TOPIC_ID`.
+pub(crate) const UNKNOWN_TOPIC_ID: i16 = 100;
 
 /// The Kafka error code for a core failure. This is the only place that decides it.
 pub(crate) fn code(problem: Problem) -> i16 {
@@ -59,6 +57,5 @@ pub(crate) fn code(problem: Problem) -> i16 {
         Problem::StorageError => KAFKA_STORAGE_ERROR,
         Problem::Unsupported => UNSUPPORTED_VERSION,
         Problem::InvalidRequest => INVALID_REQUEST,
-        Problem::ShuttingDown => BROKER_NOT_AVAILABLE,
     }
 }

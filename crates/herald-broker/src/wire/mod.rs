@@ -10,10 +10,17 @@
 //! future instead of a response; it runs on its own task while the reader moves on, up to
 //! `connection_requests_in_flight_max` requests per connection.
 
+mod admin;
 mod api_versions;
 pub(crate) mod codec;
-#[allow(dead_code, reason = "the codes are used as their handlers land")]
+mod configs;
 pub(crate) mod errors;
+mod fetch;
+pub(crate) mod group;
+mod metadata;
+mod offsets;
+mod produce;
+mod producer_id;
 pub(crate) mod versions;
 
 use std::future::Future;
@@ -22,7 +29,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
+use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind, TopicName};
+use kafka_protocol::protocol::StrBytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -38,7 +46,6 @@ pub(crate) enum Reply {
     /// The response, ready now.
     Ready(Box<ResponseKind>),
     /// The response, once this future completes (durability wait, long poll).
-    #[allow(dead_code, reason = "used by the Produce and Fetch handlers")]
     Later(Pin<Box<dyn Future<Output = ResponseKind> + Send>>),
     /// No response at all (Produce with `acks=0`).
     Nothing,
@@ -94,7 +101,7 @@ pub(crate) async fn serve_connection(
                 break;
             }
         };
-        match handle_frame(&core, frame).await {
+        match handle_frame(&core, frame, peer).await {
             Ok(Some(response)) => {
                 if outgoing.send(response).await.is_err() {
                     // The writer stopped (the peer went away); nothing more to answer.
@@ -149,7 +156,11 @@ async fn read_frame(reader: &mut OwnedReadHalf, limit: u32) -> Result<Option<Byt
 }
 
 /// Decodes and dispatches one frame; `Ok(None)` when no response is due.
-async fn handle_frame(core: &Arc<Core>, frame: Bytes) -> Result<Option<Outgoing>, CloseReason> {
+async fn handle_frame(
+    core: &Arc<Core>,
+    frame: Bytes,
+    peer: SocketAddr,
+) -> Result<Option<Outgoing>, CloseReason> {
     let request = match codec::decode_request(frame) {
         Ok(request) => request,
         Err(DecodeError::UnsupportedVersion {
@@ -183,7 +194,7 @@ async fn handle_frame(core: &Arc<Core>, frame: Bytes) -> Result<Option<Outgoing>
         client_id = codec::client_id(&request.header),
         "request"
     );
-    match dispatch(core, request).await {
+    match dispatch(core, request, peer).await {
         Reply::Ready(body) => encode(api_key, version, correlation_id, &body).map(Some),
         Reply::Later(future) => Ok(Some(Outgoing::Later(tokio::spawn(async move {
             let body = future.await;
@@ -214,20 +225,81 @@ fn encode(
         })
 }
 
-/// Sends a handler's request to its API family's module.
-async fn dispatch(core: &Arc<Core>, request: Request) -> Reply {
+/// Sends a request to its API family's handler.
+async fn dispatch(core: &Arc<Core>, request: Request, peer: SocketAddr) -> Reply {
+    if group::handles(request.api_key) {
+        return group::dispatch(core, request, peer);
+    }
     let version = request.header.request_api_version;
+    let ready = |body: ResponseKind| Reply::Ready(Box::new(body));
     match request.body {
-        RequestKind::ApiVersions(_) => Reply::Ready(Box::new(ResponseKind::ApiVersions(
-            api_versions::response(api_versions::error_for(version)),
+        RequestKind::ApiVersions(_) => ready(ResponseKind::ApiVersions(api_versions::response(
+            api_versions::error_for(version),
         ))),
-        other => {
-            // The version table only lists APIs with a handler below, so this is a bug.
-            warn!(api = ?request.api_key, "no handler for a served API");
-            let _ = (core, other);
+        RequestKind::Metadata(body) => ready(ResponseKind::Metadata(metadata::metadata(
+            core, body, version,
+        ))),
+        RequestKind::DescribeCluster(body) => ready(ResponseKind::DescribeCluster(
+            metadata::describe_cluster(core, body),
+        )),
+        RequestKind::Produce(body) => produce::produce(core, body, version),
+        RequestKind::Fetch(body) => fetch::fetch(core, body, version),
+        RequestKind::ListOffsets(body) => ready(ResponseKind::ListOffsets(offsets::list_offsets(
+            core, body, version,
+        ))),
+        RequestKind::DeleteRecords(body) => ready(ResponseKind::DeleteRecords(
+            offsets::delete_records(core, body),
+        )),
+        RequestKind::InitProducerId(body) => ready(ResponseKind::InitProducerId(
+            producer_id::init_producer_id(core, body),
+        )),
+        RequestKind::CreateTopics(body) => admin::create_topics(core, body, version),
+        RequestKind::DeleteTopics(body) => admin::delete_topics(core, body, version),
+        RequestKind::CreatePartitions(body) => admin::create_partitions(core, body),
+        RequestKind::DescribeConfigs(body) => ready(ResponseKind::DescribeConfigs(
+            configs::describe_configs(core, body, version),
+        )),
+        RequestKind::AlterConfigs(body) => configs::alter_configs(core, body),
+        RequestKind::IncrementalAlterConfigs(body) => {
+            configs::incremental_alter_configs(core, body)
+        }
+        _ => {
+            // The version table lists only APIs with a handler above, so decoding never
+            // yields anything else; answer nothing rather than something wrong.
+            warn!(
+                api = versions::name(request.api_key),
+                "no handler for a decoded request"
+            );
             Reply::Nothing
         }
     }
+}
+
+/// Runs a handler that touches files on the blocking pool; the response follows when done.
+fn blocking(
+    core: &Arc<Core>,
+    handler: impl FnOnce(Arc<Core>) -> ResponseKind + Send + 'static,
+) -> Reply {
+    let core = core.clone();
+    Reply::Later(Box::pin(async move {
+        match tokio::task::spawn_blocking(move || handler(core)).await {
+            Ok(body) => body,
+            // A panicking handler is a bug; the connection is closed by the writer.
+            Err(error) => std::panic::resume_unwind(error.into_panic()),
+        }
+    }))
+}
+
+fn str_bytes(text: &str) -> StrBytes {
+    StrBytes::from_string(text.to_string())
+}
+
+fn topic_name(text: &str) -> TopicName {
+    TopicName(str_bytes(text))
+}
+
+fn code(problem: crate::problem::Problem) -> i16 {
+    errors::code(problem)
 }
 
 /// Writes responses in request order, waiting for pending ones in turn.

@@ -20,7 +20,44 @@ const fn served_api(api_key: ApiKey, min: i16, max: i16) -> Served {
 
 /// Every API this broker answers. The consumer-group APIs are added here next to their
 /// handlers in `group.rs`.
-pub(crate) const SERVED: &[Served] = &[served_api(ApiKey::ApiVersions, 0, 3)];
+pub(crate) const SERVED: &[Served] = &[
+    // Advertised from v0 as Kafka 4 does (KAFKA-18659: some clients refuse a broker whose
+    // Produce range does not start at 0), but v0-v2 carry the pre-0.11 message formats, which
+    // the log does not store: such a request closes the connection with a log line
+    // (see `PRODUCE_VERSION_DECODED_MIN`). Every librdkafka 2.x negotiates v3 or later.
+    served_api(ApiKey::Produce, 0, 9),
+    // Fetch v13 and later name topics by id only; v12 is what librdkafka 2.x uses with us.
+    served_api(ApiKey::Fetch, 4, 12),
+    // v7 adds the max-timestamp query, which is not served.
+    served_api(ApiKey::ListOffsets, 1, 6),
+    served_api(ApiKey::Metadata, 0, 12),
+    served_api(ApiKey::ApiVersions, 0, 3),
+    served_api(ApiKey::CreateTopics, 2, 7),
+    served_api(ApiKey::DeleteTopics, 1, 6),
+    served_api(ApiKey::DeleteRecords, 0, 2),
+    served_api(ApiKey::InitProducerId, 0, 4),
+    served_api(ApiKey::DescribeConfigs, 1, 4),
+    served_api(ApiKey::AlterConfigs, 0, 2),
+    served_api(ApiKey::CreatePartitions, 0, 3),
+    served_api(ApiKey::IncrementalAlterConfigs, 0, 1),
+    served_api(ApiKey::DescribeCluster, 0, 1),
+    // Consumer groups (handlers in `group.rs`). librdkafka 2.x negotiates FindCoordinator ≤2,
+    // JoinGroup ≤5, SyncGroup ≤3, Heartbeat ≤3, LeaveGroup ≤1, OffsetCommit ≤9, OffsetFetch ≤9,
+    // DeleteGroups ≤1 and OffsetDelete 0; newer Java clients use the higher versions.
+    // OffsetCommit/OffsetFetch v9 carry KIP-848 member epochs the classic protocol has no use
+    // for, so they stop at v8; kafka-protocol decodes OffsetCommit from v2, OffsetFetch from v1.
+    served_api(ApiKey::FindCoordinator, 0, 4),
+    served_api(ApiKey::JoinGroup, 0, 9),
+    served_api(ApiKey::SyncGroup, 0, 5),
+    served_api(ApiKey::Heartbeat, 0, 4),
+    served_api(ApiKey::LeaveGroup, 0, 5),
+    served_api(ApiKey::OffsetCommit, 2, 8),
+    served_api(ApiKey::OffsetFetch, 1, 8),
+    served_api(ApiKey::ListGroups, 0, 5),
+    served_api(ApiKey::DescribeGroups, 0, 5),
+    served_api(ApiKey::DeleteGroups, 0, 2),
+    served_api(ApiKey::OffsetDelete, 0, 0),
+];
 
 /// Lowest Produce version actually decoded (record batch v2).
 pub(crate) const PRODUCE_VERSION_DECODED_MIN: i16 = 3;

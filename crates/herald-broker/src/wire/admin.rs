@@ -1,0 +1,196 @@
+//! Topic administration: CreateTopics, DeleteTopics, CreatePartitions.
+//!
+//! These touch files and fsync the topic metadata, so they run on the blocking pool and
+//! answer later rather than hold up the connection's task.
+
+use std::sync::Arc;
+
+use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicConfigs, CreatableTopicResult,
+};
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::{
+    CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse,
+    DeleteTopicsRequest, DeleteTopicsResponse, ResponseKind,
+};
+use tracing::info;
+
+use super::configs::DEFAULT_CONFIG;
+use super::errors::{self, code};
+use super::{Reply, blocking, str_bytes, topic_name};
+use crate::Core;
+use crate::topic_config::{self, Overrides};
+
+pub(crate) fn create_topics(core: &Arc<Core>, request: CreateTopicsRequest, version: i16) -> Reply {
+    blocking(core, move |core| {
+        let mut results = Vec::with_capacity(request.topics.len());
+        for wanted in request.topics {
+            let name = wanted.name.as_str().to_string();
+            let mut result = CreatableTopicResult::default().with_name(topic_name(&name));
+            if !wanted.assignments.is_empty() {
+                results.push(
+                    result
+                        .with_error_code(errors::INVALID_REQUEST)
+                        .with_error_message(Some(str_bytes(
+                            "manual replica assignment is not supported on a single broker",
+                        ))),
+                );
+                continue;
+            }
+            let overrides: Overrides = wanted
+                .configs
+                .iter()
+                .filter_map(|config| {
+                    let value = config.value.as_ref()?;
+                    Some((config.name.as_str().to_string(), value.as_str().to_string()))
+                })
+                .collect();
+            match core.topics.create(
+                &name,
+                wanted.num_partitions,
+                wanted.replication_factor,
+                overrides.clone(),
+                request.validate_only,
+            ) {
+                Ok(topic) => {
+                    if !request.validate_only {
+                        info!(topic = %name, partitions = topic.partition_count(), "created topic");
+                    }
+                    if version >= 5 {
+                        let partitions = if request.validate_only {
+                            if wanted.num_partitions == -1 {
+                                i32::try_from(core.config.num_partitions).unwrap_or(i32::MAX)
+                            } else {
+                                wanted.num_partitions
+                            }
+                        } else {
+                            i32::try_from(topic.partition_count()).unwrap_or(i32::MAX)
+                        };
+                        result = result
+                            .with_num_partitions(partitions)
+                            .with_replication_factor(1)
+                            .with_configs(Some(topic_configs(&core, &overrides)));
+                    }
+                    if version >= 7 {
+                        result = result.with_topic_id(topic.id);
+                    }
+                    results.push(result);
+                }
+                Err(error) => {
+                    let mut result = result.with_error_code(code(error.problem()));
+                    if version >= 1 {
+                        result = result.with_error_message(Some(str_bytes(&error.to_string())));
+                    }
+                    results.push(result);
+                }
+            }
+        }
+        ResponseKind::CreateTopics(CreateTopicsResponse::default().with_topics(results))
+    })
+}
+
+/// The configs of a new topic as CreateTopics v5+ reports them.
+fn topic_configs(core: &Core, overrides: &Overrides) -> Vec<CreatableTopicConfigs> {
+    topic_config::NAMES
+        .iter()
+        .map(|name| {
+            let value = topic_config::value(&core.config, overrides, name);
+            let source = if overrides.contains_key(*name) {
+                super::configs::DYNAMIC_TOPIC_CONFIG
+            } else {
+                DEFAULT_CONFIG
+            };
+            CreatableTopicConfigs::default()
+                .with_name(str_bytes(name))
+                .with_value(value.as_deref().map(str_bytes))
+                .with_config_source(source)
+        })
+        .collect()
+}
+
+pub(crate) fn delete_topics(core: &Arc<Core>, request: DeleteTopicsRequest, version: i16) -> Reply {
+    blocking(core, move |core| {
+        // v6 names topics by name or id; earlier versions by name only.
+        let wanted: Vec<(Option<String>, uuid::Uuid)> = if version >= 6 {
+            request
+                .topics
+                .into_iter()
+                .map(|state| {
+                    (
+                        state.name.map(|name| name.as_str().to_string()),
+                        state.topic_id,
+                    )
+                })
+                .collect()
+        } else {
+            request
+                .topic_names
+                .into_iter()
+                .map(|name| (Some(name.as_str().to_string()), uuid::Uuid::nil()))
+                .collect()
+        };
+        let responses = wanted
+            .into_iter()
+            .map(|(name, id)| {
+                let topic = match &name {
+                    Some(name) => core.topics.get(name),
+                    None => core.topics.get_by_id(id),
+                };
+                let mut result = DeletableTopicResult::default()
+                    .with_name(name.as_deref().map(topic_name))
+                    .with_topic_id(id);
+                let Some(topic) = topic else {
+                    let error = if name.is_some() {
+                        errors::UNKNOWN_TOPIC_OR_PARTITION
+                    } else {
+                        errors::UNKNOWN_TOPIC_ID
+                    };
+                    return result.with_error_code(error);
+                };
+                if version >= 6 {
+                    result = result
+                        .with_name(Some(topic_name(&topic.name)))
+                        .with_topic_id(topic.id);
+                }
+                match core.topics.delete(&topic.name) {
+                    Ok(()) => result,
+                    Err(error) => {
+                        let mut result = result.with_error_code(code(error.problem()));
+                        if version >= 5 {
+                            result = result.with_error_message(Some(str_bytes(&error.to_string())));
+                        }
+                        result
+                    }
+                }
+            })
+            .collect();
+        ResponseKind::DeleteTopics(DeleteTopicsResponse::default().with_responses(responses))
+    })
+}
+
+pub(crate) fn create_partitions(core: &Arc<Core>, request: CreatePartitionsRequest) -> Reply {
+    blocking(core, move |core| {
+        let results = request
+            .topics
+            .into_iter()
+            .map(|wanted| {
+                let name = wanted.name.as_str().to_string();
+                let result = CreatePartitionsTopicResult::default().with_name(topic_name(&name));
+                let outcome = if wanted.assignments.as_ref().is_some_and(|a| !a.is_empty()) {
+                    Err(crate::topics::CreatePartitionsError::Assignment)
+                } else {
+                    core.topics
+                        .add_partitions(&name, wanted.count, request.validate_only)
+                };
+                match outcome {
+                    Ok(()) => result,
+                    Err(error) => result
+                        .with_error_code(code(error.problem()))
+                        .with_error_message(Some(str_bytes(&error.to_string()))),
+                }
+            })
+            .collect();
+        ResponseKind::CreatePartitions(CreatePartitionsResponse::default().with_results(results))
+    })
+}

@@ -1,0 +1,243 @@
+//! Fetch: serves stored record batches as they are (no re-encoding), with Kafka's long poll:
+//! the response waits up to `max_wait_ms` until `min_bytes` are available, woken by appends to
+//! the partitions asked for (not by polling).
+//!
+//! Limits follow Kafka (KIP-74): `partition_max_bytes` per partition and `max_bytes` per
+//! response, except that the first batch of the first partition with data is returned whole
+//! so that a consumer can always make progress.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_storage::ReadError;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{FetchRequest, FetchResponse, ResponseKind};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::warn;
+use uuid::Uuid;
+
+use super::errors::{self, code};
+use super::produce::count_records;
+use super::{Reply, topic_name};
+use crate::Core;
+use crate::problem::Problem;
+use crate::stats::Counters;
+use crate::topics::Partition;
+
+/// Fetch v7+ sessions (KIP-227) are not kept; a client asking to continue one is told so.
+const FETCH_SESSION_ID_NOT_FOUND: i16 = 70;
+
+/// One partition asked for, resolved against the topics.
+struct Wanted {
+    index: i32,
+    partition: Option<Arc<Partition>>,
+    fetch_offset: i64,
+    partition_max_bytes: usize,
+}
+
+struct WantedTopic {
+    name: String,
+    id: Uuid,
+    partitions: Vec<Wanted>,
+}
+
+/// The limits of one fetch.
+#[derive(Clone, Copy)]
+struct Limits {
+    min_bytes: usize,
+    max_bytes: usize,
+}
+
+pub(crate) fn fetch(core: &Arc<Core>, request: FetchRequest, version: i16) -> Reply {
+    if request.session_id != 0 || request.session_epoch > 0 {
+        let response = FetchResponse::default()
+            .with_error_code(FETCH_SESSION_ID_NOT_FOUND)
+            .with_session_id(0);
+        return Reply::Ready(Box::new(ResponseKind::Fetch(response)));
+    }
+    let topics: Vec<WantedTopic> = request
+        .topics
+        .into_iter()
+        .map(|wanted| {
+            let topic = if version >= 13 {
+                core.topics.get_by_id(wanted.topic_id)
+            } else {
+                core.topics.get(wanted.topic.as_str())
+            };
+            WantedTopic {
+                name: wanted.topic.as_str().to_string(),
+                id: wanted.topic_id,
+                partitions: wanted
+                    .partitions
+                    .into_iter()
+                    .map(|partition| Wanted {
+                        index: partition.partition,
+                        partition: topic
+                            .as_ref()
+                            .and_then(|topic| topic.partition(partition.partition)),
+                        fetch_offset: partition.fetch_offset,
+                        partition_max_bytes: usize::try_from(partition.partition_max_bytes)
+                            .unwrap_or(0),
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    let limits = Limits {
+        min_bytes: usize::try_from(request.min_bytes).unwrap_or(0),
+        max_bytes: usize::try_from(request.max_bytes)
+            .unwrap_or(0)
+            .min(core.config.fetch_response_bytes_max as usize),
+    };
+    let max_wait_ms = u64::try_from(request.max_wait_ms)
+        .unwrap_or(0)
+        .min(core.config.fetch_wait_ms_max);
+    // Subscribe before the first read so that an append in between still wakes us.
+    let mut wakers: Vec<watch::Receiver<u64>> = topics
+        .iter()
+        .flat_map(|topic| topic.partitions.iter())
+        .filter_map(|wanted| {
+            wanted
+                .partition
+                .as_ref()
+                .map(|partition| partition.subscribe())
+        })
+        .collect();
+    let (first, bytes, any_error) = read_all(&topics, limits, version);
+    if bytes >= limits.min_bytes || any_error || max_wait_ms == 0 || wakers.is_empty() {
+        return Reply::Ready(Box::new(finish(core, first)));
+    }
+    let core = core.clone();
+    Reply::Later(Box::pin(async move {
+        let deadline = Instant::now() + Duration::from_millis(max_wait_ms);
+        let mut stopping = core.stopping.clone();
+        loop {
+            let changed = futures::future::select_all(
+                wakers.iter_mut().map(|waker| Box::pin(waker.changed())),
+            );
+            let timed_out = tokio::select! {
+                _ = changed => false,
+                _ = tokio::time::sleep_until(deadline) => true,
+                _ = stopping.wait_for(|stopping| *stopping) => true,
+            };
+            // Mark what we are about to read as seen first, so an append during the read
+            // wakes the next wait instead of being lost.
+            for waker in &mut wakers {
+                waker.borrow_and_update();
+            }
+            let (next, bytes, any_error) = read_all(&topics, limits, version);
+            if timed_out || bytes >= limits.min_bytes || any_error {
+                break finish(&core, next);
+            }
+        }
+    }))
+}
+
+fn finish(core: &Core, response: FetchResponse) -> ResponseKind {
+    for topic in &response.responses {
+        for partition in &topic.partitions {
+            if let Some(records) = &partition.records {
+                if !records.is_empty() {
+                    Counters::add(&core.counters.fetched_bytes, records.len() as u64);
+                    Counters::add(&core.counters.fetched_records, count_records(records));
+                }
+            }
+        }
+    }
+    ResponseKind::Fetch(response)
+}
+
+/// Reads every wanted partition once; returns the response, its record bytes, and whether any
+/// partition has an error (which ends a long poll at once, as in Kafka).
+fn read_all(topics: &[WantedTopic], limits: Limits, version: i16) -> (FetchResponse, usize, bool) {
+    let mut budget = limits.max_bytes;
+    let mut bytes = 0usize;
+    let mut any_error = false;
+    let mut responses = Vec::with_capacity(topics.len());
+    for topic in topics {
+        let mut partitions = Vec::with_capacity(topic.partitions.len());
+        for wanted in &topic.partitions {
+            let mut data = PartitionData::default().with_partition_index(wanted.index);
+            let Some(partition) = &wanted.partition else {
+                any_error = true;
+                partitions.push(data.with_error_code(if version >= 13 {
+                    errors::UNKNOWN_TOPIC_ID
+                } else {
+                    errors::UNKNOWN_TOPIC_OR_PARTITION
+                }));
+                continue;
+            };
+            let Ok(offset) = u64::try_from(wanted.fetch_offset) else {
+                any_error = true;
+                let offsets = partition.log.offsets();
+                partitions.push(
+                    data.with_error_code(code(Problem::OffsetOutOfRange))
+                        .with_high_watermark(as_i64(offsets.high_watermark))
+                        .with_last_stable_offset(as_i64(offsets.high_watermark))
+                        .with_log_start_offset(as_i64(offsets.log_start)),
+                );
+                continue;
+            };
+            let max = wanted.partition_max_bytes.min(budget);
+            // KIP-74: the first batch of the response goes out whole, whatever its size.
+            let at_least_one = bytes == 0;
+            let outcome = if max == 0 && !at_least_one {
+                let offsets = partition.log.offsets();
+                Ok((
+                    bytes::Bytes::new(),
+                    offsets.high_watermark,
+                    offsets.log_start,
+                ))
+            } else {
+                partition
+                    .log
+                    .read(offset, max, at_least_one)
+                    .map(|read| (read.batches, read.high_watermark, read.log_start))
+            };
+            match outcome {
+                Ok((batches, high_watermark, log_start)) => {
+                    bytes += batches.len();
+                    budget = budget.saturating_sub(batches.len());
+                    data = data
+                        .with_high_watermark(as_i64(high_watermark))
+                        .with_last_stable_offset(as_i64(high_watermark))
+                        .with_log_start_offset(as_i64(log_start))
+                        .with_records(Some(batches));
+                }
+                Err(ReadError::OffsetOutOfRange {
+                    log_start,
+                    high_watermark,
+                }) => {
+                    any_error = true;
+                    data = data
+                        .with_error_code(code(Problem::OffsetOutOfRange))
+                        .with_high_watermark(as_i64(high_watermark))
+                        .with_last_stable_offset(as_i64(high_watermark))
+                        .with_log_start_offset(as_i64(log_start));
+                }
+                Err(error) => {
+                    any_error = true;
+                    warn!(topic = %topic.name, partition = wanted.index, %error, "read failed");
+                    data = data.with_error_code(code(Problem::StorageError));
+                }
+            }
+            partitions.push(data);
+        }
+        responses.push(
+            FetchableTopicResponse::default()
+                .with_topic(topic_name(&topic.name))
+                .with_topic_id(topic.id)
+                .with_partitions(partitions),
+        );
+    }
+    (
+        FetchResponse::default().with_responses(responses),
+        bytes,
+        any_error,
+    )
+}
+
+fn as_i64(offset: u64) -> i64 {
+    i64::try_from(offset).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,205 @@
+//! Produce: hands each partition's record batches, as received, to the storage log, and
+//! answers according to `acks` (0: no answer, 1: after the append, -1/all: once the data is
+//! durable under the topic's flush policy).
+//!
+//! Records are never decoded here: the storage validates batch headers and CRCs and assigns
+//! offsets. The appends of one request happen in order before the next request of the same
+//! connection is read; only the durability wait runs concurrently, so producers on many
+//! connections share fsyncs (group commit).
+
+use std::sync::Arc;
+
+use herald_storage::{AppendError, FlushPolicy};
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse, ResponseKind};
+use tracing::{debug, warn};
+
+use super::errors::{self, code};
+use super::{Reply, str_bytes, topic_name};
+use crate::Core;
+use crate::problem::Problem;
+use crate::stats::Counters;
+use crate::topics::Partition;
+
+/// `acks=-1`: wait for the data to be durable.
+const ACKS_ALL: i16 = -1;
+
+/// The storage error's category.
+pub(crate) fn append_problem(error: &AppendError) -> Problem {
+    match error {
+        AppendError::CorruptBatch { .. } => Problem::CorruptMessage,
+        AppendError::BatchTooLarge { .. } => Problem::MessageTooLarge,
+        AppendError::OutOfOrderSequence { .. } => Problem::OutOfOrderSequence,
+        AppendError::ProducerFenced { .. } => Problem::ProducerFenced,
+        AppendError::UnknownProducerId { .. } => Problem::UnknownProducerId,
+        _ => Problem::StorageError,
+    }
+}
+
+/// Records and batches in a run of concatenated record batches, read from their headers.
+pub(crate) fn count_records(mut batches: &[u8]) -> u64 {
+    // Batch header: base offset (8), batch length (4), ..., record count at byte 57.
+    const RECORD_COUNT_AT: usize = 57;
+    let mut records = 0u64;
+    while batches.len() > RECORD_COUNT_AT + 4 {
+        let length = i32::from_be_bytes([batches[8], batches[9], batches[10], batches[11]]);
+        let count = i32::from_be_bytes([
+            batches[RECORD_COUNT_AT],
+            batches[RECORD_COUNT_AT + 1],
+            batches[RECORD_COUNT_AT + 2],
+            batches[RECORD_COUNT_AT + 3],
+        ]);
+        records += u64::try_from(count).unwrap_or(0);
+        let Some(size) = usize::try_from(length).ok().map(|length| length + 12) else {
+            break;
+        };
+        if size > batches.len() {
+            break;
+        }
+        batches = &batches[size..];
+    }
+    records
+}
+
+/// A partition whose data must reach the disk before the response (acks=all).
+struct Durable {
+    partition: Arc<Partition>,
+    end_offset: u64,
+    topic_at: usize,
+    partition_at: usize,
+}
+
+pub(crate) fn produce(core: &Arc<Core>, request: ProduceRequest, version: i16) -> Reply {
+    let acks = request.acks;
+    let mut responses = Vec::with_capacity(request.topic_data.len());
+    let mut durable = Vec::new();
+    for (topic_at, topic_data) in request.topic_data.into_iter().enumerate() {
+        let name = topic_data.name.as_str().to_string();
+        let topic = if request.transactional_id.is_some() || !(-1..=1).contains(&acks) {
+            Ok(None)
+        } else {
+            core.topics.get_or_create(&name)
+        };
+        let mut partitions = Vec::with_capacity(topic_data.partition_data.len());
+        for (partition_at, data) in topic_data.partition_data.into_iter().enumerate() {
+            let mut response = PartitionProduceResponse::default()
+                .with_index(data.index)
+                .with_base_offset(-1);
+            let error_code = if request.transactional_id.is_some() {
+                // Transactions are not served (InitProducerId refuses transactional ids).
+                code(Problem::Unsupported)
+            } else if !(-1..=1).contains(&acks) {
+                errors::INVALID_REQUIRED_ACKS
+            } else {
+                match &topic {
+                    Err(error) => code(error.problem()),
+                    Ok(None) => errors::UNKNOWN_TOPIC_OR_PARTITION,
+                    Ok(Some(topic)) => match topic.partition(data.index) {
+                        None => errors::UNKNOWN_TOPIC_OR_PARTITION,
+                        Some(partition) => {
+                            let records = data.records.unwrap_or_default();
+                            match partition.append(&records) {
+                                Ok(info) => {
+                                    if info.duplicate {
+                                        Counters::add(&core.counters.produced_batches_duplicate, 1);
+                                    } else {
+                                        Counters::add(
+                                            &core.counters.produced_bytes,
+                                            records.len() as u64,
+                                        );
+                                        Counters::add(
+                                            &core.counters.produced_records,
+                                            count_records(&records),
+                                        );
+                                    }
+                                    response.base_offset =
+                                        i64::try_from(info.base_offset).unwrap_or(i64::MAX);
+                                    if version >= 5 {
+                                        response.log_start_offset =
+                                            i64::try_from(info.log_start).unwrap_or(i64::MAX);
+                                    }
+                                    if acks == ACKS_ALL
+                                        && partition.log.config().flush == FlushPolicy::Always
+                                    {
+                                        durable.push(Durable {
+                                            partition: partition.clone(),
+                                            end_offset: info.last_offset + 1,
+                                            topic_at,
+                                            partition_at,
+                                        });
+                                    }
+                                    errors::NONE
+                                }
+                                Err(error) => {
+                                    debug!(topic = %name, partition = data.index, %error, "append refused");
+                                    if version >= 8 {
+                                        response.error_message =
+                                            Some(str_bytes(&error.to_string()));
+                                    }
+                                    code(append_problem(&error))
+                                }
+                            }
+                        }
+                    },
+                }
+            };
+            partitions.push(response.with_error_code(error_code));
+        }
+        responses.push(
+            TopicProduceResponse::default()
+                .with_name(topic_name(&name))
+                .with_partition_responses(partitions),
+        );
+    }
+    if acks == 0 {
+        return Reply::Nothing;
+    }
+    let response = ProduceResponse::default().with_responses(responses);
+    if durable.is_empty() {
+        return Reply::Ready(Box::new(ResponseKind::Produce(response)));
+    }
+    Reply::Later(Box::pin(wait_durable(response, durable)))
+}
+
+/// Waits for every appended partition to be fsynced; a partition whose fsync fails is
+/// answered with a storage error instead of its offset.
+async fn wait_durable(mut response: ProduceResponse, durable: Vec<Durable>) -> ResponseKind {
+    let outcome = tokio::task::spawn_blocking(move || {
+        durable
+            .into_iter()
+            .filter_map(|wait| match wait.partition.log.sync_to(wait.end_offset) {
+                Ok(()) => None,
+                Err(error) => {
+                    warn!(partition = wait.partition.index, %error, "fsync failed; answering with a storage error");
+                    Some((wait.topic_at, wait.partition_at))
+                }
+            })
+            .collect::<Vec<_>>()
+    })
+    .await;
+    let failed = match outcome {
+        Ok(failed) => failed,
+        Err(error) => {
+            warn!(%error, "durability wait failed");
+            // Nothing is known to be durable: fail every partition.
+            let mut all = Vec::new();
+            for (topic_at, topic) in response.responses.iter().enumerate() {
+                for partition_at in 0..topic.partition_responses.len() {
+                    all.push((topic_at, partition_at));
+                }
+            }
+            all
+        }
+    };
+    for (topic_at, partition_at) in failed {
+        if let Some(partition) = response
+            .responses
+            .get_mut(topic_at)
+            .and_then(|topic| topic.partition_responses.get_mut(partition_at))
+        {
+            partition.error_code = code(Problem::StorageError);
+            partition.base_offset = -1;
+        }
+    }
+    ResponseKind::Produce(response)
+}

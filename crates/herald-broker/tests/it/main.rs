@@ -1,0 +1,15 @@
+//! Integration tests of the broker library: each module starts in-process brokers on free
+//! loopback ports and talks to them with real Kafka clients (librdkafka) or raw frames.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod admin;
+mod bad_input;
+mod decode;
+mod group_assignors;
+mod group_rebalance;
+mod group_support;
+mod idempotence;
+mod metadata_offsets;
+mod produce_consume;
+mod restart;
+mod support;
