@@ -205,7 +205,7 @@ pub fn run(global: &Global, args: ProduceArgs) -> Result<(), CliError> {
     let (input, input_bytes): (Box<dyn Read>, Option<u64>) = match &args.file {
         Some(path) => {
             let file = File::open(path).map_err(|error| {
-                CliError::NotFound(format!("cannot open {}: {error}", path.display()))
+                CliError::Usage(format!("cannot open --file {}: {error}", path.display()))
             })?;
             let size = file.metadata().map(|m| m.len()).ok();
             (Box::new(file), size)
@@ -324,7 +324,7 @@ pub fn run(global: &Global, args: ProduceArgs) -> Result<(), CliError> {
             partitions: tally.partitions.values().cloned().collect(),
         }
     };
-    print_summary(global, &summary, elapsed)?;
+    print_summary(global, &summary, elapsed, args.acks)?;
     if summary.failed > 0 {
         return Err(CliError::NotAcknowledged(format!(
             "{} of {} events were not acknowledged by {}: {}",
@@ -351,15 +351,26 @@ fn split_line<'a>(line: &'a [u8], separator: Option<&str>) -> (Option<&'a [u8]>,
     }
 }
 
-fn print_summary(global: &Global, summary: &Summary, elapsed: Duration) -> Result<(), CliError> {
+fn print_summary(
+    global: &Global,
+    summary: &Summary,
+    elapsed: Duration,
+    acks: Acks,
+) -> Result<(), CliError> {
     match global.output {
         Output::Json => {
             print_json(summary, false).map_err(|error| CliError::Other(error.into()))?;
         }
         Output::Table => {
             let seconds = elapsed.as_secs_f64().max(1e-3);
+            // With --acks 0 the broker confirms nothing, so "produced" would claim too much.
+            let verb = if acks == Acks::None {
+                "sent (unacknowledged, --acks 0)"
+            } else {
+                "produced"
+            };
             println!(
-                "produced {} of {} events ({} bytes) to {} in {:.2} s ({:.0} events/s)",
+                "{verb} {} of {} events ({} bytes) to {} in {:.2} s ({:.0} events/s)",
                 summary.acknowledged,
                 summary.sent,
                 summary.bytes,

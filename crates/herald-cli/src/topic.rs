@@ -217,7 +217,7 @@ fn describe(global: &Global, topic: &str) -> Result<(), CliError> {
     let Some(meta) = metadata.topics().iter().find(|t| t.name() == topic) else {
         return Err(client::topic_not_found(topic));
     };
-    let sizes = crate::logdirs::partition_sizes(global, &metadata, topic);
+    let sizes = crate::logdirs::partition_sizes(&metadata, topic);
     let mut partitions = Vec::with_capacity(meta.partitions().len());
     for p in meta.partitions() {
         let (earliest, latest) = consumer

@@ -79,3 +79,35 @@ fn help_lists_the_client_commands_and_exit_codes() {
         assert!(help.stdout.contains(word), "{word}: {}", help.stdout);
     }
 }
+
+#[test]
+fn rejected_events_exit_5_with_the_brokers_reason() {
+    let broker = Broker::start();
+    broker.ok(&[
+        "topic",
+        "create",
+        "tiny",
+        "--config",
+        "max.message.bytes=200",
+    ]);
+    let line = format!("{}\n", "x".repeat(1000));
+    let run = broker.herald_with_input(&["produce", "tiny"], line.as_bytes());
+    run.assert_code(5);
+    assert!(
+        run.stdout.contains("produced 0 of 1 events"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stderr
+            .contains("error: 1 of 1 events were not acknowledged"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("too large"), "{}", run.stderr);
+    // Nothing was stored.
+    let description = broker
+        .herald(&["--output", "json", "topic", "describe", "tiny"])
+        .json();
+    assert_eq!(description["partitions"][0]["latest"], 0);
+}
