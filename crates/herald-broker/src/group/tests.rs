@@ -502,3 +502,107 @@ async fn offsets_of_a_group_with_members_never_expire() {
     f.clock.advance_ms(100 * DAY_MS);
     assert_eq!(f.c.expire_offsets().await.unwrap(), 0);
 }
+
+#[tokio::test]
+async fn offset_delete_refuses_subscribed_topics_while_the_group_has_members() {
+    let f = fixture();
+    f.topics.0.lock().insert("old".into(), (1, DAY_MS));
+    // ConsumerProtocolSubscription v0 for topic "t".
+    let subscription = Bytes::from_static(&[0, 0, 0, 0, 0, 1, 0, 1, b't', 0, 0, 0, 0]);
+    let commit = |topic: &str| CommitRequest {
+        group_id: "g".into(),
+        generation_id: -1,
+        member_id: String::new(),
+        group_instance_id: None,
+        partitions: vec![CommitPartition {
+            topic: topic.into(),
+            partition: 0,
+            offset: 3,
+            leader_epoch: -1,
+            metadata: None,
+        }],
+    };
+    f.c.commit(commit("t")).await.unwrap();
+    f.c.commit(commit("old")).await.unwrap();
+    let mut req = join_req("", None, &["range"]);
+    req.require_known_member_id = false;
+    req.protocols[0].metadata = subscription;
+    let joined = f.c.join(req).await.unwrap();
+    f.c.sync(sync_req(&joined.member_id, 1, vec![]))
+        .await
+        .unwrap();
+
+    let parts = [("t".to_string(), 0), ("old".to_string(), 0)];
+    let results = f.c.delete_offsets("g", &parts).await.unwrap();
+    assert_eq!(
+        results,
+        vec![Err(GroupError::GroupSubscribedToTopic), Ok(())]
+    );
+    let left = f.c.fetch_offsets("g", Some(&parts));
+    assert!(left[0].committed.is_some());
+    assert_eq!(left[1].committed, None);
+    assert_eq!(
+        f.c.delete_offsets("nope", &parts).await,
+        Err(GroupError::GroupIdNotFound)
+    );
+    let listed = f.c.list_groups();
+    assert_eq!(listed[0].state, GroupState::Stable);
+    assert_eq!(listed[0].protocol_type, "consumer");
+    let described = f.c.describe_group("g");
+    assert_eq!(described.members[0].member_id, joined.member_id);
+    assert_eq!(described.protocol_name, "range");
+    assert_eq!(f.c.describe_group("nope").state, GroupState::Dead);
+}
+
+#[tokio::test]
+async fn limits_refuse_oversized_groups_ids_and_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = GroupConfig {
+        initial_rebalance_delay_ms: 0,
+        members_per_group_max: 1,
+        protocol_metadata_bytes_max: 16,
+        offset_metadata_bytes_max: 2,
+        ..GroupConfig::default()
+    };
+    let topics = Arc::new(Topics::default());
+    topics.0.lock().insert("t".into(), (1, DAY_MS));
+    let c = Coordinator::open(dir.path(), config, Arc::new(ManualClock::new(0)), topics).unwrap();
+    let mut req = join_req("", None, &["range"]);
+    req.group_id = "x".repeat(256);
+    assert_eq!(c.join(req).await, Err(GroupError::InvalidGroupId));
+    let mut req = join_req("", None, &["range"]);
+    req.protocols[0].metadata = Bytes::from(vec![0; 17]);
+    assert!(matches!(
+        c.join(req).await,
+        Err(GroupError::InvalidRequest(_))
+    ));
+    let mut req = join_req("", None, &["range"]);
+    req.session_timeout_ms = 10;
+    assert_eq!(
+        c.join(req).await,
+        Err(GroupError::InvalidSessionTimeout(10))
+    );
+    let first = member_id(&c, None).await;
+    assert_eq!(
+        c.join(join_req("", None, &["range"])).await,
+        Err(GroupError::GroupMaxSizeReached)
+    );
+    c.join(join_req(&first, None, &["range"])).await.unwrap();
+    let results = c
+        .commit(CommitRequest {
+            group_id: "other".into(),
+            generation_id: -1,
+            member_id: String::new(),
+            group_instance_id: None,
+            partitions: vec![CommitPartition {
+                topic: "t".into(),
+                partition: 0,
+                offset: 1,
+                leader_epoch: -1,
+                metadata: Some("too long".into()),
+            }],
+        })
+        .await
+        .unwrap();
+    assert_eq!(results, vec![Err(GroupError::OffsetMetadataTooLarge)]);
+}
