@@ -6,6 +6,8 @@
 //! Kafka-compatible broker, not only Herald.
 
 use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rdkafka::ClientContext;
@@ -217,6 +219,42 @@ pub fn block_on<F: std::future::Future>(future: F) -> Result<F::Output, CliError
         .enable_all()
         .build()?;
     Ok(runtime.block_on(future))
+}
+
+/// Catches SIGINT and SIGTERM: the first sets the returned flag so a long-running command can
+/// finish cleanly (flush, commit), a second ends the process at once with status 130.
+pub fn stop_on_signal() -> Result<Arc<AtomicBool>, CliError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // The handlers are installed here, before the command starts, not later on the thread.
+    let (mut terminate, mut interrupt) = {
+        let _context = runtime.enter();
+        (
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::interrupt())?,
+        )
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    std::thread::Builder::new()
+        .name("signals".to_string())
+        .spawn(move || {
+            runtime.block_on(async {
+                tokio::select! {
+                    _ = terminate.recv() => {}
+                    _ = interrupt.recv() => {}
+                }
+                flag.store(true, Ordering::SeqCst);
+                tokio::select! {
+                    _ = terminate.recv() => {}
+                    _ = interrupt.recv() => {}
+                }
+            });
+            std::process::exit(130);
+        })?;
+    Ok(stop)
 }
 
 /// Parses `k=v` into its two halves (the value may contain `=`).

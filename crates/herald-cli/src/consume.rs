@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufWriter, Write};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat, Utc};
@@ -40,7 +41,8 @@ pub struct ConsumeArgs {
     #[arg(long, value_name = "N")]
     max_messages: Option<u64>,
     /// Keep waiting for new events at the end of the topic. The default without --max-messages;
-    /// with it, reading stops at the end of every partition unless --follow is given.
+    /// with it, reading stops at the end of every partition unless --follow is given. Ctrl-C
+    /// (or SIGTERM) ends following cleanly: with --group, what was printed is committed.
     #[arg(long)]
     follow: bool,
     /// How each event is printed. Fields: {key} {value} {headers} {partition} {offset}
@@ -322,8 +324,14 @@ pub fn run(global: &Global, args: ConsumeArgs) -> Result<(), CliError> {
     // Partitions whose end was reached and that have had no event since.
     let mut at_end: BTreeSet<i32> = BTreeSet::new();
     let mut last_transport_error: Option<String> = None;
+    let stop = client::stop_on_signal()?;
     let result = loop {
         if args.max_messages.is_some_and(|max| printed >= max) {
+            break Ok(());
+        }
+        // Ctrl-C is how a followed topic is left: end like a reached limit, so what was printed
+        // is committed.
+        if stop.load(Ordering::SeqCst) {
             break Ok(());
         }
         if uncommitted && last_commit.elapsed() >= COMMIT_INTERVAL {

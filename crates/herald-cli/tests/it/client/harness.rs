@@ -198,3 +198,95 @@ pub fn run(bootstrap: &str, args: &[&str], input: Option<&[u8]>) -> Run {
         args: args.iter().map(|s| s.to_string()).collect(),
     }
 }
+
+/// A client command left running (`consume --follow`), its output collected as it comes.
+pub struct Background {
+    child: Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Broker {
+    /// Starts `herald --bootstrap ADDR args...` without waiting for it.
+    pub fn spawn(&self, args: &[&str]) -> Background {
+        use std::io::BufRead;
+        let mut child = Command::new(HERALD)
+            .args(["--bootstrap", &self.bootstrap])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let into = lines.clone();
+        std::thread::spawn(move || {
+            for line in stdout.lines() {
+                let Ok(line) = line else { break };
+                into.lock().unwrap().push(line);
+            }
+        });
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut from = child.stderr.take().unwrap();
+        let into = stderr.clone();
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = from.read_to_string(&mut text);
+            into.lock().unwrap().push_str(&text);
+        });
+        Background {
+            child,
+            lines,
+            stderr,
+        }
+    }
+}
+
+impl Background {
+    /// Waits until at least `count` lines were printed, and returns them.
+    pub fn wait_lines(&mut self, count: usize) -> Vec<String> {
+        let deadline = Instant::now() + COMMAND_TIMEOUT;
+        loop {
+            let lines = self.lines.lock().unwrap().clone();
+            if lines.len() >= count {
+                return lines;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "exited with {status} after {lines:?}; stderr:\n{}",
+                    self.stderr.lock().unwrap()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {lines:?} after {COMMAND_TIMEOUT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends SIGINT (Ctrl-C) and returns the exit code.
+    pub fn interrupt(mut self) -> Option<i32> {
+        let status = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + COMMAND_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "still running after SIGINT");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -234,3 +234,35 @@ fn consume_positions_partition_and_group_commits() {
     ]);
     assert_eq!(second, "tick-5\ntick-6\n");
 }
+
+#[test]
+fn follow_prints_new_events_and_commits_on_ctrl_c() {
+    let broker = Broker::start();
+    broker.ok(&["topic", "create", "live"]);
+    broker
+        .herald_with_input(&["produce", "live"], b"a\nb\n")
+        .assert_code(0);
+    let mut follower =
+        broker.spawn(&["consume", "live", "--group", "watchers", "--from-beginning"]);
+    assert_eq!(follower.wait_lines(2), ["a", "b"]);
+    // Events produced while following arrive without restarting.
+    broker
+        .herald_with_input(&["produce", "live"], b"c\n")
+        .assert_code(0);
+    assert_eq!(follower.wait_lines(3), ["a", "b", "c"]);
+    assert_eq!(follower.interrupt(), Some(0));
+
+    // Everything printed was committed: the group resumes after "c".
+    broker
+        .herald_with_input(&["produce", "live"], b"d\n")
+        .assert_code(0);
+    let rest = broker.ok(&[
+        "consume",
+        "live",
+        "--group",
+        "watchers",
+        "--max-messages",
+        "10",
+    ]);
+    assert_eq!(rest, "d\n");
+}
