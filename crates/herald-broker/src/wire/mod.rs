@@ -45,8 +45,13 @@ use codec::{DecodeError, Request};
 pub(crate) enum Reply {
     /// The response, ready now.
     Ready(Box<ResponseKind>),
-    /// The response, once this future completes (durability wait, long poll).
+    /// The response, once this future completes (durability wait, long poll); requests that
+    /// follow on the connection are handled meanwhile.
     Later(Pin<Box<dyn Future<Output = ResponseKind> + Send>>),
+    /// The response, once this future completes; the connection handles nothing else until
+    /// then, because later requests may depend on its effect (create, then produce; delete,
+    /// then create again).
+    Serial(Pin<Box<dyn Future<Output = ResponseKind> + Send>>),
     /// No response at all (Produce with `acks=0`).
     Nothing,
 }
@@ -207,6 +212,10 @@ async fn handle_frame(
                 }
             }
         })))),
+        Reply::Serial(future) => {
+            let body = future.await;
+            encode(api_key, version, correlation_id, &body).map(Some)
+        }
         Reply::Nothing => Ok(None),
     }
 }
@@ -275,13 +284,13 @@ async fn dispatch(core: &Arc<Core>, request: Request, peer: SocketAddr) -> Reply
     }
 }
 
-/// Runs a handler that touches files on the blocking pool; the response follows when done.
+/// Runs a handler that touches files on the blocking pool; the connection waits for it.
 fn blocking(
     core: &Arc<Core>,
     handler: impl FnOnce(Arc<Core>) -> ResponseKind + Send + 'static,
 ) -> Reply {
     let core = core.clone();
-    Reply::Later(Box::pin(async move {
+    Reply::Serial(Box::pin(async move {
         match tokio::task::spawn_blocking(move || handler(core)).await {
             Ok(body) => body,
             // A panicking handler is a bug; the connection is closed by the writer.

@@ -334,3 +334,74 @@ async fn delete_records_moves_the_log_start() {
     .unwrap();
     assert_eq!(first[0].1.as_deref(), Some(&b"r12"[..]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_admin_requests_take_effect_in_order() {
+    use kafka_protocol::messages::create_topics_request::CreatableTopic;
+    use kafka_protocol::messages::{
+        CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
+        MetadataRequest, MetadataResponse, TopicName,
+    };
+    use kafka_protocol::protocol::{Decodable, Encodable};
+
+    let broker = support::start().await;
+    support::create_topic(&broker.bootstrap, "again", 1).await;
+    let name = || TopicName(StrBytes::from_static_str("again"));
+    let delete = DeleteTopicsRequest::default()
+        .with_topic_names(vec![name()])
+        .with_timeout_ms(10_000);
+    let create = CreateTopicsRequest::default()
+        .with_topics(vec![
+            CreatableTopic::default()
+                .with_name(name())
+                .with_num_partitions(3)
+                .with_replication_factor(1),
+        ])
+        .with_timeout_ms(10_000);
+    let metadata = MetadataRequest::default().with_topics(None);
+    // Three requests written back to back before reading any answer.
+    let mut raw = support::RawClient::connect(broker.broker.kafka_addr()).await;
+    let mut frames = Vec::new();
+    for (key, version, correlation_id) in [
+        (ApiKey::DeleteTopics, 4i16, 1i32),
+        (ApiKey::CreateTopics, 4, 2),
+        (ApiKey::Metadata, 12, 3),
+    ] {
+        let header = kafka_protocol::messages::RequestHeader::default()
+            .with_request_api_key(key as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(correlation_id);
+        let mut frame = bytes::BytesMut::new();
+        header
+            .encode(&mut frame, key.request_header_version(version))
+            .unwrap();
+        match key {
+            ApiKey::DeleteTopics => delete.encode(&mut frame, version).unwrap(),
+            ApiKey::CreateTopics => create.encode(&mut frame, version).unwrap(),
+            _ => metadata.encode(&mut frame, version).unwrap(),
+        }
+        frames.push(frame);
+    }
+    for frame in &frames {
+        raw.send_frame(frame).await;
+    }
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        answers.push(raw.read_frame().await.unwrap());
+    }
+    let ids: Vec<i32> = answers.iter().map(support::correlation_id).collect();
+    assert_eq!(ids, vec![1, 2, 3]);
+    let mut deleted = answers[0].clone();
+    let _ = deleted.split_to(5); // DeleteTopics v4 is flexible: header v1
+    let deleted = DeleteTopicsResponse::decode(&mut deleted, 4).unwrap();
+    assert_eq!(deleted.responses[0].error_code, 0);
+    let mut created = answers[1].clone();
+    let _ = created.split_to(4);
+    let created = CreateTopicsResponse::decode(&mut created, 4).unwrap();
+    assert_eq!(created.topics[0].error_code, 0);
+    let mut listed = answers[2].clone();
+    let _ = listed.split_to(5); // correlation id and the flexible header's tagged fields
+    let listed = MetadataResponse::decode(&mut listed, 12).unwrap();
+    assert_eq!(listed.topics.len(), 1);
+    assert_eq!(listed.topics[0].partitions.len(), 3);
+}
