@@ -12,7 +12,9 @@ use tokio::sync::oneshot;
 
 use super::clock::Clock;
 use super::error::{GroupError, OpenError};
-use super::offsets::{CommittedOffset, OffsetRecord, OffsetStore, StoreLimits};
+use super::offsets::{
+    CommittedOffset, METADATA_BYTES_CEILING, OffsetRecord, OffsetStore, StoreLimits,
+};
 use super::state::{Group, GroupState, Member};
 use super::subscription::subscribed_topics;
 
@@ -46,7 +48,8 @@ pub struct GroupConfig {
     pub protocol_metadata_bytes_max: usize,
     /// Largest assignment per member.
     pub assignment_bytes_max: usize,
-    /// Longest commit metadata string (Kafka `offset.metadata.max.bytes`).
+    /// Longest commit metadata string (Kafka `offset.metadata.max.bytes`); at most 512 KiB
+    /// whatever is configured.
     pub offset_metadata_bytes_max: usize,
     /// Least time an Empty group's offsets are kept (Kafka `offsets.retention.minutes`); a group
     /// covering topics with longer retention keeps them as long as those topics keep messages.
@@ -636,29 +639,30 @@ impl Coordinator {
         let mut records = Vec::new();
         for p in req.partitions {
             let metadata = p.metadata.unwrap_or_default();
-            let check = if metadata.len() > config.offset_metadata_bytes_max {
-                Err(GroupError::OffsetMetadataTooLarge)
-            } else if self
-                .shared
-                .topics
-                .partition_count(&p.topic)
-                .is_none_or(|count| p.partition < 0 || p.partition >= count)
-            {
-                Err(GroupError::UnknownTopicOrPartition)
-            } else {
-                records.push(OffsetRecord::Commit {
-                    group: req.group_id.clone(),
-                    topic: p.topic,
-                    partition: p.partition,
-                    value: CommittedOffset {
-                        offset: p.offset,
-                        leader_epoch: p.leader_epoch,
-                        metadata,
-                        commit_timestamp_ms: now,
-                    },
-                });
-                Ok(())
-            };
+            let check =
+                if metadata.len() > config.offset_metadata_bytes_max.min(METADATA_BYTES_CEILING) {
+                    Err(GroupError::OffsetMetadataTooLarge)
+                } else if self
+                    .shared
+                    .topics
+                    .partition_count(&p.topic)
+                    .is_none_or(|count| p.partition < 0 || p.partition >= count)
+                {
+                    Err(GroupError::UnknownTopicOrPartition)
+                } else {
+                    records.push(OffsetRecord::Commit {
+                        group: req.group_id.clone(),
+                        topic: p.topic,
+                        partition: p.partition,
+                        value: CommittedOffset {
+                            offset: p.offset,
+                            leader_epoch: p.leader_epoch,
+                            metadata,
+                            commit_timestamp_ms: now,
+                        },
+                    });
+                    Ok(())
+                };
             results.push(check);
         }
         let written = self.shared.store.write(records).await;

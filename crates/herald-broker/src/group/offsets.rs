@@ -39,6 +39,10 @@ const FRAME_HEADER_BYTES: usize = 8;
 const _: () = assert!(MAGIC.len() == 8);
 /// No single entry may exceed this; larger lengths in a frame header mean a corrupt tail.
 const ENTRY_BYTES_MAX: usize = 1 << 20;
+/// Longest commit metadata ever written, whatever the configuration says, so every entry stays
+/// under [`ENTRY_BYTES_MAX`] (group ids and topic names are far shorter than the rest).
+pub(crate) const METADATA_BYTES_CEILING: usize = 512 * 1024;
+const _: () = assert!(METADATA_BYTES_CEILING + 2 * (u16::MAX as usize) + 64 < ENTRY_BYTES_MAX);
 /// File name of the offsets log inside the coordinator's directory.
 pub const OFFSETS_FILE: &str = "offsets.log";
 
