@@ -133,19 +133,31 @@ pub fn fetch_metadata(
     topic: Option<&str>,
 ) -> Result<Metadata, CliError> {
     probe_tcp(global)?;
-    let metadata = client
-        .fetch_metadata(topic, REQUEST_TIMEOUT)
-        .map_err(|error| match error.rdkafka_error_code() {
-            // The TCP probe got through, so the connection was closed on us mid-request.
-            Some(RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown) => {
-                CliError::Unreachable(format!(
+    let started = std::time::Instant::now();
+    let metadata =
+        client
+            .fetch_metadata(topic, REQUEST_TIMEOUT)
+            .map_err(|error| match error.rdkafka_error_code() {
+                // The TCP probe got through, so the connection failed mid-request: librdkafka says
+                // "transport failure" both for a peer that closed it and for one that stayed silent
+                // until the socket timeout, so the time taken tells the two apart.
+                Some(
+                    RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown,
+                ) if started.elapsed() >= REQUEST_TIMEOUT * 9 / 10 => CliError::TimedOut(format!(
+                    "broker at {} accepted the connection but did not answer a metadata request \
+                     within {} s; check that it speaks the Kafka protocol",
+                    global.bootstrap,
+                    REQUEST_TIMEOUT.as_secs()
+                )),
+                Some(
+                    RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown,
+                ) => CliError::Unreachable(format!(
                     "broker at {} accepted the connection but closed it while answering a \
                      metadata request; check that it speaks the Kafka protocol and see its log",
                     global.bootstrap
-                ))
-            }
-            _ => kafka_error(global, "fetching metadata", error),
-        })?;
+                )),
+                _ => kafka_error(global, "fetching metadata", error),
+            })?;
     if let Some(name) = topic {
         let found = metadata.topics().iter().find(|t| t.name() == name);
         match found {
@@ -184,7 +196,12 @@ pub fn topic_code_error(
 
 /// Maps a librdkafka error to the exit-code category it belongs to.
 pub fn kafka_error(global: &Global, what: &str, error: KafkaError) -> CliError {
-    match error.rdkafka_error_code() {
+    // rdkafka does not expose the code of a failed admin operation through the usual accessor.
+    let code = match &error {
+        KafkaError::AdminOp(code) => Some(*code),
+        other => other.rdkafka_error_code(),
+    };
+    match code {
         Some(code) => code_error(global, what, code),
         None => CliError::Other(anyhow::anyhow!("{what}: {error}")),
     }

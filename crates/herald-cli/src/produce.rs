@@ -223,6 +223,12 @@ pub fn run(global: &Global, args: ProduceArgs) -> Result<(), CliError> {
             "queue.buffering.max.messages",
             args.in_flight_max.to_string(),
         )
+        // Bytes waiting in librdkafka are bounded too; room for two of the longest lines, so one
+        // long line can never wait for space that cannot come.
+        .set(
+            "queue.buffering.max.kbytes",
+            in_flight_kbytes_max(args.line_bytes_max),
+        )
         .set("message.timeout.ms", args.delivery_timeout_ms.to_string())
         .set("linger.ms", "5");
     let producer: BaseProducer<Reports> = client::create_with_context(
@@ -335,6 +341,14 @@ pub fn run(global: &Global, args: ProduceArgs) -> Result<(), CliError> {
         )));
     }
     Ok(())
+}
+
+/// Most bytes waiting for acknowledgement, in KiB as librdkafka takes them.
+fn in_flight_kbytes_max(line_bytes_max: usize) -> String {
+    const IN_FLIGHT_KBYTES_MIN: usize = 64 * 1024;
+    (line_bytes_max.saturating_mul(2) / 1024 + 1)
+        .max(IN_FLIGHT_KBYTES_MIN)
+        .to_string()
 }
 
 /// Splits a line into key and value at the first separator.

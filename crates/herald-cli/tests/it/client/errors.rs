@@ -111,3 +111,20 @@ fn rejected_events_exit_5_with_the_brokers_reason() {
         .json();
     assert_eq!(description["partitions"][0]["latest"], 0);
 }
+
+#[test]
+fn a_port_that_never_answers_times_out_with_exit_7() {
+    // The kernel completes the handshake, but nothing ever reads or answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let bootstrap = silent.local_addr().unwrap().to_string();
+    let run = run(&bootstrap, &["topic", "list"], None);
+    run.assert_code(7);
+    assert!(
+        run.stderr.contains(&format!(
+            "error: broker at {bootstrap} accepted the connection but did not answer"
+        )),
+        "{}",
+        run.stderr
+    );
+    drop(silent);
+}
