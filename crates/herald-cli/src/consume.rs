@@ -24,6 +24,12 @@ const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// `herald consume TOPIC`
 #[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Examples:
+  herald consume orders --from-beginning --max-messages 10
+  herald consume orders --group billing                # follow, commit what was printed
+  herald consume orders --partition 2 --offset -5 --format '{offset} {key}={value}'
+  herald consume orders --from-time 2026-01-31T12:00:00Z --output json | jq .value")]
 pub struct ConsumeArgs {
     /// The topic to read.
     topic: String,

@@ -31,6 +31,11 @@ const QUEUE_FULL_WAIT: Duration = Duration::from_millis(50);
 
 /// `herald produce TOPIC`
 #[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Examples:
+  echo hello | herald produce greetings
+  herald produce orders --file orders.txt --key-separator : --header source=import
+  seq 1 1000000 | herald produce numbers --acks 1 --compression zstd")]
 pub struct ProduceArgs {
     /// The topic to write to.
     topic: String,

@@ -150,10 +150,19 @@ fn consume_positions_partition_and_group_commits() {
     let broker = Broker::start();
     broker.ok(&["topic", "create", "ticks", "--partitions", "2"]);
     let text: String = (0..20).map(|i| format!("tick-{i}\n")).collect();
-    let produced = broker.herald_with_input(
-        &["produce", "ticks", "--partition", "1", "--acks", "1"],
-        text.as_bytes(),
-    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ticks.txt");
+    std::fs::write(&file, &text).unwrap();
+    let produced = broker.herald(&[
+        "produce",
+        "ticks",
+        "--file",
+        file.to_str().unwrap(),
+        "--partition",
+        "1",
+        "--acks",
+        "1",
+    ]);
     produced.assert_code(0);
     assert!(
         produced.stdout.contains("produced 20 of 20 events"),
