@@ -312,3 +312,102 @@ pub(crate) fn client_id(header: &RequestHeader) -> &str {
 pub fn fuzz_decode(frame: &[u8]) -> bool {
     decode_request(Bytes::copy_from_slice(frame)).is_ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::{FetchRequest, MetadataRequest, TopicName};
+
+    fn frame<T: Encodable>(api_key: ApiKey, version: i16, body: &T) -> Bytes {
+        let header = RequestHeader::default()
+            .with_request_api_key(api_key as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(9);
+        let mut buf = BytesMut::new();
+        header
+            .encode(&mut buf, api_key.request_header_version(version))
+            .unwrap();
+        body.encode(&mut buf, version).unwrap();
+        buf.freeze()
+    }
+
+    #[test]
+    fn large_non_length_fields_survive_the_guard() {
+        // max_wait_ms, max_bytes and partition_max_bytes are far larger than the frame, so the
+        // guarded pass clamps them; the decoded request must still carry the real values.
+        let request = FetchRequest::default()
+            .with_max_wait_ms(30_000)
+            .with_min_bytes(1)
+            .with_max_bytes(52_428_800)
+            .with_topics(vec![
+                FetchTopic::default()
+                    .with_topic(TopicName(StrBytes::from_static_str("t")))
+                    .with_partitions(vec![
+                        FetchPartition::default()
+                            .with_partition(0)
+                            .with_fetch_offset(1 << 40)
+                            .with_partition_max_bytes(1_048_576),
+                    ]),
+            ]);
+        for version in [4, 11, 12] {
+            let decoded = decode_request(frame(ApiKey::Fetch, version, &request)).unwrap();
+            let RequestKind::Fetch(fetch) = decoded.body else {
+                panic!("not a fetch");
+            };
+            assert_eq!(fetch.max_wait_ms, 30_000, "v{version}");
+            assert_eq!(fetch.max_bytes, 52_428_800, "v{version}");
+            assert_eq!(fetch.topics[0].partitions[0].partition_max_bytes, 1_048_576);
+            assert_eq!(fetch.topics[0].partitions[0].fetch_offset, 1 << 40);
+            assert_eq!(decoded.header.correlation_id, 9);
+        }
+    }
+
+    #[test]
+    fn huge_array_lengths_are_refused_without_allocating() {
+        let mut bytes =
+            BytesMut::from(&frame(ApiKey::Metadata, 1, &MetadataRequest::default())[..]);
+        // Replace the (empty) topic array's length with i32::MAX.
+        let at = bytes.len() - 4;
+        bytes[at..].copy_from_slice(&i32::MAX.to_be_bytes());
+        assert!(matches!(
+            decode_request(bytes.freeze()),
+            Err(DecodeError::Malformed { .. })
+        ));
+
+        let mut flexible =
+            BytesMut::from(&frame(ApiKey::Metadata, 12, &MetadataRequest::default())[..]);
+        let header_len = flexible.len() - 4; // body: topics, two booleans, tagged fields
+        flexible.truncate(header_len);
+        flexible.put_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f, 0, 0, 0]);
+        assert!(matches!(
+            decode_request(flexible.freeze()),
+            Err(DecodeError::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn unknown_keys_and_versions_keep_the_correlation_id() {
+        let mut bytes = BytesMut::new();
+        bytes.put_i16(ApiKey::ApiVersions as i16);
+        bytes.put_i16(99);
+        bytes.put_i32(1234);
+        match decode_request(bytes.freeze()) {
+            Err(DecodeError::UnsupportedVersion { correlation_id, .. }) => {
+                assert_eq!(correlation_id, 1234);
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut bytes = BytesMut::new();
+        bytes.put_i16(31_000);
+        bytes.put_i16(0);
+        bytes.put_i32(5);
+        assert!(matches!(
+            decode_request(bytes.freeze()),
+            Err(DecodeError::UnknownApi {
+                correlation_id: 5,
+                ..
+            })
+        ));
+    }
+}
