@@ -3,5 +3,6 @@
 
 mod errors;
 mod harness;
+mod kcat;
 mod roundtrip;
 mod topics;
