@@ -288,6 +288,34 @@ fn set_recv_buffer(socket: &UdpSocket, bytes: usize) {
     if let Err(error) = sock.set_recv_buffer_size(bytes) {
         tracing::debug!(%error, "could not enlarge the UDP receive buffer");
     }
+    // The kernel caps SO_RCVBUF at net.core.rmem_max (about 200 KiB by default: a few hundred
+    // datagrams). A privileged process may go beyond it, which keeps bursts from being dropped
+    // while the member is descheduled; others keep the capped size.
+    if sock.recv_buffer_size().is_ok_and(|got| got < bytes) {
+        force_recv_buffer(socket, bytes);
+    }
+}
+
+fn force_recv_buffer(socket: &UdpSocket, bytes: usize) {
+    use std::os::fd::AsRawFd;
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt reads exactly `size_of::<c_int>()` bytes from a pointer to a live local
+    // c_int, on a file descriptor this socket owns for the duration of the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(
+            error = %std::io::Error::last_os_error(),
+            "UDP receive buffer stays at net.core.rmem_max"
+        );
+    }
 }
 
 async fn accept_loop(
