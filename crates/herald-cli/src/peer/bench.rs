@@ -171,27 +171,66 @@ fn bare_udp(payload: usize, round_trips: u64) -> Result<Histogram<u64>, CliError
     Ok(h)
 }
 
-fn one_worker_runtime(name: &str) -> Result<tokio::runtime::Runtime, CliError> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name(name)
-        .enable_all()
-        .build()
-        .context("starting a runtime")
-        .map_err(CliError::Other)
+/// A single-threaded runtime driven by a thread of its own, so producer and consumer each own
+/// one thread (as two processes would) and each parks directly on its own I/O driver.
+struct Driven {
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Driven {
+    fn start(name: &str) -> Result<Driven, CliError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting a runtime")?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || {
+                let _ = runtime.block_on(stopped);
+            })
+            .context("starting a runtime thread")?;
+        Ok(Driven {
+            handle,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        self.handle.block_on(future)
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        &self.handle
+    }
+}
+
+impl Drop for Driven {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 struct Setup {
-    member_rt: tokio::runtime::Runtime,
-    publisher_rt: tokio::runtime::Runtime,
+    member_rt: Driven,
+    publisher_rt: Driven,
     member: Member,
     publisher: Publisher,
     datagrams: Arc<AtomicU64>,
 }
 
 fn setup() -> Result<Setup, CliError> {
-    let member_rt = one_worker_runtime("bench-member")?;
-    let publisher_rt = one_worker_runtime("bench-publisher")?;
+    let member_rt = Driven::start("bench-member")?;
+    let publisher_rt = Driven::start("bench-publisher")?;
     let datagrams = Arc::new(AtomicU64::new(0));
     let counter = datagrams.clone();
     let member = member_rt.block_on(async move {
@@ -463,8 +502,8 @@ pub fn run(output: Output, args: BenchArgs) -> Result<(), CliError> {
     };
     drop(s.publisher);
     drop(s.member);
-    s.publisher_rt.shutdown_background();
-    s.member_rt.shutdown_background();
+    drop(s.publisher_rt);
+    drop(s.member_rt);
     match output {
         Output::Json => println!(
             "{}",
