@@ -80,6 +80,13 @@ fn append(c: &mut Criterion) {
             group.bench_function(BenchmarkId::new(name, threads), |b| {
                 b.iter_custom(|iters| append_run(&log, &batch, threads, iters));
             });
+            let stats = log.stats();
+            if stats.group_commits > 0 {
+                eprintln!(
+                    "{name}/{threads}: {:.1} batches per fsync",
+                    stats.appends as f64 / stats.group_commits as f64
+                );
+            }
         }
     }
     group.finish();

@@ -27,4 +27,6 @@ pub use error::{
     AppendError, ConfigError, DeleteRecordsError, FlushError, MaintainError, OpenError, ReadError,
     StorageError,
 };
-pub use log::{AppendInfo, MaintainOutcome, Offsets, PartitionLog, ReadOutcome};
+pub use log::{
+    AppendInfo, LogStats, MaintainOutcome, Offsets, PartitionLog, READ_BYTES_MAX, ReadOutcome,
+};

@@ -4,14 +4,14 @@
 //! Locking: `state` (a read-write lock) guards the segment list and offsets; appends hold it for
 //! writing while they copy bytes into the page cache, readers hold it for reading only long enough
 //! to pick a file and a position, then read with `pread` outside it. Fsyncs for group commit run
-//! under `sync_lock` alone, so appenders keep writing while one fsync covers everyone waiting.
+//! under `sync_state` alone, so appenders keep writing while one fsync covers everyone waiting.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use bytes::Bytes;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::batch::{self, BATCH_HEADER_BYTES, BatchHeader, LOG_OVERHEAD_BYTES};
 use crate::checkpoint::{self, CHECKPOINT_TMP_FILE, Checkpoint};
@@ -57,6 +57,15 @@ pub struct Offsets {
     pub high_watermark: u64,
     /// Every record below this offset has been fsynced.
     pub durable_end: u64,
+}
+
+/// Counters since the log was opened, for metrics (e.g. batches per fsync shows group commit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LogStats {
+    /// Appends that wrote batches (duplicates and rejected appends excluded).
+    pub appends: u64,
+    /// Fsyncs of a segment by `sync_to`/`flush` (group commits).
+    pub group_commits: u64,
 }
 
 /// What one `maintain` call did.
@@ -163,17 +172,25 @@ pub struct PartitionLog {
     dir: PathBuf,
     env: Env,
     state: RwLock<State>,
-    sync_lock: Mutex<()>,
+    /// Whether a group-commit fsync is in progress; `sync_done` is notified when it ends.
+    sync_state: Mutex<bool>,
+    sync_done: Condvar,
     durable_end: AtomicU64,
     /// Clock time of the last fsync by `sync_to`/`flush`, for interval flushes.
     last_flush_ms: AtomicI64,
     poisoned: AtomicBool,
+    appends: AtomicU64,
+    group_commits: AtomicU64,
 }
 
 /// Milliseconds from `since` to `now`, 0 if the clock went backwards.
 fn elapsed_ms(now: i64, since: i64) -> u64 {
     u64::try_from(i128::from(now) - i128::from(since)).unwrap_or(0)
 }
+
+/// The most bytes one `read` returns (beyond a single larger first batch), whatever the caller
+/// asks: bounds the buffer a fetch allocates.
+pub const READ_BYTES_MAX: usize = 64 << 20;
 
 /// The largest offset the log accepts; keeps every offset sum far from overflowing and every
 /// offset representable in Kafka's signed 64-bit fields.
@@ -554,10 +571,13 @@ impl PartitionLog {
             dir: dir.to_path_buf(),
             env,
             state: RwLock::new(state),
-            sync_lock: Mutex::new(()),
+            sync_state: Mutex::new(false),
+            sync_done: Condvar::new(),
             durable_end: AtomicU64::new(0),
             last_flush_ms: AtomicI64::new(now),
             poisoned: AtomicBool::new(false),
+            appends: AtomicU64::new(0),
+            group_commits: AtomicU64::new(0),
         };
         // Make what recovery kept durable and record it, so the next open reads nothing of it.
         {
@@ -684,6 +704,7 @@ impl PartitionLog {
                 st.next_offset = offset;
                 st.producers
                     .apply(updates, st.config.producers_max as usize);
+                self.appends.fetch_add(1, Ordering::Relaxed);
                 Ok(AppendInfo {
                     base_offset,
                     last_offset: offset - 1,
@@ -715,14 +736,36 @@ impl PartitionLog {
         if self.durable_end.load(Ordering::SeqCst) >= end_offset {
             return Ok(());
         }
-        let _leader = self.sync_lock.lock();
-        // Whoever held the lock before us may have fsynced our records too.
-        if self.durable_end.load(Ordering::SeqCst) >= end_offset {
-            return Ok(());
+        // Become the leader, or wait for the fsync in progress; every waiter it covers leaves
+        // at once when it ends (notify_all), instead of handing a lock on one by one.
+        {
+            let mut in_progress = self.sync_state.lock();
+            loop {
+                if self.durable_end.load(Ordering::SeqCst) >= end_offset {
+                    return Ok(());
+                }
+                if self.is_poisoned() {
+                    return Err(FlushError::Poisoned);
+                }
+                if !*in_progress {
+                    *in_progress = true;
+                    break;
+                }
+                self.sync_done.wait(&mut in_progress);
+            }
         }
-        if self.is_poisoned() {
-            return Err(FlushError::Poisoned);
-        }
+        let result = self.lead_fsync();
+        *self.sync_state.lock() = false;
+        self.sync_done.notify_all();
+        result
+    }
+
+    /// One group commit: fsync the active segment, covering everything appended before it began.
+    fn lead_fsync(&self) -> Result<(), FlushError> {
+        // Appenders just released by the previous fsync are about to append and wait again; let
+        // them run first so this fsync covers them too instead of starting a round of its own.
+        // (A yield, not a sleep: it costs nothing when no one else is runnable.)
+        std::thread::yield_now();
         let (file, target) = {
             let st = self.state.read();
             match st.segments.last() {
@@ -738,6 +781,7 @@ impl PartitionLog {
             return Err(FlushError::Io(e));
         }
         self.durable_end.fetch_max(target, Ordering::SeqCst);
+        self.group_commits.fetch_add(1, Ordering::Relaxed);
         self.last_flush_ms
             .store(self.env.clock.now_ms(), Ordering::SeqCst);
         Ok(())
@@ -827,6 +871,7 @@ impl PartitionLog {
             }
             pos += len as u64;
         };
+        let max_bytes = max_bytes.min(READ_BYTES_MAX);
         let want = if first_len > max_bytes {
             if at_least_one { first_len } else { 0 }
         } else {
@@ -1014,6 +1059,14 @@ impl PartitionLog {
     /// The current configuration.
     pub fn config(&self) -> LogConfig {
         self.state.read().config.clone()
+    }
+
+    /// Counters since the log was opened.
+    pub fn stats(&self) -> LogStats {
+        LogStats {
+            appends: self.appends.load(Ordering::Relaxed),
+            group_commits: self.group_commits.load(Ordering::Relaxed),
+        }
     }
 
     /// Bytes of all segments.

@@ -197,3 +197,22 @@ fn idempotent_retries_are_recognised_even_after_reopen() {
     let log = PartitionLog::open_with(dir, LogConfig::default(), image.env()).unwrap();
     assert!(log.append(&pbatch(7, 1, 0, 1)).unwrap().duplicate);
 }
+
+#[test]
+fn one_fsync_covers_every_append_before_it() {
+    let fs = SimFs::default();
+    let log = PartitionLog::open_with(Path::new("/p"), LogConfig::default(), fs.env()).unwrap();
+    for i in 0..5 {
+        log.append(&batch(i, 2, 1)).unwrap();
+    }
+    log.sync_to(2).unwrap();
+    // Later callers whose records that fsync covered return without one of their own.
+    log.sync_to(10).unwrap();
+    log.sync_to(4).unwrap();
+    let stats = log.stats();
+    assert_eq!((stats.appends, stats.group_commits), (5, 1));
+    assert_eq!(log.offsets().durable_end, 10);
+    log.append(&batch(5, 1, 1)).unwrap();
+    log.sync_to(11).unwrap();
+    assert_eq!(log.stats().group_commits, 2);
+}
