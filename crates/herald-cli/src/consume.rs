@@ -19,6 +19,9 @@ use crate::{CliError, Global, Output};
 /// How long one poll waits for an event before checking the stop conditions again.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
+/// Most bytes librdkafka fetches ahead of the output, in KiB.
+const PREFETCH_KBYTES_MAX: u32 = 16 * 1024;
+
 /// How often printed events are committed when consuming as a group.
 const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -274,6 +277,16 @@ pub fn run(global: &Global, args: ConsumeArgs) -> Result<(), CliError> {
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "true")
+        // librdkafka prefetches ahead of what is printed; cap the queue and each fetch (the
+        // defaults are 64 MiB and 50 MiB). The broker still returns at least one whole batch.
+        .set(
+            "queued.max.messages.kbytes",
+            PREFETCH_KBYTES_MAX.to_string(),
+        )
+        .set(
+            "fetch.max.bytes",
+            (PREFETCH_KBYTES_MAX * 1024 / 2).to_string(),
+        )
         .set(
             "auto.offset.reset",
             if args.start.from_beginning {
