@@ -62,7 +62,7 @@ pub struct ListArgs {
 
 /// Arguments of `herald topic alter`.
 #[derive(Debug, clap::Args)]
-#[command(group = clap::ArgGroup::new("change").required(true).multiple(true).args(["configs", "partitions"]))]
+#[command(group = clap::ArgGroup::new("change").required(true).multiple(true).args(["configs", "delete_configs", "partitions"]))]
 pub struct AlterArgs {
     /// The topic name.
     topic: String,
@@ -70,6 +70,9 @@ pub struct AlterArgs {
     /// keep their current values.
     #[arg(long = "config", value_name = "KEY=VALUE", value_parser = client::parse_key_value)]
     configs: Vec<(String, String)>,
+    /// A topic setting to remove, so the broker's default applies again; repeat for more.
+    #[arg(long = "delete-config", value_name = "KEY")]
+    delete_configs: Vec<String>,
     /// The new, larger, partition count.
     #[arg(long, value_parser = clap::value_parser!(i32).range(1..))]
     partitions: Option<i32>,
@@ -342,7 +345,7 @@ fn alter(global: &Global, args: &AlterArgs) -> Result<(), CliError> {
     let consumer = client::metadata_client(global)?;
     let metadata = client::fetch_metadata(global, &consumer, Some(&args.topic))?;
     let admin = client::admin(global)?;
-    if !args.configs.is_empty() {
+    if !args.configs.is_empty() || !args.delete_configs.is_empty() {
         // AlterConfigs replaces the topic's whole set of overrides, so the overrides already in
         // place are read first and sent again with the new values on top; otherwise changing
         // one setting would silently reset every other.
@@ -352,6 +355,9 @@ fn alter(global: &Global, args: &AlterArgs) -> Result<(), CliError> {
             .filter(|c| c.source == "topic")
             .filter_map(|c| c.value.map(|v| (c.name, v)))
             .collect();
+        for key in &args.delete_configs {
+            wanted.remove(key);
+        }
         for (key, value) in &args.configs {
             wanted.insert(key.clone(), value.clone());
         }

@@ -97,6 +97,20 @@ fn topic_lifecycle_create_list_describe_alter_delete() {
         Some("3600000".to_string())
     );
 
+    // Removing an override brings the broker's default back.
+    broker.ok(&["topic", "alter", "orders", "--delete-config", "segment.ms"]);
+    let description = broker
+        .herald(&["--output", "json", "topic", "describe", "orders"])
+        .json();
+    assert_ne!(
+        config_value(&description, "segment.ms").map(|c| c.1),
+        Some("topic".to_string())
+    );
+    assert_eq!(
+        config_value(&description, "retention.ms").map(|c| c.0),
+        Some("3600000".to_string())
+    );
+
     broker.ok(&["topic", "alter", "orders", "--partitions", "5"]);
     assert!(listed(&broker).contains(&("orders".to_string(), 5)));
     let shrink = broker.herald(&["topic", "alter", "orders", "--partitions", "2"]);
