@@ -88,18 +88,20 @@ fn a_publisher_finds_a_member_with_mdns_across_a_veth_link() {
             "sensors",
             "--mdns",
             "--timeout-ms",
-            "20000",
+            "45000",
             "--output",
             "json",
         ],
     );
     publisher.write_lines(["found-you".to_string()]);
     publisher.close_stdin();
+    // mDNS queries are repeated at 1, 2, 4, 8 ... s, so a lost first exchange costs seconds.
     assert_eq!(
-        publisher.wait_exit(Duration::from_secs(60)),
+        publisher.wait_exit(Duration::from_secs(90)),
         0,
-        "{}",
-        publisher.stderr_text()
+        "publisher:\n{}\nmember:\n{}",
+        publisher.stderr_text(),
+        member.stderr_text()
     );
     assert!(
         publisher

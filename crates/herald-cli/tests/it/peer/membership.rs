@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::harness::{Proc, listen};
+use super::harness::{Proc, listen, poll};
 
 #[test]
 fn join_leave_and_crash_are_reflected() {
@@ -24,13 +24,16 @@ fn join_leave_and_crash_are_reflected() {
     ]);
     p.wait_stderr(limit, |l| l.contains("member up") && l.contains(&addr2));
     p.write_lines(["after-join".to_string()]);
+    // The event went to one of the two members (both up and equally loaded).
+    assert!(poll(limit, || {
+        !m2.stdout_lines().is_empty() || !m1.stdout_lines().is_empty()
+    }));
 
     // Leave: SIGTERM makes the member say goodbye.
     m1.terminate_for_summary();
     p.wait_stderr(limit, |l| l.contains("member left") && l.contains(&addr1));
 
     // Crash: SIGKILL; the publisher notices the dead connection.
-    assert!(m2.wait_stdout_count(1, limit) || !m1.event_values().is_empty());
     m2.signal(libc::SIGKILL);
     p.wait_stderr(limit, |l| l.contains("member down") && l.contains(&addr2));
     p.close_stdin();
