@@ -6,7 +6,7 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
@@ -190,6 +190,7 @@ struct SimData {
 struct SimFile {
     data: Mutex<SimData>,
     fail_syncs: Arc<AtomicBool>,
+    bytes_read: Arc<AtomicU64>,
 }
 
 impl StorageFile for SimFile {
@@ -200,6 +201,7 @@ impl StorageFile for SimFile {
             return Ok(0);
         }
         let n = ((len - pos) as usize).min(buf.len());
+        self.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
         buf[..n].copy_from_slice(&data.current[pos as usize..pos as usize + n]);
         Ok(n)
     }
@@ -252,6 +254,7 @@ impl StorageFile for SimFile {
 pub struct SimFs {
     files: Arc<Mutex<BTreeMap<PathBuf, Arc<SimFile>>>>,
     fail_syncs: Arc<AtomicBool>,
+    bytes_read: Arc<AtomicU64>,
     clock: Arc<ManualClock>,
 }
 
@@ -280,6 +283,7 @@ impl SimFs {
     }
     fn image(&self, durable_only: bool) -> SimFs {
         let fail_syncs = Arc::new(AtomicBool::new(false));
+        let bytes_read = Arc::new(AtomicU64::new(0));
         let files = self
             .files
             .lock()
@@ -297,6 +301,7 @@ impl SimFs {
                         durable: content,
                     }),
                     fail_syncs: fail_syncs.clone(),
+                    bytes_read: bytes_read.clone(),
                 };
                 (path.clone(), Arc::new(file))
             })
@@ -304,6 +309,7 @@ impl SimFs {
         SimFs {
             files: Arc::new(Mutex::new(files)),
             fail_syncs,
+            bytes_read,
             clock: Arc::new(ManualClock::new(self.clock.now_ms())),
         }
     }
@@ -314,6 +320,10 @@ impl SimFs {
     /// A copy holding everything written: the disk after the process alone was killed.
     pub fn process_crash_image(&self) -> SimFs {
         self.image(false)
+    }
+    /// Bytes read from all files so far (shows how much of the log an open had to read).
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read.load(Ordering::Relaxed)
     }
     /// Paths of all files, sorted.
     pub fn paths(&self) -> Vec<PathBuf> {
@@ -341,6 +351,7 @@ impl SimFs {
                 durable: content.to_vec(),
             }),
             fail_syncs: self.fail_syncs.clone(),
+            bytes_read: self.bytes_read.clone(),
         };
         self.files.lock().insert(path.to_path_buf(), Arc::new(file));
     }
@@ -373,6 +384,7 @@ impl FileSystem for SimFs {
         let f = Arc::new(SimFile {
             data: Mutex::new(SimData::default()),
             fail_syncs: self.fail_syncs.clone(),
+            bytes_read: self.bytes_read.clone(),
         });
         files.insert(path.to_path_buf(), f.clone());
         Ok(f)

@@ -239,3 +239,33 @@ fn a_corrupt_or_missing_checkpoint_falls_back_to_scanning_everything() {
     let log = PartitionLog::open_with(dir(), small(1024), image.env()).unwrap();
     check_recovered(&log, &appended, 60);
 }
+
+#[test]
+fn reopening_after_a_clean_close_reads_none_of_the_data() {
+    let fs = SimFs::default();
+    let log = PartitionLog::open_with(dir(), small(4096), fs.env()).unwrap();
+    let b = batch(0, 8, 10);
+    for _ in 0..2000 {
+        log.append(&b).unwrap();
+    }
+    let size = log.size_bytes();
+    log.close().unwrap();
+    assert!(segment_files(&fs).len() > 50);
+    let before = fs.bytes_read();
+    let log = PartitionLog::open_with(dir(), small(4096), fs.env()).unwrap();
+    let read = fs.bytes_read() - before;
+    // The checkpoint, the active segment's index and one batch header per roll check: a few KiB.
+    assert!(read < size / 50, "open read {read} of {size} bytes");
+    assert_eq!(log.offsets().high_watermark, 16_000);
+    // After a crash only the tail since the last checkpoint is scanned.
+    for _ in 0..10 {
+        log.append(&b).unwrap();
+    }
+    log.flush().unwrap();
+    let image = fs.crash_image();
+    drop(log);
+    let before = image.bytes_read();
+    let log = PartitionLog::open_with(dir(), small(4096), image.env()).unwrap();
+    assert!(image.bytes_read() - before < 16 * 1024);
+    assert_eq!(log.offsets().high_watermark, 16_080);
+}

@@ -6,5 +6,6 @@ mod crash;
 mod fuzz_open;
 mod model;
 mod retention;
+mod sigkill;
 mod support;
 mod timestamps;
