@@ -290,7 +290,7 @@ pub(crate) fn encode_response(
         api_key.response_header_version(api_version)
     };
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
-    let mut buf = BytesMut::with_capacity(64);
+    let mut buf = BytesMut::with_capacity(capacity_hint(body));
     buf.put_i32(0);
     header
         .encode(&mut buf, header_version)
@@ -300,6 +300,24 @@ pub(crate) fn encode_response(
     let size = i32::try_from(buf.len() - 4).map_err(|_| "response too large".to_string())?;
     buf[..4].copy_from_slice(&size.to_be_bytes());
     Ok(buf.freeze())
+}
+
+/// Bytes to reserve for a response, so that large Fetch responses are not regrown (and
+/// copied) several times while their record batches are written in.
+fn capacity_hint(body: &ResponseKind) -> usize {
+    const OVERHEAD_BYTES: usize = 1024;
+    match body {
+        ResponseKind::Fetch(fetch) => {
+            fetch
+                .responses
+                .iter()
+                .flat_map(|topic| topic.partitions.iter())
+                .map(|partition| partition.records.as_ref().map_or(0, Bytes::len) + 64)
+                .sum::<usize>()
+                + OVERHEAD_BYTES
+        }
+        _ => OVERHEAD_BYTES,
+    }
 }
 
 /// The client id of a request, for log lines.
