@@ -85,7 +85,9 @@ pub enum AppendError {
         /// The epoch the log has seen.
         current_epoch: i16,
     },
-    /// The log has no state for this producer and cannot accept its sequence.
+    /// The log has no state for this producer and cannot accept its sequence. Not returned
+    /// today: like Kafka 3.x, a producer the log has no state for (never seen, or its batches
+    /// removed by retention or DeleteRecords) is accepted at any sequence.
     #[error("unknown producer id {producer_id}")]
     UnknownProducerId {
         /// The producer.
