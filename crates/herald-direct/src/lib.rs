@@ -15,7 +15,7 @@ pub mod window;
 
 pub use error::{DatagramError, PublishError, RequestError, StartError};
 pub use event::{BoxFuture, FnHandler, Handler, Message, Mode, Received, RequestContext};
-pub use member::{Member, MemberConfig, MemberStats};
+pub use member::{Member, MemberConfig, MemberStats, PublisherLoss};
 pub use publisher::{
     MemberState, MemberView, Publisher, PublisherConfig, PublisherStartError, Receipt, Source,
 };

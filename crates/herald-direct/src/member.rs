@@ -98,6 +98,15 @@ pub struct MemberStats {
     pub max_in_flight: u32,
 }
 
+/// Datagram counters of one publisher, as [`Member::datagram_publishers`] reports them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PublisherLoss {
+    pub publisher: String,
+    pub received: u64,
+    pub lost: u64,
+    pub duplicates: u64,
+}
+
 struct State {
     dedup: DedupWindow,
     in_progress: HashSet<u128>,
@@ -216,6 +225,24 @@ impl Member {
         stats.datagrams_received = state.gaps.received();
         stats.datagrams_lost = state.gaps.lost();
         stats
+    }
+
+    /// Datagram counts per publisher (the ones still tracked, at most `publishers_max`), so loss
+    /// can be traced to its source.
+    pub fn datagram_publishers(&self) -> Vec<PublisherLoss> {
+        let state = self.shared.state.lock();
+        let mut out: Vec<PublisherLoss> = state
+            .gaps
+            .publishers()
+            .map(|(id, gaps)| PublisherLoss {
+                publisher: uuid::Uuid::from_u128(id).to_string(),
+                received: gaps.received(),
+                lost: gaps.lost(),
+                duplicates: gaps.duplicates(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.publisher.cmp(&b.publisher));
+        out
     }
 
     /// Leaves the group politely: takes no new work, waits for handlers in flight (bounded by

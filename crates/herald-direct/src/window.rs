@@ -165,6 +165,11 @@ impl GapCounter {
     pub fn publisher(&self, publisher: u128) -> Option<&PublisherGaps> {
         self.by_publisher.get(&publisher)
     }
+
+    /// Every tracked publisher with its counters.
+    pub fn publishers(&self) -> impl Iterator<Item = (u128, &PublisherGaps)> {
+        self.by_publisher.iter().map(|(id, gaps)| (*id, gaps))
+    }
 }
 
 #[cfg(test)]

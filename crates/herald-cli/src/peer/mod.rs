@@ -309,6 +309,8 @@ struct ListenSummary {
     duplicates: u64,
     handler_failures: u64,
     max_in_flight: u32,
+    /// Datagram counts per publisher.
+    publishers: Vec<herald_direct::PublisherLoss>,
 }
 
 async fn listen(output: Output, args: ListenArgs) -> Result<(), CliError> {
@@ -327,12 +329,17 @@ async fn listen(output: Output, args: ListenArgs) -> Result<(), CliError> {
     )
     .await?;
     terminated().await?;
+    let publishers = member.datagram_publishers();
     let stats = member.shutdown().await;
-    print_listen_summary(output, stats);
+    print_listen_summary(output, stats, publishers);
     Ok(())
 }
 
-fn print_listen_summary(output: Output, stats: herald_direct::MemberStats) {
+fn print_listen_summary(
+    output: Output,
+    stats: herald_direct::MemberStats,
+    publishers: Vec<herald_direct::PublisherLoss>,
+) {
     let summary = ListenSummary {
         summary: true,
         received: stats.direct_handled + stats.datagrams_received + stats.requests_answered,
@@ -343,6 +350,7 @@ fn print_listen_summary(output: Output, stats: herald_direct::MemberStats) {
         duplicates: stats.duplicates_dropped,
         handler_failures: stats.handler_failures,
         max_in_flight: stats.max_in_flight,
+        publishers,
     };
     match output {
         Output::Json => println!("{}", serde_json::to_string(&summary).unwrap_or_default()),
@@ -357,6 +365,14 @@ fn print_listen_summary(output: Output, stats: herald_direct::MemberStats) {
             summary.handler_failures,
             summary.max_in_flight
         ),
+    }
+    if output == Output::Table {
+        for p in &summary.publishers {
+            println!(
+                "  publisher {} received {} lost {} duplicates {}",
+                p.publisher, p.received, p.lost, p.duplicates
+            );
+        }
     }
 }
 
@@ -624,8 +640,9 @@ async fn reply(output: Output, args: ReplyArgs) -> Result<(), CliError> {
     )
     .await?;
     terminated().await?;
+    let publishers = member.datagram_publishers();
     let stats = member.shutdown().await;
-    print_listen_summary(output, stats);
+    print_listen_summary(output, stats, publishers);
     Ok(())
 }
 

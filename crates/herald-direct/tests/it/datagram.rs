@@ -53,6 +53,16 @@ async fn induced_drops_at_the_sender_are_counted_exactly() {
     assert!(eventually(Duration::from_secs(5), || rec.values().len() >= 901).await);
     assert_eq!(m.stats().datagrams_lost, 100);
     assert_eq!(m.stats().datagrams_received, 901);
+    let per_publisher = m.datagram_publishers();
+    assert_eq!(per_publisher.len(), 1);
+    assert_eq!(
+        per_publisher[0].publisher,
+        uuid::Uuid::from_u128(p.id()).to_string()
+    );
+    assert_eq!(
+        (per_publisher[0].received, per_publisher[0].lost),
+        (901, 100)
+    );
 }
 
 #[tokio::test]

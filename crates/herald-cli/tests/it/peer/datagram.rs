@@ -64,6 +64,7 @@ fn drops_induced_at_the_sender_are_counted_exactly() {
     let s = m.terminate_for_summary();
     assert_eq!(s["received"], 901, "{s}");
     assert_eq!(s["lost"], 100, "{s}");
+    assert_eq!(s["publishers"][0]["lost"], 100, "{s}");
 }
 
 #[test]
