@@ -256,12 +256,23 @@ pub fn run(global: &Global, args: ProduceArgs) -> Result<(), CliError> {
     let mut line = Vec::new();
     let mut sent: u64 = 0;
     let mut read_bytes: u64 = 0;
+    // Why reading stopped early, if it did. Events already sent are still waited for and
+    // reported before this error is, so the user knows what reached the broker.
+    let mut stopped: Option<CliError> = None;
     loop {
         line.clear();
-        let n = (&mut reader)
+        let n = match (&mut reader)
             .take(args.line_bytes_max as u64 + 2)
             .read_until(b'\n', &mut line)
-            .map_err(|error| CliError::Other(anyhow::anyhow!("reading the input: {error}")))?;
+        {
+            Ok(n) => n,
+            Err(error) => {
+                stopped = Some(CliError::Other(anyhow::anyhow!(
+                    "reading the input after {sent} events: {error}"
+                )));
+                break;
+            }
+        };
         if n == 0 {
             break;
         }
@@ -273,11 +284,13 @@ pub fn run(global: &Global, args: ProduceArgs) -> Result<(), CliError> {
             }
         }
         if line.len() > args.line_bytes_max {
-            return Err(CliError::Usage(format!(
-                "line {} is longer than --line-bytes-max {} bytes; {sent} events were sent before it",
+            stopped = Some(CliError::Usage(format!(
+                "line {} is longer than --line-bytes-max {} bytes; the {sent} events before it \
+                 were sent (see the summary), the rest of the input was not",
                 sent + 1,
                 args.line_bytes_max
             )));
+            break;
         }
         let (key, value) = split_line(&line, args.key_separator.as_deref());
         let mut record: BaseRecord<'_, [u8], [u8], ()> = BaseRecord::to(&args.topic).payload(value);
@@ -300,7 +313,14 @@ pub fn run(global: &Global, args: ProduceArgs) -> Result<(), CliError> {
                     producer.poll(QUEUE_FULL_WAIT);
                 }
                 Err((error, _)) => {
-                    return Err(client::kafka_error(global, "sending an event", error));
+                    // Refused before leaving this process (too large for the client's limit,
+                    // say): counted as not acknowledged, like a refusal by the broker.
+                    let mut tally = producer.context().tally.lock();
+                    tally.failed += 1;
+                    if tally.first_failure.is_none() {
+                        tally.first_failure = Some(format!("event {}: {error}", sent + 1));
+                    }
+                    break;
                 }
             }
         }
@@ -336,6 +356,9 @@ pub fn run(global: &Global, args: ProduceArgs) -> Result<(), CliError> {
         }
     };
     print_summary(global, &summary, elapsed, args.acks)?;
+    if let Some(error) = stopped {
+        return Err(error);
+    }
     if summary.failed > 0 {
         return Err(CliError::NotAcknowledged(format!(
             "{} of {} events were not acknowledged by {}: {}",

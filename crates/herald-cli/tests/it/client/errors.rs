@@ -128,3 +128,59 @@ fn a_port_that_never_answers_times_out_with_exit_7() {
     );
     drop(silent);
 }
+
+#[test]
+fn an_overlong_line_stops_the_input_after_the_events_before_it_are_stored() {
+    let broker = Broker::start();
+    broker.ok(&["topic", "create", "lines"]);
+    let input = format!("a\nb\n{}\nc\n", "x".repeat(300));
+    let run = broker.herald_with_input(
+        &["produce", "lines", "--line-bytes-max", "100"],
+        input.as_bytes(),
+    );
+    run.assert_code(2);
+    assert!(
+        run.stdout.contains("produced 2 of 2 events"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stderr
+            .contains("error: line 3 is longer than --line-bytes-max 100 bytes"),
+        "{}",
+        run.stderr
+    );
+    let stored = broker.ok(&[
+        "consume",
+        "lines",
+        "--from-beginning",
+        "--max-messages",
+        "10",
+    ]);
+    assert_eq!(stored, "a\nb\n");
+}
+
+#[test]
+fn an_event_the_client_refuses_counts_as_not_acknowledged() {
+    let broker = Broker::start();
+    broker.ok(&["topic", "create", "big"]);
+    // Above librdkafka's own message.max.bytes (1,000,000), so it never leaves the process.
+    let input = format!("before\n{}\nafter\n", "y".repeat(1_100_000));
+    let run = broker.herald_with_input(
+        &["produce", "big", "--line-bytes-max", "2000000"],
+        input.as_bytes(),
+    );
+    run.assert_code(5);
+    assert!(
+        run.stdout.contains("produced 2 of 3 events"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stderr
+            .contains("error: 1 of 3 events were not acknowledged"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("event 2:"), "{}", run.stderr);
+}
