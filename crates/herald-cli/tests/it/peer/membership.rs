@@ -39,3 +39,36 @@ fn join_leave_and_crash_are_reflected() {
     p.close_stdin();
     assert_eq!(p.wait_exit(limit), 0, "{}", p.stderr_text());
 }
+
+#[test]
+fn a_frozen_member_is_declared_dead_by_heartbeats_and_its_events_fail_over() {
+    let (_a, addr_a) = listen("hb", "g", &[]);
+    let (b, addr_b) = listen("hb", "g", &[]);
+    let peers = format!("{addr_a},{addr_b}");
+    let mut p = Proc::spawn(&[
+        "peer",
+        "publish",
+        "--topic",
+        "hb",
+        "--peers",
+        &peers,
+        "--timeout-ms",
+        "20000",
+        "--output",
+        "json",
+    ]);
+    let limit = Duration::from_secs(20);
+    p.wait_stderr(limit, |l| l.contains("member up") && l.contains(&addr_a));
+    p.wait_stderr(limit, |l| l.contains("member up") && l.contains(&addr_b));
+    // SIGSTOP keeps b's sockets open: only the missing heartbeat replies can reveal it.
+    b.signal(libc::SIGSTOP);
+    p.write_lines((0..200).map(|i| format!("h{i}")));
+    p.close_stdin();
+    let code = p.wait_exit(Duration::from_secs(60));
+    b.signal(libc::SIGCONT);
+    assert_eq!(code, 0, "{}", p.stderr_text());
+    assert_eq!(super::harness::publish_summary(&p)["acked"], 200);
+    p.wait_stderr(limit, |l| {
+        l.contains("member down") && l.contains(&addr_b) && l.contains("no heartbeat")
+    });
+}
