@@ -42,7 +42,19 @@ pub trait FileSystem: Send + Sync + fmt::Debug {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Makes creations, renames and removals in `dir` durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Takes an exclusive lock on `dir` held until the returned guard drops, failing with
+    /// `WouldBlock` if another owner holds it. The default takes no lock.
+    fn lock_dir(&self, _dir: &Path) -> io::Result<DirLock> {
+        Ok(DirLock(None))
+    }
 }
+
+/// Holds a directory lock (see [`FileSystem::lock_dir`]) until dropped.
+#[derive(Debug)]
+pub struct DirLock(#[allow(dead_code)] Option<std::fs::File>);
+
+/// Name of the lock file the real file system creates in a partition directory.
+pub const LOCK_FILE: &str = "lock";
 
 /// Wall-clock milliseconds since the Unix epoch (record timestamps use the same scale).
 pub trait Clock: Send + Sync + fmt::Debug {
@@ -176,6 +188,23 @@ impl FileSystem for OsFileSystem {
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         std::fs::File::open(dir)?.sync_all()
+    }
+    fn lock_dir(&self, dir: &Path) -> io::Result<DirLock> {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join(LOCK_FILE))?;
+        // SAFETY: flock only reads the descriptor, which `file` keeps open during the call; the
+        // lock lives as long as the descriptor, i.e. until the returned guard is dropped, and the
+        // kernel releases it if the process dies.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(DirLock(Some(file)))
     }
 }
 

@@ -31,6 +31,12 @@ pub enum OpenError {
     /// The configuration was rejected.
     #[error("invalid log configuration: {0}")]
     Config(#[from] ConfigError),
+    /// Another `PartitionLog` (in this or another process) has the directory open.
+    #[error("{path} is already open by another log")]
+    Locked {
+        /// The partition directory.
+        path: PathBuf,
+    },
     /// A file operation failed.
     #[error("I/O error on {path}: {source}")]
     Io {

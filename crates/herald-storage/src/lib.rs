@@ -22,7 +22,10 @@ pub use config::{
     BATCH_BYTES_LIMIT, CleanupPolicy, DEFAULT_BATCH_BYTES_MAX, FlushPolicy, LogConfig,
     SEGMENT_BYTES_LIMIT, SEGMENT_BYTES_MIN,
 };
-pub use env::{Clock, Env, FileSystem, ManualClock, OsFileSystem, SimFs, StorageFile, SystemClock};
+pub use env::{
+    Clock, DirLock, Env, FileSystem, LOCK_FILE, ManualClock, OsFileSystem, SimFs, StorageFile,
+    SystemClock,
+};
 pub use error::{
     AppendError, ConfigError, DeleteRecordsError, FlushError, MaintainError, OpenError, ReadError,
     StorageError,

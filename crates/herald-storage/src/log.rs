@@ -16,7 +16,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use crate::batch::{self, BATCH_HEADER_BYTES, BatchHeader, LOG_OVERHEAD_BYTES};
 use crate::checkpoint::{self, CHECKPOINT_TMP_FILE, Checkpoint};
 use crate::config::{BATCH_BYTES_LIMIT, FlushPolicy, LogConfig};
-use crate::env::{Env, StorageFile, read_exact_at};
+use crate::env::{DirLock, Env, StorageFile, read_exact_at};
 use crate::error::{
     AppendError, ConfigError, DeleteRecordsError, FlushError, MaintainError, OpenError, ReadError,
 };
@@ -181,6 +181,8 @@ pub struct PartitionLog {
     poisoned: AtomicBool,
     appends: AtomicU64,
     group_commits: AtomicU64,
+    /// Released last, after `Drop` has written the final checkpoint.
+    _dir_lock: DirLock,
 }
 
 /// Milliseconds from `since` to `now`, 0 if the clock went backwards.
@@ -316,6 +318,15 @@ impl PartitionLog {
         };
         let fs = env.fs.clone();
         fs.create_dir_all(dir).map_err(io_err(dir))?;
+        let dir_lock = fs.lock_dir(dir).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::WouldBlock {
+                OpenError::Locked {
+                    path: dir.to_path_buf(),
+                }
+            } else {
+                io_err(dir)(e)
+            }
+        })?;
         let names = fs.list_dir(dir).map_err(io_err(dir))?;
         if names.iter().any(|n| n == CHECKPOINT_TMP_FILE) {
             // A checkpoint write that did not reach its rename; the previous one stands.
@@ -578,6 +589,7 @@ impl PartitionLog {
             poisoned: AtomicBool::new(false),
             appends: AtomicU64::new(0),
             group_commits: AtomicU64::new(0),
+            _dir_lock: dir_lock,
         };
         // Make what recovery kept durable and record it, so the next open reads nothing of it.
         {
