@@ -43,6 +43,8 @@ pub struct MemberConfig {
     pub send_queue_frames_max: usize,
     /// Distinct datagram publishers tracked for gap counting.
     pub publishers_max: usize,
+    /// Producer connections served at once; further ones are closed at once.
+    pub connections_max: usize,
     /// Test hook: discard every Nth datagram received (before counting), so loss is exact.
     pub drop_every_nth_datagram: Option<u64>,
     /// How long shutdown waits for handlers in flight before saying goodbye.
@@ -64,6 +66,7 @@ impl MemberConfig {
             udp_recv_buffer_bytes: 8 * 1024 * 1024,
             send_queue_frames_max: 4096,
             publishers_max: 1024,
+            connections_max: 1024,
             drop_every_nth_datagram: None,
             shutdown_drain_ms: 5_000,
             mdns: false,
@@ -360,6 +363,10 @@ async fn accept_loop(
                 let mut set = connections.lock();
                 // Reap finished connections so the set stays as small as the live ones.
                 while set.try_join_next().is_some() {}
+                if set.len() >= shared.config.connections_max {
+                    tracing::warn!(%peer, limit = shared.config.connections_max, "too many producer connections; refused");
+                    continue;
+                }
                 set.spawn(conn);
             }
             Err(error) => {

@@ -142,3 +142,34 @@ async fn a_malformed_frame_closes_only_that_connection() {
         .unwrap();
     assert_eq!(r.values(), vec!["still works".to_string()]);
 }
+
+#[tokio::test]
+async fn connections_beyond_the_limit_are_closed() {
+    use tokio::io::AsyncReadExt;
+    let r = Recorder::new();
+    let mut config = herald_direct::MemberConfig::new("t", "g", "127.0.0.1:0".parse().unwrap());
+    config.connections_max = 1;
+    let m = herald_direct::Member::start(
+        config,
+        std::sync::Arc::new(crate::harness::Shared(r.clone())),
+    )
+    .await
+    .unwrap();
+    let p = publisher(&[&m]).await;
+    wait_up(&p, 1).await;
+    let mut extra = tokio::net::TcpStream::connect(m.local_addr())
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), extra.read(&mut buf))
+        .await
+        .expect("the extra connection was neither served nor closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the extra connection got a hello");
+    p.publish(
+        Message::new("t", "first still served"),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+}
