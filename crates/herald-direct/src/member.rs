@@ -20,6 +20,9 @@ use crate::frame::{self, Frame, Hello, NackReason, WireEvent};
 use crate::mdns::Advertisement;
 use crate::window::{DedupWindow, GapCounter};
 
+/// Resolution of deadlines on the wire.
+const DEADLINE_GRAIN: Duration = Duration::from_millis(1);
+
 /// Default number of recent event ids a member remembers to drop duplicates.
 pub const DEDUP_WINDOW_EVENTS_DEFAULT: usize = 100_000;
 /// Default largest datagram payload: a 1500-byte Ethernet MTU minus IPv4 (20) and UDP (8) headers.
@@ -600,7 +603,14 @@ async fn on_request(request: WireEvent, shared: &Arc<Shared>, tx: &mpsc::Sender<
                     Ok(Ok(value)) => Frame::Response { id, value },
                     Ok(Err(message)) => Frame::Nack {
                         id,
-                        reason: NackReason::HandlerFailed,
+                        // Deadlines travel in whole milliseconds, so a nested call that gave up
+                        // on the shared deadline may finish a hair before this timer: a failure
+                        // in the deadline's last millisecond is the deadline's doing.
+                        reason: if tokio::time::Instant::now() + DEADLINE_GRAIN >= at {
+                            NackReason::DeadlineExceeded
+                        } else {
+                            NackReason::HandlerFailed
+                        },
                         message,
                     },
                     Err(_) => {

@@ -121,7 +121,9 @@ enum Reply {
 
 struct Conn {
     tx: mpsc::Sender<Out>,
-    pending: Mutex<HashMap<u128, oneshot::Sender<Reply>>>,
+    /// Replies owed on this connection. `None` once the connection ended: a sender that finds
+    /// it so knows at once that its event was not delivered (no wait for a timeout).
+    pending: Mutex<Option<HashMap<u128, oneshot::Sender<Reply>>>>,
 }
 
 struct Slot {
@@ -450,6 +452,11 @@ impl Publisher {
             }
         };
         match tokio::time::timeout_at(at, work).await {
+            // A failure reported within the deadline's last millisecond (the wire's resolution)
+            // comes from a nested call that hit the same deadline.
+            Ok(Err(RequestError::Failed(_))) if Instant::now() + Duration::from_millis(1) >= at => {
+                Err(RequestError::DeadlineExceeded)
+            }
             Ok(result) => result,
             Err(_) => Err(RequestError::DeadlineExceeded),
         }
@@ -664,16 +671,28 @@ async fn deliver(
             }
         };
         let (reply_tx, reply_rx) = oneshot::channel();
-        conn.pending.lock().insert(event.id, reply_tx);
+        let registered = match conn.pending.lock().as_mut() {
+            Some(pending) => {
+                pending.insert(event.id, reply_tx);
+                true
+            }
+            None => false,
+        };
         let frame = Out::Event(event.clone(), request);
         let attempt_at =
             at.min(Instant::now() + Duration::from_millis(shared.config.attempt_timeout_ms));
-        let outcome = match tokio::time::timeout_at(attempt_at, conn.tx.send(frame)).await {
-            Ok(Ok(())) => tokio::time::timeout_at(attempt_at, reply_rx).await,
-            Ok(Err(_)) => Ok(Ok(Reply::Lost)),
-            Err(elapsed) => Err(elapsed),
+        let outcome = if !registered {
+            Ok(Ok(Reply::Lost))
+        } else {
+            match tokio::time::timeout_at(attempt_at, conn.tx.send(frame)).await {
+                Ok(Ok(())) => tokio::time::timeout_at(attempt_at, reply_rx).await,
+                Ok(Err(_)) => Ok(Ok(Reply::Lost)),
+                Err(elapsed) => Err(elapsed),
+            }
         };
-        conn.pending.lock().remove(&event.id);
+        if let Some(pending) = conn.pending.lock().as_mut() {
+            pending.remove(&event.id);
+        }
         shared.release(addr);
         match outcome {
             Ok(Ok(Reply::Ack)) => return Ok(None),
@@ -771,8 +790,11 @@ fn remove_mdns(shared: &Arc<Shared>, fullname: &str) {
     shared.changed.notify_waiters();
 }
 
+/// Ends a connection's bookkeeping: every reply still owed becomes `Lost`, and later senders
+/// see the connection is gone.
 fn fail_pending(conn: &Conn) {
-    for (_, tx) in conn.pending.lock().drain() {
+    let owed = conn.pending.lock().take();
+    for (_, tx) in owed.into_iter().flatten() {
         let _ = tx.send(Reply::Lost);
     }
 }
@@ -889,7 +911,7 @@ async fn run_connection(
     let (tx, rx) = mpsc::channel(shared.config.send_queue_frames_max);
     let conn = Arc::new(Conn {
         tx: tx.clone(),
-        pending: Mutex::new(HashMap::new()),
+        pending: Mutex::new(Some(HashMap::new())),
     });
     tracing::info!(
         %addr,
@@ -970,7 +992,8 @@ async fn run_connection(
 }
 
 fn reply(conn: &Conn, id: u128, reply: Reply) {
-    if let Some(tx) = conn.pending.lock().remove(&id) {
+    let owed = conn.pending.lock().as_mut().and_then(|p| p.remove(&id));
+    if let Some(tx) = owed {
         let _ = tx.send(reply);
     }
 }
