@@ -200,6 +200,82 @@ impl ProducerState {
 mod tests {
     use super::*;
 
+    fn header(pid: i64, epoch: i16, seq: i32, base: i64, records: i32) -> BatchHeader {
+        BatchHeader {
+            base_offset: base,
+            total_bytes: 100,
+            attributes: 0,
+            last_offset_delta: records - 1,
+            max_timestamp: 0,
+            base_timestamp: 0,
+            producer_id: pid,
+            producer_epoch: epoch,
+            base_sequence: seq,
+            records_count: records,
+        }
+    }
+
+    fn accept(state: &mut ProducerState, h: BatchHeader) {
+        match state.check(&[h]) {
+            Ok(Check::Accept(updates)) => state.apply(updates, 3),
+            Ok(Check::Duplicate(_)) => panic!("unexpected duplicate"),
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+
+    #[test]
+    fn only_the_last_five_batches_are_recognised_as_retries() {
+        let mut state = ProducerState::default();
+        for i in 0..7 {
+            accept(&mut state, header(1, 0, i * 2, i64::from(i) * 2, 2));
+        }
+        assert!(
+            matches!(state.check(&[header(1, 0, 4, 0, 2)]), Ok(Check::Duplicate(m)) if m.base_offset == 4)
+        );
+        assert!(matches!(
+            state.check(&[header(1, 0, 2, 0, 2)]),
+            Err(AppendError::OutOfOrderSequence {
+                expected_sequence: 14,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn producers_beyond_the_limit_and_below_the_log_start_are_forgotten() {
+        let mut state = ProducerState::default();
+        for pid in 0..5 {
+            accept(&mut state, header(pid, 0, 0, pid * 10, 1));
+        }
+        // producers_max is 3 in `accept`: the two least recently written are gone.
+        let mut pids: Vec<_> = state.producers.keys().copied().collect();
+        pids.sort_unstable();
+        assert_eq!(pids, vec![2, 3, 4]);
+        state.truncate_head(35);
+        assert_eq!(state.producers.keys().copied().collect::<Vec<_>>(), vec![4]);
+        // A forgotten producer is accepted at any sequence, as Kafka does.
+        assert!(matches!(
+            state.check(&[header(2, 0, 9, 50, 1)]),
+            Ok(Check::Accept(_))
+        ));
+    }
+
+    #[test]
+    fn a_retry_inside_a_multi_batch_append_is_a_duplicate_of_the_whole() {
+        let mut state = ProducerState::default();
+        accept(&mut state, header(1, 0, 0, 0, 2));
+        let fresh = header(1, 0, 2, 2, 1);
+        let retry = header(1, 0, 0, 3, 2);
+        assert!(matches!(
+            state.check(&[fresh, retry]),
+            Ok(Check::Duplicate(m)) if m.base_offset == 0 && m.last_offset == 1
+        ));
+        // Two in-order batches of one producer in one append are checked against each other.
+        assert!(
+            matches!(state.check(&[fresh, header(1, 0, 3, 3, 1)]), Ok(Check::Accept(u)) if u.len() == 2)
+        );
+    }
+
     #[test]
     fn sequences_wrap_like_kafka() {
         assert_eq!(increment_sequence(i32::MAX, 1), 0);
