@@ -42,8 +42,8 @@ pub trait FileSystem: Send + Sync + fmt::Debug {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Makes creations, renames and removals in `dir` durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
-    /// Takes an exclusive lock on `dir` held until the returned guard drops, failing with
-    /// `WouldBlock` if another owner holds it. The default takes no lock.
+    /// Takes an exclusive lock on `dir` against other processes, held until the returned guard
+    /// drops, failing with `WouldBlock` if another process holds it. The default takes no lock.
     fn lock_dir(&self, _dir: &Path) -> io::Result<DirLock> {
         Ok(DirLock(None))
     }
@@ -197,12 +197,23 @@ impl FileSystem for OsFileSystem {
             .create(true)
             .truncate(false)
             .open(dir.join(LOCK_FILE))?;
-        // SAFETY: flock only reads the descriptor, which `file` keeps open during the call; the
-        // lock lives as long as the descriptor, i.e. until the returned guard is dropped, and the
-        // kernel releases it if the process dies.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        // A POSIX record lock: it excludes other processes (two brokers on one data directory)
+        // but not this one, whose components may briefly hold an old and a new log of the same
+        // partition; the kernel releases it when the process dies.
+        // SAFETY: `flock` is plain data (all-zero is a valid value) and fcntl only reads it and
+        // the descriptor, which `file` keeps open during the call.
+        let rc = unsafe {
+            let mut lock: libc::flock = std::mem::zeroed();
+            lock.l_type = libc::F_WRLCK as libc::c_short;
+            lock.l_whence = libc::SEEK_SET as libc::c_short;
+            libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &lock)
+        };
         if rc != 0 {
-            return Err(io::Error::last_os_error());
+            let e = io::Error::last_os_error();
+            return Err(match e.raw_os_error() {
+                Some(libc::EACCES | libc::EAGAIN) => io::Error::new(io::ErrorKind::WouldBlock, e),
+                _ => e,
+            });
         }
         Ok(DirLock(Some(file)))
     }

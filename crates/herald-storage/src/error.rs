@@ -31,8 +31,8 @@ pub enum OpenError {
     /// The configuration was rejected.
     #[error("invalid log configuration: {0}")]
     Config(#[from] ConfigError),
-    /// Another `PartitionLog` (in this or another process) has the directory open.
-    #[error("{path} is already open by another log")]
+    /// Another process has the directory open (e.g. a second broker on the same data directory).
+    #[error("{path} is already open by another process")]
     Locked {
         /// The partition directory.
         path: PathBuf,

@@ -216,15 +216,3 @@ fn one_fsync_covers_every_append_before_it() {
     log.sync_to(11).unwrap();
     assert_eq!(log.stats().group_commits, 2);
 }
-
-#[test]
-fn a_directory_is_owned_by_one_log_at_a_time() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = PartitionLog::open(dir.path(), LogConfig::default()).unwrap();
-    assert!(matches!(
-        PartitionLog::open(dir.path(), LogConfig::default()),
-        Err(OpenError::Locked { .. })
-    ));
-    drop(log);
-    PartitionLog::open(dir.path(), LogConfig::default()).unwrap();
-}

@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use herald_storage::{LogConfig, PartitionLog};
+use herald_storage::{LogConfig, OpenError, PartitionLog};
 
 use crate::support::{batch, split, stored};
 
@@ -67,6 +67,11 @@ fn acknowledged_appends_survive_sigkill() {
         let base: u64 = parts.next().unwrap().parse().unwrap();
         acked.push((tag, base));
     }
+    // The writer owns the directory: another process cannot open it meanwhile.
+    assert!(matches!(
+        PartitionLog::open(dir.path(), config()),
+        Err(OpenError::Locked { .. })
+    ));
     child.kill().unwrap(); // SIGKILL on Unix
     child.wait().unwrap();
 
