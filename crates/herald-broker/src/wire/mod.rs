@@ -51,7 +51,8 @@ pub(crate) enum Reply {
     /// The response, once this future completes; the connection handles nothing else until
     /// then, because later requests may depend on its effect (create, then produce; delete,
     /// then create again).
-    Serial(Pin<Box<dyn Future<Output = ResponseKind> + Send>>),
+    /// `None` means the handler failed and the connection is closed.
+    Serial(Pin<Box<dyn Future<Output = Option<ResponseKind>> + Send>>),
     /// No response at all (Produce with `acks=0`).
     Nothing,
 }
@@ -71,6 +72,8 @@ enum CloseReason {
     Read(#[source] std::io::Error),
     #[error(transparent)]
     Decode(#[from] DecodeError),
+    #[error("the {api} handler failed")]
+    HandlerFailed { api: &'static str },
     #[error("could not encode the {api} response: {message}")]
     Encode { api: &'static str, message: String },
 }
@@ -212,10 +215,12 @@ async fn handle_frame(
                 }
             }
         })))),
-        Reply::Serial(future) => {
-            let body = future.await;
-            encode(api_key, version, correlation_id, &body).map(Some)
-        }
+        Reply::Serial(future) => match future.await {
+            Some(body) => encode(api_key, version, correlation_id, &body).map(Some),
+            None => Err(CloseReason::HandlerFailed {
+                api: versions::name(api_key),
+            }),
+        },
         Reply::Nothing => Ok(None),
     }
 }
@@ -292,9 +297,12 @@ fn blocking(
     let core = core.clone();
     Reply::Serial(Box::pin(async move {
         match tokio::task::spawn_blocking(move || handler(core)).await {
-            Ok(body) => body,
-            // A panicking handler is a bug; the connection is closed by the writer.
-            Err(error) => std::panic::resume_unwind(error.into_panic()),
+            Ok(body) => Some(body),
+            Err(error) => {
+                // A panicking handler is a bug; its connection is closed, the broker goes on.
+                warn!(%error, "request handler failed");
+                None
+            }
         }
     }))
 }
