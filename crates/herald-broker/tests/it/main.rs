@@ -5,6 +5,7 @@
 mod admin;
 mod bad_input;
 mod decode;
+mod fetch_limits;
 mod group_assignors;
 mod group_rebalance;
 mod group_support;
