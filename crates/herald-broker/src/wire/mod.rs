@@ -55,6 +55,9 @@ pub(crate) enum Reply {
     Serial(Pin<Box<dyn Future<Output = Option<ResponseKind>> + Send>>),
     /// No response at all (Produce with `acks=0`).
     Nothing,
+    /// No response, and the connection is closed: the only way to tell an `acks=0` producer
+    /// that its data was refused, as Kafka does.
+    Close(String),
 }
 
 /// A response on its way to the writer, in request order.
@@ -72,6 +75,8 @@ enum CloseReason {
     Read(#[source] std::io::Error),
     #[error(transparent)]
     Decode(#[from] DecodeError),
+    #[error("{0}")]
+    Refused(String),
     #[error("the {api} handler failed")]
     HandlerFailed { api: &'static str },
     #[error("could not encode the {api} response: {message}")]
@@ -222,6 +227,7 @@ async fn handle_frame(
             }),
         },
         Reply::Nothing => Ok(None),
+        Reply::Close(reason) => Err(CloseReason::Refused(reason)),
     }
 }
 

@@ -152,6 +152,16 @@ pub(crate) fn produce(core: &Arc<Core>, request: ProduceRequest, version: i16) -
         );
     }
     if acks == 0 {
+        let refused = responses
+            .iter()
+            .flat_map(|topic| topic.partition_responses.iter())
+            .filter(|partition| partition.error_code != errors::NONE)
+            .count();
+        if refused > 0 {
+            return Reply::Close(format!(
+                "acks=0 produce refused for {refused} partitions (error codes are not sent with acks=0)"
+            ));
+        }
         return Reply::Nothing;
     }
     let response = ProduceResponse::default().with_responses(responses);

@@ -10,7 +10,7 @@ use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, MetadataRequest, MetadataResponse,
     ProduceRequest, ProduceResponse, TopicName,
 };
-use kafka_protocol::protocol::{Decodable, StrBytes};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::io::AsyncWriteExt;
 
@@ -195,6 +195,22 @@ async fn corrupt_batches_get_corrupt_message_and_store_nothing() {
     // The connection stays usable after an error code.
     let again: ProduceResponse = client.request(ApiKey::Produce, 8, &request).await;
     assert_eq!(again.responses[0].partition_responses[0].error_code, 2);
+
+    // With acks=0 there is no response to carry the error, so the connection is closed.
+    let mut frame = bytes::BytesMut::new();
+    kafka_protocol::messages::RequestHeader::default()
+        .with_request_api_key(ApiKey::Produce as i16)
+        .with_request_api_version(8)
+        .with_correlation_id(50)
+        .encode(&mut frame, 1)
+        .unwrap();
+    request.with_acks(0).encode(&mut frame, 8).unwrap();
+    client.send_frame(&frame).await;
+    assert!(
+        client.is_closed().await,
+        "acks=0 refusal closes the connection"
+    );
+    assert_eq!(broker.broker.stats().produced_records_total, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
