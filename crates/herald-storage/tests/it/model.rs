@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use herald_storage::{LogConfig, PartitionLog, SimFs};
+use herald_storage::{Clock, LogConfig, PartitionLog, SimFs};
 use proptest::prelude::*;
 
 use crate::support::{batch, split, stored};
@@ -21,6 +21,8 @@ enum Op {
     Reopen,
     ProcessKill,
     PowerLoss,
+    /// Advance the clock, then run housekeeping (rolls, retention, checkpoints).
+    Maintain(u16),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -33,6 +35,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Reopen),
         1 => Just(Op::ProcessKill),
         1 => Just(Op::PowerLoss),
+        2 => (0u16..4000).prop_map(Op::Maintain),
     ]
 }
 
@@ -53,6 +56,9 @@ fn config() -> LogConfig {
     LogConfig {
         segment_bytes: 1024,
         index_interval_bytes: 150,
+        segment_ms: 5_000,
+        retention_ms: Some(10_000),
+        checkpoint_interval_ms: 1_000,
         ..LogConfig::default()
     }
 }
@@ -74,7 +80,7 @@ fn run(ops: Vec<Op>) {
                     .iter()
                     .map(|n| {
                         tag += 1;
-                        batch(tag, *n, 1_000 + tag as i64)
+                        batch(tag, *n, fs.clock().now_ms())
                     })
                     .collect();
                 let info = log.append(&parts.concat()).unwrap();
@@ -133,6 +139,22 @@ fn run(ops: Vec<Op>) {
                 std::mem::forget(log);
                 fs = image;
                 log = PartitionLog::open_with(dir, config(), fs.env()).unwrap();
+            }
+            Op::Maintain(ms) => {
+                fs.clock().advance_ms(i64::from(ms));
+                log.maintain().unwrap();
+                // Retention may only move the start forward, to a batch boundary, never past the end.
+                let start = log.offsets().log_start;
+                assert!(start >= model.log_start && start <= model.hw);
+                assert!(
+                    start == model.log_start
+                        || start == model.hw
+                        || model.batches.iter().any(|(b, _)| *b == start)
+                );
+                model.log_start = start;
+                model.batches.retain(|(b, bytes)| {
+                    b + u32::from_be_bytes(bytes[57..61].try_into().unwrap()) as u64 > start
+                });
             }
             Op::PowerLoss => {
                 let durable = log.offsets().durable_end;
