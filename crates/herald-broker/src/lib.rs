@@ -164,10 +164,16 @@ impl Broker {
             addr: config.kafka_addr,
             source,
         })?;
-        let host = config
-            .advertised_host
-            .clone()
-            .unwrap_or_else(|| local_addr.ip().to_string());
+        let host = match &config.advertised_host {
+            Some(host) => host.clone(),
+            // A wildcard address cannot be connected to; clients on this machine can use the
+            // loopback name, others need `advertised_host`.
+            None if local_addr.ip().is_unspecified() => {
+                warn!(kafka_addr = %local_addr, "listening on a wildcard address without advertised_host; advertising localhost");
+                "localhost".to_string()
+            }
+            None => local_addr.ip().to_string(),
+        };
         let (stop, stopping) = watch::channel(false);
         let core = Arc::new(Core {
             config,
