@@ -388,7 +388,10 @@ impl PartitionLog {
                 // Fsynced before the checkpoint was written: trust it without reading its data.
                 let idx_len = index_file.len().map_err(io_err(&ip))?;
                 let time_len = time_file.len().map_err(io_err(&tp))?;
-                if idx_len % OFFSET_ENTRY_BYTES == 0 && time_len % TIME_ENTRY_BYTES == 0 {
+                // Every closed non-empty segment ends its time index with its largest timestamp;
+                // without it (or with torn entries) the segment is scanned and re-indexed.
+                let time_ok = time_len % TIME_ENTRY_BYTES == 0 && (time_len > 0 || file_len == 0);
+                if idx_len % OFFSET_ENTRY_BYTES == 0 && time_ok {
                     let max_timestamp = index::last_time(time_file.as_ref())
                         .map_err(io_err(&tp))?
                         .map_or(-1, |e| e.ts);

@@ -50,3 +50,20 @@ fn an_empty_log_has_no_offset_for_any_timestamp() {
     let log = PartitionLog::open(dir.path(), LogConfig::default()).unwrap();
     assert_eq!(log.offset_for_timestamp(0).unwrap(), None);
 }
+
+#[test]
+fn a_lost_time_index_of_a_closed_segment_is_rebuilt_on_open() {
+    let fs = SimFs::default();
+    let log = PartitionLog::open_with(Path::new("/p"), small(1024), fs.env()).unwrap();
+    for i in 0..30i64 {
+        log.append(&build_batch(1000 * i, &[0, 5], &[b"a", b"b"], None))
+            .unwrap();
+    }
+    log.close().unwrap();
+    let first = Path::new("/p/00000000000000000000.timeindex");
+    assert!(!fs.contents(first).unwrap().is_empty());
+    fs.write_file(first, &[]);
+    let log = PartitionLog::open_with(Path::new("/p"), small(1024), fs.env()).unwrap();
+    assert_eq!(log.offset_for_timestamp(1).unwrap(), Some((1, 5)));
+    assert_eq!(log.offset_for_timestamp(2_000).unwrap(), Some((4, 2_000)));
+}
