@@ -108,6 +108,11 @@ pub(crate) async fn serve_connection(
         let frame = match frame {
             Ok(Some(frame)) => frame,
             Ok(None) => break,
+            Err(CloseReason::Read(error)) => {
+                // A peer that resets or half-sends a frame is gone, not malicious.
+                debug!(%peer, %error, "connection ended mid-frame");
+                break;
+            }
             Err(reason) => {
                 Counters::add(&core.counters.requests_malformed, 1);
                 info!(%peer, %reason, "closing connection");
