@@ -1,7 +1,7 @@
 //! `herald group`: list, describe, reset the offsets of, and delete consumer groups on any
 //! Kafka-protocol broker, through librdkafka's consumer and admin APIs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use clap::Subcommand;
@@ -294,6 +294,11 @@ fn describe(global: &Global, group: &str) -> Result<(), CliError> {
     };
     let consumer = consumer(global, Some(group))?;
     let tpl = all_partitions(&consumer, global, None)?;
+    let every: Vec<(String, i32)> = tpl
+        .elements()
+        .iter()
+        .map(|e| (e.topic().to_string(), e.partition()))
+        .collect();
     let committed = committed(&consumer, global, tpl)?;
     let mut owners: BTreeMap<(String, i32), String> = BTreeMap::new();
     for m in &summary.members {
@@ -303,7 +308,19 @@ fn describe(global: &Global, group: &str) -> Result<(), CliError> {
             }
         }
     }
-    let mut keys: Vec<(String, i32)> = committed.keys().cloned().collect();
+    // Every partition of every topic the group reads or has offsets for, so a partition it
+    // never committed shows up (with no lag figure) instead of hiding.
+    let topics: BTreeSet<&str> = committed
+        .keys()
+        .chain(owners.keys())
+        .map(|(t, _)| t.as_str())
+        .collect();
+    let mut keys: Vec<(String, i32)> = every
+        .iter()
+        .filter(|(t, _)| topics.contains(t.as_str()))
+        .cloned()
+        .collect();
+    keys.extend(committed.keys().cloned());
     keys.extend(owners.keys().cloned());
     keys.sort();
     keys.dedup();
