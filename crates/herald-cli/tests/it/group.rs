@@ -195,9 +195,9 @@ fn committed_offsets_survive_broker_sigkill_and_consumers_resume() {
     // Highest offset per partition whose commit the broker acknowledged.
     let mut acked: BTreeMap<i32, i64> = BTreeMap::new();
     let consume = |seen: &mut BTreeSet<String>,
-                       acked: &mut BTreeMap<i32, i64>,
-                       stop_at: usize,
-                       within: Duration| {
+                   acked: &mut BTreeMap<i32, i64>,
+                   stop_at: usize,
+                   within: Duration| {
         let deadline = Instant::now() + within;
         while seen.len() < stop_at {
             assert!(
