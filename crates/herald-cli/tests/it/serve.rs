@@ -517,3 +517,30 @@ fn garbage_and_oversized_frames_leave_the_broker_serving() {
     assert_eq!(health.status, 200);
     kcat_round_trip(&broker, "after-garbage");
 }
+
+#[test]
+fn sigint_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = ServeProcess::start(&dir.path().join("data"));
+    let status = broker.signal("INT");
+    assert_eq!(status.code(), Some(0), "{}", broker.log());
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = ServeProcess::start_with(
+        &dir.path().join("data"),
+        free_addr(),
+        &["--log-format", "json"],
+    );
+    assert_eq!(broker.sigterm().code(), Some(0));
+    let log = broker.log();
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(lines.len() >= 2, "{log}");
+    for line in lines {
+        let event: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|error| panic!("not JSON ({error}): {line}"));
+        assert!(event["level"].is_string(), "{line}");
+    }
+}

@@ -174,11 +174,16 @@ impl ServeProcess {
 
     /// Sends SIGTERM and waits for the process to exit, returning its status.
     pub fn sigterm(&mut self) -> ExitStatus {
+        self.signal("TERM")
+    }
+
+    /// Sends the signal named like `kill -NAME` and waits for the process to exit.
+    pub fn signal(&mut self, name: &str) -> ExitStatus {
         let status = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
+            .args([&format!("-{name}"), &self.pid().to_string()])
             .status()
             .unwrap();
-        assert!(status.success(), "kill -TERM failed");
+        assert!(status.success(), "kill -{name} failed");
         self.wait_exit()
     }
 
