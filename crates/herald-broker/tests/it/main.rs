@@ -9,6 +9,7 @@ mod fetch_limits;
 mod group_assignors;
 mod group_rebalance;
 mod group_support;
+mod group_wire;
 mod idempotence;
 mod metadata_offsets;
 mod produce_consume;
