@@ -64,15 +64,65 @@ pub fn router(broker: Arc<Broker>) -> Router {
 }
 
 async fn health(State(broker): State<Arc<Broker>>) -> Response {
-    let kafka_addr = broker.local_addr();
-    let body = serde_json::json!({
-        "status": "ok",
-        "kafka_addr": kafka_addr.to_string(),
-    });
+    let kafka_addr = broker.local_addr().to_string();
+    // Once shutdown has begun the Kafka listener is closed, so orchestrators must stop routing
+    // to this process even though the HTTP side still answers.
+    if *broker.core.stopping.borrow() {
+        let body = serde_json::json!({ "status": "stopping", "kafka_addr": kafka_addr });
+        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+    }
+    let body = serde_json::json!({ "status": "ok", "kafka_addr": kafka_addr });
     (StatusCode::OK, axum::Json(body)).into_response()
 }
 
 async fn metrics_text(State(broker): State<Arc<Broker>>) -> Response {
     let text = metrics::render(&broker.stats());
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::BrokerConfig;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        let status = response[9..12].parse().unwrap();
+        let body = response.split_once("\r\n\r\n").unwrap().1.to_string();
+        (status, body)
+    }
+
+    #[tokio::test]
+    async fn health_turns_503_when_the_broker_stops_and_metrics_render() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::start(BrokerConfig {
+            data_dir: dir.path().to_path_buf(),
+            kafka_addr: "127.0.0.1:0".parse().unwrap(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let broker = Arc::new(broker);
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(serve(listener, broker.clone(), std::future::pending()));
+
+        let (status, body) = get(addr, "/health").await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("\"status\":\"ok\""), "{body}");
+        let (status, body) = get(addr, "/metrics").await;
+        assert_eq!(status, 200);
+        assert!(body.contains("# TYPE herald_topics gauge"), "{body}");
+
+        broker.shutdown().await.unwrap();
+        let (status, body) = get(addr, "/health").await;
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains("\"status\":\"stopping\""), "{body}");
+        server.abort();
+    }
 }
