@@ -616,6 +616,9 @@ impl Coordinator {
                     groups.insert(req.group_id.clone(), Group::new(now));
                 }
                 None => return Err(GroupError::IllegalGeneration),
+                Some(group) if group.state == GroupState::Dead => {
+                    return Err(GroupError::CoordinatorNotAvailable);
+                }
                 Some(group) if outsider && group.state == GroupState::Empty => {}
                 Some(group) => {
                     group.check_member(&req.member_id, req.group_instance_id.as_deref())?;
@@ -710,6 +713,7 @@ impl Coordinator {
         let groups = self.shared.groups.lock();
         groups
             .iter()
+            .filter(|(_, g)| g.state != GroupState::Dead)
             .map(|(id, g)| GroupListing {
                 group_id: id.clone(),
                 protocol_type: g.protocol_type.clone().unwrap_or_default(),
@@ -755,17 +759,21 @@ impl Coordinator {
 
     /// DeleteGroups: removes Empty groups and their offsets, durably; one result per group.
     pub async fn delete_groups(&self, group_ids: &[String]) -> Vec<Result<(), GroupError>> {
+        let now = self.shared.clock.now_ms();
         let mut results = Vec::with_capacity(group_ids.len());
         let mut records = Vec::new();
+        let mut dead = Vec::new();
         {
             let mut groups = self.shared.groups.lock();
             for id in group_ids {
-                let result = match groups.get(id) {
+                let result = match groups.get_mut(id) {
                     None => Err(GroupError::GroupIdNotFound),
+                    Some(g) if g.state == GroupState::Dead => Err(GroupError::GroupIdNotFound),
                     Some(g) if g.state != GroupState::Empty => Err(GroupError::NonEmptyGroup),
-                    Some(_) => {
-                        groups.remove(id);
+                    Some(g) => {
+                        g.set_state(GroupState::Dead, now);
                         records.push(OffsetRecord::DeleteGroup { group: id.clone() });
+                        dead.push(id.clone());
                         Ok(())
                     }
                 };
@@ -773,6 +781,7 @@ impl Coordinator {
             }
         }
         let written = self.shared.store.write(records).await;
+        self.remove_dead(&dead);
         results
             .into_iter()
             .map(|r| r.and_then(|()| written.clone()))
@@ -838,9 +847,9 @@ impl Coordinator {
         let now = self.shared.clock.now_ms();
         let mut records = Vec::new();
         let mut expired = 0;
+        let mut dead = Vec::new();
         {
             let mut groups = self.shared.groups.lock();
-            let mut dead = Vec::new();
             self.shared.store.with_map(|map| {
                 for (id, group) in groups.iter() {
                     if group.state != GroupState::Empty || !group.pending.is_empty() {
@@ -880,8 +889,10 @@ impl Coordinator {
                     }
                 }
             });
-            for id in dead {
-                groups.remove(&id);
+            for id in &dead {
+                if let Some(group) = groups.get_mut(id) {
+                    group.set_state(GroupState::Dead, now);
+                }
             }
         }
         if expired > 0 {
@@ -890,8 +901,22 @@ impl Coordinator {
                 "expired committed offsets of empty groups"
             );
         }
-        self.shared.store.write(records).await?;
+        let written = self.shared.store.write(records).await;
+        self.remove_dead(&dead);
+        written?;
         Ok(expired)
+    }
+
+    /// Forgets groups marked Dead once their deletion is on disk (or failed: a Dead group stays
+    /// refused either way). Until then a Dead group refuses joins and commits, so nothing can
+    /// be committed to it that the queued deletion would then wipe out.
+    fn remove_dead(&self, ids: &[String]) {
+        let mut groups = self.shared.groups.lock();
+        for id in ids {
+            if groups.get(id).is_some_and(|g| g.state == GroupState::Dead) {
+                groups.remove(id);
+            }
+        }
     }
 
     /// How long an Empty group's offsets for these topics are kept; `None` for forever.

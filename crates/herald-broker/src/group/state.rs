@@ -111,7 +111,7 @@ impl Group {
         }
     }
 
-    fn set_state(&mut self, state: GroupState, now_ms: i64) {
+    pub(crate) fn set_state(&mut self, state: GroupState, now_ms: i64) {
         self.state = state;
         self.state_since_ms = now_ms;
     }

@@ -606,3 +606,37 @@ async fn limits_refuse_oversized_groups_ids_and_metadata() {
         .unwrap();
     assert_eq!(results, vec![Err(GroupError::OffsetMetadataTooLarge)]);
 }
+
+#[tokio::test]
+async fn a_deleted_group_is_gone_and_can_be_used_again() {
+    let f = fixture();
+    let commit = CommitRequest {
+        group_id: "g".into(),
+        generation_id: -1,
+        member_id: String::new(),
+        group_instance_id: None,
+        partitions: vec![CommitPartition {
+            topic: "t".into(),
+            partition: 0,
+            offset: 7,
+            leader_epoch: -1,
+            metadata: None,
+        }],
+    };
+    f.c.commit(commit.clone()).await.unwrap();
+    assert_eq!(f.c.delete_groups(&["g".into()]).await, vec![Ok(())]);
+    assert!(f.c.list_groups().is_empty());
+    assert_eq!(f.c.describe_group("g").state, GroupState::Dead);
+    assert!(f.c.fetch_offsets("g", None).is_empty());
+    // The id is free again: a new commit starts a new group.
+    f.c.commit(commit).await.unwrap();
+    assert_eq!(
+        f.c.fetch_offsets("g", None)[0]
+            .committed
+            .as_ref()
+            .unwrap()
+            .offset,
+        7
+    );
+    assert_eq!(f.c.list_groups()[0].state, GroupState::Empty);
+}
