@@ -21,10 +21,10 @@ const fn served_api(api_key: ApiKey, min: i16, max: i16) -> Served {
 /// Every API this broker answers. The consumer-group APIs are added here next to their
 /// handlers in `group.rs`.
 pub(crate) const SERVED: &[Served] = &[
-    // Advertised from v0 as Kafka 4 does (KAFKA-18659: some clients refuse a broker whose
-    // Produce range does not start at 0), but v0-v2 carry the pre-0.11 message formats, which
-    // the log does not store: such a request closes the connection with a log line
-    // (see `PRODUCE_VERSION_DECODED_MIN`). Every librdkafka 2.x negotiates v3 or later.
+    // Advertised from v0 because some clients judge a broker by whether its Produce range
+    // starts at 0, but v0-v2 carry the pre-0.11 message formats, which the log does not
+    // store: such a request closes the connection with a log line
+    // (see `PRODUCE_VERSION_DECODED_MIN`). librdkafka 2.x negotiates v3 or later.
     served_api(ApiKey::Produce, 0, 9),
     // Fetch v13 and later name topics by id only; v12 is what librdkafka 2.x uses with us.
     served_api(ApiKey::Fetch, 4, 12),
