@@ -291,6 +291,21 @@ impl Publisher {
         view
     }
 
+    /// Waits until every static peer has been tried once (connected or failed), or the timeout
+    /// passes; returns whether that happened.
+    pub async fn wait_settled(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let changed = self.shared().changed.notified();
+            if self.shared().static_settled() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return false;
+            }
+        }
+    }
+
     /// Waits until a member serving `topic` is up and every static peer has been tried once
     /// (so every group on the list is known), or the timeout passes; returns whether a member
     /// serving `topic` is up.

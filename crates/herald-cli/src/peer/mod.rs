@@ -38,8 +38,20 @@ pub enum PeerCommand {
     Request(RequestArgs),
     /// Answer requests (and direct events) by running a shell command with the payload on stdin.
     Reply(ReplyArgs),
+    /// Show the membership a producer sees: every member, its state, group, capacity and load.
+    Members(MembersArgs),
     /// Measure direct and datagram delivery against bare TCP and UDP ping-pong on loopback.
     Bench(bench::BenchArgs),
+}
+
+/// Options of `herald peer members`.
+#[derive(Debug, clap::Args)]
+pub struct MembersArgs {
+    #[command(flatten)]
+    pub discovery: Discovery,
+    /// How long to collect: static peers are done once each was tried; mDNS takes the whole time.
+    #[arg(long, default_value_t = 2_000)]
+    pub wait_ms: u64,
 }
 
 /// Where producers find members.
@@ -157,6 +169,7 @@ pub fn run(global: &Global, command: PeerCommand) -> Result<(), CliError> {
         PeerCommand::Publish(args) => runtime.block_on(publish(global.output, args)),
         PeerCommand::Request(args) => runtime.block_on(request(args)),
         PeerCommand::Reply(args) => runtime.block_on(reply(global.output, args)),
+        PeerCommand::Members(args) => runtime.block_on(members(global.output, args)),
         PeerCommand::Bench(args) => {
             drop(runtime);
             bench::run(global.output, args)
@@ -506,6 +519,64 @@ async fn publish(output: Output, args: PublishArgs) -> Result<(), CliError> {
         return Err(CliError::NotAcknowledged(message));
     }
     Ok(())
+}
+
+async fn members(output: Output, args: MembersArgs) -> Result<(), CliError> {
+    let publisher = Publisher::start(publisher_config(&args.discovery)?)
+        .await
+        .map_err(|e| CliError::Other(e.into()))?;
+    let wait = Duration::from_millis(args.wait_ms);
+    if args.discovery.mdns {
+        tokio::time::sleep(wait).await;
+    } else {
+        publisher.wait_settled(wait).await;
+    }
+    let view = publisher.members();
+    match output {
+        Output::Json => crate::output::print_json(&view, false).context("printing JSON")?,
+        Output::Table => {
+            let rows: Vec<Vec<String>> = view
+                .iter()
+                .map(|m| {
+                    let state = serde_json::to_value(m.state)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default();
+                    vec![
+                        m.addr.to_string(),
+                        state,
+                        m.topic.clone().unwrap_or_else(|| "-".into()),
+                        m.group.clone().unwrap_or_else(|| "-".into()),
+                        m.capacity.to_string(),
+                        m.in_flight.to_string(),
+                        format!("{:?}", m.source).to_lowercase(),
+                        m.last_error.clone().unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            crate::output::print_table(
+                &[
+                    "ADDRESS",
+                    "STATE",
+                    "TOPIC",
+                    "GROUP",
+                    "CAPACITY",
+                    "IN FLIGHT",
+                    "SOURCE",
+                    "LAST ERROR",
+                ],
+                &rows,
+            );
+        }
+    }
+    if view
+        .iter()
+        .any(|m| m.state == herald_direct::MemberState::Up)
+    {
+        Ok(())
+    } else {
+        Err(CliError::Unreachable("no member is reachable".into()))
+    }
 }
 
 fn inherited_deadline() -> Option<SystemTime> {

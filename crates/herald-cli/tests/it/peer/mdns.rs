@@ -38,6 +38,13 @@ impl NetnsPair {
             .iter()
             .all(|(ns, dev, host)| {
                 let addr = format!("10.213.{subnet}.{host}/24");
+                // IPv4 only: tentative IPv6 link-local addresses (duplicate address detection)
+                // would make the first mDNS exchanges depend on timing.
+                // Best effort: without it the test still works, only less predictably.
+                let _ = Command::new("ip")
+                    .args(["netns", "exec", ns, "sh", "-c"])
+                    .arg("for f in all default; do echo 1 > /proc/sys/net/ipv6/conf/$f/disable_ipv6; done")
+                    .status();
                 ip(&["-n", ns, "link", "set", "lo", "up"])
                     && ip(&["-n", ns, "addr", "add", &addr, "dev", dev])
                     && ip(&["-n", ns, "link", "set", dev, "multicast", "on", "up"])
@@ -45,6 +52,20 @@ impl NetnsPair {
             });
         if !ok {
             return Err("cannot set up the veth link".into());
+        }
+        // The mDNS daemons only use interfaces that are operationally up when they start, and
+        // the kernel reports a veth end up only a moment after both ends were set up.
+        let oper_up = |ns: &str, dev: &str| {
+            Command::new("ip")
+                .args(["-n", ns, "-o", "link", "show", "dev", dev])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("state UP"))
+        };
+        let up = super::harness::poll(std::time::Duration::from_secs(10), || {
+            oper_up(&pair.a, &va) && oper_up(&pair.b, &vb)
+        });
+        if !up {
+            return Err("the veth link never came up".into());
         }
         Ok(pair)
     }

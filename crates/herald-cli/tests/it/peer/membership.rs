@@ -72,3 +72,31 @@ fn a_frozen_member_is_declared_dead_by_heartbeats_and_its_events_fail_over() {
         l.contains("member down") && l.contains(&addr_b) && l.contains("no heartbeat")
     });
 }
+
+#[test]
+fn the_members_command_shows_the_view() {
+    let (_m, addr) = listen("view", "readers", &["--capacity", "7"]);
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let peers = format!("{addr},{dead}");
+    let mut p = Proc::spawn(&["peer", "members", "--peers", &peers, "--output", "json"]);
+    assert_eq!(
+        p.wait_exit(Duration::from_secs(20)),
+        0,
+        "{}",
+        p.stderr_text()
+    );
+    let view: serde_json::Value = serde_json::from_str(&p.stdout_lines().join("\n")).unwrap();
+    let rows = view.as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    let up = rows.iter().find(|r| r["addr"] == addr.as_str()).unwrap();
+    assert_eq!(up["state"], "up");
+    assert_eq!(up["group"], "readers");
+    assert_eq!(up["capacity"], 7);
+    let down = rows.iter().find(|r| r["addr"] == dead.as_str()).unwrap();
+    assert_ne!(down["state"], "up");
+    assert!(down["last_error"].as_str().is_some_and(|e| !e.is_empty()));
+}
