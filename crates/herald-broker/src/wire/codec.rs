@@ -275,13 +275,15 @@ impl ByteBuf for GuardedBuf {
     }
 }
 
-/// Encodes a response frame: size prefix, response header, body.
+/// Encodes a response frame: size prefix, response header, body. The frame comes in parts;
+/// a Fetch response's record batches are parts of their own, shared with the log's read
+/// buffers rather than copied.
 pub(crate) fn encode_response(
     api_key: ApiKey,
     api_version: i16,
     correlation_id: i32,
     body: &ResponseKind,
-) -> Result<Bytes, String> {
+) -> Result<Vec<Bytes>, String> {
     // ApiVersions answers with header v0 whatever its version, so that a client that sent a
     // version we do not know can still read the error and our supported range.
     let header_version = if api_key == ApiKey::ApiVersions {
@@ -290,6 +292,26 @@ pub(crate) fn encode_response(
         api_key.response_header_version(api_version)
     };
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
+    if let ResponseKind::Fetch(fetch) = body {
+        let shared = fetch
+            .responses
+            .iter()
+            .flat_map(|topic| topic.partitions.iter())
+            .filter_map(|partition| partition.records.clone())
+            .collect();
+        let mut buf = super::segmented::SegmentedBuf::new(shared);
+        header
+            .encode(&mut buf, header_version)
+            .map_err(|error| error.to_string())?;
+        fetch
+            .encode(&mut buf, api_version)
+            .map_err(|error| error.to_string())?;
+        let size = i32::try_from(buf.len()).map_err(|_| "response too large".to_string())?;
+        if let Some(mut parts) = buf.finish() {
+            parts.insert(0, Bytes::copy_from_slice(&size.to_be_bytes()));
+            return Ok(parts);
+        }
+    }
     let mut buf = BytesMut::with_capacity(capacity_hint(body));
     buf.put_i32(0);
     header
@@ -299,7 +321,7 @@ pub(crate) fn encode_response(
         .map_err(|error| error.to_string())?;
     let size = i32::try_from(buf.len() - 4).map_err(|_| "response too large".to_string())?;
     buf[..4].copy_from_slice(&size.to_be_bytes());
-    Ok(buf.freeze())
+    Ok(vec![buf.freeze()])
 }
 
 /// Bytes to reserve for a response, so that large Fetch responses are not regrown (and

@@ -21,6 +21,7 @@ mod metadata;
 mod offsets;
 mod produce;
 mod producer_id;
+mod segmented;
 pub(crate) mod versions;
 
 use std::future::Future;
@@ -62,8 +63,8 @@ pub(crate) enum Reply {
 
 /// A response on its way to the writer, in request order.
 enum Outgoing {
-    Ready(Bytes),
-    Later(tokio::task::JoinHandle<Option<Bytes>>),
+    Ready(Vec<Bytes>),
+    Later(tokio::task::JoinHandle<Option<Vec<Bytes>>>),
 }
 
 /// Why a connection was closed by the broker.
@@ -338,10 +339,10 @@ async fn write_responses(
 ) {
     let mut writer = BufWriter::with_capacity(64 * 1024, writer);
     while let Some(outgoing) = queue.recv().await {
-        let bytes = match outgoing {
-            Outgoing::Ready(bytes) => bytes,
+        let parts = match outgoing {
+            Outgoing::Ready(parts) => parts,
             Outgoing::Later(task) => match task.await {
-                Ok(Some(bytes)) => bytes,
+                Ok(Some(parts)) => parts,
                 Ok(None) => break,
                 Err(error) => {
                     warn!(%peer, %error, "response task failed");
@@ -349,9 +350,12 @@ async fn write_responses(
                 }
             },
         };
-        if let Err(error) = writer.write_all(&bytes).await {
-            debug!(%peer, %error, "write failed");
-            return;
+        for part in parts {
+            // Parts larger than the buffer (record batches) go straight to the socket.
+            if let Err(error) = writer.write_all(&part).await {
+                debug!(%peer, %error, "write failed");
+                return;
+            }
         }
         // Flush when nothing else is ready, so pipelined responses share a write.
         if queue.is_empty() {
