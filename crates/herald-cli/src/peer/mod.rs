@@ -68,8 +68,10 @@ pub struct Discovery {
 /// Options of `herald peer listen`.
 #[derive(Debug, clap::Args)]
 pub struct ListenArgs {
+    /// Topic to serve, publish to or ask.
     #[arg(long)]
     pub topic: String,
+    /// Group this member belongs to; each event goes to one member of every group.
     #[arg(long)]
     pub group: String,
     /// TCP and UDP address to listen on (port 0 picks a free one; the chosen address is printed).
@@ -101,6 +103,7 @@ pub enum PublishMode {
 /// Options of `herald peer publish`.
 #[derive(Debug, clap::Args)]
 pub struct PublishArgs {
+    /// Topic to serve, publish to or ask.
     #[arg(long)]
     pub topic: String,
     #[command(flatten)]
@@ -127,6 +130,7 @@ pub struct PublishArgs {
 /// Options of `herald peer request`.
 #[derive(Debug, clap::Args)]
 pub struct RequestArgs {
+    /// Topic to serve, publish to or ask.
     #[arg(long)]
     pub topic: String,
     #[command(flatten)]
@@ -141,18 +145,23 @@ pub struct RequestArgs {
 /// Options of `herald peer reply`.
 #[derive(Debug, clap::Args)]
 pub struct ReplyArgs {
+    /// Topic to serve, publish to or ask.
     #[arg(long)]
     pub topic: String,
+    /// Group this member belongs to; each event goes to one member of every group.
     #[arg(long)]
     pub group: String,
+    /// TCP (and UDP) address to listen on (port 0 picks a free one; the chosen address is printed).
     #[arg(long, default_value = "0.0.0.0:7400")]
     pub bind: String,
     /// Shell command run per request (`sh -c`): the request on stdin, the response from stdout.
     /// It gets the deadline in HERALD_DEADLINE_UNIX_MS and is killed when the deadline passes.
     #[arg(long)]
     pub command: String,
+    /// Requests handled at once; producers never send more.
     #[arg(long, default_value_t = 16)]
     pub capacity: u32,
+    /// Announce this member with mDNS-SD.
     #[arg(long)]
     pub mdns: bool,
 }
