@@ -174,6 +174,7 @@ fn decode_kind<B: ByteBuf>(
             RequestKind::IncrementalAlterConfigs(body(buf, version)?)
         }
         ApiKey::DescribeCluster => RequestKind::DescribeCluster(body(buf, version)?),
+        ApiKey::DescribeLogDirs => RequestKind::DescribeLogDirs(body(buf, version)?),
         ApiKey::InitProducerId => RequestKind::InitProducerId(body(buf, version)?),
         ApiKey::FindCoordinator => RequestKind::FindCoordinator(body(buf, version)?),
         ApiKey::JoinGroup => RequestKind::JoinGroup(body(buf, version)?),

@@ -17,6 +17,7 @@ mod configs;
 pub(crate) mod errors;
 mod fetch;
 pub(crate) mod group;
+mod log_dirs;
 mod metadata;
 mod offsets;
 mod produce;
@@ -289,6 +290,10 @@ async fn dispatch(core: &Arc<Core>, request: Request, peer: SocketAddr) -> Reply
         RequestKind::IncrementalAlterConfigs(body) => {
             configs::incremental_alter_configs(core, body)
         }
+        // Sizes come from the logs' memory, but the volume's come from the file system.
+        RequestKind::DescribeLogDirs(body) => blocking(core, move |core| {
+            ResponseKind::DescribeLogDirs(log_dirs::describe_log_dirs(&core, body))
+        }),
         _ => {
             // The version table lists only APIs with a handler above, so decoding never
             // yields anything else; answer nothing rather than something wrong.

@@ -41,6 +41,9 @@ pub(crate) const SERVED: &[Served] = &[
     served_api(ApiKey::CreatePartitions, 0, 3),
     served_api(ApiKey::IncrementalAlterConfigs, 0, 1),
     served_api(ApiKey::DescribeCluster, 0, 1),
+    // kafka-protocol decodes v1-v4 (v0 differs only in throttling); librdkafka 2.x has no
+    // DescribeLogDirs call, so `herald topic describe` and Java admin clients are its users.
+    served_api(ApiKey::DescribeLogDirs, 1, 4),
     // Consumer groups (handlers in `group.rs`). librdkafka 2.x negotiates FindCoordinator ≤2,
     // JoinGroup ≤5, SyncGroup ≤3, Heartbeat ≤3, LeaveGroup ≤1, OffsetCommit ≤9, OffsetFetch ≤9,
     // DeleteGroups ≤1 and OffsetDelete 0; newer Java clients use the higher versions.
@@ -94,6 +97,7 @@ pub(crate) fn name(api_key: ApiKey) -> &'static str {
         ApiKey::CreatePartitions => "CreatePartitions",
         ApiKey::IncrementalAlterConfigs => "IncrementalAlterConfigs",
         ApiKey::DescribeCluster => "DescribeCluster",
+        ApiKey::DescribeLogDirs => "DescribeLogDirs",
         ApiKey::FindCoordinator => "FindCoordinator",
         ApiKey::JoinGroup => "JoinGroup",
         ApiKey::SyncGroup => "SyncGroup",

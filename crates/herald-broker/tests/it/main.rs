@@ -11,6 +11,7 @@ mod group_rebalance;
 mod group_support;
 mod group_wire;
 mod idempotence;
+mod log_dirs;
 mod metadata_offsets;
 mod produce_consume;
 mod restart;
