@@ -17,5 +17,6 @@ pub use error::{DatagramError, PublishError, RequestError, StartError};
 pub use event::{BoxFuture, FnHandler, Handler, Message, Mode, Received, RequestContext};
 pub use member::{Member, MemberConfig, MemberStats, PublisherLoss};
 pub use publisher::{
-    MemberState, MemberView, Publisher, PublisherConfig, PublisherStartError, Receipt, Source,
+    DATAGRAM_BATCH_MAX, MemberState, MemberView, Publisher, PublisherConfig, PublisherStartError,
+    Receipt, Source,
 };

@@ -410,6 +410,65 @@ impl Publisher {
         Ok(sent)
     }
 
+    /// Sends a batch of datagrams, each to one member of every group serving its topic, handing
+    /// up to [`DATAGRAM_BATCH_MAX`] of them to the kernel per system call (`sendmmsg`); returns
+    /// how many datagrams left. A producer with many events at hand pays one system call per
+    /// batch instead of one per datagram.
+    ///
+    /// Every message is checked before any is sent: an invalid or oversized one fails the whole
+    /// call with nothing sent. A send error after part of the batch left returns the error;
+    /// the sequence numbers of the datagrams that did not leave are used up, so the receivers
+    /// count them as lost.
+    pub async fn send_datagrams(
+        &self,
+        messages: impl IntoIterator<Item = Message>,
+    ) -> Result<usize, DatagramError> {
+        let shared = self.shared();
+        let limit = shared.config.datagram_payload_bytes_max;
+        let mut events = Vec::new();
+        for message in messages {
+            validate(&message).map_err(DatagramError::Invalid)?;
+            let mut event = shared.wire_event(message, SystemTime::UNIX_EPOCH, 0);
+            event.deadline_unix_ms = 0;
+            let bytes = frame::LENGTH_PREFIX_BYTES
+                + frame::FRAME_HEADER_BYTES
+                + frame::event_body_len(&event);
+            if bytes > limit {
+                return Err(DatagramError::TooLarge { bytes, limit });
+            }
+            events.push(event);
+        }
+        let mut batch = DatagramBatch::default();
+        let mut targets = Vec::new();
+        let mut sent = 0;
+        for mut event in events {
+            targets.clear();
+            shared.datagram_targets(&event.topic, &mut targets);
+            if targets.is_empty() {
+                return Err(DatagramError::NoLiveMember {
+                    topic: event.topic.clone(),
+                });
+            }
+            for &(addr, seq) in &targets {
+                event.seq = seq;
+                if let Some(n) = shared.config.drop_every_nth_datagram
+                    && n > 0
+                    && seq % n == 0
+                {
+                    continue;
+                }
+                let start = batch.buf.len();
+                frame::encode_event(&event, false, &mut batch.buf);
+                batch.datagrams.push((start, batch.buf.len(), addr));
+                if batch.datagrams.len() == DATAGRAM_BATCH_MAX {
+                    sent += batch.flush(&shared.udp).await?;
+                }
+            }
+        }
+        sent += batch.flush(&shared.udp).await?;
+        Ok(sent)
+    }
+
     /// Sends a request to one member of a group serving the topic and waits for its response.
     pub async fn request(
         &self,
@@ -1044,4 +1103,92 @@ async fn write_loop(mut writer: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::R
         }
         buf.clear();
     }
+}
+
+/// Datagrams handed to the kernel in one `sendmmsg` call at most.
+pub const DATAGRAM_BATCH_MAX: usize = 64;
+
+/// Encoded datagrams waiting for one `sendmmsg`: one buffer, and each datagram's byte range
+/// and destination. Holds at most [`DATAGRAM_BATCH_MAX`] datagrams.
+#[derive(Default)]
+struct DatagramBatch {
+    buf: BytesMut,
+    datagrams: Vec<(usize, usize, SocketAddr)>,
+}
+
+impl DatagramBatch {
+    /// Sends every datagram in the batch (several calls if the kernel takes part of it) and
+    /// empties it; returns how many were sent.
+    async fn flush(&mut self, udp: &UdpSocket) -> std::io::Result<usize> {
+        let mut done = 0;
+        while done < self.datagrams.len() {
+            let rest = &self.datagrams[done..];
+            let buf = &self.buf;
+            done += udp
+                .async_io(tokio::io::Interest::WRITABLE, || sendmmsg(udp, buf, rest))
+                .await?;
+        }
+        self.buf.clear();
+        self.datagrams.clear();
+        Ok(done)
+    }
+}
+
+/// One non-blocking `sendmmsg` of `datagrams` (ranges of `buf`); returns how many the kernel
+/// took (at least one) or the error (`WouldBlock` when the send buffer is full).
+fn sendmmsg(
+    udp: &UdpSocket,
+    buf: &[u8],
+    datagrams: &[(usize, usize, SocketAddr)],
+) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let addrs: Vec<socket2::SockAddr> = datagrams
+        .iter()
+        .map(|&(_, _, addr)| socket2::SockAddr::from(addr))
+        .collect();
+    let mut iovs: Vec<libc::iovec> = datagrams
+        .iter()
+        .map(|&(start, end, _)| libc::iovec {
+            // The kernel only reads through this pointer (sendmmsg does not write to iov_base).
+            iov_base: buf[start..end].as_ptr() as *mut libc::c_void,
+            iov_len: end - start,
+        })
+        .collect();
+    let mut msgs: Vec<libc::mmsghdr> = iovs
+        .iter_mut()
+        .zip(&addrs)
+        .map(|(iov, addr)| {
+            // SAFETY: msghdr is a plain C struct for which all-zero bytes are a valid value
+            // (null pointers, zero lengths); the fields used are set below.
+            let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+            hdr.msg_name = addr.as_ptr() as *mut libc::c_void;
+            hdr.msg_namelen = addr.len();
+            hdr.msg_iov = iov as *mut libc::iovec;
+            hdr.msg_iovlen = 1;
+            libc::mmsghdr {
+                msg_hdr: hdr,
+                msg_len: 0,
+            }
+        })
+        .collect();
+    let count = libc::c_uint::try_from(msgs.len()).unwrap_or(libc::c_uint::MAX);
+    // SAFETY: `msgs` holds `count` initialised headers whose name, iovec and data pointers
+    // point into `addrs`, `iovs` and `buf`, all alive and unmoved until the call returns.
+    let n = unsafe {
+        libc::sendmmsg(
+            udp.as_raw_fd(),
+            msgs.as_mut_ptr(),
+            count,
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if n == 0 {
+        // sendmmsg reports an error rather than 0 when nothing was sent; should it ever return
+        // 0, wait for writability again instead of counting a datagram that did not leave.
+        return Err(std::io::ErrorKind::WouldBlock.into());
+    }
+    Ok(n as usize)
 }

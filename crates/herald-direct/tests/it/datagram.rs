@@ -91,3 +91,44 @@ async fn an_oversized_datagram_is_an_error_not_a_truncation() {
         .unwrap();
     assert!(eventually(Duration::from_secs(5), || rec.values().len() == 1).await);
 }
+
+#[tokio::test]
+async fn batched_datagrams_arrive_in_order_with_sequence_numbers_and_drops_counted() {
+    let (m, rec, p) = pair(None, Some(10)).await;
+    // 3 batches of 150 (more than one sendmmsg each), paced so the receiver keeps up:
+    // sequence numbers 10, 20, ..., 450 are skipped by the hook, 45 in all; the last one is
+    // not yet a gap, since nothing after it arrived.
+    for b in 0..3 {
+        let batch = (0..150).map(|i| Message::new("telemetry", format!("b{}", b * 150 + i)));
+        assert_eq!(p.send_datagrams(batch).await.unwrap(), 135);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(eventually(Duration::from_secs(5), || rec.values().len() >= 405).await);
+    assert_eq!(m.stats().datagrams_received, 405);
+    assert_eq!(m.stats().datagrams_lost, 44);
+    let expected: Vec<String> = (0..450)
+        .filter(|i| (i + 1) % 10 != 0)
+        .map(|i| format!("b{i}"))
+        .collect();
+    assert_eq!(rec.values(), expected);
+}
+
+#[tokio::test]
+async fn a_batch_with_one_oversized_datagram_sends_nothing() {
+    let (m, rec, p) = pair(None, None).await;
+    let batch = vec![
+        Message::new("telemetry", "small"),
+        Message::new("telemetry", vec![b'x'; 1500]),
+    ];
+    let err = p.send_datagrams(batch).await.unwrap_err();
+    assert!(matches!(err, DatagramError::TooLarge { .. }), "{err:?}");
+    assert_eq!(
+        p.send_datagrams([Message::new("telemetry", "after")])
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(eventually(Duration::from_secs(5), || rec.values().len() == 1).await);
+    assert_eq!(rec.values(), vec!["after".to_string()]);
+    assert_eq!(m.stats().datagrams_lost, 0);
+}
