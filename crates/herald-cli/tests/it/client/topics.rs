@@ -74,7 +74,10 @@ fn topic_lifecycle_create_list_describe_alter_delete() {
         assert_eq!(p["partition"], i as u64);
         assert_eq!(p["earliest"], 0);
         assert_eq!(p["latest"], 0);
+        // The broker answers DescribeLogDirs, so an empty partition is 0 bytes, not unknown.
+        assert_eq!(p["size_bytes"], 0, "{p}");
     }
+    assert_eq!(description["size_bytes"], 0);
     assert_eq!(
         config_value(&description, "retention.ms"),
         Some(("3600000".to_string(), "topic".to_string()))
@@ -82,6 +85,31 @@ fn topic_lifecycle_create_list_describe_alter_delete() {
     let table = broker.ok(&["topic", "describe", "orders"]);
     assert!(table.contains("PARTITION"), "{table}");
     assert!(table.contains("retention.ms"), "{table}");
+
+    // What was produced shows as bytes on disk, in its partition and in the topic's total.
+    let produced = broker.herald_with_input(
+        &["produce", "orders", "--partition", "1"],
+        b"first event\nsecond event\nthird event\n",
+    );
+    produced.assert_code(0);
+    let description = broker
+        .herald(&["--output", "json", "topic", "describe", "orders"])
+        .json();
+    let sizes: Vec<u64> = description["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["size_bytes"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sizes[0], 0, "{description}");
+    assert!(sizes[1] > 3 * "first event".len() as u64, "{description}");
+    assert_eq!(sizes[2], 0, "{description}");
+    assert_eq!(description["size_bytes"].as_u64(), Some(sizes[1]));
+    let table = broker.ok(&["topic", "describe", "orders"]);
+    assert!(
+        table.contains(&format!("size on disk (bytes): {}", sizes[1])),
+        "{table}"
+    );
 
     // Changing one setting keeps the others the topic already overrides.
     broker.ok(&["topic", "alter", "orders", "--config", "segment.ms=600000"]);
