@@ -31,5 +31,6 @@ pub use error::{
     StorageError,
 };
 pub use log::{
-    AppendInfo, LogStats, MaintainOutcome, Offsets, PartitionLog, READ_BYTES_MAX, ReadOutcome,
+    AppendInfo, CHECKPOINT_LAG_BYTES_MAX, LogStats, MaintainOutcome, Offsets, PartitionLog,
+    READ_BYTES_MAX, ReadOutcome,
 };

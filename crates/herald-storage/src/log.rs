@@ -194,6 +194,11 @@ fn elapsed_ms(now: i64, since: i64) -> u64 {
 /// asks: bounds the buffer a fetch allocates.
 pub const READ_BYTES_MAX: usize = 64 << 20;
 
+/// Bytes appended to the active segment past the last checkpoint after which `maintain` writes
+/// a new one without waiting for `checkpoint_interval_ms`. A crash makes reopen CRC-scan that
+/// tail; at full produce speed a minute of it is gigabytes per partition and seconds of restart.
+pub const CHECKPOINT_LAG_BYTES_MAX: u64 = 64 << 20;
+
 /// The largest offset the log accepts; keeps every offset sum far from overflowing and every
 /// offset representable in Kafka's signed 64-bit fields.
 pub(crate) const OFFSET_MAX: u64 = (i64::MAX as u64) >> 1;
@@ -1155,10 +1160,21 @@ impl PartitionLog {
             let start = st.log_start;
             st.producers.truncate_head(start);
         }
+        // How far the active segment has grown past the last checkpoint (rolls checkpoint, so
+        // a checkpoint in an earlier segment means the whole active one is unchecked).
+        let lag_bytes = st.segments.last().map_or(0, |s| {
+            if st.last_checkpoint.segment_base == s.base {
+                s.size.saturating_sub(st.last_checkpoint.position)
+            } else {
+                s.size
+            }
+        });
         let behind = st.segments.last().is_some_and(|s| {
             st.last_checkpoint.segment_base != s.base || st.last_checkpoint.position != s.size
         });
-        if behind && elapsed_ms(now, st.last_checkpoint_ms) >= cfg.checkpoint_interval_ms {
+        let due = elapsed_ms(now, st.last_checkpoint_ms) >= cfg.checkpoint_interval_ms
+            || lag_bytes >= CHECKPOINT_LAG_BYTES_MAX;
+        if behind && due {
             if let Err(e) = self.checkpoint_locked(&mut st) {
                 self.poison("checkpoint", &e);
                 return Err(MaintainError::Io(e));

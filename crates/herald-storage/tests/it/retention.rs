@@ -222,3 +222,25 @@ fn maintain_writes_checkpoints_so_reopen_scans_only_the_tail() {
     // ...which is how we know reopen did not read it.
     assert_eq!(log.offsets().high_watermark, 10);
 }
+
+#[test]
+fn maintain_checkpoints_a_long_unchecked_tail_before_the_interval() {
+    // With a long interval, only the size of the unchecked tail can make a checkpoint due.
+    let config = LogConfig {
+        checkpoint_interval_ms: 3_600_000,
+        ..LogConfig::default()
+    };
+    let (_fs, _clock, log) = setup(config);
+    let value = vec![7u8; 512 * 1024];
+    let big = herald_storage::build_batch(T0, &[], &[value.as_slice()], None);
+    let mut appended = 0u64;
+    while appended + (big.len() as u64) < herald_storage::CHECKPOINT_LAG_BYTES_MAX {
+        log.append(&big).unwrap();
+        appended += big.len() as u64;
+    }
+    assert!(!log.maintain().unwrap().checkpointed, "below the lag limit");
+    log.append(&big).unwrap();
+    let outcome = log.maintain().unwrap();
+    assert!(outcome.checkpointed, "at the lag limit");
+    assert!(!log.maintain().unwrap().checkpointed, "nothing new since");
+}
