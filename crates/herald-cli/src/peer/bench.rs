@@ -9,6 +9,12 @@
 //! recorded per event: from the `publish` call to its return (publish-to-ack, what the issue's
 //! target is about), and from the event's scheduled time (adds the pacing thread's wake-up and
 //! any queueing before the call: the coordinated-omission-free view).
+//!
+//! The blocking ping-pong is the machine's floor, but two threads blocked in `read` wake each
+//! other more cheaply than two runtimes parked in `epoll_wait`. So the same TCP echo is also run
+//! the way the direct phase runs: open loop at the same rate, sends spawned onto the
+//! publisher's runtime by the same pacing thread, echoed by a task on the member's runtime,
+//! measured from the call and from the scheduled time. Direct is compared with both.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
@@ -86,10 +92,22 @@ struct Report {
     direct_failed: u64,
     direct_p50_ratio_to_tcp: f64,
     direct_p99_ratio_to_tcp: f64,
+    /// The bare TCP echo paced and threaded like the direct phase (see `bare_tcp_open_loop`).
+    bare_tcp_open_loop: Latency,
+    bare_tcp_open_loop_scheduled: Latency,
+    /// Direct over that baseline, each measured from the call (p50, p99).
+    direct_p50_ratio_to_tcp_open_loop: f64,
+    direct_p99_ratio_to_tcp_open_loop: f64,
+    /// Direct over that baseline, each measured from the scheduled time (p50, p99).
+    direct_scheduled_p50_ratio_to_tcp_open_loop: f64,
+    direct_scheduled_p99_ratio_to_tcp_open_loop: f64,
     direct_pipelined_acked_per_s: u64,
     direct_pipelined_in_flight: usize,
     datagram_sent_per_s: u64,
     datagram_blast_delivered_pct: f64,
+    /// The same number sent with `send_datagrams` in batches of `DATAGRAM_BATCH_MAX`.
+    datagram_batched_sent_per_s: u64,
+    datagram_batched_delivered_pct: f64,
     datagram_paced_rate_per_s: u64,
     datagram_paced_sent: u64,
     datagram_paced_delivered_pct: f64,
@@ -267,6 +285,106 @@ fn setup() -> Result<Setup, CliError> {
     })
 }
 
+/// The bare TCP baseline measured the way the direct path is: open loop at the same rate, the
+/// client on the publisher's runtime (each send a task spawned by the same pacing thread) and
+/// an echo task on the member's runtime, so both pay the same runtime wake-ups. Each 1 KiB
+/// message carries its number in its first 8 bytes; a reader task matches the echoes.
+fn bare_tcp_open_loop(
+    s: &Setup,
+    payload: usize,
+    rate: u64,
+    duration: Duration,
+) -> Result<(Histogram<u64>, Histogram<u64>), CliError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let payload = payload.max(8);
+    let listener = s
+        .member_rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let addr = listener.local_addr()?;
+    s.member_rt.handle().spawn(async move {
+        if let Ok((sock, _)) = listener.accept().await {
+            let _ = sock.set_nodelay(true);
+            let (mut r, mut w) = sock.into_split();
+            let mut buf = vec![0u8; payload];
+            while r.read_exact(&mut buf).await.is_ok() {
+                if w.write_all(&buf).await.is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let stream = s
+        .publisher_rt
+        .block_on(tokio::net::TcpStream::connect(addr))?;
+    stream.set_nodelay(true)?;
+    let (mut r, w) = stream.into_split();
+    let w = Arc::new(tokio::sync::Mutex::new(w));
+    let warmup = 1000u64;
+    let count = rate * duration.as_secs_f64() as u64;
+    let total = warmup + count;
+    let gap = Duration::from_secs_f64(1.0 / rate as f64);
+    let origin = Instant::now();
+    // When each message's send began, in ns since `origin` (0 = not yet).
+    let called: Arc<Vec<AtomicU64>> = Arc::new((0..total).map(|_| AtomicU64::new(0)).collect());
+    let start = Arc::new(Mutex::new(origin));
+    let (mut from_call, mut from_due) = (histogram()?, histogram()?);
+    let (called2, start2) = (called.clone(), start.clone());
+    let reader = s.publisher_rt.handle().spawn(async move {
+        let mut buf = vec![0u8; payload];
+        for _ in 0..total {
+            if r.read_exact(&mut buf).await.is_err() {
+                break;
+            }
+            let now = Instant::now();
+            let mut seq = [0u8; 8];
+            seq.copy_from_slice(&buf[..8]);
+            let i = u64::from_le_bytes(seq);
+            if i < warmup || i >= total {
+                continue;
+            }
+            let at = origin + Duration::from_nanos(called2[i as usize].load(Ordering::Relaxed));
+            let due = *start2.lock() + gap * (i - warmup) as u32;
+            record(&mut from_call, now.saturating_duration_since(at));
+            record(&mut from_due, now.saturating_duration_since(due));
+        }
+        (from_call, from_due)
+    });
+    set_timer_slack_fine();
+    let handle = s.publisher_rt.handle().clone();
+    let mut begin = Instant::now();
+    for i in 0..total {
+        if i == warmup {
+            begin = Instant::now();
+            *start.lock() = begin;
+        }
+        if i >= warmup {
+            let due = begin + gap * (i - warmup) as u32;
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+        } else {
+            std::thread::sleep(gap);
+        }
+        let (w, called) = (w.clone(), called.clone());
+        handle.spawn(async move {
+            let mut msg = vec![b'x'; payload];
+            msg[..8].copy_from_slice(&i.to_le_bytes());
+            called[i as usize].store(origin.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            let _ = w.lock().await.write_all(&msg).await;
+        });
+    }
+    let result = s
+        .publisher_rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(10), reader).await });
+    match result {
+        Ok(Ok(h)) => Ok(h),
+        _ => Err(CliError::Other(anyhow::anyhow!(
+            "the bare open-loop TCP echo did not answer every message"
+        ))),
+    }
+}
+
 fn direct_latency(
     s: &Setup,
     payload: &Bytes,
@@ -414,6 +532,28 @@ fn datagram_blast(s: &Setup, payload: &Bytes, n: u64) -> (u64, f64) {
     )
 }
 
+fn datagram_blast_batched(s: &Setup, payload: &Bytes, n: u64) -> (u64, f64) {
+    let before = s.datagrams.load(Ordering::Relaxed);
+    let elapsed = s.publisher_rt.block_on(async {
+        let t = Instant::now();
+        let mut left = n;
+        while left > 0 {
+            let batch = left.min(herald_direct::DATAGRAM_BATCH_MAX as u64);
+            let _ = s
+                .publisher
+                .send_datagrams((0..batch).map(|_| Message::new("bench", payload.clone())))
+                .await;
+            left -= batch;
+        }
+        t.elapsed()
+    });
+    let got = settled(&s.datagrams) - before;
+    (
+        (n as f64 / elapsed.as_secs_f64()) as u64,
+        got as f64 * 100.0 / n as f64,
+    )
+}
+
 fn datagram_paced(
     s: &Setup,
     payload: &Bytes,
@@ -469,32 +609,50 @@ pub fn run(output: Output, args: BenchArgs) -> Result<(), CliError> {
     eprintln!("bare UDP ping-pong ...");
     let udp = bare_udp(args.payload_bytes, args.round_trips)?;
     let s = setup()?;
+    eprintln!(
+        "bare TCP echo, open loop at {}/s on the bench runtimes ...",
+        args.rate
+    );
+    let (tcp_open, tcp_open_due) = bare_tcp_open_loop(&s, args.payload_bytes, args.rate, duration)?;
     eprintln!("direct publish-to-ack at {}/s ...", args.rate);
     let (direct, direct_due, direct_failed) = direct_latency(&s, &payload, args.rate, duration)?;
     eprintln!("direct pipelined throughput ...");
     let throughput = direct_throughput(&s, &payload, args.in_flight, duration);
     // Datagrams lost in the blast would otherwise be counted again in the paced phase.
     let (blast_rate, blast_pct) = datagram_blast(&s, &payload, args.datagrams);
+    let (batched_rate, batched_pct) = datagram_blast_batched(&s, &payload, args.datagrams);
     eprintln!("datagrams at {}/s ...", args.datagram_rate);
     let lost_before = s.member.stats().datagrams_lost;
     let (paced_sent, paced_pct) = datagram_paced(&s, &payload, args.datagram_rate, duration)?;
     let lost_paced = s.member.stats().datagrams_lost - lost_before;
     let tcp_l = Latency::from(&tcp);
     let direct_l = Latency::from(&direct);
+    let direct_due_l = Latency::from(&direct_due);
+    let open_l = Latency::from(&tcp_open);
+    let open_due_l = Latency::from(&tcp_open_due);
+    let ratio = |a: u64, b: u64| a as f64 / b.max(1) as f64;
     let report = Report {
         payload_bytes: args.payload_bytes,
         direct_p50_ratio_to_tcp: direct_l.p50_us as f64 / tcp_l.p50_us.max(1) as f64,
         direct_p99_ratio_to_tcp: direct_l.p99_us as f64 / tcp_l.p99_us.max(1) as f64,
+        direct_p50_ratio_to_tcp_open_loop: ratio(direct_l.p50_us, open_l.p50_us),
+        direct_p99_ratio_to_tcp_open_loop: ratio(direct_l.p99_us, open_l.p99_us),
+        direct_scheduled_p50_ratio_to_tcp_open_loop: ratio(direct_due_l.p50_us, open_due_l.p50_us),
+        direct_scheduled_p99_ratio_to_tcp_open_loop: ratio(direct_due_l.p99_us, open_due_l.p99_us),
+        bare_tcp_open_loop: open_l,
+        bare_tcp_open_loop_scheduled: open_due_l,
         bare_tcp_round_trip: tcp_l,
         bare_udp_round_trip: Latency::from(&udp),
         direct_rate_per_s: args.rate,
         direct_publish_to_ack: direct_l,
-        direct_scheduled_to_ack: Latency::from(&direct_due),
+        direct_scheduled_to_ack: direct_due_l,
         direct_failed,
         direct_pipelined_acked_per_s: throughput,
         direct_pipelined_in_flight: args.in_flight,
         datagram_sent_per_s: blast_rate,
         datagram_blast_delivered_pct: blast_pct,
+        datagram_batched_sent_per_s: batched_rate,
+        datagram_batched_delivered_pct: batched_pct,
         datagram_paced_rate_per_s: args.datagram_rate,
         datagram_paced_sent: paced_sent,
         datagram_paced_delivered_pct: paced_pct,
@@ -533,6 +691,16 @@ fn print_table(r: &Report) {
             "limit".to_string(),
         ],
         vec![
+            format!("bare TCP echo at {}/s, bench runtimes", r.direct_rate_per_s),
+            lat(&r.bare_tcp_open_loop),
+            "limit, same threading".to_string(),
+        ],
+        vec![
+            "  same, from the scheduled time".to_string(),
+            lat(&r.bare_tcp_open_loop_scheduled),
+            String::new(),
+        ],
+        vec![
             format!("direct publish-to-ack at {}/s", r.direct_rate_per_s),
             format!(
                 "{} ({} failed)",
@@ -540,14 +708,21 @@ fn print_table(r: &Report) {
                 r.direct_failed
             ),
             format!(
-                "p50 {:.2}x, p99 {:.2}x bare TCP",
-                r.direct_p50_ratio_to_tcp, r.direct_p99_ratio_to_tcp
+                "p50 {:.2}x, p99 {:.2}x ping-pong; {:.2}x, {:.2}x echo",
+                r.direct_p50_ratio_to_tcp,
+                r.direct_p99_ratio_to_tcp,
+                r.direct_p50_ratio_to_tcp_open_loop,
+                r.direct_p99_ratio_to_tcp_open_loop
             ),
         ],
         vec![
             "  same, from the scheduled time".to_string(),
             lat(&r.direct_scheduled_to_ack),
-            String::new(),
+            format!(
+                "p50 {:.2}x, p99 {:.2}x echo",
+                r.direct_scheduled_p50_ratio_to_tcp_open_loop,
+                r.direct_scheduled_p99_ratio_to_tcp_open_loop
+            ),
         ],
         vec![
             format!(
@@ -562,6 +737,17 @@ fn print_table(r: &Report) {
             format!(
                 "{} events/s sent ({:.1}% received)",
                 r.datagram_sent_per_s, r.datagram_blast_delivered_pct
+            ),
+            String::new(),
+        ],
+        vec![
+            format!(
+                "datagram send, batches of {} (sendmmsg)",
+                herald_direct::DATAGRAM_BATCH_MAX
+            ),
+            format!(
+                "{} events/s sent ({:.1}% received)",
+                r.datagram_batched_sent_per_s, r.datagram_batched_delivered_pct
             ),
             String::new(),
         ],
