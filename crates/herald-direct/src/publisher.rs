@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -112,6 +112,100 @@ pub struct Receipt {
     pub groups: Vec<String>,
 }
 
+/// Who may write to a connection. While nothing is queued for the writer task and no other event
+/// awaits its reply, a publishing task writes its event itself (one non-blocking write under this lock, so frames never
+/// interleave), which saves the hop to the writer task on the latency path. Whatever a
+/// non-blocking write leaves unwritten is queued ahead of everything else, so a frame is never
+/// left half-written even if the publishing task is then dropped.
+#[derive(Default)]
+struct WriteState {
+    /// Frames handed to the writer task and not yet completely written.
+    queued: usize,
+    /// Encoding buffer of the inline path, kept to avoid an allocation per event.
+    scratch: BytesMut,
+}
+
+/// What an inline write attempt did.
+enum Inline {
+    /// The frame is on its way (written, or its unwritten rest queued first in line).
+    Sent,
+    /// Nothing was written: the writer task is busy or the socket is full; queue it instead.
+    Queue,
+    /// The writer task has ended: the connection is gone.
+    Closed,
+}
+
+impl Conn {
+    fn try_write_inline(&self, event: &WireEvent, request: bool) -> Inline {
+        // With other events awaiting replies the connection is busy: the writer task batches
+        // their frames into shared writes, which pipelining needs more than a saved task hop.
+        if self.pending.lock().as_ref().is_some_and(|p| p.len() > 1) {
+            return Inline::Queue;
+        }
+        let mut state = self.write.lock();
+        if state.queued != 0 {
+            return Inline::Queue;
+        }
+        let state = &mut *state;
+        state.scratch.clear();
+        frame::encode_event(event, request, &mut state.scratch);
+        match self.writer.try_write(&state.scratch) {
+            Ok(n) if n == state.scratch.len() => Inline::Sent,
+            Ok(n) => {
+                let rest = Bytes::copy_from_slice(&state.scratch[n..]);
+                // Nothing is queued, so only a closed channel refuses this.
+                match self.tx.try_send(Out::Raw(rest)) {
+                    Ok(()) => {
+                        state.queued += 1;
+                        Inline::Sent
+                    }
+                    Err(_) => Inline::Closed,
+                }
+            }
+            // A write error ends the connection through the reader or the writer task; the
+            // queued path then reports the event lost as before.
+            Err(_) => Inline::Queue,
+        }
+    }
+
+    /// Queues a frame for the writer task, waiting for room.
+    async fn send_queued(&self, out: Out) -> Result<(), ()> {
+        self.write.lock().queued += 1;
+        let mut guard = QueuedGuard {
+            state: &self.write,
+            armed: true,
+        };
+        let sent = self.tx.send(out).await.is_ok();
+        // Once in the channel the writer task accounts for the frame.
+        guard.armed = !sent;
+        if sent { Ok(()) } else { Err(()) }
+    }
+
+    /// Queues a control frame if there is room; drops it otherwise (heartbeats are best effort).
+    fn try_queue(&self, out: Out) {
+        let mut state = self.write.lock();
+        if self.tx.try_send(out).is_ok() {
+            state.queued += 1;
+        }
+    }
+}
+
+/// Undoes a queued count for a frame that never reached the channel (send failed or the
+/// sending future was dropped), so the inline path is not blocked forever.
+struct QueuedGuard<'a> {
+    state: &'a Mutex<WriteState>,
+    armed: bool,
+}
+
+impl Drop for QueuedGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let mut state = self.state.lock();
+            state.queued = state.queued.saturating_sub(1);
+        }
+    }
+}
+
 enum Reply {
     Ack,
     Nack(NackReason, String),
@@ -121,6 +215,9 @@ enum Reply {
 
 struct Conn {
     tx: mpsc::Sender<Out>,
+    /// The connection's write side, shared with its writer task.
+    writer: Arc<tokio::net::tcp::OwnedWriteHalf>,
+    write: Arc<Mutex<WriteState>>,
     /// Replies owed on this connection. `None` once the connection ended: a sender that finds
     /// it so knows at once that its event was not delivered (no wait for a timeout).
     pending: Mutex<Option<HashMap<u128, oneshot::Sender<Reply>>>>,
@@ -758,9 +855,14 @@ async fn deliver(
         let outcome = if !registered {
             Ok(Ok(Reply::Lost))
         } else {
-            match tokio::time::timeout_at(attempt_at, conn.tx.send(frame)).await {
+            let sent = match conn.try_write_inline(&event, request) {
+                Inline::Sent => Ok(Ok(())),
+                Inline::Closed => Ok(Err(())),
+                Inline::Queue => tokio::time::timeout_at(attempt_at, conn.send_queued(frame)).await,
+            };
+            match sent {
                 Ok(Ok(())) => tokio::time::timeout_at(attempt_at, reply_rx).await,
-                Ok(Err(_)) => Ok(Ok(Reply::Lost)),
+                Ok(Err(())) => Ok(Ok(Reply::Lost)),
                 Err(elapsed) => Err(elapsed),
             }
         };
@@ -982,9 +1084,13 @@ async fn run_connection(
     mut buf: BytesMut,
 ) -> End {
     let (mut reader, writer) = stream.into_split();
+    let writer = Arc::new(writer);
+    let write = Arc::new(Mutex::new(WriteState::default()));
     let (tx, rx) = mpsc::channel(shared.config.send_queue_frames_max);
     let conn = Arc::new(Conn {
         tx: tx.clone(),
+        writer: writer.clone(),
+        write: write.clone(),
         pending: Mutex::new(Some(HashMap::new())),
     });
     tracing::info!(
@@ -1007,7 +1113,7 @@ async fn run_connection(
         slot.settled = true;
     }
     shared.changed.notify_waiters();
-    let writer_task = tokio::spawn(write_loop(writer, rx));
+    let writer_task = tokio::spawn(write_loop(writer, write, rx));
     let interval = Duration::from_millis(shared.config.heartbeat_interval_ms.max(1));
     let dead_after = Duration::from_millis(shared.config.heartbeat_timeout_ms.max(1));
     let mut ticker = tokio::time::interval(interval);
@@ -1025,7 +1131,7 @@ async fn run_connection(
                     } => reply(&conn, id, Reply::Nack(reason, message)),
                     Frame::Response { id, value } => reply(&conn, id, Reply::Response(value)),
                     Frame::Ping { nonce } => {
-                        let _ = tx.try_send(Out::Frame(Frame::Pong { nonce }));
+                        conn.try_queue(Out::Frame(Frame::Pong { nonce }));
                     }
                     Frame::Pong { .. } => {}
                     Frame::Goodbye => break 'conn End::Goodbye,
@@ -1050,7 +1156,7 @@ async fn run_connection(
                 }
                 if quiet >= interval {
                     nonce += 1;
-                    let _ = tx.try_send(Out::Frame(Frame::Ping { nonce }));
+                    conn.try_queue(Out::Frame(Frame::Ping { nonce }));
                 }
             }
         }
@@ -1077,31 +1183,57 @@ fn reply(conn: &Conn, id: u128, reply: Reply) {
 enum Out {
     Frame(Frame),
     Event(Arc<WireEvent>, bool),
+    /// The unwritten rest of a frame a publishing task started writing itself.
+    Raw(Bytes),
 }
 
 fn encode_out(out: &Out, buf: &mut BytesMut) {
     match out {
         Out::Frame(frame) => frame::encode(frame, buf),
         Out::Event(event, request) => frame::encode_event(event, *request, buf),
+        Out::Raw(bytes) => buf.extend_from_slice(bytes),
     }
 }
 
 /// Writes frames in batches: everything queued goes out in one write, so pipelined events share
 /// system calls.
-async fn write_loop(mut writer: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Receiver<Out>) {
+async fn write_loop(
+    writer: Arc<tokio::net::tcp::OwnedWriteHalf>,
+    write: Arc<Mutex<WriteState>>,
+    mut rx: mpsc::Receiver<Out>,
+) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     while let Some(out) = rx.recv().await {
         encode_out(&out, &mut buf);
+        let mut frames = 1;
         while buf.len() < 256 * 1024 {
             match rx.try_recv() {
-                Ok(out) => encode_out(&out, &mut buf),
+                Ok(out) => {
+                    encode_out(&out, &mut buf);
+                    frames += 1;
+                }
                 Err(_) => break,
             }
         }
-        if writer.write_all(&buf).await.is_err() {
-            return;
+        let mut written = 0;
+        while written < buf.len() {
+            if writer.writable().await.is_err() {
+                return;
+            }
+            // Under the lock, so an inline write never lands between two parts of a batch.
+            let result = {
+                let _state = write.lock();
+                writer.try_write(&buf[written..])
+            };
+            match result {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
         }
         buf.clear();
+        let mut state = write.lock();
+        state.queued = state.queued.saturating_sub(frames);
     }
 }
 

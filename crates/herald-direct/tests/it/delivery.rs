@@ -1,11 +1,12 @@
 //! Direct delivery: every group gets each event once, failover after a member dies, no member.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
-use herald_direct::{Message, PublishError};
+use herald_direct::{Member, MemberConfig, Message, PublishError, Publisher, PublisherConfig};
 
-use crate::harness::{Recorder, counts, member, publisher, wait_up};
+use crate::harness::{Recorder, Shared, counts, member, publisher, wait_up};
 
 #[tokio::test]
 async fn each_event_reaches_exactly_one_member_of_every_group() {
@@ -172,4 +173,47 @@ async fn connections_beyond_the_limit_are_closed() {
     )
     .await
     .unwrap();
+}
+
+#[tokio::test]
+async fn events_larger_than_the_socket_buffers_arrive_whole_one_after_another() {
+    // One event in flight at a time goes out from the publishing task itself; at 24 MiB a
+    // non-blocking write cannot take it all (the member runs on this same thread, so it is not
+    // reading meanwhile), and the writer task must finish each frame before the next one.
+    const FRAME_BYTES_MAX: usize = 32 * 1024 * 1024;
+    let rec = Recorder::new();
+    let mut config = MemberConfig::new("big", "g", "127.0.0.1:0".parse().unwrap());
+    config.frame_bytes_max = FRAME_BYTES_MAX;
+    let m = Member::start(config, Arc::new(Shared(rec.clone())))
+        .await
+        .unwrap();
+    let mut pc = PublisherConfig::new(vec![m.local_addr()]);
+    pc.frame_bytes_max = FRAME_BYTES_MAX;
+    let p = Publisher::start(pc).await.unwrap();
+    wait_up(&p, 1).await;
+    let big = |i: usize| {
+        let mut v = format!("big{i}:").into_bytes();
+        v.resize(24 * 1024 * 1024, b'0' + i as u8);
+        v
+    };
+    for i in 0..3 {
+        p.publish(Message::new("big", big(i)), Duration::from_secs(20))
+            .await
+            .unwrap();
+        p.publish(
+            Message::new("big", format!("small{i}")),
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap();
+    }
+    let values = rec.values();
+    assert_eq!(values.len(), 6);
+    for i in 0..3 {
+        assert!(
+            values[2 * i].as_bytes() == big(i).as_slice(),
+            "event {i} damaged"
+        );
+        assert_eq!(values[2 * i + 1], format!("small{i}"));
+    }
 }
