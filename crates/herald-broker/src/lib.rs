@@ -304,20 +304,13 @@ async fn maintenance_loop(core: Arc<Core>) {
     let period = std::time::Duration::from_millis(core.config.maintenance_interval_ms.max(1));
     let mut interval = tokio::time::interval(period);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut activity_seen = activity(&core);
-    let mut trimmed = true;
+    let mut quiet = QuietPeriods::new(activity(&core));
     loop {
         tokio::select! {
             _ = stopping.wait_for(|stopping| *stopping) => break,
             _ = interval.tick() => {}
         }
-        let now = activity(&core);
-        // Once per quiet period: a whole interval without produce or fetch traffic after some.
-        let trim = now == activity_seen && !trimmed;
-        if now != activity_seen {
-            trimmed = false;
-        }
-        activity_seen = now;
+        let trim = quiet.tick(activity(&core));
         let core = core.clone();
         let done = tokio::task::spawn_blocking(move || {
             core.topics.maintain_all();
@@ -326,10 +319,37 @@ async fn maintenance_loop(core: Arc<Core>) {
             }
         })
         .await;
-        match done {
-            Ok(()) => trimmed |= trim,
-            Err(error) => warn!(%error, "maintenance task failed"),
+        if let Err(error) = done {
+            warn!(%error, "maintenance task failed");
         }
+    }
+}
+
+/// Spots the start of each quiet period: the first tick after which the activity counters
+/// stopped moving, having moved since the previous quiet period (so an idle broker trims once,
+/// not every tick).
+struct QuietPeriods {
+    seen: (u64, u64),
+    busy_since_quiet: bool,
+}
+
+impl QuietPeriods {
+    fn new(now: (u64, u64)) -> Self {
+        QuietPeriods {
+            seen: now,
+            busy_since_quiet: false,
+        }
+    }
+
+    /// Whether a quiet period starts at this tick.
+    fn tick(&mut self, now: (u64, u64)) -> bool {
+        let moved = now != self.seen;
+        self.seen = now;
+        if moved {
+            self.busy_since_quiet = true;
+            return false;
+        }
+        std::mem::replace(&mut self.busy_since_quiet, false)
     }
 }
 
@@ -355,3 +375,20 @@ fn return_free_memory() {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn return_free_memory() {}
+
+#[cfg(test)]
+mod tests {
+    use super::QuietPeriods;
+
+    #[test]
+    fn a_quiet_period_is_reported_once_after_activity() {
+        let mut quiet = QuietPeriods::new((0, 0));
+        assert!(!quiet.tick((0, 0)), "idle since start: nothing grew");
+        assert!(!quiet.tick((10, 0)), "busy");
+        assert!(!quiet.tick((10, 5)), "still busy");
+        assert!(quiet.tick((10, 5)), "first quiet tick");
+        assert!(!quiet.tick((10, 5)), "already reported");
+        assert!(!quiet.tick((11, 5)), "busy again");
+        assert!(quiet.tick((11, 5)), "next quiet period");
+    }
+}
