@@ -3,9 +3,7 @@
 //! reset-offsets agree with what a consumer then reads.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use rdkafka::Message;
@@ -17,62 +15,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
 
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-/// A `herald serve` process; killed (SIGKILL) when dropped.
-struct Server {
-    child: Child,
-    kafka: SocketAddr,
-}
-
-impl Server {
-    fn start(data_dir: &Path, kafka: SocketAddr, http: SocketAddr) -> Server {
-        let child = Command::new(env!("CARGO_BIN_EXE_herald"))
-            .args(["serve", "--data-dir"])
-            .arg(data_dir)
-            .args([
-                "--kafka-addr",
-                &kafka.to_string(),
-                "--http-addr",
-                &http.to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(kafka).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "herald serve did not start listening"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Server { child, kafka }
-    }
-
-    fn kill(&mut self) {
-        // Child::kill sends SIGKILL: no shutdown path runs.
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    fn bootstrap(&self) -> String {
-        self.kafka.to_string()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::support::ServeProcess;
 
 fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
@@ -178,9 +121,8 @@ fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> BTre
 #[test]
 fn committed_offsets_survive_broker_sigkill_and_consumers_resume() {
     let dir = tempfile::tempdir().unwrap();
-    let (kafka, http) = (free_addr(), free_addr());
-    let mut server = Server::start(dir.path(), kafka, http);
-    let bootstrap = server.bootstrap();
+    let mut server = ServeProcess::start(&dir.path().join("data"));
+    let bootstrap = server.kafka_addr.to_string();
     create_topic(&bootstrap, "sms", 3);
     produce(&bootstrap, "sms", 3, 300);
 
@@ -222,10 +164,11 @@ fn committed_offsets_survive_broker_sigkill_and_consumers_resume() {
     };
     consume(&mut seen, &mut acked, 120, Duration::from_secs(60));
 
-    server.kill();
+    // SIGKILL: no shutdown path runs. The restart keeps the same addresses and data directory.
+    server.sigkill();
     let acked_before_kill = acked.clone();
-    let server = Server::start(dir.path(), kafka, http);
-    let after = committed(&server.bootstrap(), "sms-service", "sms", 3);
+    server.restart();
+    let after = committed(&bootstrap, "sms-service", "sms", 3);
     for (partition, offset) in &acked_before_kill {
         let now = after.get(partition).copied().unwrap_or(-1);
         assert!(
@@ -246,8 +189,8 @@ fn committed_offsets_survive_broker_sigkill_and_consumers_resume() {
 #[test]
 fn cli_lag_and_reset_offsets_match_what_a_consumer_reads() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), free_addr(), free_addr());
-    let bootstrap = server.bootstrap();
+    let server = ServeProcess::start(&dir.path().join("data"));
+    let bootstrap = server.kafka_addr.to_string();
     create_topic(&bootstrap, "t", 1);
     produce(&bootstrap, "t", 1, 10);
 

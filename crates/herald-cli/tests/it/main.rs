@@ -5,3 +5,4 @@ mod client;
 mod group;
 mod peer;
 mod serve;
+mod support;

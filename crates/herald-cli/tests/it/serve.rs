@@ -1,7 +1,6 @@
 //! `herald serve`: the broker as a process: defaults, config, signals, restarts and crashes.
 
 mod client;
-mod harness;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -14,8 +13,8 @@ use std::time::{Duration, Instant};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext};
 
+use crate::support::{ServeProcess, free_addr, herald, http_get, wait_exit, wait_healthy};
 use client::{Record, consume_all, create_topic, produce_all, sample_records, topic_configs};
-use harness::{ServeProcess, free_addr, herald, http_get, wait_exit, wait_healthy};
 
 fn sorted(mut records: Vec<Record>) -> Vec<Record> {
     records.sort();

@@ -1,10 +1,11 @@
 //! Errors users meet first: no broker at the address, a topic that does not exist.
 
-use super::harness::{Broker, free_port, run};
+use super::harness::{Broker, run};
+use crate::support::free_addr;
 
 #[test]
 fn unreachable_broker_exits_3_naming_the_address() {
-    let bootstrap = format!("127.0.0.1:{}", free_port());
+    let bootstrap = free_addr().to_string();
     let commands: [&[&str]; 4] = [
         &["topic", "list"],
         &["topic", "create", "t"],
@@ -51,7 +52,7 @@ fn missing_topic_and_partition_exit_4() {
 
 #[test]
 fn bad_usage_exits_2() {
-    let bootstrap = format!("127.0.0.1:{}", free_port());
+    let bootstrap = free_addr().to_string();
     let run = run(
         &bootstrap,
         &["consume", "t", "--format", "{nope}", "--max-messages", "1"],

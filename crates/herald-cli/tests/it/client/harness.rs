@@ -1,84 +1,34 @@
-//! A `herald serve` child on free loopback ports, killed on drop, and a way to run client
-//! commands against it with a deadline.
+//! A broker for the client tests, built on the shared `ServeProcess`, and ways to run client
+//! commands against it with a deadline or in the background.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::support::ServeProcess;
 
 pub const HERALD: &str = env!("CARGO_BIN_EXE_herald");
 
 /// Longest a client command may run before the test fails.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Longest the broker may take to accept connections.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A port nothing listens on right now (bound, then released).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A running broker; dropping it kills the process.
+/// A running broker in its own temporary directory; dropping it kills the process.
 pub struct Broker {
-    child: Child,
+    // Declared before the directory so the process is killed before its data is removed.
+    _process: ServeProcess,
     pub bootstrap: String,
-    log: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl Broker {
     pub fn start() -> Broker {
         let dir = tempfile::tempdir().unwrap();
-        let kafka = format!("127.0.0.1:{}", free_port());
-        let http = format!("127.0.0.1:{}", free_port());
-        let log = dir.path().join("broker.log");
-        let log_file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(HERALD)
-            .args(["serve", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .args(["--kafka-addr", &kafka, "--http-addr", &http])
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().unwrap())
-            .stderr(log_file)
-            .spawn()
-            .unwrap();
-        let mut broker = Broker {
-            child,
-            bootstrap: kafka,
-            log,
+        let process = ServeProcess::start(&dir.path().join("data"));
+        Broker {
+            bootstrap: process.kafka_addr.to_string(),
+            _process: process,
             _dir: dir,
-        };
-        broker.wait_ready();
-        broker
-    }
-
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if TcpStream::connect(&self.bootstrap).is_ok() {
-                return;
-            }
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("broker exited with {status}:\n{}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "broker not listening on {} after {READY_TIMEOUT:?}:\n{}",
-                self.bootstrap,
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
         }
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Runs `herald --bootstrap ADDR args...` and returns what it did.
@@ -96,13 +46,6 @@ impl Broker {
         let run = self.herald(args);
         run.assert_code(0);
         run.stdout
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

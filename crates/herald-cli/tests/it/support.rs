@@ -1,5 +1,6 @@
-//! Starts `herald serve` as a child process on free loopback ports with its own data directory,
-//! waits for `/health`, and stops it with SIGTERM or SIGKILL.
+//! The one way the end-to-end tests start `herald serve`: a child process on free loopback ports
+//! with its own data directory and log file, ready once `/health` answers, stopped with SIGTERM or
+//! SIGKILL, and restartable on the same addresses.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
