@@ -522,12 +522,7 @@ async fn on_frame(frame: Frame, shared: &Arc<Shared>, tx: &mpsc::Sender<Frame>) 
 
 async fn on_event(event: WireEvent, shared: &Arc<Shared>, tx: &mpsc::Sender<Frame>) -> bool {
     let id = event.id;
-    if event.topic != shared.config.topic {
-        let nack = Frame::Nack {
-            id,
-            reason: NackReason::Unsupported,
-            message: format!("this member serves topic {:?}", shared.config.topic),
-        };
+    if let Some(nack) = wrong_topic_nack(shared, &event) {
         return tx.send(nack).await.is_ok();
     }
     match admit(shared, id, true) {
@@ -565,6 +560,15 @@ async fn on_event(event: WireEvent, shared: &Arc<Shared>, tx: &mpsc::Sender<Fram
     }
 }
 
+/// The refusal for an event or request on a topic this member does not serve, if it is one.
+fn wrong_topic_nack(shared: &Shared, event: &WireEvent) -> Option<Frame> {
+    (event.topic != shared.config.topic).then(|| Frame::Nack {
+        id: event.id,
+        reason: NackReason::Unsupported,
+        message: format!("this member serves topic {:?}", shared.config.topic),
+    })
+}
+
 fn event_reply(id: u128, result: &Result<(), String>) -> Frame {
     match result {
         Ok(()) => Frame::Ack { id },
@@ -578,12 +582,7 @@ fn event_reply(id: u128, result: &Result<(), String>) -> Frame {
 
 async fn on_request(request: WireEvent, shared: &Arc<Shared>, tx: &mpsc::Sender<Frame>) -> bool {
     let id = request.id;
-    if request.topic != shared.config.topic {
-        let nack = Frame::Nack {
-            id,
-            reason: NackReason::Unsupported,
-            message: format!("this member serves topic {:?}", shared.config.topic),
-        };
+    if let Some(nack) = wrong_topic_nack(shared, &request) {
         return tx.send(nack).await.is_ok();
     }
     match admit(shared, id, false) {
