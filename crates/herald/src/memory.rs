@@ -1,0 +1,14 @@
+//! The in-process transport (being built).
+
+use std::sync::Arc;
+
+use crate::bus::BusConfig;
+use crate::error::ConnectError;
+use crate::transport::Transport;
+
+pub(crate) fn connect(_config: &BusConfig) -> Result<Arc<dyn Transport>, ConnectError> {
+    Err(ConnectError::Transport {
+        transport: "memory",
+        message: "not built yet".to_string(),
+    })
+}
