@@ -173,10 +173,7 @@ impl DirectTransport {
         // Right after start (or before any member is up) there is nobody to send to yet: wait
         // for the membership as a direct publish does, bounded by the deadline. Once members are
         // known this returns at once.
-        if !publisher
-            .wait_for_topic(topic, remaining(deadline))
-            .await
-        {
+        if !publisher.wait_for_topic(topic, remaining(deadline)).await {
             return Err(PublishError::NoConsumer {
                 topic: topic.to_string(),
             });
@@ -208,15 +205,13 @@ impl DirectTransport {
         config.frame_bytes_max = self.frame_bytes_max;
         config.datagram_payload_bytes_max = self.datagram_payload_bytes_max;
         config.shutdown_drain_ms = SHUTDOWN_DRAIN_MS;
-        let member = Member::start(config, handler)
-            .await
-            .map_err(|e| match e {
-                StartError::Config(message) => SubscribeError::Invalid(message),
-                other => SubscribeError::Transport {
-                    transport: self.kind.as_str(),
-                    message: other.to_string(),
-                },
-            })?;
+        let member = Member::start(config, handler).await.map_err(|e| match e {
+            StartError::Config(message) => SubscribeError::Invalid(message),
+            other => SubscribeError::Transport {
+                transport: self.kind.as_str(),
+                message: other.to_string(),
+            },
+        })?;
         if let Some(publisher) = self.publisher() {
             publisher.add_peer(reachable(member.local_addr()));
         }
@@ -247,12 +242,12 @@ impl Transport for DirectTransport {
         sink: mpsc::Sender<Delivery>,
     ) -> BoxFuture<'_, Result<Box<dyn Running>, SubscribeError>> {
         Box::pin(async move {
-            let sink = Arc::new(Mutex::new(Some(sink)));
-            let handler = Arc::new(SinkHandler { sink: sink.clone() });
-            let member = self.start_member(&spec, handler).await?;
+            let handler = SinkHandler::start(sink, spec.in_flight_max);
+            let sinks = handler.sinks.clone();
+            let member = self.start_member(&spec, Arc::new(handler)).await?;
             Ok(Box::new(MemberRunning {
                 member: Some(member),
-                sink: Some(sink),
+                sinks: Some(sinks),
             }) as Box<dyn Running>)
         })
     }
@@ -312,7 +307,7 @@ impl NativeRequests for DirectTransport {
                 .await?;
             Ok(Box::new(MemberRunning {
                 member: Some(member),
-                sink: None,
+                sinks: None,
             }) as Box<dyn Running>)
         })
     }
@@ -422,36 +417,72 @@ fn request_error(e: herald_direct::RequestError) -> RequestError {
     }
 }
 
+/// Where a subscription's member hands events to the runtime.
+#[derive(Clone)]
+struct Sinks {
+    /// Direct events, queued synchronously in the order the member took them (a forwarding
+    /// task moves them into the runtime's channel). Holds at most the member's capacity: each
+    /// event in it is one the member has in flight, and the member admits no more than that.
+    ordered: mpsc::Sender<Delivery>,
+    /// Datagrams, straight into the runtime's channel: the member takes the next datagram only
+    /// after the previous one is queued, so they keep their order and back-pressure reaches the
+    /// socket (where overflow shows as counted loss).
+    runtime: mpsc::Sender<Delivery>,
+}
+
 /// A subscription's member handler: hands each event to the runtime and, for direct events,
 /// answers the producer with the runtime's outcome.
 struct SinkHandler {
     /// Taken when the subscription closes, which ends the runtime once it drained.
-    sink: Arc<Mutex<Option<mpsc::Sender<Delivery>>>>,
+    sinks: Arc<Mutex<Option<Sinks>>>,
 }
+
+impl SinkHandler {
+    /// Starts the task that forwards direct events in order; returns the handler.
+    fn start(runtime: mpsc::Sender<Delivery>, capacity: usize) -> SinkHandler {
+        let (ordered, mut queued) = mpsc::channel::<Delivery>(capacity.max(1));
+        let forward = runtime.clone();
+        tokio::spawn(async move {
+            while let Some(delivery) = queued.recv().await {
+                if let Err(mpsc::error::SendError(d)) = forward.send(delivery).await {
+                    let _ = d.done.send(Outcome::Nack(CLOSING.to_string()));
+                }
+            }
+        });
+        SinkHandler {
+            sinks: Arc::new(Mutex::new(Some(Sinks { ordered, runtime }))),
+        }
+    }
+}
+
+const CLOSING: &str = "the subscription is closing";
 
 impl Handler for SinkHandler {
     fn on_event(&self, received: Received) -> MemberFuture<Result<(), String>> {
-        let sink = self.sink.lock().clone();
-        // The member polls this future once before reading its next frame, and the first poll
-        // queues the delivery (the channel's waiters are served in order when it is full), so
-        // deliveries reach the runtime in the order the producer sent them.
+        let Some(sinks) = self.sinks.lock().clone() else {
+            return Box::pin(async { Err(CLOSING.to_string()) });
+        };
+        let datagram = received.mode == herald_direct::Mode::Datagram;
+        let event = Event::from_wire(received.key, received.value, received.headers, None);
+        let lane = lane_of(&event);
+        let (done, outcome) = oneshot::channel();
+        let delivery = Delivery { event, lane, done };
+        if datagram {
+            // Nobody waits for a datagram's outcome: handlers run in the runtime meanwhile.
+            return Box::pin(async move {
+                sinks
+                    .runtime
+                    .send(delivery)
+                    .await
+                    .map_err(|_| CLOSING.to_string())
+            });
+        }
+        // Queued here, before the member reads its next frame, so one producer's events reach
+        // the runtime (and each key's lane) in the order they were sent.
+        if sinks.ordered.try_send(delivery).is_err() {
+            return Box::pin(async { Err(CLOSING.to_string()) });
+        }
         Box::pin(async move {
-            let Some(sink) = sink else {
-                return Err("the subscription is closing".to_string());
-            };
-            let datagram = received.mode == herald_direct::Mode::Datagram;
-            let event = Event::from_wire(received.key, received.value, received.headers, None);
-            let lane = lane_of(&event);
-            let (done, outcome) = oneshot::channel();
-            if sink.send(Delivery { event, lane, done }).await.is_err() {
-                return Err("the subscription is closing".to_string());
-            }
-            drop(sink);
-            if datagram {
-                // Nobody waits for a datagram's outcome, and the member takes the next datagram
-                // only after this returns: handlers run in the runtime meanwhile.
-                return Ok(());
-            }
             match outcome.await {
                 Ok(Outcome::Ack) => Ok(()),
                 Ok(Outcome::Nack(message)) => Err(message),
@@ -490,7 +521,7 @@ impl Handler for ReplierHandler {
 /// A running subscription or replier: one member.
 struct MemberRunning {
     member: Option<Member>,
-    sink: Option<Arc<Mutex<Option<mpsc::Sender<Delivery>>>>>,
+    sinks: Option<Arc<Mutex<Option<Sinks>>>>,
 }
 
 impl Running for MemberRunning {
@@ -502,8 +533,8 @@ impl Running for MemberRunning {
             if let Some(member) = self.member.take() {
                 member.shutdown().await;
             }
-            if let Some(sink) = self.sink.take() {
-                sink.lock().take();
+            if let Some(sinks) = self.sinks.take() {
+                sinks.lock().take();
             }
             Ok(())
         })
