@@ -153,6 +153,8 @@ pub use bus::{
     Bus, BusBuilder, CONCURRENCY_DEFAULT, CONCURRENCY_MAX, DeadLetter, PUBLISH_TIMEOUT_DEFAULT,
     REQUEST_DEADLINE_DEFAULT, RequestBuilder, RequestContext, ServeBuilder, SubscribeBuilder,
 };
+#[cfg(feature = "msgpack")]
+pub use codec::MsgPack;
 pub use codec::{Codec, CodecError, Json};
 pub use error::{ConnectError, HandlerError, PublishError, RequestError, SubscribeError};
 pub use event::{
