@@ -364,12 +364,8 @@ impl Transport for BrokerTransport {
                 return Err(transport_error("the bus was closed".to_string()));
             }
             self.ensure_topic(&spec.topic).await?;
-            let running = consumer::start(
-                &self.client_base,
-                spec,
-                sink,
-                self.settings.commit_interval,
-            )?;
+            let running =
+                consumer::start(&self.client_base, spec, sink, self.settings.commit_interval)?;
             Ok(Box::new(running) as Box<dyn Running>)
         })
     }

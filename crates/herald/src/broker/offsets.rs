@@ -51,11 +51,7 @@ impl OffsetTracker {
         if *status != Status::InFlight {
             return;
         }
-        *status = if acked {
-            Status::Acked
-        } else {
-            Status::Nacked
-        };
+        *status = if acked { Status::Acked } else { Status::Nacked };
         while let Some(entry) = p.pending.first_entry() {
             if *entry.get() != Status::Acked {
                 break;
