@@ -269,7 +269,7 @@ impl Bus {
     }
 
     pub fn transport(&self) -> TransportKind {
-        self.inner.config.kind
+        self.inner.transport.kind()
     }
 
     /// This bus instance's id (it names the reply topic of requests over a stored transport).
@@ -537,10 +537,10 @@ pub struct RequestBuilder {
 }
 
 impl RequestBuilder {
-    /// The time the whole request (and every request its replier makes) must finish in.
-    pub fn deadline(mut self, within: Duration) -> Self {
-        self.deadline = Some(SystemTime::now() + within);
-        self
+    /// The time the whole request (and every request its replier makes) must finish in. Like
+    /// [`RequestBuilder::deadline_at`], it can only shorten a deadline already set.
+    pub fn deadline(self, within: Duration) -> Self {
+        self.deadline_at(SystemTime::now() + within)
     }
 
     /// An absolute deadline; a later one than already set is ignored, so a chain never outlives

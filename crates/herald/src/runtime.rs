@@ -218,14 +218,11 @@ fn mix(mut x: u64) -> u64 {
 }
 
 async fn lane(lanes: Arc<Lanes>, mut rx: mpsc::Receiver<Delivery>) {
+    // Even while shutting down, every event already handed out is handled: the transport hands
+    // out at most `in_flight_max`, and finishing them lets the final commit cover them all, so a
+    // graceful restart hands nothing out twice.
     while let Some(d) = rx.recv().await {
-        let outcome = if *lanes.stopping.borrow() {
-            // Shutting down: events not yet started are left for redelivery, not run.
-            lanes.counters.refused.fetch_add(1, Ordering::Relaxed);
-            Outcome::Nack("the subscription is shutting down".to_string())
-        } else {
-            handle(&lanes, d.event).await
-        };
+        let outcome = handle(&lanes, d.event).await;
         let _ = d.done.send(outcome);
     }
 }
@@ -313,9 +310,10 @@ async fn wait_unless_stopping(lanes: &Lanes, delay: Duration) -> bool {
     }
 }
 
-/// A running subscription (or replier). Call [`Subscription::shutdown`] to stop it cleanly: in-flight
-/// handlers finish and their events are acknowledged; events not yet started are left for
-/// redelivery. Dropping it stops it the same way in the background.
+/// A running subscription (or replier). Call [`Subscription::shutdown`] to stop it cleanly: it takes
+/// no new events, handles those already handed to it (a bounded number), acknowledges them, and
+/// leaves the group; an event waiting to be retried is left for redelivery instead. Dropping it
+/// stops it the same way in the background.
 pub struct Subscription {
     running: Option<Box<dyn Running>>,
     task: Option<JoinHandle<()>>,
