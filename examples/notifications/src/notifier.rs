@@ -138,7 +138,10 @@ fn router(state: AppState) -> Router {
     Router::new()
         .route("/notifications", post(create))
         .route("/notifications/{id}", get(show))
-        .route("/health", get(|| async { axum::Json(json!({"status": "ok"})) }))
+        .route(
+            "/health",
+            get(|| async { axum::Json(json!({"status": "ok"})) }),
+        )
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .with_state(state)
 }
@@ -150,7 +153,9 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 /// Parses and checks a request body; the error is the message for a 400 answer.
 pub fn parse_request(body: &[u8]) -> Result<SmsRequest, String> {
     let request: SmsRequest = serde_json::from_slice(body).map_err(|e| {
-        format!("the body must be a JSON object {{\"to\": \"+15551234567\", \"text\": \"...\"}}: {e}")
+        format!(
+            "the body must be a JSON object {{\"to\": \"+15551234567\", \"text\": \"...\"}}: {e}"
+        )
     })?;
     let digits = request.to.strip_prefix('+').unwrap_or(&request.to);
     if !digits.bytes().all(|b| b.is_ascii_digit())
@@ -192,7 +197,10 @@ async fn create(State(state): State<AppState>, body: Bytes) -> Response {
         }
         Ok(receipt) => error(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("the bus reported the notification {}, not stored", receipt.kind()),
+            format!(
+                "the bus reported the notification {}, not stored",
+                receipt.kind()
+            ),
         ),
         Err(e) => {
             tracing::warn!(%id, error = %e, "notification not stored");

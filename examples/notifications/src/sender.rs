@@ -12,8 +12,8 @@
 use std::sync::Arc;
 
 use herald::{
-    Bus, DeadLetter, Event, HEADER_DLQ_ATTEMPTS, HEADER_DLQ_ERROR, HEADER_DLQ_GROUP,
-    HandlerError, RetryPolicy, SubscribeError, Subscription, SubscriptionStats,
+    Bus, DeadLetter, Event, HEADER_DLQ_ATTEMPTS, HEADER_DLQ_ERROR, HEADER_DLQ_GROUP, HandlerError,
+    RetryPolicy, SubscribeError, Subscription, SubscriptionStats,
 };
 
 use crate::messages::{

@@ -102,7 +102,8 @@ impl StatusBook {
                 Status::Failed => result.error.clone(),
                 _ => None,
             };
-            n.provider_message_id.clone_from(&result.provider_message_id);
+            n.provider_message_id
+                .clone_from(&result.provider_message_id);
         }
     }
 
@@ -163,7 +164,10 @@ mod tests {
         assert_eq!(book.get(&id).unwrap().status, Status::Pending);
         book.result(id, &failed());
         assert_eq!(book.get(&id).unwrap().status, Status::Failed);
-        assert_eq!(book.get(&id).unwrap().error.as_deref(), Some("provider down"));
+        assert_eq!(
+            book.get(&id).unwrap().error.as_deref(),
+            Some("provider down")
+        );
         book.result(id, &sent(3));
         let n = book.get(&id).unwrap();
         assert_eq!(n.status, Status::Sent);

@@ -38,8 +38,7 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     let args = Args::parse();
@@ -72,7 +71,10 @@ async fn main() -> anyhow::Result<()> {
         })
         .await
         .context("serving HTTP")?;
-    notifier.shutdown().await.context("stopping the subscriptions")?;
+    notifier
+        .shutdown()
+        .await
+        .context("stopping the subscriptions")?;
     bus.close().await;
     Ok(())
 }

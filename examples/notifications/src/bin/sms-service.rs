@@ -49,8 +49,7 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     let args = Args::parse();
@@ -75,7 +74,10 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(bootstrap = %args.bootstrap, provider_log = %args.provider_log.display(), "sms service ready");
     let name = signal.await;
     tracing::info!(signal = name, "shutting down: finishing the SMS in flight");
-    let stats = sender.shutdown().await.context("stopping the subscriptions")?;
+    let stats = sender
+        .shutdown()
+        .await
+        .context("stopping the subscriptions")?;
     tracing::info!(?stats, "stopped");
     bus.close().await;
     Ok(())
