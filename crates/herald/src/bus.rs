@@ -277,6 +277,13 @@ impl Bus {
         self.inner.id
     }
 
+    /// Direct and datagram: the id this bus's publisher puts in every event it sends, which
+    /// receivers use to count datagram loss per publisher ([`crate::DatagramLoss::publisher`]).
+    /// `None` on other transports and once the bus is closed.
+    pub fn publisher_id(&self) -> Option<String> {
+        self.inner.transport.publisher_id()
+    }
+
     pub(crate) fn transport_handle(&self) -> &Arc<dyn Transport> {
         &self.inner.transport
     }

@@ -163,5 +163,5 @@ pub use event::{
     HEADER_REPLY_ERROR, HEADER_REPLY_TO, HEADER_TIMESTAMP_MS, ParseEventIdError,
 };
 pub use receipt::{Completed, Receipt};
-pub use runtime::{RetryPolicy, Subscription, SubscriptionStats};
+pub use runtime::{DatagramLoss, RetryPolicy, Subscription, SubscriptionStats};
 pub use transport::{StartFrom, TransportKind};

@@ -109,6 +109,21 @@ pub struct SubscriptionStats {
     pub refused: u64,
 }
 
+/// Datagrams one publisher sent to a subscription, as the subscription counted them from the
+/// publisher's sequence numbers: loss is counted, never hidden. Datagrams lost after the last one
+/// received cannot be seen until a later one arrives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatagramLoss {
+    /// The publishing bus's id ([`crate::Bus::publisher_id`]).
+    pub publisher: String,
+    /// Distinct datagrams received.
+    pub received: u64,
+    /// Gaps in the publisher's sequence numbers.
+    pub lost: u64,
+    /// Datagrams received more than once (dropped).
+    pub duplicates: u64,
+}
+
 #[derive(Default)]
 struct Counters {
     handled: AtomicU64,
@@ -352,6 +367,15 @@ impl Subscription {
     /// Direct and datagram: the address this member serves on.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.local_addr
+    }
+
+    /// Datagram transport: what each publisher sent here, received and lost so far (empty on
+    /// other transports). Read it before [`Subscription::shutdown`].
+    pub fn datagram_loss(&self) -> Vec<DatagramLoss> {
+        self.running
+            .as_ref()
+            .map(|r| r.datagram_loss())
+            .unwrap_or_default()
     }
 
     /// Stops taking events, lets in-flight handlers finish, commits, and leaves the group.
