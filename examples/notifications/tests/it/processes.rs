@@ -195,13 +195,14 @@ async fn a_crashed_sms_service_loses_nothing_and_sends_nothing_twice() {
 
     // A restarted notification service rebuilds every status from the topics.
     assert!(terminate(&mut web.child).await.success());
-    let web = start_notification_service(&broker.bootstrap).await;
+    let mut web = start_notification_service(&broker.bootstrap).await;
     for id in &ids {
         wait_status(web.addr, id, "sent").await;
     }
     let (status, _) = get(web.addr, &herald::EventId::new().to_string()).await;
     assert_eq!(status, 404);
 
+    assert!(terminate(&mut web.child).await.success());
     assert!(terminate(&mut sms).await.success());
     assert_eq!(provider_log(&log).len(), ids.len());
     broker.broker.shutdown().await.unwrap();
@@ -212,7 +213,7 @@ async fn what_the_provider_never_takes_is_failed_and_dead_lettered() {
     let broker = start_broker().await;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("provider.log");
-    let web = start_notification_service(&broker.bootstrap).await;
+    let mut web = start_notification_service(&broker.bootstrap).await;
     let mut sms = start_sms_service(
         &broker.bootstrap,
         &log,
@@ -269,6 +270,7 @@ async fn what_the_provider_never_takes_is_failed_and_dead_lettered() {
     reader.shutdown().await.unwrap();
     bus.close().await;
 
+    assert!(terminate(&mut web.child).await.success());
     assert!(terminate(&mut sms).await.success());
     broker.broker.shutdown().await.unwrap();
 }
