@@ -52,9 +52,10 @@ struct NotificationService {
     _stdout: BufReader<ChildStdout>,
 }
 
-async fn start_notification_service(bootstrap: &str) -> NotificationService {
+async fn start_notification_service(bootstrap: &str, extra: &[&str]) -> NotificationService {
     let mut child = Command::new(env!("CARGO_BIN_EXE_notification-service"))
         .args(["--listen", "127.0.0.1:0", "--bootstrap", bootstrap])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
@@ -157,7 +158,7 @@ async fn a_crashed_sms_service_loses_nothing_and_sends_nothing_twice() {
     let broker = start_broker().await;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("provider.log");
-    let mut web = start_notification_service(&broker.bootstrap).await;
+    let mut web = start_notification_service(&broker.bootstrap, &[]).await;
     let mut sms = start_sms_service(&broker.bootstrap, &log, &[]);
 
     // The group is up and working before the crash.
@@ -195,7 +196,7 @@ async fn a_crashed_sms_service_loses_nothing_and_sends_nothing_twice() {
 
     // A restarted notification service rebuilds every status from the topics.
     assert!(terminate(&mut web.child).await.success());
-    let mut web = start_notification_service(&broker.bootstrap).await;
+    let mut web = start_notification_service(&broker.bootstrap, &[]).await;
     for id in &ids {
         wait_status(web.addr, id, "sent").await;
     }
@@ -213,7 +214,7 @@ async fn what_the_provider_never_takes_is_failed_and_dead_lettered() {
     let broker = start_broker().await;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("provider.log");
-    let mut web = start_notification_service(&broker.bootstrap).await;
+    let mut web = start_notification_service(&broker.bootstrap, &[]).await;
     let mut sms = start_sms_service(
         &broker.bootstrap,
         &log,
@@ -273,4 +274,30 @@ async fn what_the_provider_never_takes_is_failed_and_dead_lettered() {
     assert!(terminate(&mut web.child).await.success());
     assert!(terminate(&mut sms).await.success());
     broker.broker.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_broker_does_not_store_gets_503() {
+    let broker = start_broker().await;
+    let web =
+        start_notification_service(&broker.bootstrap, &["--publish-timeout-ms", "1000"]).await;
+    broker.broker.shutdown().await.unwrap();
+    drop(broker);
+
+    let (status, body) = http(
+        web.addr,
+        "POST",
+        "/notifications",
+        Some(json!({"to": "+4412345", "text": "nobody stores this"})),
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("did not store"),
+        "{body}"
+    );
+    // The id comes back too, so a caller can look the request up should it have been stored.
+    let id = body["id"].as_str().unwrap();
+    let (status, _) = get(web.addr, id).await;
+    assert_eq!(status, 404);
 }
