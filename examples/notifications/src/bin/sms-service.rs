@@ -42,6 +42,10 @@ struct Args {
     /// SMS sent at once (one recipient's messages are always sent one after the other).
     #[arg(long, default_value_t = herald::CONCURRENCY_DEFAULT)]
     concurrency: usize,
+    /// How long the broker waits for a silent member before giving its partitions to another;
+    /// after a crash, a restarted sms-service resumes at most this much later.
+    #[arg(long, default_value_t = 10_000)]
+    session_timeout_ms: u64,
 }
 
 #[tokio::main]
@@ -58,6 +62,7 @@ async fn main() -> anyhow::Result<()> {
         .context("opening the stand-in provider")?;
     let bus = Bus::builder()
         .broker(&args.bootstrap)
+        .option("session.timeout.ms", args.session_timeout_ms.to_string())
         .connect()
         .await
         .context("connecting to the broker")?;
