@@ -36,6 +36,10 @@ pub struct HeraldBroker {
 
 impl HeraldBroker {
     pub async fn start() -> HeraldBroker {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(auto_create_topics_enable: bool) -> HeraldBroker {
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -44,6 +48,7 @@ impl HeraldBroker {
         let broker = Broker::start(BrokerConfig {
             data_dir: dir.path().to_path_buf(),
             kafka_addr: "127.0.0.1:0".parse().unwrap(),
+            auto_create_topics_enable,
             groups: GroupConfig {
                 // A group's first member should not wait the 3 s Kafka waits for more members.
                 initial_rebalance_delay_ms: 100,
@@ -588,5 +593,25 @@ async fn latest_starts_after_subscribe_and_resumes_from_commits() {
         got.insert(recv(&mut rx).await);
     }
     assert_eq!(got, away);
+    sub.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_and_dead_letters_work_where_topics_are_not_auto_created() {
+    let broker = HeraldBroker::start_with(false).await;
+    let bus = Bus::connect(&broker.url()).await.unwrap();
+    let t = topic("strict");
+    let receipt = bus.publish(&t, Event::new("first")).await.unwrap();
+    assert_eq!(receipt.kind(), "stored");
+    let sub = bus
+        .subscribe(&t)
+        .group("g")
+        .retry(RetryPolicy::none())
+        .handle(|_e: Event| async { Err(HandlerError::permanent("unreadable")) })
+        .await
+        .unwrap();
+    // The dead-letter topic exists only because the transport created it.
+    let m = broker.read_at(&format!("{t}.dlq"), 0, 0).await;
+    assert_eq!(m.payload(), Some(&b"first"[..]));
     sub.shutdown().await.unwrap();
 }
