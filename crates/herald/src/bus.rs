@@ -269,12 +269,19 @@ impl Bus {
     }
 
     pub fn transport(&self) -> TransportKind {
-        self.inner.config.kind
+        self.inner.transport.kind()
     }
 
     /// This bus instance's id (it names the reply topic of requests over a stored transport).
     pub fn id(&self) -> EventId {
         self.inner.id
+    }
+
+    /// Direct and datagram: the id this bus's publisher puts in every event it sends, which
+    /// receivers use to count datagram loss per publisher ([`crate::DatagramLoss::publisher`]).
+    /// `None` on other transports and once the bus is closed.
+    pub fn publisher_id(&self) -> Option<String> {
+        self.inner.transport.publisher_id()
     }
 
     pub(crate) fn transport_handle(&self) -> &Arc<dyn Transport> {
@@ -537,10 +544,10 @@ pub struct RequestBuilder {
 }
 
 impl RequestBuilder {
-    /// The time the whole request (and every request its replier makes) must finish in.
-    pub fn deadline(mut self, within: Duration) -> Self {
-        self.deadline = Some(SystemTime::now() + within);
-        self
+    /// The time the whole request (and every request its replier makes) must finish in. Like
+    /// [`RequestBuilder::deadline_at`], it can only shorten a deadline already set.
+    pub fn deadline(self, within: Duration) -> Self {
+        self.deadline_at(SystemTime::now() + within)
     }
 
     /// An absolute deadline; a later one than already set is ignored, so a chain never outlives

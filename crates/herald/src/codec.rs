@@ -76,3 +76,47 @@ impl Codec for MsgPack {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Event;
+
+    #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+    struct Reading {
+        sensor: String,
+        celsius: f64,
+    }
+
+    #[test]
+    fn json_round_trips_and_names_its_content_type() {
+        let r = Reading {
+            sensor: "s1".into(),
+            celsius: 21.5,
+        };
+        let e = Event::json(&r).unwrap();
+        assert_eq!(
+            e.header_str(crate::HEADER_CONTENT_TYPE),
+            Some("application/json")
+        );
+        assert_eq!(e.decode_json::<Reading>().unwrap(), r);
+        let err = Event::new("not json").decode_json::<Reading>().unwrap_err();
+        assert!(matches!(err, CodecError::Decode { .. }), "{err}");
+    }
+
+    #[cfg(feature = "msgpack")]
+    #[test]
+    fn msgpack_round_trips() {
+        let r = Reading {
+            sensor: "s1".into(),
+            celsius: -3.0,
+        };
+        let e = Event::encoded::<MsgPack, _>(&r).unwrap();
+        assert_eq!(
+            e.header_str(crate::HEADER_CONTENT_TYPE),
+            Some("application/msgpack")
+        );
+        assert_eq!(e.decode::<MsgPack, Reading>().unwrap(), r);
+        assert!(e.decode_json::<Reading>().is_err());
+    }
+}

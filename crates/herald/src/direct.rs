@@ -1,14 +1,562 @@
-//! The direct transport (being built).
+//! The direct (acked TCP) and datagram (UDP) transports: the SDK over `herald_direct`.
+//!
+//! One [`DirectTransport`] serves both kinds; they differ only in how `publish` sends. Each bus
+//! owns one `herald_direct::Publisher` (static peers, mDNS); each subscription or replier is one
+//! `herald_direct::Member` whose handler hands events to the shared runtime (`runtime.rs`) and
+//! answers the producer only once the runtime says how the event ended. Retries, dead letters
+//! and per-key order are the runtime's; this module only moves events and maps errors.
 
+use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use herald_direct::{
+    BoxFuture as MemberFuture, DatagramError, Handler, Member, MemberConfig, Message, Publisher,
+    PublisherConfig, Received, RequestContext as MemberRequestContext, StartError,
+};
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::bus::BusConfig;
-use crate::error::ConnectError;
-use crate::transport::Transport;
+use crate::error::{ConnectError, PublishError, RequestError, SubscribeError};
+use crate::event::Event;
+use crate::receipt::{Completed, Receipt};
+use crate::runtime::DatagramLoss;
+use crate::transport::{
+    BoxFuture, Delivery, NativeRequests, Outcome, Replier, Running, SubscribeSpec, Transport,
+    TransportKind,
+};
 
-pub(crate) async fn connect(_config: &BusConfig) -> Result<Arc<dyn Transport>, ConnectError> {
-    Err(ConnectError::Transport {
-        transport: "direct",
-        message: "not built yet".to_string(),
-    })
+/// How long closing a subscription waits for handlers already running before the member says
+/// goodbye anyway (their events are then failed over by the producer).
+const SHUTDOWN_DRAIN_MS: u64 = 30_000;
+
+/// Address a subscription listens on when it names none: every interface, any free port.
+const BIND_DEFAULT: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
+
+/// Starts the publisher of a direct or datagram bus.
+pub(crate) async fn connect(config: &BusConfig) -> Result<Arc<dyn Transport>, ConnectError> {
+    let options = Options::parse(config)?;
+    let publisher = Publisher::start(options.publisher.clone())
+        .await
+        .map_err(|e| ConnectError::Transport {
+            transport: config.kind.as_str(),
+            message: e.to_string(),
+        })?;
+    Ok(Arc::new(DirectTransport {
+        kind: config.kind,
+        mdns: config.mdns,
+        publisher: Mutex::new(Some(publisher)),
+        frame_bytes_max: options.publisher.frame_bytes_max,
+        datagram_payload_bytes_max: options.publisher.datagram_payload_bytes_max,
+    }))
+}
+
+/// The bus options a direct or datagram bus understands (`?name=value` in its URL, or
+/// `BusBuilder::option`), each a field of `herald_direct::PublisherConfig`.
+struct Options {
+    publisher: PublisherConfig,
+}
+
+impl Options {
+    fn parse(config: &BusConfig) -> Result<Options, ConnectError> {
+        let mut publisher = PublisherConfig::new(config.peers.clone());
+        publisher.mdns = config.mdns;
+        for (name, value) in &config.options {
+            let number = || -> Result<u64, ConnectError> {
+                value.parse::<u64>().map_err(|_| ConnectError::BadOption {
+                    name: name.clone(),
+                    reason: format!("expected a whole number, got {value:?}"),
+                })
+            };
+            let size = || -> Result<usize, ConnectError> {
+                usize::try_from(number()?).map_err(|_| ConnectError::BadOption {
+                    name: name.clone(),
+                    reason: "too large".to_string(),
+                })
+            };
+            match name.as_str() {
+                "attempt_timeout_ms" => publisher.attempt_timeout_ms = number()?,
+                "attempts_max" => {
+                    publisher.attempts_max =
+                        u32::try_from(number()?).map_err(|_| ConnectError::BadOption {
+                            name: name.clone(),
+                            reason: "too large".to_string(),
+                        })?
+                }
+                "connect_timeout_ms" => publisher.connect_timeout_ms = number()?,
+                "heartbeat_interval_ms" => publisher.heartbeat_interval_ms = number()?,
+                "heartbeat_timeout_ms" => publisher.heartbeat_timeout_ms = number()?,
+                "reconnect_interval_ms" => publisher.reconnect_interval_ms = number()?,
+                "frame_bytes_max" => publisher.frame_bytes_max = size()?,
+                "datagram_payload_bytes_max" => publisher.datagram_payload_bytes_max = size()?,
+                "send_queue_frames_max" => publisher.send_queue_frames_max = size()?,
+                // Simulates a lossy link: every Nth datagram to each member is not sent (its
+                // sequence number is used up, so receivers count it as lost).
+                "drop_every_nth_datagram" => {
+                    publisher.drop_every_nth_datagram = Some(number()?).filter(|n| *n > 0)
+                }
+                _ => {
+                    return Err(ConnectError::BadOption {
+                        name: name.clone(),
+                        reason: format!(
+                            "not an option of the {} transport (known: {})",
+                            config.kind.as_str(),
+                            KNOWN_OPTIONS.join(", ")
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(Options { publisher })
+    }
+}
+
+const KNOWN_OPTIONS: [&str; 10] = [
+    "attempt_timeout_ms",
+    "attempts_max",
+    "connect_timeout_ms",
+    "heartbeat_interval_ms",
+    "heartbeat_timeout_ms",
+    "reconnect_interval_ms",
+    "frame_bytes_max",
+    "datagram_payload_bytes_max",
+    "send_queue_frames_max",
+    "drop_every_nth_datagram",
+];
+
+/// A direct or datagram bus's transport.
+struct DirectTransport {
+    kind: TransportKind,
+    mdns: bool,
+    /// `None` once the bus is closed; publishes in flight keep their own clone.
+    publisher: Mutex<Option<Publisher>>,
+    frame_bytes_max: usize,
+    datagram_payload_bytes_max: usize,
+}
+
+impl DirectTransport {
+    fn publisher(&self) -> Option<Publisher> {
+        self.publisher.lock().clone()
+    }
+
+    async fn publish_direct(
+        &self,
+        topic: &str,
+        event: Event,
+        deadline: SystemTime,
+    ) -> Result<Receipt, PublishError> {
+        let publisher = self.publisher().ok_or(PublishError::Closed)?;
+        let id = event.id;
+        let receipt = publisher
+            .publish_until(message(topic, event), deadline)
+            .await
+            .map_err(publish_error)?;
+        Ok(Receipt {
+            id,
+            completed: Completed::Handled {
+                groups: receipt.groups,
+            },
+        })
+    }
+
+    async fn publish_datagram(
+        &self,
+        topic: &str,
+        event: Event,
+        deadline: SystemTime,
+    ) -> Result<Receipt, PublishError> {
+        let publisher = self.publisher().ok_or(PublishError::Closed)?;
+        let id = event.id;
+        // Right after start (or before any member is up) there is nobody to send to yet: wait
+        // for the membership as a direct publish does, bounded by the deadline. Once members are
+        // known this returns at once.
+        if !publisher.wait_for_topic(topic, remaining(deadline)).await {
+            return Err(PublishError::NoConsumer {
+                topic: topic.to_string(),
+            });
+        }
+        let datagrams = publisher
+            .send_datagram(message(topic, event))
+            .await
+            .map_err(datagram_error)?;
+        Ok(Receipt {
+            id,
+            completed: Completed::Sent { datagrams },
+        })
+    }
+
+    /// Starts a member for `spec` and lets this bus's own publisher reach it, so one bus can
+    /// publish to (or request from) its own subscriptions without mDNS or static peers.
+    async fn start_member(
+        &self,
+        spec: &SubscribeSpec,
+        handler: Arc<dyn Handler>,
+    ) -> Result<Member, SubscribeError> {
+        let mut config = MemberConfig::new(
+            spec.topic.clone(),
+            spec.group.clone(),
+            spec.bind.unwrap_or(BIND_DEFAULT),
+        );
+        config.capacity = u32::try_from(spec.in_flight_max.max(1)).unwrap_or(u32::MAX);
+        config.mdns = self.mdns;
+        config.frame_bytes_max = self.frame_bytes_max;
+        config.datagram_payload_bytes_max = self.datagram_payload_bytes_max;
+        config.shutdown_drain_ms = SHUTDOWN_DRAIN_MS;
+        let member = Member::start(config, handler).await.map_err(|e| match e {
+            StartError::Config(message) => SubscribeError::Invalid(message),
+            other => SubscribeError::Transport {
+                transport: self.kind.as_str(),
+                message: other.to_string(),
+            },
+        })?;
+        if let Some(publisher) = self.publisher() {
+            publisher.add_peer(reachable(member.local_addr()));
+        }
+        Ok(member)
+    }
+}
+
+impl Transport for DirectTransport {
+    fn kind(&self) -> TransportKind {
+        self.kind
+    }
+
+    fn publish<'a>(
+        &'a self,
+        topic: &'a str,
+        event: Event,
+        deadline: SystemTime,
+    ) -> BoxFuture<'a, Result<Receipt, PublishError>> {
+        match self.kind {
+            TransportKind::Datagram => Box::pin(self.publish_datagram(topic, event, deadline)),
+            _ => Box::pin(self.publish_direct(topic, event, deadline)),
+        }
+    }
+
+    fn subscribe(
+        &self,
+        spec: SubscribeSpec,
+        sink: mpsc::Sender<Delivery>,
+    ) -> BoxFuture<'_, Result<Box<dyn Running>, SubscribeError>> {
+        Box::pin(async move {
+            let handler = SinkHandler::start(sink, spec.in_flight_max);
+            let sinks = handler.sinks.clone();
+            let member = self.start_member(&spec, Arc::new(handler)).await?;
+            Ok(Box::new(MemberRunning {
+                member: Some(member),
+                sinks: Some(sinks),
+            }) as Box<dyn Running>)
+        })
+    }
+
+    fn dead_letter_default(&self, _topic: &str) -> Option<String> {
+        // Nothing is stored without a broker: a failed event is refused back to its producer,
+        // who still holds it and learns the handler's error from its publish.
+        None
+    }
+
+    fn native_requests(&self) -> Option<&dyn NativeRequests> {
+        Some(self)
+    }
+
+    fn publisher_id(&self) -> Option<String> {
+        self.publisher()
+            .map(|p| uuid::Uuid::from_u128(p.id()).to_string())
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        // Dropping the last clone of the publisher closes its connections; publishes still in
+        // flight hold their own clone and finish first.
+        let publisher = self.publisher.lock().take();
+        drop(publisher);
+        Box::pin(async {})
+    }
+}
+
+impl NativeRequests for DirectTransport {
+    fn request<'a>(
+        &'a self,
+        topic: &'a str,
+        event: Event,
+        deadline: SystemTime,
+    ) -> BoxFuture<'a, Result<Event, RequestError>> {
+        Box::pin(async move {
+            let publisher = self
+                .publisher()
+                .ok_or(RequestError::Publish(PublishError::Closed))?;
+            let request = event.clone();
+            let value = publisher
+                .request_until(message(topic, event), deadline)
+                .await
+                .map_err(request_error)?;
+            Ok(Event::result_of(&request, value))
+        })
+    }
+
+    fn serve(
+        &self,
+        spec: SubscribeSpec,
+        replier: Replier,
+    ) -> BoxFuture<'_, Result<Box<dyn Running>, SubscribeError>> {
+        Box::pin(async move {
+            let member = self
+                .start_member(&spec, Arc::new(ReplierHandler { replier }))
+                .await?;
+            Ok(Box::new(MemberRunning {
+                member: Some(member),
+                sinks: None,
+            }) as Box<dyn Running>)
+        })
+    }
+}
+
+/// The frame an SDK event travels in; SDK metadata goes in its headers.
+fn message(topic: &str, event: Event) -> Message {
+    let headers = event.wire_headers();
+    Message {
+        topic: topic.to_string(),
+        key: event.key,
+        value: event.payload,
+        headers,
+    }
+}
+
+fn remaining(deadline: SystemTime) -> Duration {
+    deadline
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO)
+}
+
+/// The address this host's publisher reaches a member bound at `bound` on: loopback for a
+/// member listening on every interface.
+fn reachable(bound: SocketAddr) -> SocketAddr {
+    match bound.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), bound.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), bound.port())
+        }
+        _ => bound,
+    }
+}
+
+/// The runtime lane of an event: its key, so one key's events stay in order; a keyless event
+/// gets its own (its id), so keyless events run side by side.
+fn lane_of(event: &Event) -> u64 {
+    match &event.key {
+        Some(key) => {
+            let mut hasher = std::hash::DefaultHasher::new();
+            key.hash(&mut hasher);
+            hasher.finish()
+        }
+        None => {
+            let id = event.id.as_u128();
+            (id as u64) ^ ((id >> 64) as u64)
+        }
+    }
+}
+
+fn publish_error(e: herald_direct::PublishError) -> PublishError {
+    use herald_direct::PublishError as E;
+    use herald_direct::frame::NackReason;
+    match e {
+        E::NoLiveMember { topic, .. } => PublishError::NoConsumer { topic },
+        E::BackPressure { topic, .. } => PublishError::BackPressure { topic },
+        E::Timeout { group, last } => {
+            PublishError::Timeout(format!("group {group:?} did not acknowledge ({last})"))
+        }
+        E::Nacked {
+            reason: NackReason::DeadlineExceeded,
+            group,
+            message,
+            ..
+        } => PublishError::Timeout(format!(
+            "the deadline passed while group {group:?} handled the event: {message}"
+        )),
+        E::Nacked { message, .. } => PublishError::Refused(message),
+        E::TooLarge { bytes, limit } => PublishError::TooLarge { bytes, limit },
+        E::Invalid(message) => PublishError::Invalid(message),
+        E::Closed => PublishError::Closed,
+        other => PublishError::Transport {
+            transport: "direct",
+            message: other.to_string(),
+        },
+    }
+}
+
+fn datagram_error(e: DatagramError) -> PublishError {
+    match e {
+        DatagramError::NoLiveMember { topic } => PublishError::NoConsumer { topic },
+        DatagramError::TooLarge { bytes, limit } => PublishError::TooLarge { bytes, limit },
+        DatagramError::Invalid(message) => PublishError::Invalid(message),
+        other => PublishError::Transport {
+            transport: "datagram",
+            message: other.to_string(),
+        },
+    }
+}
+
+fn request_error(e: herald_direct::RequestError) -> RequestError {
+    use herald_direct::RequestError as E;
+    match e {
+        E::DeadlineExceeded => RequestError::DeadlineExceeded,
+        E::NoLiveMember { topic } => RequestError::NoReplier { topic },
+        E::BackPressure { topic } => RequestError::BackPressure { topic },
+        E::Failed(message) => RequestError::Failed(message),
+        E::TooLarge { bytes, limit } => RequestError::TooLarge { bytes, limit },
+        E::Invalid(message) => RequestError::Publish(PublishError::Invalid(message)),
+        E::Closed => RequestError::Publish(PublishError::Closed),
+        other => RequestError::Transport {
+            transport: "direct",
+            message: other.to_string(),
+        },
+    }
+}
+
+/// Where a subscription's member hands events to the runtime.
+#[derive(Clone)]
+struct Sinks {
+    /// Direct events, queued synchronously in the order the member took them (a forwarding
+    /// task moves them into the runtime's channel). Holds at most the member's capacity: each
+    /// event in it is one the member has in flight, and the member admits no more than that.
+    ordered: mpsc::Sender<Delivery>,
+    /// Datagrams, straight into the runtime's channel: the member takes the next datagram only
+    /// after the previous one is queued, so they keep their order and back-pressure reaches the
+    /// socket (where overflow shows as counted loss).
+    runtime: mpsc::Sender<Delivery>,
+}
+
+/// A subscription's member handler: hands each event to the runtime and, for direct events,
+/// answers the producer with the runtime's outcome.
+struct SinkHandler {
+    /// Taken when the subscription closes, which ends the runtime once it drained.
+    sinks: Arc<Mutex<Option<Sinks>>>,
+}
+
+impl SinkHandler {
+    /// Starts the task that forwards direct events in order; returns the handler.
+    fn start(runtime: mpsc::Sender<Delivery>, capacity: usize) -> SinkHandler {
+        let (ordered, mut queued) = mpsc::channel::<Delivery>(capacity.max(1));
+        let forward = runtime.clone();
+        tokio::spawn(async move {
+            while let Some(delivery) = queued.recv().await {
+                if let Err(mpsc::error::SendError(d)) = forward.send(delivery).await {
+                    let _ = d.done.send(Outcome::Nack(CLOSING.to_string()));
+                }
+            }
+        });
+        SinkHandler {
+            sinks: Arc::new(Mutex::new(Some(Sinks { ordered, runtime }))),
+        }
+    }
+}
+
+const CLOSING: &str = "the subscription is closing";
+
+impl Handler for SinkHandler {
+    fn on_event(&self, received: Received) -> MemberFuture<Result<(), String>> {
+        let Some(sinks) = self.sinks.lock().clone() else {
+            return Box::pin(async { Err(CLOSING.to_string()) });
+        };
+        let datagram = received.mode == herald_direct::Mode::Datagram;
+        let event = Event::from_wire(received.key, received.value, received.headers, None);
+        let lane = lane_of(&event);
+        let (done, outcome) = oneshot::channel();
+        let delivery = Delivery { event, lane, done };
+        if datagram {
+            // Nobody waits for a datagram's outcome: handlers run in the runtime meanwhile.
+            return Box::pin(async move {
+                sinks
+                    .runtime
+                    .send(delivery)
+                    .await
+                    .map_err(|_| CLOSING.to_string())
+            });
+        }
+        // Queued here, before the member reads its next frame, so one producer's events reach
+        // the runtime (and each key's lane) in the order they were sent.
+        if sinks.ordered.try_send(delivery).is_err() {
+            return Box::pin(async { Err(CLOSING.to_string()) });
+        }
+        Box::pin(async move {
+            match outcome.await {
+                Ok(Outcome::Ack) => Ok(()),
+                Ok(Outcome::Nack(message)) => Err(message),
+                Err(_) => Err("the subscription ended before handling the event".to_string()),
+            }
+        })
+    }
+}
+
+/// A replier's member handler: runs the replier under the caller's deadline.
+struct ReplierHandler {
+    replier: Replier,
+}
+
+impl Handler for ReplierHandler {
+    fn on_event(&self, _received: Received) -> MemberFuture<Result<(), String>> {
+        Box::pin(async { Err("this member answers requests only".to_string()) })
+    }
+
+    fn on_request(
+        &self,
+        request: Received,
+        ctx: MemberRequestContext,
+    ) -> MemberFuture<Result<Bytes, String>> {
+        let replier = self.replier.clone();
+        Box::pin(async move {
+            let event = Event::from_wire(request.key, request.value, request.headers, None);
+            match replier(event, ctx.deadline()).await {
+                Ok(reply) => Ok(reply.payload),
+                Err(e) => Err(e.message().to_string()),
+            }
+        })
+    }
+}
+
+/// A running subscription or replier: one member.
+struct MemberRunning {
+    member: Option<Member>,
+    sinks: Option<Arc<Mutex<Option<Sinks>>>>,
+}
+
+impl Running for MemberRunning {
+    fn close(mut self: Box<Self>) -> BoxFuture<'static, Result<(), SubscribeError>> {
+        Box::pin(async move {
+            // The member refuses new events, waits for the handlers in flight (their outcomes
+            // come from the runtime, which refuses what it has not started), sends its acks and
+            // says goodbye; then the runtime's channel closes and it finishes.
+            if let Some(member) = self.member.take() {
+                member.shutdown().await;
+            }
+            if let Some(sinks) = self.sinks.take() {
+                sinks.lock().take();
+            }
+            Ok(())
+        })
+    }
+
+    fn local_addr(&self) -> Option<SocketAddr> {
+        self.member.as_ref().map(Member::local_addr)
+    }
+
+    fn datagram_loss(&self) -> Vec<DatagramLoss> {
+        let Some(member) = &self.member else {
+            return Vec::new();
+        };
+        member
+            .datagram_publishers()
+            .into_iter()
+            .map(|p| DatagramLoss {
+                publisher: p.publisher,
+                received: p.received,
+                lost: p.lost,
+                duplicates: p.duplicates,
+            })
+            .collect()
+    }
 }

@@ -224,10 +224,6 @@ impl Event {
         self.headers.push((name.to_string(), value.into()));
     }
 
-    pub(crate) fn remove_header(&mut self, name: &str) {
-        self.headers.retain(|(n, _)| n != name);
-    }
-
     /// The headers to put on the wire: the application's, then the SDK's metadata.
     pub fn wire_headers(&self) -> Vec<(String, Bytes)> {
         let mut h = self.headers.clone();

@@ -109,6 +109,21 @@ pub struct SubscriptionStats {
     pub refused: u64,
 }
 
+/// Datagrams one publisher sent to a subscription, as the subscription counted them from the
+/// publisher's sequence numbers: loss is counted, never hidden. Datagrams lost after the last one
+/// received cannot be seen until a later one arrives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatagramLoss {
+    /// The publishing bus's id ([`crate::Bus::publisher_id`]).
+    pub publisher: String,
+    /// Distinct datagrams received.
+    pub received: u64,
+    /// Gaps in the publisher's sequence numbers.
+    pub lost: u64,
+    /// Datagrams received more than once (dropped).
+    pub duplicates: u64,
+}
+
 #[derive(Default)]
 struct Counters {
     handled: AtomicU64,
@@ -218,14 +233,11 @@ fn mix(mut x: u64) -> u64 {
 }
 
 async fn lane(lanes: Arc<Lanes>, mut rx: mpsc::Receiver<Delivery>) {
+    // Even while shutting down, every event already handed out is handled: the transport hands
+    // out at most `in_flight_max`, and finishing them lets the final commit cover them all, so a
+    // graceful restart hands nothing out twice.
     while let Some(d) = rx.recv().await {
-        let outcome = if *lanes.stopping.borrow() {
-            // Shutting down: events not yet started are left for redelivery, not run.
-            lanes.counters.refused.fetch_add(1, Ordering::Relaxed);
-            Outcome::Nack("the subscription is shutting down".to_string())
-        } else {
-            handle(&lanes, d.event).await
-        };
+        let outcome = handle(&lanes, d.event).await;
         let _ = d.done.send(outcome);
     }
 }
@@ -313,9 +325,10 @@ async fn wait_unless_stopping(lanes: &Lanes, delay: Duration) -> bool {
     }
 }
 
-/// A running subscription (or replier). Call [`Subscription::shutdown`] to stop it cleanly: in-flight
-/// handlers finish and their events are acknowledged; events not yet started are left for
-/// redelivery. Dropping it stops it the same way in the background.
+/// A running subscription (or replier). Call [`Subscription::shutdown`] to stop it cleanly: it takes
+/// no new events, handles those already handed to it (a bounded number), acknowledges them, and
+/// leaves the group; an event waiting to be retried is left for redelivery instead. Dropping it
+/// stops it the same way in the background.
 pub struct Subscription {
     running: Option<Box<dyn Running>>,
     task: Option<JoinHandle<()>>,
@@ -354,6 +367,15 @@ impl Subscription {
     /// Direct and datagram: the address this member serves on.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.local_addr
+    }
+
+    /// Datagram transport: what each publisher sent here, received and lost so far (empty on
+    /// other transports). Read it before [`Subscription::shutdown`].
+    pub fn datagram_loss(&self) -> Vec<DatagramLoss> {
+        self.running
+            .as_ref()
+            .map(|r| r.datagram_loss())
+            .unwrap_or_default()
     }
 
     /// Stops taking events, lets in-flight handlers finish, commits, and leaves the group.

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::error::{HandlerError, PublishError, RequestError, SubscribeError};
 use crate::event::Event;
 use crate::receipt::Receipt;
+use crate::runtime::DatagramLoss;
 
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -93,6 +94,11 @@ pub(crate) trait Running: Send {
     fn local_addr(&self) -> Option<SocketAddr> {
         None
     }
+
+    /// Datagram counts per publisher that sent to this subscription (datagram transport).
+    fn datagram_loss(&self) -> Vec<DatagramLoss> {
+        Vec::new()
+    }
 }
 
 /// Answers one request: the request event and the absolute deadline of the whole chain.
@@ -126,6 +132,12 @@ pub(crate) trait Transport: Send + Sync + 'static {
     /// Request/response natively (direct). `None` means the bus runs requests over reply topics
     /// with this transport's publish and subscribe (`reply.rs`).
     fn native_requests(&self) -> Option<&dyn NativeRequests> {
+        None
+    }
+
+    /// Direct and datagram: the id this bus's publisher carries in every event, as receivers
+    /// name it in [`DatagramLoss::publisher`].
+    fn publisher_id(&self) -> Option<String> {
         None
     }
 

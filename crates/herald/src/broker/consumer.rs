@@ -1,0 +1,463 @@
+//! One broker subscription: a librdkafka consumer on its own thread that hands records to the
+//! handler runtime and commits, per partition, only the offsets the runtime acknowledged.
+//!
+//! The thread owns the consumer, so every librdkafka callback (rebalance, commit result) runs on
+//! it and may block briefly: on a revocation it waits for the revoked partitions' deliveries to
+//! finish and commits them before the partitions move. Outcomes come back from the runtime
+//! through a channel that the thread drains between polls; acknowledged offsets are committed
+//! asynchronously every `commit_interval`, and synchronously on revocation and on close.
+
+use std::collections::VecDeque;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaResult;
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::{mpsc, oneshot};
+
+use super::transport_error;
+use crate::error::SubscribeError;
+use crate::event::{Event, unix_ms_to_system};
+use crate::transport::{BoxFuture, Delivery, Outcome, Running, StartFrom, SubscribeSpec};
+
+/// Longest single wait of the thread, so it notices `close` and due commits promptly.
+const POLL_WAIT: Duration = Duration::from_millis(100);
+/// How long a revocation waits for the revoked partitions' deliveries before it commits what
+/// was acknowledged and lets them go (the rest is read again by the next owner).
+const REVOKE_WAIT: Duration = Duration::from_secs(10);
+/// How long `close` waits for deliveries already handed out before its final commit.
+const CLOSE_WAIT: Duration = Duration::from_secs(30);
+
+/// The runtime's verdict on one delivered record.
+struct Finished {
+    partition: i32,
+    offset: i64,
+    acked: bool,
+}
+
+/// A record read from the broker, not yet handed to the runtime.
+struct Record {
+    partition: i32,
+    offset: i64,
+    lane: u64,
+    event: Event,
+}
+
+/// What the consumer thread and its callbacks share. Both run on the thread, so the lock is
+/// never contended; it exists because librdkafka requires a `Sync` context.
+struct Shared {
+    topic: String,
+    stop: AtomicBool,
+    state: Mutex<State>,
+}
+
+struct State {
+    tracker: super::offsets::OffsetTracker,
+    outcomes: std_mpsc::Receiver<Finished>,
+    /// Deliveries handed to the runtime whose outcome has not arrived.
+    outstanding: usize,
+    /// Records polled while the partitions were being paused. librdkafka purges its prefetch
+    /// queue on pause, so this holds at most what was already in flight to the application.
+    held: VecDeque<Record>,
+    /// Whether the assigned partitions are paused because `in_flight_max` was reached.
+    paused: bool,
+}
+
+impl State {
+    fn record(&mut self, f: Finished) {
+        self.outstanding = self.outstanding.saturating_sub(1);
+        self.tracker.finished(f.partition, f.offset, f.acked);
+    }
+
+    fn drain(&mut self) {
+        while let Ok(f) = self.outcomes.try_recv() {
+            self.record(f);
+        }
+    }
+
+    /// Waits up to `wait` for one outcome, then takes any others already there.
+    fn wait_one(&mut self, wait: Duration) {
+        if let Ok(f) = self.outcomes.recv_timeout(wait) {
+            self.record(f);
+        }
+        self.drain();
+    }
+}
+
+impl Shared {
+    /// Waits (at most `wait`) until `done` holds, taking outcomes as they arrive.
+    fn wait_until(&self, wait: Duration, what: &str, done: impl Fn(&State) -> bool) {
+        let deadline = Instant::now() + wait;
+        let mut st = self.state.lock();
+        st.drain();
+        while !done(&st) {
+            let now = Instant::now();
+            if now >= deadline {
+                tracing::warn!(
+                    topic = %self.topic,
+                    outstanding = st.outstanding,
+                    "gave up waiting for handlers {what}; their events will be delivered again"
+                );
+                return;
+            }
+            st.wait_one((deadline - now).min(POLL_WAIT));
+        }
+    }
+}
+
+struct SubContext {
+    shared: Arc<Shared>,
+}
+
+impl ClientContext for SubContext {}
+
+impl ConsumerContext for SubContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                let partitions: Vec<i32> = tpl
+                    .elements_for_topic(&self.shared.topic)
+                    .iter()
+                    .map(|e| e.partition())
+                    .collect();
+                self.shared
+                    .wait_until(REVOKE_WAIT, "of revoked partitions", |st| {
+                        st.tracker.in_flight(&partitions) == 0
+                    });
+                let commits = {
+                    let mut st = self.shared.state.lock();
+                    st.held.retain(|r| !partitions.contains(&r.partition));
+                    st.tracker.revoke(&partitions)
+                };
+                if let Err(e) = commit(consumer, &self.shared.topic, &commits, CommitMode::Sync) {
+                    tracing::warn!(topic = %self.shared.topic, error = %e, "commit on revocation failed; the next owner reads those events again");
+                }
+                tracing::debug!(topic = %self.shared.topic, ?partitions, "partitions revoked");
+            }
+            Rebalance::Assign(_) => {}
+            Rebalance::Error(e) => {
+                tracing::warn!(topic = %self.shared.topic, error = %e, "rebalance failed")
+            }
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            tracing::debug!(topic = %self.shared.topic, partitions = tpl.count(), "partitions assigned");
+            // Newly assigned partitions start unpaused; keep them in step with the rest.
+            let paused = self.shared.state.lock().paused;
+            if paused && let Err(e) = consumer.pause(tpl) {
+                tracing::warn!(topic = %self.shared.topic, error = %e, "pausing assigned partitions failed");
+            }
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            tracing::warn!(topic = %self.shared.topic, error = %e, "offset commit failed; retrying at the next commit");
+            let mut st = self.shared.state.lock();
+            for elem in offsets.elements_for_topic(&self.shared.topic) {
+                if let Offset::Offset(o) = elem.offset() {
+                    st.tracker.commit_failed(elem.partition(), o);
+                }
+            }
+        }
+    }
+}
+
+fn commit(
+    consumer: &BaseConsumer<SubContext>,
+    topic: &str,
+    offsets: &[(i32, i64)],
+    mode: CommitMode,
+) -> KafkaResult<()> {
+    if offsets.is_empty() {
+        return Ok(());
+    }
+    let mut tpl = TopicPartitionList::with_capacity(offsets.len());
+    for (partition, offset) in offsets {
+        tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
+    }
+    consumer.commit(&tpl, mode)
+}
+
+/// The subscription as the runtime holds it.
+pub(crate) struct BrokerSubscription {
+    shared: Arc<Shared>,
+    finished: oneshot::Receiver<Result<(), SubscribeError>>,
+}
+
+impl Running for BrokerSubscription {
+    fn close(self: Box<Self>) -> BoxFuture<'static, Result<(), SubscribeError>> {
+        self.shared.stop.store(true, Ordering::Release);
+        Box::pin(async move {
+            match self.finished.await {
+                Ok(result) => result,
+                Err(_) => Err(transport_error(
+                    "the consumer thread ended without reporting".to_string(),
+                )),
+            }
+        })
+    }
+}
+
+/// Creates the group consumer for `spec` and starts its thread.
+pub(crate) fn start(
+    base: &ClientConfig,
+    spec: SubscribeSpec,
+    sink: mpsc::Sender<Delivery>,
+    commit_interval: Duration,
+) -> Result<BrokerSubscription, SubscribeError> {
+    let runtime = tokio::runtime::Handle::try_current()
+        .map_err(|e| transport_error(format!("a subscription needs a tokio runtime: {e}")))?;
+    let mut config = base.clone();
+    config
+        .set("group.id", &spec.group)
+        // Offsets move only when the runtime acknowledged, through explicit commits.
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        .set(
+            "auto.offset.reset",
+            match spec.start_from {
+                StartFrom::Earliest => "earliest",
+                StartFrom::Latest => "latest",
+            },
+        );
+    let (outcomes_tx, outcomes_rx) = std_mpsc::channel();
+    let shared = Arc::new(Shared {
+        topic: spec.topic.clone(),
+        stop: AtomicBool::new(false),
+        state: Mutex::new(State {
+            tracker: Default::default(),
+            outcomes: outcomes_rx,
+            outstanding: 0,
+            held: VecDeque::new(),
+            paused: false,
+        }),
+    });
+    let consumer: BaseConsumer<SubContext> = config
+        .create_with_context(SubContext {
+            shared: shared.clone(),
+        })
+        .map_err(|e| SubscribeError::Invalid(format!("consumer settings: {e}")))?;
+    consumer
+        .subscribe(&[spec.topic.as_str()])
+        .map_err(|e| transport_error(format!("subscribing to {:?}: {e}", spec.topic)))?;
+    let (finished_tx, finished) = oneshot::channel();
+    let worker = Worker {
+        consumer,
+        shared: shared.clone(),
+        sink,
+        outcomes: outcomes_tx,
+        runtime,
+        in_flight_max: spec.in_flight_max.max(1),
+        commit_interval,
+    };
+    std::thread::Builder::new()
+        .name("herald-consumer".to_string())
+        .spawn(move || {
+            let _ = finished_tx.send(worker.run());
+        })
+        .map_err(|e| transport_error(format!("cannot start the consumer thread: {e}")))?;
+    Ok(BrokerSubscription { shared, finished })
+}
+
+struct Worker {
+    consumer: BaseConsumer<SubContext>,
+    shared: Arc<Shared>,
+    sink: mpsc::Sender<Delivery>,
+    outcomes: std_mpsc::Sender<Finished>,
+    runtime: tokio::runtime::Handle,
+    in_flight_max: usize,
+    commit_interval: Duration,
+}
+
+impl Worker {
+    fn run(self) -> Result<(), SubscribeError> {
+        let topic = self.shared.topic.clone();
+        let mut last_commit = Instant::now();
+        // Reading resumes once half the in-flight room is free, so a full subscription does
+        // not pause and resume for every single event.
+        let resume_at = self.in_flight_max / 2;
+        loop {
+            // A closed sink means the runtime is gone (its subscription was dropped with the
+            // tokio runtime): nothing more can be handled.
+            if self.shared.stop.load(Ordering::Acquire) || self.sink.is_closed() {
+                break;
+            }
+            let (outstanding, paused) = {
+                let mut st = self.shared.state.lock();
+                st.drain();
+                (st.outstanding, st.paused)
+            };
+            if last_commit.elapsed() >= self.commit_interval {
+                let commits = self.shared.state.lock().tracker.take_commits();
+                if let Err(e) = commit(&self.consumer, &topic, &commits, CommitMode::Async) {
+                    tracing::warn!(%topic, error = %e, "offset commit failed; retrying at the next commit");
+                    let mut st = self.shared.state.lock();
+                    for (p, o) in commits {
+                        st.tracker.commit_failed(p, o);
+                    }
+                }
+                last_commit = Instant::now();
+            }
+            if !paused && outstanding >= self.in_flight_max {
+                self.set_paused(true);
+                continue;
+            }
+            if paused {
+                if outstanding <= resume_at {
+                    self.set_paused(false);
+                    continue;
+                }
+                self.shared.state.lock().wait_one(POLL_WAIT);
+                // Serve rebalance and commit callbacks; a record may still arrive from before
+                // the pause took effect.
+                if let Some(Ok(m)) = self.consumer.poll(Duration::ZERO) {
+                    let r = record_of(&m);
+                    self.shared.state.lock().held.push_back(r);
+                }
+                continue;
+            }
+            let held = self.shared.state.lock().held.pop_front();
+            let next = match held {
+                Some(r) => Some(r),
+                None => match self.consumer.poll(POLL_WAIT) {
+                    None => None,
+                    Some(Ok(m)) => Some(record_of(&m)),
+                    Some(Err(e)) => {
+                        tracing::warn!(%topic, error = %e, "consumer error");
+                        None
+                    }
+                },
+            };
+            if let Some(r) = next
+                && !self.deliver(r)
+            {
+                break;
+            }
+        }
+        self.finish()
+    }
+
+    /// Hands one record to the runtime; false if the runtime is gone.
+    fn deliver(&self, r: Record) -> bool {
+        let (done, outcome) = oneshot::channel();
+        {
+            let mut st = self.shared.state.lock();
+            st.tracker.delivered(r.partition, r.offset);
+            st.outstanding += 1;
+        }
+        let delivery = Delivery {
+            event: r.event,
+            lane: r.lane,
+            done,
+        };
+        if self.sink.blocking_send(delivery).is_err() {
+            let mut st = self.shared.state.lock();
+            st.record(Finished {
+                partition: r.partition,
+                offset: r.offset,
+                acked: false,
+            });
+            return false;
+        }
+        let outcomes = self.outcomes.clone();
+        let (partition, offset) = (r.partition, r.offset);
+        self.runtime.spawn(async move {
+            // A runtime that dropped the delivery without an answer did not handle it.
+            let acked = matches!(outcome.await, Ok(Outcome::Ack));
+            let _ = outcomes.send(Finished {
+                partition,
+                offset,
+                acked,
+            });
+        });
+        true
+    }
+
+    fn set_paused(&self, pause: bool) {
+        let result = self.consumer.assignment().and_then(|assigned| {
+            if pause {
+                self.consumer.pause(&assigned)
+            } else {
+                self.consumer.resume(&assigned)
+            }
+        });
+        if let Err(e) = result {
+            tracing::warn!(topic = %self.shared.topic, error = %e, pause, "pausing or resuming partitions failed");
+        }
+        self.shared.state.lock().paused = pause;
+    }
+
+    /// Waits for the deliveries handed out, commits what they acknowledged, leaves the group.
+    fn finish(self) -> Result<(), SubscribeError> {
+        if self.sink.is_closed() {
+            // The runtime is gone with its handlers: no outcome will come; take what did.
+            self.shared.state.lock().drain();
+        } else {
+            self.shared
+                .wait_until(CLOSE_WAIT, "at close", |st| st.outstanding == 0);
+        }
+        let commits = self.shared.state.lock().tracker.take_commits();
+        let committed = commit(
+            &self.consumer,
+            &self.shared.topic,
+            &commits,
+            CommitMode::Sync,
+        );
+        self.consumer.unsubscribe();
+        // Dropping the consumer closes it: librdkafka revokes the partitions (our callback
+        // finds nothing left to commit) and sends LeaveGroup, so the group rebalances at once.
+        drop(self.consumer);
+        committed.map_err(|e| transport_error(format!("final offset commit failed: {e}")))
+    }
+}
+
+fn record_of(m: &BorrowedMessage<'_>) -> Record {
+    let key = m.key().map(Bytes::copy_from_slice);
+    let payload = m.payload().map(Bytes::copy_from_slice).unwrap_or_default();
+    let headers = m
+        .headers()
+        .map(|hs| {
+            hs.iter()
+                .map(|h| {
+                    (
+                        h.key.to_string(),
+                        h.value.map(Bytes::copy_from_slice).unwrap_or_default(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let timestamp = m
+        .timestamp()
+        .to_millis()
+        .and_then(|ms| u64::try_from(ms).ok())
+        .map(unix_ms_to_system);
+    // One key's events share a partition and arrive in offset order, so hashing the key keeps
+    // them in one lane; keyless records keep their partition's order instead.
+    let lane = match &key {
+        Some(k) => {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            k.hash(&mut h);
+            h.finish()
+        }
+        None => u64::try_from(m.partition()).unwrap_or(0),
+    };
+    Record {
+        partition: m.partition(),
+        offset: m.offset(),
+        lane,
+        event: Event::from_wire(key, payload, headers, timestamp),
+    }
+}

@@ -1,0 +1,303 @@
+//! The two binaries as separate processes over a real Herald broker (in-process, on a temporary
+//! directory and a free port): a crashed SMS service loses nothing and sends nothing twice, a
+//! restarted notification service rebuilds its view from the topics, and a provider that always
+//! fails ends in `failed` results and dead letters.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+
+use bytes::Bytes;
+use herald::{Bus, Event, HEADER_DLQ_ATTEMPTS, HEADER_DLQ_GROUP};
+use herald_broker::{Broker, BrokerConfig};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, ChildStdout, Command};
+
+use crate::support::{PATIENCE, provider_log, wait_for};
+
+/// A session timeout as short as the broker allows, so a killed sms-service's partitions move
+/// to its successor soon.
+const SESSION_TIMEOUT_MS: &str = "6000";
+
+struct TestBroker {
+    broker: Broker,
+    bootstrap: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn start_broker() -> TestBroker {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(BrokerConfig {
+        data_dir: dir.path().to_path_buf(),
+        kafka_addr: "127.0.0.1:0".parse().unwrap(),
+        ..BrokerConfig::default()
+    })
+    .await
+    .unwrap();
+    TestBroker {
+        bootstrap: broker.kafka_addr().to_string(),
+        broker,
+        _dir: dir,
+    }
+}
+
+/// A running `notification-service` and the address it serves HTTP on.
+struct NotificationService {
+    child: Child,
+    addr: SocketAddr,
+    /// Held open so the process never writes to a closed pipe.
+    _stdout: BufReader<ChildStdout>,
+}
+
+async fn start_notification_service(bootstrap: &str, extra: &[&str]) -> NotificationService {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_notification-service"))
+        .args(["--listen", "127.0.0.1:0", "--bootstrap", bootstrap])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    tokio::time::timeout(PATIENCE, stdout.read_line(&mut line))
+        .await
+        .expect("notification-service did not start in time")
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .parse()
+        .unwrap();
+    NotificationService {
+        child,
+        addr,
+        _stdout: stdout,
+    }
+}
+
+fn start_sms_service(bootstrap: &str, log: &Path, extra: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_sms-service"))
+        .args(["--bootstrap", bootstrap, "--provider-log"])
+        .arg(log)
+        .args(["--session-timeout-ms", SESSION_TIMEOUT_MS])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// Asks `child` to stop with SIGTERM and returns how it exited.
+async fn terminate(child: &mut Child) -> ExitStatus {
+    let pid = child.id().expect("the child is still running");
+    // SAFETY: kill(2) only sends a signal; the pid is our own child, which has not been reaped
+    // (we still hold its handle), so it cannot name another process.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(rc, 0, "kill(SIGTERM) failed");
+    tokio::time::timeout(PATIENCE, child.wait())
+        .await
+        .expect("the service did not stop after SIGTERM")
+        .unwrap()
+}
+
+/// One HTTP/1.1 exchange with a minimal hyper client; the answer's status and JSON body.
+async fn http(addr: SocketAddr, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string())
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {bytes:?}"));
+    (status, value)
+}
+
+async fn post(addr: SocketAddr, to: &str, text: &str) -> String {
+    let (status, body) = http(
+        addr,
+        "POST",
+        "/notifications",
+        Some(json!({"to": to, "text": text})),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    body["id"].as_str().unwrap().to_string()
+}
+
+async fn get(addr: SocketAddr, id: &str) -> (u16, Value) {
+    http(addr, "GET", &format!("/notifications/{id}"), None).await
+}
+
+async fn wait_status(addr: SocketAddr, id: &str, want: &str) -> Value {
+    wait_for(&format!("notification {id} to be {want}"), || async {
+        let (status, body) = get(addr, id).await;
+        (status == 200 && body["status"] == want).then_some(body)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_sms_service_loses_nothing_and_sends_nothing_twice() {
+    let broker = start_broker().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("provider.log");
+    let mut web = start_notification_service(&broker.bootstrap, &[]).await;
+    let mut sms = start_sms_service(&broker.bootstrap, &log, &[]);
+
+    // The group is up and working before the crash.
+    let mut ids = vec![post(web.addr, "+4410000", "before the crash").await];
+    wait_status(web.addr, &ids[0], "sent").await;
+    sms.kill().await.unwrap();
+
+    // While nobody sends, notifications are stored and stay pending.
+    for i in 0..5 {
+        let to = format!("+44100{:02}", i % 3);
+        ids.push(post(web.addr, &to, &format!("message {i}")).await);
+    }
+    for id in &ids[1..] {
+        let (status, body) = get(web.addr, id).await;
+        assert_eq!(status, 200);
+        assert_eq!(body["status"], "pending", "{body}");
+    }
+    assert_eq!(provider_log(&log).len(), 1);
+
+    // The restarted service resumes where the group left off.
+    let mut sms = start_sms_service(&broker.bootstrap, &log, &[]);
+    for id in &ids {
+        let body = wait_status(web.addr, id, "sent").await;
+        assert!(body["to"].as_str().unwrap().starts_with("+44100"), "{body}");
+    }
+    let sent: Vec<String> = provider_log(&log)
+        .iter()
+        .map(|s| s.id.to_string())
+        .collect();
+    for id in &ids {
+        let times = sent.iter().filter(|s| *s == id).count();
+        assert_eq!(times, 1, "{id} sent {times} times: {sent:?}");
+    }
+    assert_eq!(sent.len(), ids.len(), "{sent:?}");
+
+    // A restarted notification service rebuilds every status from the topics.
+    assert!(terminate(&mut web.child).await.success());
+    let mut web = start_notification_service(&broker.bootstrap, &[]).await;
+    for id in &ids {
+        wait_status(web.addr, id, "sent").await;
+    }
+    let (status, _) = get(web.addr, &herald::EventId::new().to_string()).await;
+    assert_eq!(status, 404);
+
+    assert!(terminate(&mut web.child).await.success());
+    assert!(terminate(&mut sms).await.success());
+    assert_eq!(provider_log(&log).len(), ids.len());
+    broker.broker.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_provider_never_takes_is_failed_and_dead_lettered() {
+    let broker = start_broker().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("provider.log");
+    let mut web = start_notification_service(&broker.bootstrap, &[]).await;
+    let mut sms = start_sms_service(
+        &broker.bootstrap,
+        &log,
+        &["--fail-rate", "1", "--attempts", "3", "--backoff-ms", "10"],
+    );
+
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(post(web.addr, &format!("+4420000{i}"), "never arrives").await);
+    }
+    for id in &ids {
+        let body = wait_status(web.addr, id, "failed").await;
+        assert_eq!(body["attempts"], 3, "{body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("unavailable"),
+            "{body}"
+        );
+    }
+    assert!(provider_log(&log).is_empty());
+
+    // The dead letters are on sms.dlq for anyone to inspect or replay.
+    let bus = Bus::builder()
+        .broker(&broker.bootstrap)
+        .connect()
+        .await
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+    let reader = bus
+        .subscribe("sms.dlq")
+        .group("test-dlq-reader")
+        .handle(move |event: Event| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(event);
+                Ok(())
+            }
+        })
+        .await
+        .unwrap();
+    let mut dead = Vec::new();
+    while dead.len() < ids.len() {
+        let event = tokio::time::timeout(PATIENCE, rx.recv())
+            .await
+            .expect("dead letters did not arrive in time")
+            .unwrap();
+        assert_eq!(event.header_str(HEADER_DLQ_ATTEMPTS), Some("3"));
+        assert_eq!(event.header_str(HEADER_DLQ_GROUP), Some("sms-service"));
+        dead.push(event.id.to_string());
+    }
+    dead.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(dead, want);
+    reader.shutdown().await.unwrap();
+    bus.close().await;
+
+    assert!(terminate(&mut web.child).await.success());
+    assert!(terminate(&mut sms).await.success());
+    broker.broker.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_broker_does_not_store_gets_503() {
+    let broker = start_broker().await;
+    let web =
+        start_notification_service(&broker.bootstrap, &["--publish-timeout-ms", "1000"]).await;
+    broker.broker.shutdown().await.unwrap();
+    drop(broker);
+
+    let (status, body) = http(
+        web.addr,
+        "POST",
+        "/notifications",
+        Some(json!({"to": "+4412345", "text": "nobody stores this"})),
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("did not store"),
+        "{body}"
+    );
+    // The id comes back too, so a caller can look the request up should it have been stored.
+    let id = body["id"].as_str().unwrap();
+    let (status, _) = get(web.addr, id).await;
+    assert_eq!(status, 404);
+}
