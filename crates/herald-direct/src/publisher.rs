@@ -808,7 +808,9 @@ impl Shared {
             if s.state != MemberState::Up
                 || h.topic != topic
                 || h.group != group
-                || s.conn.is_none()
+                // A connection already known to be gone is skipped even before its reader has
+                // noticed and taken it out of the slot.
+                || s.conn.as_ref().is_none_or(|c| c.pending.lock().is_none())
             {
                 continue;
             }
@@ -960,6 +962,14 @@ async fn deliver(
                 }
             }
             Ok(Ok(Reply::Lost)) | Ok(Err(_)) => {
+                if matches!(outcome, Ok(Ok(Reply::Lost))) {
+                    // The connection is gone (its writer has ended, or it was failed already).
+                    // Fail it for every sender now: until its reader notices and takes it out
+                    // of the slot, a pick could choose it again and again, each attempt failing
+                    // at once without yielding, which would starve that very reader until the
+                    // deadline.
+                    fail_pending(&conn);
+                }
                 tried.insert(addr);
                 last = format!("connection to {addr} lost");
                 tracing::debug!(%addr, id = %uuid::Uuid::from_u128(event.id), "retrying on another member after a lost connection");
