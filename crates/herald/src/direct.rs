@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use futures::FutureExt;
 use herald_direct::{
     BoxFuture as MemberFuture, DatagramError, Handler, Member, MemberConfig, Message, Publisher,
     PublisherConfig, Received, RequestContext as MemberRequestContext, StartError,
@@ -292,6 +293,8 @@ impl NativeRequests for DirectTransport {
                 .request_until(message(topic, event), deadline)
                 .await
                 .map_err(request_error)?;
+            // A response frame carries only bytes: the reply is the replier's payload, keeping
+            // the request's key and correlated to it (the replier's headers do not travel).
             Ok(Event::result_of(&request, value))
         })
     }
@@ -510,9 +513,13 @@ impl Handler for ReplierHandler {
         let replier = self.replier.clone();
         Box::pin(async move {
             let event = Event::from_wire(request.key, request.value, request.headers, None);
-            match replier(event, ctx.deadline()).await {
-                Ok(reply) => Ok(reply.payload),
-                Err(e) => Err(e.message().to_string()),
+            // A panicking replier fails its request instead of leaving the caller to wait for
+            // the deadline (and the member's slot for it taken forever).
+            let run = std::panic::AssertUnwindSafe(replier(event, ctx.deadline()));
+            match run.catch_unwind().await {
+                Ok(Ok(reply)) => Ok(reply.payload),
+                Ok(Err(e)) => Err(e.message().to_string()),
+                Err(_) => Err("the replier panicked".to_string()),
             }
         })
     }

@@ -106,6 +106,15 @@
 //! // Datagrams: one UDP datagram per event, at most once; receivers count what was lost.
 //! let telemetry = Bus::connect("datagram://mdns").await?;
 //! telemetry.publish("telemetry", Event::new("t=21.5")).await?;
+//! let station = Bus::connect("datagram://mdns").await?;
+//! let readings = station
+//!     .subscribe("telemetry")
+//!     .group("station-1")
+//!     .handle(|_e: Event| async { Ok(()) })
+//!     .await?;
+//! for sender in readings.datagram_loss() {
+//!     println!("{}: received {} lost {}", sender.publisher, sender.received, sender.lost);
+//! }
 //! # Ok(()) }
 //! ```
 //!

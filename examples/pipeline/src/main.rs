@@ -101,21 +101,21 @@ async fn run(args: &Args) -> anyhow::Result<u32> {
             .request(&topic(JOINTS[0]), Event::new(format!("move {n}")))
             .deadline(deadline)
             .await;
-        let ms = started.elapsed().as_millis();
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
         match result {
             Ok(reply) => {
                 completed += 1;
                 println!(
-                    "move {n}: done in {ms} ms: {}",
+                    "move {n}: done in {ms:.2} ms: {}",
                     String::from_utf8_lossy(&reply.payload)
                 );
             }
             Err(RequestError::DeadlineExceeded) => {
                 println!(
-                    "move {n}: failed after {ms} ms: deadline exceeded, the whole chain gave up"
+                    "move {n}: failed after {ms:.0} ms: deadline exceeded, the whole chain gave up"
                 )
             }
-            Err(e) => println!("move {n}: failed after {ms} ms: {e}"),
+            Err(e) => println!("move {n}: failed after {ms:.0} ms: {e}"),
         }
     }
     // Stopping a joint waits for its work in flight, so every joint has reported by now.
@@ -153,7 +153,9 @@ async fn serve_joint(
                     joint,
                     what: Some(what.clone()),
                 };
-                tokio::time::sleep(work).await;
+                if !work.is_zero() {
+                    tokio::time::sleep(work).await;
+                }
                 let path = match next {
                     Some(next) => {
                         // The nested request inherits the caller's deadline through `ctx`.

@@ -365,7 +365,8 @@ impl Transport for BrokerTransport {
             }
             self.ensure_topic(&spec.topic).await?;
             let running =
-                consumer::start(&self.client_base, spec, sink, self.settings.commit_interval)?;
+                consumer::start(&self.client_base, spec, sink, self.settings.commit_interval)
+                    .await?;
             Ok(Box::new(running) as Box<dyn Running>)
         })
     }

@@ -537,3 +537,56 @@ async fn oversized_events_are_refused_as_too_large() {
         other => panic!("expected too large, got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latest_starts_after_subscribe_and_resumes_from_commits() {
+    let broker = HeraldBroker::start().await;
+    let bus = Bus::connect(&broker.url()).await.unwrap();
+    let t = topic("latest");
+    broker.create_topic(&t, 2).await;
+    for i in 0..10 {
+        bus.publish(&t, Event::new(format!("old-{i}")).with_key(format!("k{i}")))
+            .await
+            .unwrap();
+    }
+    let subscribe = || {
+        let (tx, rx) = unbounded_channel();
+        let sub = bus
+            .subscribe(&t)
+            .group("late")
+            .start_from(herald::StartFrom::Latest)
+            .handle(move |e: Event| {
+                let tx = tx.clone();
+                async move {
+                    tx.send(String::from_utf8(e.payload.to_vec()).unwrap()).ok();
+                    Ok(())
+                }
+            });
+        async move { (sub.await.unwrap(), rx) }
+    };
+    let (sub, mut rx) = subscribe().await;
+    // Published the moment subscribe returned: seen, and nothing from before it.
+    bus.publish(&t, Event::new("new").with_key("k0"))
+        .await
+        .unwrap();
+    assert_eq!(recv(&mut rx).await, "new");
+    let stats = sub.shutdown().await.unwrap();
+    assert_eq!(stats.handled, 1);
+    // The group resumes where it was on every partition, also the one where it handled
+    // nothing, even though it starts from the latest.
+    let mut away = BTreeSet::new();
+    for i in 0..10 {
+        let body = format!("away-{i}");
+        bus.publish(&t, Event::new(body.clone()).with_key(format!("k{i}")))
+            .await
+            .unwrap();
+        away.insert(body);
+    }
+    let (sub, mut rx) = subscribe().await;
+    let mut got = BTreeSet::new();
+    while got.len() < away.len() {
+        got.insert(recv(&mut rx).await);
+    }
+    assert_eq!(got, away);
+    sub.shutdown().await.unwrap();
+}

@@ -558,3 +558,32 @@ async fn a_failing_replier_reaches_the_caller_as_failed() {
     }
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_replier_fails_the_request_at_once() {
+    let bus = Bus::connect("direct://").await.unwrap();
+    let t = topic("panics");
+    let server = bus
+        .serve(&t)
+        .bind(loopback())
+        .reply(|req: Event, _ctx| async move {
+            if req.payload == "boom" {
+                panic!("replier bug");
+            }
+            Ok(Event::new("fine"))
+        })
+        .await
+        .unwrap();
+    // Long deadline: the failure must come from the panic, not from the deadline.
+    match bus.request(&t, Event::new("boom")).deadline(WAIT).await {
+        Err(RequestError::Failed(m)) => assert!(m.contains("panicked"), "{m}"),
+        other => panic!("expected the replier's failure, got {other:?}"),
+    }
+    let reply = bus
+        .request(&t, Event::new("ok"))
+        .deadline(WAIT)
+        .await
+        .unwrap();
+    assert_eq!(reply.payload, "fine");
+    server.shutdown().await.unwrap();
+}
