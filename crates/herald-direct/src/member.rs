@@ -9,9 +9,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::error::StartError;
@@ -42,7 +42,8 @@ pub struct MemberConfig {
     pub datagram_payload_bytes_max: usize,
     /// Kernel receive buffer asked for on the UDP socket, so bursts are queued, not dropped.
     pub udp_recv_buffer_bytes: usize,
-    /// Frames queued for one connection's writer before the reader stops taking new frames.
+    /// Frames queued for one connection's writer task (replies that could not be written at once
+    /// because the socket was full or other frames were ahead of them) before their senders wait.
     pub send_queue_frames_max: usize,
     /// Distinct datagram publishers tracked for gap counting.
     pub publishers_max: usize,
@@ -380,6 +381,12 @@ async fn accept_loop(
     }
 }
 
+/// Reply bytes the reader gathers from one read's worth of frames before it writes them (or waits
+/// for room), so pipelined acks share a system call and the batch stays bounded.
+const REPLY_BATCH_BYTES_MAX: usize = 64 * 1024;
+/// Bytes the writer task gathers from its queue into one write.
+const WRITE_BATCH_BYTES_MAX: usize = 256 * 1024;
+
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
@@ -387,8 +394,8 @@ async fn serve_connection(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let (mut reader, writer) = stream.into_split();
-    let (tx, rx) = mpsc::channel::<Frame>(shared.config.send_queue_frames_max);
-    let writer_task = tokio::spawn(write_loop(writer, rx));
+    let (conn, rx) = ConnWriter::new(writer, shared.config.send_queue_frames_max);
+    let writer_task = tokio::spawn(write_loop(conn.writer.clone(), conn.shared.clone(), rx));
     let hello = Frame::Hello(Hello {
         member_id: shared.member_id,
         topic: shared.config.topic.clone(),
@@ -396,15 +403,22 @@ async fn serve_connection(
         capacity: shared.config.capacity,
         frame_bytes_max: shared.config.frame_bytes_max.min(u32::MAX as usize) as u32,
     });
-    if tx.send(hello).await.is_err() {
+    if conn.send(hello).await.is_err() {
         return;
     }
     let mut buf = BytesMut::with_capacity(64 * 1024);
+    // Replies decided while reading (acks of handlers that finished at once, refusals, pongs):
+    // written from this task after the frames at hand are handled, with no hop to another task.
+    let mut batch = BytesMut::with_capacity(4 * 1024);
     'conn: loop {
         loop {
             match frame::decode_stream(&mut buf, shared.config.frame_bytes_max) {
                 Ok(Some(frame)) => {
-                    if !on_frame(frame, &shared, &tx).await {
+                    if !on_frame(frame, &shared, &conn, &mut batch).await {
+                        break 'conn;
+                    }
+                    if batch.len() >= REPLY_BATCH_BYTES_MAX && conn.flush(&mut batch).await.is_err()
+                    {
                         break 'conn;
                     }
                 }
@@ -416,40 +430,282 @@ async fn serve_connection(
                 }
             }
         }
+        if conn.flush(&mut batch).await.is_err() {
+            break;
+        }
         tokio::select! {
             read = reader.read_buf(&mut buf) => match read {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {}
             },
             _ = async { let _ = shutdown.wait_for(|down| *down).await; } => {
-                let _ = tx.send(Frame::Goodbye).await;
+                let _ = conn.send(Frame::Goodbye).await;
                 break;
             }
         }
     }
-    drop(tx);
+    // Replies to events handled before the connection ended still go out, as they would have
+    // through the writer task.
+    let _ = conn.flush(&mut batch).await;
+    drop(conn);
     let _ = writer_task.await;
     tracing::debug!(%peer, "producer connection closed");
 }
 
-/// Writes frames in batches: whatever is queued is encoded into one buffer and written at once,
-/// so pipelined acks share system calls.
-async fn write_loop(mut writer: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Receiver<Frame>) {
+/// The write side of one producer connection, shared by its reader and its handler tasks.
+///
+/// While nothing is queued for the writer task, a reply is written by the task that has it (one
+/// non-blocking write under the lock, so frames never interleave): the reader writes the replies
+/// it decided at once, a handler task writes its own ack. That saves the hop to the writer task
+/// (a task switch and a wake-up) on every round trip. Whatever a non-blocking write leaves
+/// unwritten is queued ahead of everything else, so a frame is never left half-written; frames
+/// that find the socket full or other frames queued go through the writer task, which batches
+/// them into shared writes.
+struct ConnWriter {
+    writer: Arc<tokio::net::tcp::OwnedWriteHalf>,
+    shared: Arc<WriteShared>,
+    tx: mpsc::Sender<Out>,
+}
+
+/// What a connection's writer task shares with the tasks that write inline.
+struct WriteShared {
+    state: Mutex<WriteState>,
+    /// Signalled when the queue empties (or the writer task ends), for a reader waiting to write.
+    drained: Notify,
+}
+
+#[derive(Default)]
+struct WriteState {
+    /// Frames handed to the writer task and not yet completely written.
+    queued: usize,
+    /// The writer task has ended or a write failed: the connection is gone.
+    closed: bool,
+    /// Encoding buffer of the inline path, kept to avoid an allocation per reply.
+    scratch: BytesMut,
+}
+
+/// What the writer task sends: a frame, or the unwritten rest of bytes a task started writing.
+enum Out {
+    Frame(Frame),
+    Raw(Bytes),
+}
+
+/// What an inline write attempt did.
+enum Inline {
+    /// Written, or its unwritten rest queued first in line.
+    Sent,
+    /// Nothing written: other frames are queued ahead.
+    Busy,
+    /// Nothing written: the socket's send buffer is full.
+    WouldBlock,
+    /// The connection is gone.
+    Closed,
+}
+
+/// The connection is gone; the frame was not sent.
+#[derive(Debug)]
+struct Closed;
+
+impl ConnWriter {
+    fn new(
+        writer: tokio::net::tcp::OwnedWriteHalf,
+        send_queue_frames_max: usize,
+    ) -> (Arc<ConnWriter>, mpsc::Receiver<Out>) {
+        let (tx, rx) = mpsc::channel(send_queue_frames_max.max(1));
+        let conn = ConnWriter {
+            writer: Arc::new(writer),
+            shared: Arc::new(WriteShared {
+                state: Mutex::new(WriteState::default()),
+                drained: Notify::new(),
+            }),
+            tx,
+        };
+        (Arc::new(conn), rx)
+    }
+
+    /// One non-blocking write of `bytes`; the caller holds the state lock and has checked that
+    /// nothing is queued.
+    fn write_now(&self, state: &mut WriteState, bytes: &[u8]) -> Inline {
+        match self.writer.try_write(bytes) {
+            Ok(n) if n == bytes.len() => Inline::Sent,
+            Ok(n) => {
+                let rest = Bytes::copy_from_slice(&bytes[n..]);
+                // Nothing is queued, so only a closed channel refuses this.
+                match self.tx.try_send(Out::Raw(rest)) {
+                    Ok(()) => {
+                        state.queued += 1;
+                        Inline::Sent
+                    }
+                    Err(_) => {
+                        state.closed = true;
+                        Inline::Closed
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Inline::WouldBlock,
+            Err(_) => {
+                state.closed = true;
+                Inline::Closed
+            }
+        }
+    }
+
+    /// Sends one frame: written at once when the way is clear, queued for the writer task
+    /// otherwise (waiting for room in the queue).
+    async fn send(&self, frame: Frame) -> Result<(), Closed> {
+        {
+            let mut guard = self.shared.state.lock();
+            let state = &mut *guard;
+            if state.closed {
+                return Err(Closed);
+            }
+            if state.queued == 0 {
+                let mut scratch = std::mem::take(&mut state.scratch);
+                scratch.clear();
+                frame::encode(&frame, &mut scratch);
+                let outcome = self.write_now(state, &scratch);
+                state.scratch = scratch;
+                match outcome {
+                    Inline::Sent => return Ok(()),
+                    Inline::Closed => return Err(Closed),
+                    Inline::Busy | Inline::WouldBlock => {}
+                }
+            }
+        }
+        self.send_queued(Out::Frame(frame)).await
+    }
+
+    /// Queues a frame for the writer task, waiting for room.
+    async fn send_queued(&self, out: Out) -> Result<(), Closed> {
+        self.shared.state.lock().queued += 1;
+        let mut guard = QueuedGuard {
+            shared: &self.shared,
+            armed: true,
+        };
+        let sent = self.tx.send(out).await.is_ok();
+        // Once in the channel the writer task accounts for the frame.
+        guard.armed = !sent;
+        if sent { Ok(()) } else { Err(Closed) }
+    }
+
+    /// Writes the reader's batch of replies and empties it. When frames are queued ahead, or the
+    /// socket is full, the reader waits here: that is the back-pressure that stops it taking new
+    /// events from a producer that does not read its acks.
+    async fn flush(&self, batch: &mut BytesMut) -> Result<(), Closed> {
+        while !batch.is_empty() {
+            let drained = self.shared.drained.notified();
+            let outcome = {
+                let mut state = self.shared.state.lock();
+                if state.closed {
+                    Inline::Closed
+                } else if state.queued != 0 {
+                    Inline::Busy
+                } else {
+                    self.write_now(&mut state, batch)
+                }
+            };
+            match outcome {
+                Inline::Sent => batch.clear(),
+                Inline::Closed => return Err(Closed),
+                Inline::Busy => drained.await,
+                Inline::WouldBlock => {
+                    if self.writer.writable().await.is_err() {
+                        self.shared.state.lock().closed = true;
+                        return Err(Closed);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Undoes a queued count for a frame that never reached the channel (send failed or the sending
+/// future was dropped), so the inline path is not blocked forever.
+struct QueuedGuard<'a> {
+    shared: &'a WriteShared,
+    armed: bool,
+}
+
+impl Drop for QueuedGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let mut state = self.shared.state.lock();
+            state.queued = state.queued.saturating_sub(1);
+            let drained = state.queued == 0;
+            drop(state);
+            if drained {
+                self.shared.drained.notify_waiters();
+            }
+        }
+    }
+}
+
+/// Marks the connection closed when the writer task ends, however it ends, and wakes a reader
+/// waiting for the queue to drain.
+struct WriterExit<'a>(&'a WriteShared);
+
+impl Drop for WriterExit<'_> {
+    fn drop(&mut self) {
+        self.0.state.lock().closed = true;
+        self.0.drained.notify_waiters();
+    }
+}
+
+fn encode_out(out: &Out, buf: &mut BytesMut) {
+    match out {
+        Out::Frame(frame) => frame::encode(frame, buf),
+        Out::Raw(bytes) => buf.extend_from_slice(bytes),
+    }
+}
+
+/// Writes queued frames in batches: whatever is queued is encoded into one buffer and written at
+/// once, so replies that found the way blocked share system calls. Ends when every sender is gone
+/// (dropping the last handle to the write half then shuts the write side down) or a write fails.
+async fn write_loop(
+    writer: Arc<tokio::net::tcp::OwnedWriteHalf>,
+    shared: Arc<WriteShared>,
+    mut rx: mpsc::Receiver<Out>,
+) {
+    let _exit = WriterExit(&shared);
     let mut buf = BytesMut::with_capacity(64 * 1024);
-    while let Some(frame) = rx.recv().await {
-        frame::encode(&frame, &mut buf);
-        while buf.len() < 256 * 1024 {
+    while let Some(out) = rx.recv().await {
+        encode_out(&out, &mut buf);
+        let mut frames = 1;
+        while buf.len() < WRITE_BATCH_BYTES_MAX {
             match rx.try_recv() {
-                Ok(frame) => frame::encode(&frame, &mut buf),
+                Ok(out) => {
+                    encode_out(&out, &mut buf);
+                    frames += 1;
+                }
                 Err(_) => break,
             }
         }
-        if writer.write_all(&buf).await.is_err() {
-            return;
+        let mut written = 0;
+        while written < buf.len() {
+            if writer.writable().await.is_err() {
+                return;
+            }
+            // Under the lock, so an inline write never lands between two parts of a batch.
+            let result = {
+                let _state = shared.state.lock();
+                writer.try_write(&buf[written..])
+            };
+            match result {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
         }
         buf.clear();
+        let mut state = shared.state.lock();
+        state.queued = state.queued.saturating_sub(frames);
+        let drained = state.queued == 0;
+        drop(state);
+        if drained {
+            shared.drained.notify_waiters();
+        }
     }
-    let _ = writer.shutdown().await;
 }
 
 enum Admit {
@@ -501,61 +757,73 @@ fn finish(shared: &Shared, id: u128, handled: bool, request: bool) {
     }
 }
 
-/// Handles one frame from a producer; returns false when the connection should close.
-async fn on_frame(frame: Frame, shared: &Arc<Shared>, tx: &mpsc::Sender<Frame>) -> bool {
+/// Handles one frame from a producer; returns false when the connection should close. Replies
+/// decided at once are appended to `batch`; handlers that wait reply from their own task.
+async fn on_frame(
+    frame: Frame,
+    shared: &Arc<Shared>,
+    conn: &Arc<ConnWriter>,
+    batch: &mut BytesMut,
+) -> bool {
     match frame {
-        Frame::Event(event) => on_event(event, shared, tx).await,
-        Frame::Request(request) => on_request(request, shared, tx).await,
-        Frame::Ping { nonce } => tx.send(Frame::Pong { nonce }).await.is_ok(),
-        Frame::Pong { .. } => true,
-        Frame::Goodbye => false,
+        Frame::Event(event) => on_event(event, shared, conn, batch).await,
+        Frame::Request(request) => on_request(request, shared, conn, batch).await,
+        Frame::Ping { nonce } => frame::encode(&Frame::Pong { nonce }, batch),
+        Frame::Pong { .. } => {}
+        Frame::Goodbye => return false,
         other => {
             tracing::warn!(
                 ?other,
                 "unexpected frame from a producer; closing this connection"
             );
             shared.state.lock().stats.malformed_frames += 1;
-            false
+            return false;
         }
     }
+    true
 }
 
-async fn on_event(event: WireEvent, shared: &Arc<Shared>, tx: &mpsc::Sender<Frame>) -> bool {
+async fn on_event(
+    event: WireEvent,
+    shared: &Arc<Shared>,
+    conn: &Arc<ConnWriter>,
+    batch: &mut BytesMut,
+) {
     let id = event.id;
     if let Some(nack) = wrong_topic_nack(shared, &event) {
-        return tx.send(nack).await.is_ok();
+        frame::encode(&nack, batch);
+        return;
     }
     match admit(shared, id, true) {
-        Admit::Duplicate => tx.send(Frame::Ack { id }).await.is_ok(),
-        Admit::Refuse(reason, message) => tx
-            .send(Frame::Nack {
+        Admit::Duplicate => frame::encode(&Frame::Ack { id }, batch),
+        Admit::Refuse(reason, message) => frame::encode(
+            &Frame::Nack {
                 id,
                 reason,
                 message: message.into(),
-            })
-            .await
-            .is_ok(),
+            },
+            batch,
+        ),
         Admit::Run => {
             let mut handling = shared
                 .handler
                 .on_event(Received::from_wire(event, Mode::Direct));
-            // A handler that finishes at once is answered from here, saving a task switch on the
-            // latency path; one that waits continues on its own task so the connection keeps
-            // reading (pipelining).
+            // A handler that finishes at once is answered from the reader, saving a task switch
+            // on the latency path; one that waits continues on its own task, which writes its
+            // own reply, so the connection keeps reading (pipelining).
             if let std::task::Poll::Ready(result) = futures::poll!(&mut handling) {
-                let reply = event_reply(id, &result);
                 finish(shared, id, result.is_ok(), false);
-                return tx.send(reply).await.is_ok();
+                frame::encode(&event_reply(id, &result), batch);
+                return;
             }
             let shared = shared.clone();
-            let tx = tx.clone();
+            let conn = conn.clone();
             tokio::spawn(async move {
                 let result = handling.await;
                 let reply = event_reply(id, &result);
                 finish(&shared, id, result.is_ok(), false);
-                let _ = tx.send(reply).await;
+                let _ = conn.send(reply).await;
             });
-            true
         }
     }
 }
@@ -580,61 +848,78 @@ fn event_reply(id: u128, result: &Result<(), String>) -> Frame {
     }
 }
 
-async fn on_request(request: WireEvent, shared: &Arc<Shared>, tx: &mpsc::Sender<Frame>) -> bool {
+async fn on_request(
+    request: WireEvent,
+    shared: &Arc<Shared>,
+    conn: &Arc<ConnWriter>,
+    batch: &mut BytesMut,
+) {
     let id = request.id;
     if let Some(nack) = wrong_topic_nack(shared, &request) {
-        return tx.send(nack).await.is_ok();
+        frame::encode(&nack, batch);
+        return;
     }
     match admit(shared, id, false) {
         Admit::Duplicate | Admit::Run => {
-            let shared = shared.clone();
-            let tx = tx.clone();
+            let mut answering = Box::pin(answer_request(request, shared.clone()));
+            // As for events: a handler that answers at once is answered from the reader.
+            if let std::task::Poll::Ready(reply) = futures::poll!(&mut answering) {
+                frame::encode(&reply, batch);
+                return;
+            }
+            let conn = conn.clone();
             tokio::spawn(async move {
-                let received = Received::from_wire(request, Mode::Request);
-                // A request without a deadline still gets one: the member never works forever.
-                let deadline = received
-                    .deadline
-                    .unwrap_or_else(|| SystemTime::now() + Duration::from_secs(30));
-                let ctx = RequestContext::new(deadline);
-                let run = shared.handler.on_request(received, ctx);
-                let at = tokio::time::Instant::from_std(system_to_instant(deadline));
-                let reply = match tokio::time::timeout_at(at, run).await {
-                    Ok(Ok(value)) => Frame::Response { id, value },
-                    Ok(Err(message)) => Frame::Nack {
-                        id,
-                        // Deadlines travel in whole milliseconds, so a nested call that gave up
-                        // on the shared deadline may finish a hair before this timer: a failure
-                        // in the deadline's last millisecond is the deadline's doing.
-                        reason: if tokio::time::Instant::now() + DEADLINE_GRAIN >= at {
-                            NackReason::DeadlineExceeded
-                        } else {
-                            NackReason::HandlerFailed
-                        },
-                        message,
-                    },
-                    Err(_) => {
-                        tracing::info!(id = %uuid::Uuid::from_u128(id), "request deadline exceeded in the handler");
-                        Frame::Nack {
-                            id,
-                            reason: NackReason::DeadlineExceeded,
-                            message: "deadline exceeded".into(),
-                        }
-                    }
-                };
-                finish(&shared, id, matches!(reply, Frame::Response { .. }), true);
-                let _ = tx.send(reply).await;
+                let reply = answering.await;
+                let _ = conn.send(reply).await;
             });
-            true
         }
-        Admit::Refuse(reason, message) => tx
-            .send(Frame::Nack {
+        Admit::Refuse(reason, message) => frame::encode(
+            &Frame::Nack {
                 id,
                 reason,
                 message: message.into(),
-            })
-            .await
-            .is_ok(),
+            },
+            batch,
+        ),
     }
+}
+
+/// Runs the request handler within the request's deadline and returns the reply frame.
+async fn answer_request(request: WireEvent, shared: Arc<Shared>) -> Frame {
+    let id = request.id;
+    let received = Received::from_wire(request, Mode::Request);
+    // A request without a deadline still gets one: the member never works forever.
+    let deadline = received
+        .deadline
+        .unwrap_or_else(|| SystemTime::now() + Duration::from_secs(30));
+    let ctx = RequestContext::new(deadline);
+    let run = shared.handler.on_request(received, ctx);
+    let at = tokio::time::Instant::from_std(system_to_instant(deadline));
+    let reply = match tokio::time::timeout_at(at, run).await {
+        Ok(Ok(value)) => Frame::Response { id, value },
+        Ok(Err(message)) => Frame::Nack {
+            id,
+            // Deadlines travel in whole milliseconds, so a nested call that gave up on the
+            // shared deadline may finish a hair before this timer: a failure in the deadline's
+            // last millisecond is the deadline's doing.
+            reason: if tokio::time::Instant::now() + DEADLINE_GRAIN >= at {
+                NackReason::DeadlineExceeded
+            } else {
+                NackReason::HandlerFailed
+            },
+            message,
+        },
+        Err(_) => {
+            tracing::info!(id = %uuid::Uuid::from_u128(id), "request deadline exceeded in the handler");
+            Frame::Nack {
+                id,
+                reason: NackReason::DeadlineExceeded,
+                message: "deadline exceeded".into(),
+            }
+        }
+    };
+    finish(&shared, id, matches!(reply, Frame::Response { .. }), true);
+    reply
 }
 
 async fn datagram_loop(socket: UdpSocket, shared: Arc<Shared>) {

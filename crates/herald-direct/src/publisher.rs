@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use tokio::io::AsyncReadExt;
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -243,8 +243,69 @@ struct Shared {
     seq: AtomicU64,
     members: Mutex<HashMap<SocketAddr, Slot>>,
     changed: Notify,
-    udp: UdpSocket,
+    udp: DatagramSocket,
     rr: AtomicUsize,
+    /// Encoding buffer and target list of `send_datagram`, kept to avoid allocations per
+    /// datagram. A call takes them out and puts them back; concurrent calls make their own.
+    datagram_scratch: Mutex<DatagramScratch>,
+}
+
+#[derive(Default)]
+struct DatagramScratch {
+    buf: BytesMut,
+    targets: Vec<(SocketAddr, u64)>,
+}
+
+/// The publisher's UDP socket: non-blocking, and not watched by the runtime. A socket registered
+/// with the runtime's epoll gets a write-space event each time the kernel frees the buffer of a
+/// sent datagram, which on loopback happens inside every send: each datagram would wake the
+/// runtime's thread for nothing. Sends go straight to the kernel; only when its send buffer is
+/// full is the socket registered, for as long as it takes to become writable again.
+struct DatagramSocket {
+    socket: std::net::UdpSocket,
+    /// One registration at a time: the same descriptor cannot be added to epoll twice.
+    wait: tokio::sync::Mutex<()>,
+}
+
+impl DatagramSocket {
+    fn bind() -> std::io::Result<DatagramSocket> {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        socket.set_nonblocking(true)?;
+        let _ = socket2::SockRef::from(&socket).set_send_buffer_size(4 * 1024 * 1024);
+        Ok(DatagramSocket {
+            socket,
+            wait: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Sends one datagram, waiting for room in the send buffer if it is full.
+    async fn send_to(&self, buf: &[u8], addr: SocketAddr) -> std::io::Result<usize> {
+        loop {
+            match self.socket.send_to(buf, addr) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => self.writable().await?,
+                done => return done,
+            }
+        }
+    }
+
+    /// Waits until the socket can take a datagram again.
+    async fn writable(&self) -> std::io::Result<()> {
+        use std::os::fd::AsFd;
+        let _turn = self.wait.lock().await;
+        // Registered edge-triggered; epoll reports a socket that is writable already at once, so
+        // room freed between the failed send and this registration is not missed.
+        // SAFETY: the descriptor is `self.socket`'s, which the borrow keeps open and unchanged
+        // until `fd` is dropped at the end of this function, and a BorrowedFd returns that same
+        // descriptor on every call.
+        let fd = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(
+                self.socket.as_fd(),
+                tokio::io::Interest::WRITABLE,
+            )
+        }?;
+        let _ready = fd.writable().await?;
+        Ok(())
+    }
 }
 
 struct Inner {
@@ -300,10 +361,7 @@ impl Publisher {
     /// Starts connecting to the static peers (and browsing mDNS if asked). Returns at once;
     /// use [`Publisher::wait_for_topic`] to wait until members are known.
     pub async fn start(config: PublisherConfig) -> Result<Publisher, PublisherStartError> {
-        let udp = UdpSocket::bind("0.0.0.0:0")
-            .await
-            .map_err(PublisherStartError::Udp)?;
-        let _ = socket2::SockRef::from(&udp).set_send_buffer_size(4 * 1024 * 1024);
+        let udp = DatagramSocket::bind().map_err(PublisherStartError::Udp)?;
         let shared = Arc::new(Shared {
             id: uuid::Uuid::new_v4().as_u128(),
             seq: AtomicU64::new(0),
@@ -311,6 +369,7 @@ impl Publisher {
             changed: Notify::new(),
             udp,
             rr: AtomicUsize::new(0),
+            datagram_scratch: Mutex::new(DatagramScratch::default()),
             config,
         });
         for addr in shared.config.peers.clone() {
@@ -482,16 +541,16 @@ impl Publisher {
         if bytes > limit {
             return Err(DatagramError::TooLarge { bytes, limit });
         }
-        let mut targets = Vec::new();
-        shared.datagram_targets(&event.topic, &mut targets);
-        if targets.is_empty() {
+        let mut scratch = std::mem::take(&mut *shared.datagram_scratch.lock());
+        scratch.targets.clear();
+        shared.datagram_targets(&event.topic, &mut scratch.targets);
+        if scratch.targets.is_empty() {
             return Err(DatagramError::NoLiveMember {
                 topic: event.topic.clone(),
             });
         }
-        let mut buf = BytesMut::with_capacity(bytes);
         let mut sent = 0;
-        for (addr, seq) in targets {
+        for &(addr, seq) in &scratch.targets {
             event.seq = seq;
             if let Some(n) = shared.config.drop_every_nth_datagram
                 && n > 0
@@ -499,11 +558,12 @@ impl Publisher {
             {
                 continue;
             }
-            buf.clear();
-            frame::encode_event(&event, false, &mut buf);
-            shared.udp.send_to(&buf, addr).await?;
+            scratch.buf.clear();
+            frame::encode_event(&event, false, &mut scratch.buf);
+            shared.udp.send_to(&scratch.buf, addr).await?;
             sent += 1;
         }
+        *shared.datagram_scratch.lock() = scratch;
         Ok(sent)
     }
 
@@ -748,7 +808,9 @@ impl Shared {
             if s.state != MemberState::Up
                 || h.topic != topic
                 || h.group != group
-                || s.conn.is_none()
+                // A connection already known to be gone is skipped even before its reader has
+                // noticed and taken it out of the slot.
+                || s.conn.as_ref().is_none_or(|c| c.pending.lock().is_none())
             {
                 continue;
             }
@@ -900,6 +962,14 @@ async fn deliver(
                 }
             }
             Ok(Ok(Reply::Lost)) | Ok(Err(_)) => {
+                if matches!(outcome, Ok(Ok(Reply::Lost))) {
+                    // The connection is gone (its writer has ended, or it was failed already).
+                    // Fail it for every sender now: until its reader notices and takes it out
+                    // of the slot, a pick could choose it again and again, each attempt failing
+                    // at once without yielding, which would starve that very reader until the
+                    // deadline.
+                    fail_pending(&conn);
+                }
                 tried.insert(addr);
                 last = format!("connection to {addr} lost");
                 tracing::debug!(%addr, id = %uuid::Uuid::from_u128(event.id), "retrying on another member after a lost connection");
@@ -1251,14 +1321,14 @@ struct DatagramBatch {
 impl DatagramBatch {
     /// Sends every datagram in the batch (several calls if the kernel takes part of it) and
     /// empties it; returns how many were sent.
-    async fn flush(&mut self, udp: &UdpSocket) -> std::io::Result<usize> {
+    async fn flush(&mut self, udp: &DatagramSocket) -> std::io::Result<usize> {
         let mut done = 0;
         while done < self.datagrams.len() {
-            let rest = &self.datagrams[done..];
-            let buf = &self.buf;
-            done += udp
-                .async_io(tokio::io::Interest::WRITABLE, || sendmmsg(udp, buf, rest))
-                .await?;
+            match sendmmsg(&udp.socket, &self.buf, &self.datagrams[done..]) {
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => udp.writable().await?,
+                Err(e) => return Err(e),
+            }
         }
         self.buf.clear();
         self.datagrams.clear();
@@ -1269,7 +1339,7 @@ impl DatagramBatch {
 /// One non-blocking `sendmmsg` of `datagrams` (ranges of `buf`); returns how many the kernel
 /// took (at least one) or the error (`WouldBlock` when the send buffer is full).
 fn sendmmsg(
-    udp: &UdpSocket,
+    udp: &std::net::UdpSocket,
     buf: &[u8],
     datagrams: &[(usize, usize, SocketAddr)],
 ) -> std::io::Result<usize> {
@@ -1323,4 +1393,28 @@ fn sendmmsg(
         return Err(std::io::ErrorKind::WouldBlock.into());
     }
     Ok(n as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::DatagramSocket;
+
+    #[tokio::test]
+    async fn waiting_for_room_registers_one_waiter_at_a_time_and_sends_after() {
+        let socket = DatagramSocket::bind().unwrap();
+        let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = receiver.local_addr().unwrap();
+        // Two waits at once: the second must not try to add the same descriptor to epoll while
+        // the first holds it (that would fail with EEXIST); both see the idle socket writable.
+        let (a, b) = tokio::join!(socket.writable(), socket.writable());
+        a.unwrap();
+        b.unwrap();
+        // The registration is gone again, so sends still go straight out.
+        assert_eq!(socket.send_to(b"after", addr).await.unwrap(), 5);
+        let mut buf = [0u8; 16];
+        let (n, _) = receiver.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"after");
+    }
 }

@@ -21,7 +21,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::error::KafkaResult;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::transport_error;
 use crate::error::SubscribeError;
@@ -35,6 +35,10 @@ const POLL_WAIT: Duration = Duration::from_millis(100);
 const REVOKE_WAIT: Duration = Duration::from_secs(10);
 /// How long `close` waits for deliveries already handed out before its final commit.
 const CLOSE_WAIT: Duration = Duration::from_secs(30);
+/// How long one offset lookup (committed offsets, a partition's end) may take.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long subscribing with `StartFrom::Latest` waits for the group to assign partitions.
+const ASSIGN_WAIT: Duration = Duration::from_secs(30);
 
 /// The runtime's verdict on one delivered record.
 struct Finished {
@@ -55,8 +59,12 @@ struct Record {
 /// never contended; it exists because librdkafka requires a `Sync` context.
 struct Shared {
     topic: String,
+    /// Partitions without a committed offset start at their end (`StartFrom::Latest`).
+    latest: bool,
     stop: AtomicBool,
     state: Mutex<State>,
+    /// Becomes true once the first assignment (possibly empty) took effect.
+    assigned: watch::Sender<bool>,
 }
 
 struct State {
@@ -142,6 +150,9 @@ impl ConsumerContext for SubContext {
                 }
                 tracing::debug!(topic = %self.shared.topic, ?partitions, "partitions revoked");
             }
+            Rebalance::Assign(tpl) if self.shared.latest => {
+                start_at_end(&self.shared, consumer, tpl)
+            }
             Rebalance::Assign(_) => {}
             Rebalance::Error(e) => {
                 tracing::warn!(topic = %self.shared.topic, error = %e, "rebalance failed")
@@ -157,6 +168,7 @@ impl ConsumerContext for SubContext {
             if paused && let Err(e) = consumer.pause(tpl) {
                 tracing::warn!(topic = %self.shared.topic, error = %e, "pausing assigned partitions failed");
             }
+            self.shared.assigned.send_replace(true);
         }
     }
 
@@ -170,6 +182,50 @@ impl ConsumerContext for SubContext {
                 }
             }
         }
+    }
+}
+
+/// Sets the start of every assigned partition the group never committed to its current end.
+///
+/// `auto.offset.reset=latest` alone resolves "the end" only when fetching starts, after the
+/// assignment, so events published between `subscribe` returning and that moment would be
+/// skipped; resolving it here, before `subscribe` returns, makes "latest" mean "after the
+/// subscription started". Where a lookup fails the partition falls back to the reset policy.
+/// The start points chosen are committed too, so the group keeps them if it leaves before
+/// handling anything there.
+fn start_at_end(shared: &Shared, consumer: &BaseConsumer<SubContext>, tpl: &TopicPartitionList) {
+    let topic = shared.topic.as_str();
+    let committed = match consumer.committed_offsets(tpl.clone(), LOOKUP_TIMEOUT) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(%topic, error = %e, "reading committed offsets failed");
+            return;
+        }
+    };
+    let mut starts = Vec::new();
+    for mut elem in tpl.elements_for_topic(topic) {
+        let partition = elem.partition();
+        let has_commit = committed
+            .find_partition(topic, partition)
+            .is_some_and(|c| matches!(c.offset(), Offset::Offset(_)));
+        if has_commit {
+            continue;
+        }
+        match consumer.fetch_watermarks(topic, partition, LOOKUP_TIMEOUT) {
+            Ok((_, high)) => match elem.set_offset(Offset::Offset(high)) {
+                Ok(()) => starts.push((partition, high)),
+                Err(e) => {
+                    tracing::warn!(%topic, partition, error = %e, "setting the start offset failed")
+                }
+            },
+            Err(e) => {
+                tracing::warn!(%topic, partition, error = %e, "reading the partition's end failed")
+            }
+        }
+    }
+    let mut st = shared.state.lock();
+    for (partition, offset) in starts {
+        st.tracker.start_at(partition, offset);
     }
 }
 
@@ -209,8 +265,10 @@ impl Running for BrokerSubscription {
     }
 }
 
-/// Creates the group consumer for `spec` and starts its thread.
-pub(crate) fn start(
+/// Creates the group consumer for `spec` and starts its thread. With `StartFrom::Latest` it
+/// returns once the group assigned this member its partitions (within [`ASSIGN_WAIT`]), so
+/// every event published afterwards is seen.
+pub(crate) async fn start(
     base: &ClientConfig,
     spec: SubscribeSpec,
     sink: mpsc::Sender<Delivery>,
@@ -233,8 +291,12 @@ pub(crate) fn start(
             },
         );
     let (outcomes_tx, outcomes_rx) = std_mpsc::channel();
+    let (assigned, mut assigned_rx) = watch::channel(false);
+    let latest = spec.start_from == StartFrom::Latest;
     let shared = Arc::new(Shared {
         topic: spec.topic.clone(),
+        latest,
+        assigned,
         stop: AtomicBool::new(false),
         state: Mutex::new(State {
             tracker: Default::default(),
@@ -268,6 +330,12 @@ pub(crate) fn start(
             let _ = finished_tx.send(worker.run());
         })
         .map_err(|e| transport_error(format!("cannot start the consumer thread: {e}")))?;
+    if latest {
+        let waited = tokio::time::timeout(ASSIGN_WAIT, assigned_rx.wait_for(|a| *a)).await;
+        if waited.is_err() {
+            tracing::warn!(topic = %spec.topic, group = %spec.group, "no partitions assigned yet; events published before they are may be skipped");
+        }
+    }
     Ok(BrokerSubscription { shared, finished })
 }
 
@@ -408,7 +476,9 @@ impl Worker {
             self.shared
                 .wait_until(CLOSE_WAIT, "at close", |st| st.outstanding == 0);
         }
-        let commits = self.shared.state.lock().tracker.take_commits();
+        // Whatever is still outstanding will not be committed by this member; forgetting it
+        // keeps the revocation that closing the consumer triggers from waiting for it again.
+        let commits = std::mem::take(&mut self.shared.state.lock().tracker).take_commits();
         let committed = commit(
             &self.consumer,
             &self.shared.topic,

@@ -44,6 +44,8 @@ const LINGER_MS_DEFAULT: &str = "5";
 const MESSAGE_BYTES_MAX_DEFAULT: usize = 1_000_000;
 /// How long creating a topic and seeing it in metadata may take before a subscription fails.
 const TOPIC_READY_TIMEOUT: Duration = Duration::from_secs(15);
+/// How often metadata is asked again while a new topic is not visible yet.
+const TOPIC_POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// How long `close` waits for the producer to deliver what it still holds.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -195,6 +197,18 @@ impl BrokerTransport {
                 "the deadline passed before the event was sent".to_string(),
             ));
         }
+        self.ensure_topic(topic, remaining.min(TOPIC_READY_TIMEOUT))
+            .await
+            .map_err(|m| {
+                if remaining < TOPIC_READY_TIMEOUT {
+                    PublishError::Timeout(m)
+                } else {
+                    PublishError::Invalid(m)
+                }
+            })?;
+        let remaining = deadline
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
         let wire_headers = event.wire_headers();
         let bytes = event.payload.len()
             + event.key.as_ref().map_or(0, |k| k.len())
@@ -243,16 +257,17 @@ impl BrokerTransport {
         }
     }
 
-    /// Creates the topic with the broker's defaults unless it exists, and waits until metadata
-    /// shows it, so a consumer subscribing next is assigned its partitions at once.
-    async fn ensure_topic(&self, topic: &str) -> Result<(), SubscribeError> {
+    /// Creates the topic with the broker's defaults unless it exists, and waits (at most
+    /// `timeout`) until metadata shows it: a consumer subscribing next is assigned its partitions
+    /// at once, and publishing works on clusters that do not create topics on first use.
+    async fn ensure_topic(&self, topic: &str, timeout: Duration) -> Result<(), String> {
         if self.ready_topics.lock().contains(topic) {
             return Ok(());
         }
         let new = NewTopic::new(topic, -1, TopicReplication::Fixed(-1));
         let options = AdminOptions::new()
-            .request_timeout(Some(TOPIC_READY_TIMEOUT))
-            .operation_timeout(Some(TOPIC_READY_TIMEOUT));
+            .request_timeout(Some(timeout))
+            .operation_timeout(Some(timeout));
         match self.admin.create_topics([&new], &options).await {
             Ok(results) => {
                 for result in results {
@@ -261,30 +276,29 @@ impl BrokerTransport {
                         // A cluster may forbid creating topics to this client; the topic may
                         // still exist or be auto-created, which the metadata wait tells.
                         Err((_, code)) => {
-                            tracing::warn!(topic, error = %code, "could not create the topic")
+                            tracing::debug!(topic, error = %code, "could not create the topic")
                         }
                     }
                 }
             }
-            Err(e) => tracing::warn!(topic, error = %e, "could not create the topic"),
+            Err(e) => tracing::debug!(topic, error = %e, "could not create the topic"),
         }
         let producer = self.producer.clone();
         let name = topic.to_string();
-        let ready = tokio::task::spawn_blocking(move || wait_for_topic(&producer, &name))
+        tokio::task::spawn_blocking(move || wait_for_topic(&producer, &name, timeout))
             .await
-            .map_err(|e| transport_error(format!("the topic check did not finish: {e}")))?;
-        ready?;
+            .map_err(|e| format!("the topic check did not finish: {e}"))??;
         self.ready_topics.lock().insert(topic.to_string());
         Ok(())
     }
 }
 
-/// Polls metadata until `topic` has partitions, within [`TOPIC_READY_TIMEOUT`].
-fn wait_for_topic(producer: &FutureProducer, topic: &str) -> Result<(), SubscribeError> {
+/// Polls metadata until `topic` has partitions, within `timeout`.
+fn wait_for_topic(producer: &FutureProducer, topic: &str, timeout: Duration) -> Result<(), String> {
     let started = Instant::now();
     let mut last = String::from("no answer");
-    while started.elapsed() < TOPIC_READY_TIMEOUT {
-        let left = TOPIC_READY_TIMEOUT.saturating_sub(started.elapsed());
+    while started.elapsed() < timeout {
+        let left = timeout.saturating_sub(started.elapsed());
         match producer.client().fetch_metadata(Some(topic), left) {
             Ok(metadata) => match metadata.topics().iter().find(|t| t.name() == topic) {
                 Some(t) if t.error().is_none() && !t.partitions().is_empty() => return Ok(()),
@@ -298,12 +312,12 @@ fn wait_for_topic(producer: &FutureProducer, topic: &str) -> Result<(), Subscrib
             Err(e) => last = e.to_string(),
         }
         // Metadata reaches every broker of a cluster a little after the topic is created.
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(TOPIC_POLL_INTERVAL.min(timeout.saturating_sub(started.elapsed())));
     }
-    Err(transport_error(format!(
-        "topic {topic:?} did not become available within {} s: {last}",
-        TOPIC_READY_TIMEOUT.as_secs()
-    )))
+    Err(format!(
+        "topic {topic:?} does not exist and could not be created within {} ms: {last}",
+        timeout.as_millis()
+    ))
 }
 
 fn transport_error(message: String) -> SubscribeError {
@@ -363,9 +377,12 @@ impl Transport for BrokerTransport {
             if self.closed.load(Ordering::Acquire) {
                 return Err(transport_error("the bus was closed".to_string()));
             }
-            self.ensure_topic(&spec.topic).await?;
+            self.ensure_topic(&spec.topic, TOPIC_READY_TIMEOUT)
+                .await
+                .map_err(transport_error)?;
             let running =
-                consumer::start(&self.client_base, spec, sink, self.settings.commit_interval)?;
+                consumer::start(&self.client_base, spec, sink, self.settings.commit_interval)
+                    .await?;
             Ok(Box::new(running) as Box<dyn Running>)
         })
     }

@@ -61,6 +61,16 @@ impl OffsetTracker {
         }
     }
 
+    /// The group starts reading `partition` at `offset` (its end, for a group that never
+    /// committed there): commit that, so the group remembers where it started even if it
+    /// handles nothing on the partition before it leaves.
+    pub(crate) fn start_at(&mut self, partition: i32, offset: i64) {
+        let p = self.partitions.entry(partition).or_default();
+        if p.pending.is_empty() && p.ready.is_none() {
+            p.ready = Some(offset);
+        }
+    }
+
     /// Records handed out for these partitions and not finished yet.
     pub(crate) fn in_flight(&self, partitions: &[i32]) -> usize {
         partitions
@@ -152,6 +162,16 @@ mod tests {
         t.finished(3, 4, true);
         assert!(t.take_commits().is_empty());
         assert_eq!(t.in_flight(&[3]), 0);
+    }
+
+    #[test]
+    fn a_start_point_is_committed_until_records_move_it() {
+        let mut t = OffsetTracker::default();
+        t.start_at(0, 40);
+        assert_eq!(t.take_commits(), vec![(0, 40)]);
+        t.delivered(0, 40);
+        t.finished(0, 40, true);
+        assert_eq!(t.take_commits(), vec![(0, 41)]);
     }
 
     #[test]

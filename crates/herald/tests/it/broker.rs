@@ -36,6 +36,10 @@ pub struct HeraldBroker {
 
 impl HeraldBroker {
     pub async fn start() -> HeraldBroker {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(auto_create_topics_enable: bool) -> HeraldBroker {
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -44,6 +48,7 @@ impl HeraldBroker {
         let broker = Broker::start(BrokerConfig {
             data_dir: dir.path().to_path_buf(),
             kafka_addr: "127.0.0.1:0".parse().unwrap(),
+            auto_create_topics_enable,
             groups: GroupConfig {
                 // A group's first member should not wait the 3 s Kafka waits for more members.
                 initial_rebalance_delay_ms: 100,
@@ -536,4 +541,77 @@ async fn oversized_events_are_refused_as_too_large() {
         Err(PublishError::TooLarge { bytes, limit }) => assert!(bytes > limit, "{bytes} {limit}"),
         other => panic!("expected too large, got {other:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latest_starts_after_subscribe_and_resumes_from_commits() {
+    let broker = HeraldBroker::start().await;
+    let bus = Bus::connect(&broker.url()).await.unwrap();
+    let t = topic("latest");
+    broker.create_topic(&t, 2).await;
+    for i in 0..10 {
+        bus.publish(&t, Event::new(format!("old-{i}")).with_key(format!("k{i}")))
+            .await
+            .unwrap();
+    }
+    let subscribe = || {
+        let (tx, rx) = unbounded_channel();
+        let sub = bus
+            .subscribe(&t)
+            .group("late")
+            .start_from(herald::StartFrom::Latest)
+            .handle(move |e: Event| {
+                let tx = tx.clone();
+                async move {
+                    tx.send(String::from_utf8(e.payload.to_vec()).unwrap()).ok();
+                    Ok(())
+                }
+            });
+        async move { (sub.await.unwrap(), rx) }
+    };
+    let (sub, mut rx) = subscribe().await;
+    // Published the moment subscribe returned: seen, and nothing from before it.
+    bus.publish(&t, Event::new("new").with_key("k0"))
+        .await
+        .unwrap();
+    assert_eq!(recv(&mut rx).await, "new");
+    let stats = sub.shutdown().await.unwrap();
+    assert_eq!(stats.handled, 1);
+    // The group resumes where it was on every partition, also the one where it handled
+    // nothing, even though it starts from the latest.
+    let mut away = BTreeSet::new();
+    for i in 0..10 {
+        let body = format!("away-{i}");
+        bus.publish(&t, Event::new(body.clone()).with_key(format!("k{i}")))
+            .await
+            .unwrap();
+        away.insert(body);
+    }
+    let (sub, mut rx) = subscribe().await;
+    let mut got = BTreeSet::new();
+    while got.len() < away.len() {
+        got.insert(recv(&mut rx).await);
+    }
+    assert_eq!(got, away);
+    sub.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_and_dead_letters_work_where_topics_are_not_auto_created() {
+    let broker = HeraldBroker::start_with(false).await;
+    let bus = Bus::connect(&broker.url()).await.unwrap();
+    let t = topic("strict");
+    let receipt = bus.publish(&t, Event::new("first")).await.unwrap();
+    assert_eq!(receipt.kind(), "stored");
+    let sub = bus
+        .subscribe(&t)
+        .group("g")
+        .retry(RetryPolicy::none())
+        .handle(|_e: Event| async { Err(HandlerError::permanent("unreadable")) })
+        .await
+        .unwrap();
+    // The dead-letter topic exists only because the transport created it.
+    let m = broker.read_at(&format!("{t}.dlq"), 0, 0).await;
+    assert_eq!(m.payload(), Some(&b"first"[..]));
+    sub.shutdown().await.unwrap();
 }
