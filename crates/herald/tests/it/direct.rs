@@ -288,7 +288,8 @@ async fn two_groups_both_handle_each_event() {
             receipt.completed,
             Completed::Handled {
                 groups: vec!["audit".to_string(), "billing".to_string()]
-            }
+            },
+            "publish {i}"
         );
         // Both handlers ran before the receipt.
         assert_eq!(ra.try_recv().unwrap().id, receipt.id);
@@ -321,6 +322,13 @@ async fn one_keys_pipelined_events_are_handled_in_order_with_concurrency() {
         })
         .await
         .unwrap();
+    // One event first, so the publisher has met the member: publishes that start while the
+    // member's hello is on its way wait for it, and those checking just after it arrived would
+    // overtake them.
+    bus.publish(&t, Event::new("warm:0").with_key("warm"))
+        .await
+        .unwrap();
+    recv(&mut rx).await;
     let keys = 4;
     let per_key = 6;
     // Published together without waiting for acks; within the member's capacity (4 × the
