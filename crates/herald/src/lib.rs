@@ -61,7 +61,9 @@
 //! #[derive(serde::Serialize, serde::Deserialize)]
 //! struct Sms { to: String, text: String }
 //!
-//! // Options after `?` are librdkafka properties.
+//! // Options after `?` are librdkafka properties, except the SDK's own `connect_timeout_ms`
+//! // (how long connecting waits for a broker to answer, default 5000) and
+//! // `commit_interval_ms` (how often acknowledged offsets are committed, default 200).
 //! let bus = Bus::connect("broker://127.0.0.1:9092?compression.type=zstd").await?;
 //! let sms = Sms { to: "+441234".into(), text: "Your code is 1234".into() };
 //! let receipt = bus.publish("sms", Event::json(&sms)?.with_key(sms.to.clone())).await?;

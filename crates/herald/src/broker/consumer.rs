@@ -30,6 +30,8 @@ use crate::transport::{BoxFuture, Delivery, Outcome, Running, StartFrom, Subscri
 
 /// Longest single wait of the thread, so it notices `close` and due commits promptly.
 const POLL_WAIT: Duration = Duration::from_millis(100);
+/// How long a full subscription waits for room before it pauses its partitions.
+const FULL_WAIT_BEFORE_PAUSE: Duration = Duration::from_millis(500);
 /// How long a revocation waits for the revoked partitions' deliveries before it commits what
 /// was acknowledged and lets them go (the rest is read again by the next owner).
 const REVOKE_WAIT: Duration = Duration::from_secs(10);
@@ -72,8 +74,8 @@ struct State {
     outcomes: std_mpsc::Receiver<Finished>,
     /// Deliveries handed to the runtime whose outcome has not arrived.
     outstanding: usize,
-    /// Records polled while the partitions were being paused. librdkafka purges its prefetch
-    /// queue on pause, so this holds at most what was already in flight to the application.
+    /// Records polled while the partitions were paused. librdkafka purges its prefetch queue on
+    /// pause, so this holds at most what was already on its way to the application.
     held: VecDeque<Record>,
     /// Whether the assigned partitions are paused because `in_flight_max` was reached.
     paused: bool,
@@ -353,6 +355,8 @@ impl Worker {
     fn run(self) -> Result<(), SubscribeError> {
         let topic = self.shared.topic.clone();
         let mut last_commit = Instant::now();
+        // When the subscription last became full (`in_flight_max` deliveries outstanding).
+        let mut full_since: Option<Instant> = None;
         // Reading resumes once half the in-flight room is free, so a full subscription does
         // not pause and resume for every single event.
         let resume_at = self.in_flight_max / 2;
@@ -379,9 +383,21 @@ impl Worker {
                 last_commit = Instant::now();
             }
             if !paused && outstanding >= self.in_flight_max {
-                self.set_paused(true);
+                // Handlers usually free room within moments, and the records librdkafka
+                // prefetched are then read at once; pausing would drop them and cost a fetch
+                // round trip per resume. Only a subscription full for longer pauses, so that
+                // it keeps polling (rebalances, liveness) without taking records.
+                let since = *full_since.get_or_insert_with(Instant::now);
+                let waited = since.elapsed();
+                if waited >= FULL_WAIT_BEFORE_PAUSE {
+                    self.set_paused(true);
+                } else {
+                    let left = FULL_WAIT_BEFORE_PAUSE - waited;
+                    self.shared.state.lock().wait_one(left.min(POLL_WAIT));
+                }
                 continue;
             }
+            full_since = None;
             if paused {
                 if outstanding <= resume_at {
                     self.set_paused(false);
@@ -461,8 +477,13 @@ impl Worker {
                 self.consumer.resume(&assigned)
             }
         });
-        if let Err(e) = result {
-            tracing::warn!(topic = %self.shared.topic, error = %e, pause, "pausing or resuming partitions failed");
+        match result {
+            Ok(()) => {
+                tracing::debug!(topic = %self.shared.topic, pause, "in-flight limit: partitions paused or resumed")
+            }
+            Err(e) => {
+                tracing::warn!(topic = %self.shared.topic, error = %e, pause, "pausing or resuming partitions failed")
+            }
         }
         self.shared.state.lock().paused = pause;
     }

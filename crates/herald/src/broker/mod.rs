@@ -38,8 +38,11 @@ pub(crate) const OPTION_COMMIT_INTERVAL_MS: &str = "commit_interval_ms";
 
 const CONNECT_TIMEOUT_MS_DEFAULT: u64 = 5_000;
 const COMMIT_INTERVAL_MS_DEFAULT: u64 = 200;
-/// How long the producer may wait to fill a batch: small, so a lone publish is not delayed much.
-const LINGER_MS_DEFAULT: &str = "5";
+/// How long the producer may wait to fill a batch. Against an in-process Herald broker, 1 ms
+/// gave a lone publish a 1.4 ms median and 500 concurrent ones about twice the throughput of
+/// librdkafka's default 5 ms (whose median is 5.5 ms); 0 lowers the median to 0.3 ms for
+/// callers that publish one event at a time.
+const LINGER_MS_DEFAULT: &str = "1";
 /// librdkafka's default `message.max.bytes`, used to report the limit of a too-large event.
 const MESSAGE_BYTES_MAX_DEFAULT: usize = 1_000_000;
 /// How long creating a topic and seeing it in metadata may take before a subscription fails.

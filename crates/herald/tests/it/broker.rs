@@ -615,3 +615,58 @@ async fn publishing_and_dead_letters_work_where_topics_are_not_auto_created() {
     assert_eq!(m.payload(), Some(&b"first"[..]));
     sub.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_subscription_pauses_and_resumes_without_loss() {
+    let broker = HeraldBroker::start().await;
+    let bus = Bus::connect(&broker.url()).await.unwrap();
+    let t = topic("backlog");
+    broker.create_topic(&t, 3).await;
+    let mut published = Vec::new();
+    for i in 0..300 {
+        let e = Event::new(format!("{i}")).with_key(format!("k{}", i % 5));
+        published.push(bus.publish(&t, e).await.unwrap().id);
+    }
+    // Concurrency 1 allows 4 deliveries out at once, and a handler that now and then takes
+    // longer than the consumer waits for room makes it pause its partitions, then resume.
+    let (tx, mut rx) = unbounded_channel();
+    let sub = bus
+        .subscribe(&t)
+        .group("g")
+        .concurrency(1)
+        .handle(move |e: Event| {
+            let tx = tx.clone();
+            async move {
+                let n: u32 = String::from_utf8_lossy(&e.payload).parse().unwrap();
+                if n % 100 == 0 {
+                    tokio::time::sleep(Duration::from_millis(800)).await;
+                }
+                tx.send(e.id).ok();
+                Ok(())
+            }
+        })
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while got.len() < published.len() {
+        got.push(recv(&mut rx).await);
+    }
+    let stats = sub.shutdown().await.unwrap();
+    assert_eq!(stats.handled, 300);
+    assert!(rx.try_recv().is_err(), "an event came twice");
+    let mut sorted = got.clone();
+    sorted.sort_unstable();
+    let mut expected = published.clone();
+    expected.sort_unstable();
+    assert_eq!(sorted, expected);
+    // Everything was committed: offsets start at 0, so the commit points add up to the count.
+    let mut committed = 0;
+    for p in 0..3 {
+        committed += match broker.committed("g", &t, p).await {
+            Offset::Offset(o) => o,
+            Offset::Invalid => 0,
+            other => panic!("partition {p}: {other:?}"),
+        };
+    }
+    assert_eq!(committed, 300);
+}
