@@ -793,18 +793,22 @@ impl Shared {
     /// next datagram sequence number for that member, appended to `out`.
     fn datagram_targets(&self, topic: &str, out: &mut Vec<(SocketAddr, u64)>) {
         let mut members = self.members.lock();
-        let mut live: Vec<(&str, SocketAddr)> = members
+        let mut live: Vec<(&str, u128, SocketAddr)> = members
             .iter()
             .filter(|(_, s)| s.state == MemberState::Up)
             .filter_map(|(addr, s)| s.hello.as_ref().map(|h| (h, *addr)))
             .filter(|(h, _)| h.topic == topic)
-            .map(|(h, addr)| (h.group.as_str(), addr))
+            .map(|(h, addr)| (h.group.as_str(), h.member_id, addr))
             .collect();
         live.sort_unstable();
+        // A member known at several addresses (mDNS announces one per interface) is one
+        // destination, always reached at the same address: otherwise each address would count
+        // its own sequence numbers and the member would see duplicates instead of a sequence.
+        live.dedup_by(|later, first| later.0 == first.0 && later.1 == first.1);
         let turn = self.rr.fetch_add(1, Ordering::Relaxed);
         let mut chosen: Vec<SocketAddr> = Vec::new();
         for group in live.chunk_by(|a, b| a.0 == b.0) {
-            chosen.push(group[turn % group.len()].1);
+            chosen.push(group[turn % group.len()].2);
         }
         drop(live);
         for addr in chosen {
