@@ -143,13 +143,18 @@ async fn a_member_known_at_two_addresses_gets_one_sequence() {
         .await
         .unwrap();
     let port = m.local_addr().port();
-    let addrs = vec![
-        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-        std::net::SocketAddr::from(([127, 0, 0, 2], port)),
-    ];
-    let p = Publisher::start(PublisherConfig::new(addrs)).await.unwrap();
+    let first = std::net::SocketAddr::from(([127, 0, 0, 2], port));
+    let later = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let p = Publisher::start(PublisherConfig::new(vec![first]))
+        .await
+        .unwrap();
+    wait_up(&p, 1).await;
+    send_paced(&p, 10).await;
+    // The second address comes up later (and sorts first): the count goes on, it does not
+    // restart at 1 there.
+    p.add_peer(later);
     wait_up(&p, 2).await;
-    send_paced(&p, 20).await;
+    send_paced(&p, 10).await;
     assert!(eventually(Duration::from_secs(5), || rec.values().len() >= 20).await);
     let per_publisher = m.datagram_publishers();
     assert_eq!(per_publisher.len(), 1);
