@@ -423,6 +423,25 @@ impl Publisher {
         add_peer(self.shared(), addr, Source::Static, None);
     }
 
+    /// Forgets a member address (one added with [`Publisher::add_peer`] whose member is gone for
+    /// good, say): its connection closes, it is no longer retried, and its group no longer
+    /// counts. Events awaiting its reply fail over to another member of the group.
+    pub fn remove_peer(&self, addr: SocketAddr) {
+        let shared = self.shared();
+        let mut members = shared.members.lock();
+        if let Some(mut slot) = members.remove(&addr) {
+            tracing::info!(%addr, "member address removed");
+            if let Some(task) = slot.task.take() {
+                task.abort();
+            }
+            if let Some(conn) = slot.conn.take() {
+                fail_pending(&conn);
+            }
+        }
+        drop(members);
+        shared.changed.notify_waiters();
+    }
+
     /// The membership view: every known member, its state, group and load.
     pub fn members(&self) -> Vec<MemberView> {
         let members = self.shared().members.lock();
