@@ -595,3 +595,29 @@ async fn a_panicking_replier_fails_the_request_at_once() {
     assert_eq!(reply.payload, "fine");
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_events_are_too_large_on_both_transports() {
+    let bus = Bus::connect("direct://?frame_bytes_max=1024")
+        .await
+        .unwrap();
+    let t = topic("big");
+    let (sub, _rx) = forwarding(&bus, &t, "g").await;
+    match bus.publish(&t, Event::new(vec![0u8; 2048])).await {
+        Err(PublishError::TooLarge { bytes, limit }) => {
+            assert!(bytes > 2048, "{bytes}");
+            assert_eq!(limit, 1024);
+        }
+        other => panic!("expected too large, got {other:?}"),
+    }
+    sub.shutdown().await.unwrap();
+
+    // A datagram must fit one UDP payload (1472 bytes by default): it is refused, not cut.
+    let bus = Bus::connect("datagram://").await.unwrap();
+    let (sub, _rx) = forwarding(&bus, &t, "g").await;
+    match bus.publish(&t, Event::new(vec![0u8; 1500])).await {
+        Err(PublishError::TooLarge { limit, .. }) => assert_eq!(limit, 1472),
+        other => panic!("expected too large, got {other:?}"),
+    }
+    sub.shutdown().await.unwrap();
+}
