@@ -49,7 +49,8 @@ pub(crate) async fn connect(config: &BusConfig) -> Result<Arc<dyn Transport>, Co
     Ok(Arc::new(DirectTransport {
         kind: config.kind,
         mdns: config.mdns,
-        publisher: Mutex::new(Some(publisher)),
+        publisher: Arc::new(Mutex::new(Some(publisher))),
+        static_peers: config.peers.clone(),
         frame_bytes_max: options.publisher.frame_bytes_max,
         datagram_payload_bytes_max: options.publisher.datagram_payload_bytes_max,
     }))
@@ -128,12 +129,22 @@ const KNOWN_OPTIONS: [&str; 10] = [
     "drop_every_nth_datagram",
 ];
 
+type SharedPublisher = Arc<Mutex<Option<Publisher>>>;
+
+/// A member's address added to its own bus's publisher, to forget when the member leaves.
+struct SelfPeer {
+    publisher: SharedPublisher,
+    addr: SocketAddr,
+}
+
 /// A direct or datagram bus's transport.
 struct DirectTransport {
     kind: TransportKind,
     mdns: bool,
     /// `None` once the bus is closed; publishes in flight keep their own clone.
-    publisher: Mutex<Option<Publisher>>,
+    publisher: SharedPublisher,
+    /// The peers the bus was given, which closing a subscription must not forget.
+    static_peers: Vec<SocketAddr>,
     frame_bytes_max: usize,
     datagram_payload_bytes_max: usize,
 }
@@ -195,7 +206,7 @@ impl DirectTransport {
         &self,
         spec: &SubscribeSpec,
         handler: Arc<dyn Handler>,
-    ) -> Result<Member, SubscribeError> {
+    ) -> Result<MemberRunning, SubscribeError> {
         let mut config = MemberConfig::new(
             spec.topic.clone(),
             spec.group.clone(),
@@ -213,10 +224,22 @@ impl DirectTransport {
                 message: other.to_string(),
             },
         })?;
+        let addr = reachable(member.local_addr());
+        let mut self_peer = None;
         if let Some(publisher) = self.publisher() {
-            publisher.add_peer(reachable(member.local_addr()));
+            publisher.add_peer(addr);
+            if !self.static_peers.contains(&addr) {
+                self_peer = Some(SelfPeer {
+                    publisher: self.publisher.clone(),
+                    addr,
+                });
+            }
         }
-        Ok(member)
+        Ok(MemberRunning {
+            member: Some(member),
+            sinks: None,
+            self_peer,
+        })
     }
 }
 
@@ -245,11 +268,9 @@ impl Transport for DirectTransport {
         Box::pin(async move {
             let handler = SinkHandler::start(sink, spec.in_flight_max);
             let sinks = handler.sinks.clone();
-            let member = self.start_member(&spec, Arc::new(handler)).await?;
-            Ok(Box::new(MemberRunning {
-                member: Some(member),
-                sinks: Some(sinks),
-            }) as Box<dyn Running>)
+            let mut running = self.start_member(&spec, Arc::new(handler)).await?;
+            running.sinks = Some(sinks);
+            Ok(Box::new(running) as Box<dyn Running>)
         })
     }
 
@@ -261,6 +282,18 @@ impl Transport for DirectTransport {
 
     fn native_requests(&self) -> Option<&dyn NativeRequests> {
         Some(self)
+    }
+
+    fn reachable_groups(&self, topic: &str) -> Option<Vec<String>> {
+        let publisher = self.publisher()?;
+        let groups: std::collections::BTreeSet<String> = publisher
+            .members()
+            .into_iter()
+            .filter(|m| m.state == herald_direct::MemberState::Up)
+            .filter(|m| m.topic.as_deref() == Some(topic))
+            .filter_map(|m| m.group)
+            .collect();
+        Some(groups.into_iter().collect())
     }
 
     fn publisher_id(&self) -> Option<String> {
@@ -305,13 +338,10 @@ impl NativeRequests for DirectTransport {
         replier: Replier,
     ) -> BoxFuture<'_, Result<Box<dyn Running>, SubscribeError>> {
         Box::pin(async move {
-            let member = self
+            let running = self
                 .start_member(&spec, Arc::new(ReplierHandler { replier }))
                 .await?;
-            Ok(Box::new(MemberRunning {
-                member: Some(member),
-                sinks: None,
-            }) as Box<dyn Running>)
+            Ok(Box::new(running) as Box<dyn Running>)
         })
     }
 }
@@ -529,6 +559,7 @@ impl Handler for ReplierHandler {
 struct MemberRunning {
     member: Option<Member>,
     sinks: Option<Arc<Mutex<Option<Sinks>>>>,
+    self_peer: Option<SelfPeer>,
 }
 
 impl Running for MemberRunning {
@@ -542,6 +573,13 @@ impl Running for MemberRunning {
             }
             if let Some(sinks) = self.sinks.take() {
                 sinks.lock().take();
+            }
+            // The member is gone for good: its own bus stops trying to reach it.
+            if let Some(peer) = self.self_peer.take() {
+                let publisher = peer.publisher.lock().clone();
+                if let Some(publisher) = publisher {
+                    publisher.remove_peer(peer.addr);
+                }
             }
             Ok(())
         })

@@ -87,3 +87,28 @@ async fn a_member_started_later_is_found_from_the_static_list() {
         .unwrap();
     assert_eq!(r.values(), vec!["late".to_string()]);
 }
+
+#[tokio::test]
+async fn a_removed_peer_is_forgotten_and_its_group_no_longer_counts() {
+    let r = Recorder::new();
+    let m = member("t", "g", 4, &r).await;
+    let p = Publisher::start(PublisherConfig::new(vec![]))
+        .await
+        .unwrap();
+    p.add_peer(m.local_addr());
+    p.publish(Message::new("t", "x"), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let addr = m.local_addr();
+    m.shutdown().await;
+    p.remove_peer(addr);
+    assert!(p.members().is_empty(), "{:?}", p.members());
+    match p
+        .publish(Message::new("t", "y"), Duration::from_millis(100))
+        .await
+    {
+        Err(herald_direct::PublishError::NoLiveMember { .. }) => {}
+        other => panic!("expected no member, got {other:?}"),
+    }
+    assert_eq!(r.values(), ["x"]);
+}

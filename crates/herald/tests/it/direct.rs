@@ -295,8 +295,17 @@ async fn two_groups_both_handle_each_event() {
         assert_eq!(ra.try_recv().unwrap().id, receipt.id);
         assert_eq!(rb.try_recv().unwrap().id, receipt.id);
     }
+    assert_eq!(
+        bus.reachable_groups(&t),
+        Some(vec!["audit".to_string(), "billing".to_string()])
+    );
     assert_eq!(a.shutdown().await.unwrap().handled, 5);
+    // A closed subscription is forgotten by its own bus at once.
+    assert_eq!(bus.reachable_groups(&t), Some(vec!["billing".to_string()]));
     assert_eq!(b.shutdown().await.unwrap().handled, 5);
+    assert_eq!(bus.reachable_groups(&t), Some(vec![]));
+    let memory = Bus::connect("memory://").await.unwrap();
+    assert_eq!(memory.reachable_groups(&t), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -594,4 +603,30 @@ async fn a_panicking_replier_fails_the_request_at_once() {
         .unwrap();
     assert_eq!(reply.payload, "fine");
     server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_events_are_too_large_on_both_transports() {
+    let bus = Bus::connect("direct://?frame_bytes_max=1024")
+        .await
+        .unwrap();
+    let t = topic("big");
+    let (sub, _rx) = forwarding(&bus, &t, "g").await;
+    match bus.publish(&t, Event::new(vec![0u8; 2048])).await {
+        Err(PublishError::TooLarge { bytes, limit }) => {
+            assert!(bytes > 2048, "{bytes}");
+            assert_eq!(limit, 1024);
+        }
+        other => panic!("expected too large, got {other:?}"),
+    }
+    sub.shutdown().await.unwrap();
+
+    // A datagram must fit one UDP payload (1472 bytes by default): it is refused, not cut.
+    let bus = Bus::connect("datagram://").await.unwrap();
+    let (sub, _rx) = forwarding(&bus, &t, "g").await;
+    match bus.publish(&t, Event::new(vec![0u8; 1500])).await {
+        Err(PublishError::TooLarge { limit, .. }) => assert_eq!(limit, 1472),
+        other => panic!("expected too large, got {other:?}"),
+    }
+    sub.shutdown().await.unwrap();
 }
