@@ -141,6 +141,8 @@ impl ConsumerContext for SubContext {
                     .iter()
                     .map(|e| e.partition())
                     .collect();
+                let in_flight = self.shared.state.lock().tracker.in_flight(&partitions);
+                tracing::debug!(topic = %self.shared.topic, ?partitions, in_flight, "partitions revoked; waiting for their deliveries");
                 self.shared
                     .wait_until(REVOKE_WAIT, "of revoked partitions", |st| {
                         st.tracker.in_flight(&partitions) == 0
@@ -153,7 +155,6 @@ impl ConsumerContext for SubContext {
                 if let Err(e) = commit(consumer, &self.shared.topic, &commits, CommitMode::Sync) {
                     tracing::warn!(topic = %self.shared.topic, error = %e, "commit on revocation failed; the next owner reads those events again");
                 }
-                tracing::debug!(topic = %self.shared.topic, ?partitions, "partitions revoked");
             }
             Rebalance::Assign(tpl) if self.shared.latest => {
                 start_at_end(&self.shared, consumer, tpl)

@@ -691,3 +691,64 @@ async fn shutdown_reports_a_commit_the_vanished_broker_did_not_take() {
     }
     bus.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_joining_a_busy_group_takes_over_without_loss_or_repeats() {
+    let broker = HeraldBroker::start().await;
+    let bus = Bus::connect(&broker.url()).await.unwrap();
+    let t = topic("takeover");
+    broker.create_topic(&t, 4).await;
+    let mut published = BTreeSet::new();
+    for i in 0..200 {
+        let e = Event::new(format!("{i}")).with_key(format!("k{}", i % 16));
+        published.insert(bus.publish(&t, e).await.unwrap().id);
+    }
+    // Members learn of a rebalance at their next heartbeat: make that soon, so the group
+    // rebalances while `a` is still busy.
+    let members = Bus::connect(&format!("{}?heartbeat.interval.ms=100", broker.url()))
+        .await
+        .unwrap();
+    let (tx, mut rx) = unbounded_channel();
+    let member = |name: &'static str| {
+        let tx = tx.clone();
+        members
+            .subscribe(&t)
+            .group("g")
+            .concurrency(2)
+            .handle(move |e: Event| {
+                let tx = tx.clone();
+                async move {
+                    // Slow enough that deliveries are in flight when the partitions move.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    tx.send((name, e.id)).ok();
+                    Ok(())
+                }
+            })
+    };
+    let a = member("a").await.unwrap();
+    let mut got: BTreeMap<EventId, Vec<&str>> = BTreeMap::new();
+    while got.len() < 20 {
+        let (who, id) = recv(&mut rx).await;
+        got.entry(id).or_default().push(who);
+    }
+    // The group rebalances while `a` has deliveries out: `a` finishes and commits them before
+    // its partitions move, so `b` starts exactly after them.
+    let b = member("b").await.unwrap();
+    while got.len() < published.len() {
+        let (who, id) = recv(&mut rx).await;
+        got.entry(id).or_default().push(who);
+    }
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+    while let Ok((who, id)) = rx.try_recv() {
+        got.entry(id).or_default().push(who);
+    }
+    assert_eq!(got.keys().copied().collect::<BTreeSet<_>>(), published);
+    assert!(
+        got.values().any(|w| w.contains(&"b")),
+        "b never got a partition"
+    );
+    for (id, who) in &got {
+        assert_eq!(who.len(), 1, "{id} handled by {who:?}");
+    }
+}
