@@ -793,26 +793,43 @@ impl Shared {
     /// next datagram sequence number for that member, appended to `out`.
     fn datagram_targets(&self, topic: &str, out: &mut Vec<(SocketAddr, u64)>) {
         let mut members = self.members.lock();
-        let mut live: Vec<(&str, SocketAddr)> = members
+        let mut live: Vec<(&str, u128, SocketAddr)> = members
             .iter()
             .filter(|(_, s)| s.state == MemberState::Up)
             .filter_map(|(addr, s)| s.hello.as_ref().map(|h| (h, *addr)))
             .filter(|(h, _)| h.topic == topic)
-            .map(|(h, addr)| (h.group.as_str(), addr))
+            .map(|(h, addr)| (h.group.as_str(), h.member_id, addr))
             .collect();
         live.sort_unstable();
+        // A member known at several addresses (mDNS announces one per interface) is one
+        // destination, always reached at the same address: otherwise each address would count
+        // its own sequence numbers and the member would see duplicates instead of a sequence.
+        live.dedup_by(|later, first| later.0 == first.0 && later.1 == first.1);
         let turn = self.rr.fetch_add(1, Ordering::Relaxed);
-        let mut chosen: Vec<SocketAddr> = Vec::new();
+        let mut chosen: Vec<(u128, SocketAddr)> = Vec::new();
         for group in live.chunk_by(|a, b| a.0 == b.0) {
-            chosen.push(group[turn % group.len()].1);
+            let (_, member_id, addr) = group[turn % group.len()];
+            chosen.push((member_id, addr));
         }
         drop(live);
-        for addr in chosen {
-            if let Some(slot) = members.get_mut(&addr) {
-                // Sequence numbers count per destination, so each member sees a gap-free
-                // sequence when nothing is lost, whatever the load balancing does.
-                slot.datagram_seq += 1;
-                out.push((addr, slot.datagram_seq));
+        for (member_id, addr) in chosen {
+            // Sequence numbers count per destination member, so each member sees a gap-free
+            // sequence when nothing is lost, whatever the load balancing does. A member known
+            // at several addresses shares one count over all of them, so a change of address
+            // (one coming up later, another going down) does not restart it.
+            let same_member = |s: &Slot| s.hello.as_ref().is_some_and(|h| h.member_id == member_id);
+            let next = members
+                .values()
+                .filter(|s| same_member(s))
+                .map(|s| s.datagram_seq)
+                .max()
+                .unwrap_or(0)
+                + 1;
+            for slot in members.values_mut().filter(|s| same_member(s)) {
+                slot.datagram_seq = next;
+            }
+            if members.contains_key(&addr) {
+                out.push((addr, next));
             }
         }
     }

@@ -284,6 +284,14 @@ impl Bus {
         self.inner.transport.publisher_id()
     }
 
+    /// Direct and datagram: the consumer groups serving `topic` that this bus reaches right now
+    /// (one of their members is connected), sorted. Members are found as peers answer or mDNS
+    /// announces them, so a program may wait for the groups it expects before it starts.
+    /// `None` on the broker and memory, where producers know nothing of consumers.
+    pub fn reachable_groups(&self, topic: &str) -> Option<Vec<String>> {
+        self.inner.transport.reachable_groups(topic)
+    }
+
     pub(crate) fn transport_handle(&self) -> &Arc<dyn Transport> {
         &self.inner.transport
     }

@@ -284,6 +284,18 @@ impl Transport for DirectTransport {
         Some(self)
     }
 
+    fn reachable_groups(&self, topic: &str) -> Option<Vec<String>> {
+        let publisher = self.publisher()?;
+        let groups: std::collections::BTreeSet<String> = publisher
+            .members()
+            .into_iter()
+            .filter(|m| m.state == herald_direct::MemberState::Up)
+            .filter(|m| m.topic.as_deref() == Some(topic))
+            .filter_map(|m| m.group)
+            .collect();
+        Some(groups.into_iter().collect())
+    }
+
     fn publisher_id(&self) -> Option<String> {
         self.publisher()
             .map(|p| uuid::Uuid::from_u128(p.id()).to_string())

@@ -141,6 +141,13 @@ pub(crate) trait Transport: Send + Sync + 'static {
         None
     }
 
+    /// Direct and datagram: the groups serving `topic` that this bus reaches now (a member of
+    /// each is up). `None` on transports where producers know nothing of consumers.
+    fn reachable_groups(&self, topic: &str) -> Option<Vec<String>> {
+        let _ = topic;
+        None
+    }
+
     /// Closes connections; called when the last clone of the bus is dropped or closed.
     fn close(&self) -> BoxFuture<'_, ()>;
 }

@@ -25,6 +25,8 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the stations get, once the sensors stopped, for datagrams still on their way.
 const SETTLE_TIME_MAX: Duration = Duration::from_secs(2);
 const SETTLE_POLL: Duration = Duration::from_millis(20);
+/// How often the sensors look at what mDNS found while waiting for the stations.
+const DISCOVERY_POLL: Duration = Duration::from_millis(50);
 
 #[derive(Parser, Debug)]
 #[command(
@@ -53,6 +55,9 @@ struct Args {
     /// Simulate a lossy radio link: every Nth datagram a sensor sends to a station never leaves.
     #[arg(long)]
     drop_every: Option<u64>,
+    /// With mDNS: how long the sensors wait to find every station before they start anyway.
+    #[arg(long, default_value_t = 5.0)]
+    discovery_secs: f64,
 }
 
 struct Station {
@@ -107,6 +112,9 @@ fn check(args: &Args) -> anyhow::Result<()> {
     if !(args.report_secs >= 0.01 && args.report_secs <= 3600.0) {
         bail!("--report-secs must be 0.01 to 3600");
     }
+    if !(args.discovery_secs >= 0.0 && args.discovery_secs <= 3600.0) {
+        bail!("--discovery-secs must be 0 to 3600");
+    }
     Ok(())
 }
 
@@ -137,6 +145,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .context("a datagram bus has a publisher id")?;
         names.insert(id, name.clone());
         buses.push((name, bus));
+    }
+    if mdns {
+        discover(
+            &buses,
+            stations.len(),
+            Duration::from_secs_f64(args.discovery_secs),
+        )
+        .await;
     }
     println!(
         "{} sensors -> {} stations on topic {TOPIC:?} ({}), {} readings/s each for {} s",
@@ -180,6 +196,34 @@ async fn run(args: Args) -> anyhow::Result<()> {
         s.sub.shutdown().await?;
     }
     Ok(())
+}
+
+/// Waits (bounded) until every sensor has found every station, so that the first readings
+/// reach all of them; mDNS finds stations one by one.
+async fn discover(buses: &[(String, Bus)], stations: usize, within: Duration) {
+    let started = Instant::now();
+    loop {
+        let found = buses
+            .iter()
+            .map(|(_, bus)| bus.reachable_groups(TOPIC).map_or(0, |g| g.len()))
+            .min()
+            .unwrap_or(0);
+        if found >= stations {
+            println!(
+                "every sensor found the {stations} stations in {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+            return;
+        }
+        if started.elapsed() >= within {
+            println!(
+                "after {:.1} s some sensor has found only {found} of {stations} stations; starting anyway",
+                started.elapsed().as_secs_f64()
+            );
+            return;
+        }
+        tokio::time::sleep(DISCOVERY_POLL).await;
+    }
 }
 
 async fn start_stations(args: &Args) -> anyhow::Result<Vec<Station>> {

@@ -132,3 +132,38 @@ async fn a_batch_with_one_oversized_datagram_sends_nothing() {
     assert_eq!(rec.values(), vec!["after".to_string()]);
     assert_eq!(m.stats().datagrams_lost, 0);
 }
+
+#[tokio::test]
+async fn a_member_known_at_two_addresses_gets_one_sequence() {
+    // Listening on every interface, the member is reachable at two loopback addresses, as a
+    // member announced by mDNS on several interfaces is.
+    let rec = Recorder::new();
+    let config = MemberConfig::new("telemetry", "g", "0.0.0.0:0".parse().unwrap());
+    let m = Member::start(config, Arc::new(Shared(rec.clone())))
+        .await
+        .unwrap();
+    let port = m.local_addr().port();
+    let first = std::net::SocketAddr::from(([127, 0, 0, 2], port));
+    let later = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let p = Publisher::start(PublisherConfig::new(vec![first]))
+        .await
+        .unwrap();
+    wait_up(&p, 1).await;
+    send_paced(&p, 10).await;
+    // The second address comes up later (and sorts first): the count goes on, it does not
+    // restart at 1 there.
+    p.add_peer(later);
+    wait_up(&p, 2).await;
+    send_paced(&p, 10).await;
+    assert!(eventually(Duration::from_secs(5), || rec.values().len() >= 20).await);
+    let per_publisher = m.datagram_publishers();
+    assert_eq!(per_publisher.len(), 1);
+    assert_eq!(
+        (
+            per_publisher[0].received,
+            per_publisher[0].lost,
+            per_publisher[0].duplicates
+        ),
+        (20, 0, 0)
+    );
+}

@@ -5,7 +5,8 @@
 //! it and may block briefly: on a revocation it waits for the revoked partitions' deliveries to
 //! finish and commits them before the partitions move. Outcomes come back from the runtime
 //! through a channel that the thread drains between polls; acknowledged offsets are committed
-//! asynchronously every `commit_interval`, and synchronously on revocation and on close.
+//! asynchronously every `commit_interval`, and synchronously on revocation and on close (where
+//! every commit point is sent again, since a failed asynchronous commit is not reported).
 
 use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
@@ -37,6 +38,8 @@ const FULL_WAIT_BEFORE_PAUSE: Duration = Duration::from_millis(500);
 const REVOKE_WAIT: Duration = Duration::from_secs(10);
 /// How long `close` waits for deliveries already handed out before its final commit.
 const CLOSE_WAIT: Duration = Duration::from_secs(30);
+/// How long `close` waits for the broker to confirm its last commit.
+const FINAL_COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one offset lookup (committed offsets, a partition's end) may take.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long subscribing with `StartFrom::Latest` waits for the group to assign partitions.
@@ -173,18 +176,6 @@ impl ConsumerContext for SubContext {
             self.shared.assigned.send_replace(true);
         }
     }
-
-    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
-        if let Err(e) = result {
-            tracing::warn!(topic = %self.shared.topic, error = %e, "offset commit failed; retrying at the next commit");
-            let mut st = self.shared.state.lock();
-            for elem in offsets.elements_for_topic(&self.shared.topic) {
-                if let Offset::Offset(o) = elem.offset() {
-                    st.tracker.commit_failed(elem.partition(), o);
-                }
-            }
-        }
-    }
 }
 
 /// Sets the start of every assigned partition the group never committed to its current end.
@@ -318,7 +309,7 @@ pub(crate) async fn start(
         .map_err(|e| transport_error(format!("subscribing to {:?}: {e}", spec.topic)))?;
     let (finished_tx, finished) = oneshot::channel();
     let worker = Worker {
-        consumer,
+        consumer: Arc::new(consumer),
         shared: shared.clone(),
         sink,
         outcomes: outcomes_tx,
@@ -342,7 +333,8 @@ pub(crate) async fn start(
 }
 
 struct Worker {
-    consumer: BaseConsumer<SubContext>,
+    /// Shared only with the thread that makes the final commit (see `Worker::final_commit`).
+    consumer: Arc<BaseConsumer<SubContext>>,
     shared: Arc<Shared>,
     sink: mpsc::Sender<Delivery>,
     outcomes: std_mpsc::Sender<Finished>,
@@ -499,18 +491,41 @@ impl Worker {
         }
         // Whatever is still outstanding will not be committed by this member; forgetting it
         // keeps the revocation that closing the consumer triggers from waiting for it again.
-        let commits = std::mem::take(&mut self.shared.state.lock().tracker).take_commits();
-        let committed = commit(
-            &self.consumer,
-            &self.shared.topic,
-            &commits,
-            CommitMode::Sync,
-        );
+        let commits = self.shared.state.lock().tracker.revoke_all();
+        let committed = self.final_commit(commits);
         self.consumer.unsubscribe();
         // Dropping the consumer closes it: librdkafka revokes the partitions (our callback
         // finds nothing left to commit) and sends LeaveGroup, so the group rebalances at once.
         drop(self.consumer);
         committed.map_err(|e| transport_error(format!("final offset commit failed: {e}")))
+    }
+
+    /// Commits `commits` synchronously, waiting at most [`FINAL_COMMIT_TIMEOUT`].
+    ///
+    /// librdkafka's synchronous commit waits for a group coordinator as long as none answers
+    /// (45 s with the broker gone), and asynchronous commits report back through no callback
+    /// in this rdkafka version, so the synchronous commit runs on a thread of its own. If it
+    /// outlasts the wait, that thread keeps the consumer until librdkafka gives up.
+    fn final_commit(&self, commits: Vec<(i32, i64)>) -> Result<(), String> {
+        if commits.is_empty() {
+            return Ok(());
+        }
+        let (tx, rx) = std_mpsc::channel();
+        let consumer = self.consumer.clone();
+        let topic = self.shared.topic.clone();
+        std::thread::Builder::new()
+            .name("herald-commit".to_string())
+            .spawn(move || {
+                let _ = tx.send(commit(&consumer, &topic, &commits, CommitMode::Sync));
+            })
+            .map_err(|e| format!("cannot start the commit thread: {e}"))?;
+        match rx.recv_timeout(FINAL_COMMIT_TIMEOUT) {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(_) => Err(format!(
+                "the broker did not confirm it within {} s",
+                FINAL_COMMIT_TIMEOUT.as_secs()
+            )),
+        }
     }
 }
 

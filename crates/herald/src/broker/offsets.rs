@@ -101,7 +101,7 @@ impl OffsetTracker {
         out
     }
 
-    /// A commit of `offset` on `partition` failed: commit it again next time.
+    /// Sending a commit of `offset` on `partition` failed: commit it again next time.
     pub(crate) fn commit_failed(&mut self, partition: i32, offset: i64) {
         if let Some(p) = self.partitions.get_mut(&partition)
             && p.committed == Some(offset)
@@ -110,19 +110,26 @@ impl OffsetTracker {
         }
     }
 
-    /// Stops tracking partitions that are no longer ours; returns their pending commits.
+    /// Stops tracking partitions that are no longer ours; returns the commit point of each
+    /// that has one, committed already or not: an asynchronous commit may have failed unseen,
+    /// and committing a point again is harmless.
     pub(crate) fn revoke(&mut self, partitions: &[i32]) -> Vec<(i32, i64)> {
         let mut out = Vec::new();
         for n in partitions {
             if let Some(p) = self.partitions.remove(n)
                 && let Some(ready) = p.ready
-                && p.committed.is_none_or(|c| c < ready)
             {
                 out.push((*n, ready));
             }
         }
         out.sort_unstable();
         out
+    }
+
+    /// Stops tracking every partition; returns every commit point, as [`OffsetTracker::revoke`].
+    pub(crate) fn revoke_all(&mut self) -> Vec<(i32, i64)> {
+        let partitions: Vec<i32> = self.partitions.keys().copied().collect();
+        self.revoke(&partitions)
     }
 }
 
@@ -195,9 +202,14 @@ mod tests {
         t.finished(2, 7, true);
         assert_eq!(t.take_commits(), vec![(0, 1), (2, 8)]);
         t.commit_failed(2, 8);
-        assert_eq!(t.revoke(&[0, 2]), vec![(2, 8)]);
+        assert_eq!(t.take_commits(), vec![(2, 8)]);
+        assert_eq!(t.revoke(&[0, 2]), vec![(0, 1), (2, 8)]);
         t.finished(0, 1, true);
         assert!(t.take_commits().is_empty());
         assert_eq!(t.in_flight(&[0, 2]), 0);
+        t.delivered(5, 3);
+        t.finished(5, 3, true);
+        assert_eq!(t.revoke_all(), vec![(5, 4)]);
+        assert!(t.revoke_all().is_empty());
     }
 }

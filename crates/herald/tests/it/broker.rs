@@ -670,3 +670,24 @@ async fn a_full_subscription_pauses_and_resumes_without_loss() {
     }
     assert_eq!(committed, 300);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_reports_a_commit_the_vanished_broker_did_not_take() {
+    let broker = HeraldBroker::start().await;
+    let bus = Bus::connect(&broker.url()).await.unwrap();
+    let t = topic("gone");
+    let (sub, mut rx) = forwarding(&bus, &t, "g").await;
+    bus.publish(&t, Event::new("x")).await.unwrap();
+    recv(&mut rx).await;
+    broker._broker.shutdown().await.unwrap();
+    drop(broker);
+    // The handled event's commit cannot be made: shutdown says so instead of claiming success
+    // (and ends after its bounded wait for the commit).
+    match tokio::time::timeout(WAIT, sub.shutdown()).await.unwrap() {
+        Err(herald::SubscribeError::Transport { message, .. }) => {
+            assert!(message.contains("final offset commit failed"), "{message}")
+        }
+        other => panic!("expected a failed final commit, got {other:?}"),
+    }
+    bus.close().await;
+}

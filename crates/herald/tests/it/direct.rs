@@ -295,8 +295,17 @@ async fn two_groups_both_handle_each_event() {
         assert_eq!(ra.try_recv().unwrap().id, receipt.id);
         assert_eq!(rb.try_recv().unwrap().id, receipt.id);
     }
+    assert_eq!(
+        bus.reachable_groups(&t),
+        Some(vec!["audit".to_string(), "billing".to_string()])
+    );
     assert_eq!(a.shutdown().await.unwrap().handled, 5);
+    // A closed subscription is forgotten by its own bus at once.
+    assert_eq!(bus.reachable_groups(&t), Some(vec!["billing".to_string()]));
     assert_eq!(b.shutdown().await.unwrap().handled, 5);
+    assert_eq!(bus.reachable_groups(&t), Some(vec![]));
+    let memory = Bus::connect("memory://").await.unwrap();
+    assert_eq!(memory.reachable_groups(&t), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
