@@ -251,12 +251,24 @@ impl BrokerTransport {
                     offset: delivery.offset,
                 },
             }),
-            Ok(Err((e, _))) => Err(publish_error(
-                topic,
-                e,
-                bytes,
-                self.settings.message_bytes_max,
-            )),
+            Ok(Err((e, _))) => {
+                if matches!(
+                    e.rdkafka_error_code(),
+                    Some(
+                        RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic
+                    )
+                ) {
+                    // The topic was deleted since this bus saw it: the next publish creates it
+                    // again.
+                    self.ready_topics.lock().remove(topic);
+                }
+                Err(publish_error(
+                    topic,
+                    e,
+                    bytes,
+                    self.settings.message_bytes_max,
+                ))
+            }
         }
     }
 
