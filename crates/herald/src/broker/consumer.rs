@@ -1,9 +1,9 @@
 //! One broker subscription: a librdkafka consumer on its own thread that hands records to the
 //! handler runtime and commits, per partition, only the offsets the runtime acknowledged.
 //!
-//! The thread owns the consumer, so every librdkafka callback (rebalance, commit result) runs on
-//! it and may block briefly: on a revocation it waits for the revoked partitions' deliveries to
-//! finish and commits them before the partitions move. Outcomes come back from the runtime
+//! Only this thread polls the consumer, so librdkafka's rebalance callbacks run on it and may
+//! block briefly: on a revocation it waits for the revoked partitions' deliveries to finish and
+//! commits them before the partitions move. Outcomes come back from the runtime
 //! through a channel that the thread drains between polls; acknowledged offsets are committed
 //! asynchronously every `commit_interval`, and synchronously on revocation and on close (where
 //! every commit point is sent again, since a failed asynchronous commit is not reported).
