@@ -31,6 +31,9 @@ use crate::transport::{BoxFuture, Delivery, Outcome, Running, StartFrom, Subscri
 
 /// Longest single wait of the thread, so it notices `close` and due commits promptly.
 const POLL_WAIT: Duration = Duration::from_millis(100);
+/// How many records finished but not yet committable (behind one in flight) weigh as one
+/// outstanding delivery: a subscription holds at most `in_flight_max` times this many.
+const UNCOMMITTED_PER_DELIVERY: usize = 256;
 /// How long a full subscription waits for room before it pauses its partitions.
 const FULL_WAIT_BEFORE_PAUSE: Duration = Duration::from_millis(500);
 /// How long a revocation waits for the revoked partitions' deliveries before it commits what
@@ -362,7 +365,10 @@ impl Worker {
             let (outstanding, paused) = {
                 let mut st = self.shared.state.lock();
                 st.drain();
-                (st.outstanding, st.paused)
+                // Records finished behind one still in flight wait in the tracker until it is
+                // done; past a bound they count as outstanding, so reading stops until it is.
+                let held_back = st.tracker.uncommitted() / UNCOMMITTED_PER_DELIVERY;
+                (st.outstanding.max(held_back), st.paused)
             };
             if last_commit.elapsed() >= self.commit_interval {
                 let commits = self.shared.state.lock().tracker.take_commits();

@@ -21,6 +21,10 @@ struct Partition {
     ready: Option<i64>,
     /// The offset last handed to the broker in a commit.
     committed: Option<i64>,
+    /// A refused record at the front of `pending`: the commit point stays before it while the
+    /// partition is ours, so outcomes after it no longer matter and only in-flight records are
+    /// kept (else every later record would stay in `pending` for as long as the partition is).
+    blocked: bool,
 }
 
 /// The commit bookkeeping of every partition a subscription holds.
@@ -51,14 +55,31 @@ impl OffsetTracker {
         if *status != Status::InFlight {
             return;
         }
+        if p.blocked {
+            p.pending.remove(&offset);
+            return;
+        }
         *status = if acked { Status::Acked } else { Status::Nacked };
         while let Some(entry) = p.pending.first_entry() {
-            if *entry.get() != Status::Acked {
-                break;
+            match *entry.get() {
+                Status::Acked => {
+                    let (done, _) = entry.remove_entry();
+                    p.ready = Some(done + 1);
+                }
+                Status::Nacked => {
+                    p.blocked = true;
+                    p.pending.retain(|_, s| *s == Status::InFlight);
+                    break;
+                }
+                Status::InFlight => break,
             }
-            let (done, _) = entry.remove_entry();
-            p.ready = Some(done + 1);
         }
+    }
+
+    /// Records delivered and not yet behind a commit point (finished or not), over every
+    /// partition: what the tracker holds in memory.
+    pub(crate) fn uncommitted(&self) -> usize {
+        self.partitions.values().map(|p| p.pending.len()).sum()
     }
 
     /// The group starts reading `partition` at `offset` (its end, for a group that never
@@ -179,6 +200,26 @@ mod tests {
         t.delivered(0, 40);
         t.finished(0, 40, true);
         assert_eq!(t.take_commits(), vec![(0, 41)]);
+    }
+
+    #[test]
+    fn a_blocked_partition_keeps_only_records_in_flight() {
+        let mut t = OffsetTracker::default();
+        t.delivered(0, 0);
+        t.delivered(0, 1);
+        t.finished(0, 1, true);
+        t.finished(0, 0, false);
+        assert_eq!(t.uncommitted(), 0);
+        for o in 2..1_000 {
+            t.delivered(0, o);
+            t.finished(0, o, true);
+        }
+        t.delivered(0, 1_000);
+        assert_eq!(t.uncommitted(), 1, "only the record in flight");
+        assert_eq!(t.in_flight(&[0]), 1);
+        t.finished(0, 1_000, true);
+        assert!(t.take_commits().is_empty());
+        assert_eq!(t.uncommitted(), 0);
     }
 
     #[test]
