@@ -49,6 +49,8 @@ const MESSAGE_BYTES_MAX_DEFAULT: usize = 1_000_000;
 const TOPIC_READY_TIMEOUT: Duration = Duration::from_secs(15);
 /// How often metadata is asked again while a new topic is not visible yet.
 const TOPIC_POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// Topics a bus remembers as existing; past this it forgets them all and checks again.
+const READY_TOPICS_MAX: usize = 10_000;
 /// How long `close` waits for the producer to deliver what it still holds.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -303,7 +305,12 @@ impl BrokerTransport {
         tokio::task::spawn_blocking(move || wait_for_topic(&producer, &name, timeout))
             .await
             .map_err(|e| format!("the topic check did not finish: {e}"))??;
-        self.ready_topics.lock().insert(topic.to_string());
+        let mut ready = self.ready_topics.lock();
+        if ready.len() >= READY_TOPICS_MAX {
+            // Forgetting costs only a round trip at the next publish to each topic.
+            ready.clear();
+        }
+        ready.insert(topic.to_string());
         Ok(())
     }
 }
