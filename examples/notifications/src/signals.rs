@@ -1,4 +1,5 @@
-//! Waiting for SIGTERM or SIGINT, the signals that ask both services to shut down gracefully.
+//! What both services do around their work: log to stderr, and wait for SIGTERM or SIGINT, the
+//! signals that ask them to shut down gracefully.
 
 use std::future::Future;
 
@@ -14,4 +15,14 @@ pub fn stop_signal() -> std::io::Result<impl Future<Output = &'static str>> {
             _ = interrupt.recv() => "SIGINT",
         }
     })
+}
+
+/// Logs to stderr at `info`, or as `RUST_LOG` says.
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
 }

@@ -11,15 +11,14 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
 
 use herald::{
-    Bus, DeadLetter, Event, EventId, HandlerError, PublishError, RequestError, RetryPolicy,
-    ServeBuilder, SubscribeBuilder, TransportKind,
+    Bus, DeadLetter, Event, HandlerError, PublishError, RequestError, RetryPolicy, ServeBuilder,
+    SubscribeBuilder, TransportKind,
 };
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+use crate::support::{WAIT, fast_retry, forward, recv, text, topic};
 
-/// Bounds every wait, so a broken transport fails the test instead of hanging it.
-const WAIT: Duration = Duration::from_secs(60);
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// One transport under test.
 pub trait Fixture: Send + Sync {
@@ -51,9 +50,25 @@ pub trait Fixture: Send + Sync {
     }
 }
 
-/// Runs the named behaviour tests against the fixture the expression (a future) yields.
+/// Runs the named behaviour tests (or `all` of them) against the fixture the expression (a
+/// future) yields.
 #[macro_export]
 macro_rules! behaviour_tests {
+    ($fixture:expr; all) => {
+        $crate::behaviour_tests!($fixture;
+            ack_after_handle,
+            refused_event_is_redelivered_after_restart,
+            retry_then_succeed,
+            retry_then_dead_letter,
+            permanent_error_skips_retries,
+            no_loss_across_consumer_restart,
+            per_key_order_with_concurrency,
+            every_group_gets_every_event,
+            request_reply_and_errors,
+            request_deadline_propagates,
+            result_event_is_correlated,
+        );
+    };
     ($fixture:expr; $($name:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,46 +80,14 @@ macro_rules! behaviour_tests {
     };
 }
 
-/// A topic name no other test uses.
-fn topic(name: &str) -> String {
-    format!("{name}-{}", EventId::new().as_u128() & 0xffff_ffff_ffff)
-}
-
-async fn recv<T>(rx: &mut UnboundedReceiver<T>) -> T {
-    tokio::time::timeout(WAIT, rx.recv())
-        .await
-        .expect("nothing arrived in time")
-        .expect("the channel closed")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn fast_retry(attempts: u32) -> RetryPolicy {
-    RetryPolicy::attempts(attempts).backoff(Duration::from_millis(1), Duration::from_millis(5))
-}
-
-/// A subscription that forwards every payload it handles to a channel.
+/// A subscription the fixture prepared that forwards every event it handles to a channel.
 async fn forwarding(
     fx: &dyn Fixture,
     bus: &Bus,
     topic: &str,
     group: &str,
 ) -> (herald::Subscription, UnboundedReceiver<Event>) {
-    let (tx, rx) = unbounded_channel();
-    let sub = fx
-        .prepare(bus.subscribe(topic).group(group))
-        .handle(move |e: Event| {
-            let tx = tx.clone();
-            async move {
-                tx.send(e).ok();
-                Ok(())
-            }
-        })
-        .await
-        .unwrap();
-    (sub, rx)
+    forward(fx.prepare(bus.subscribe(topic).group(group))).await
 }
 
 /// The receipt says what completed, and an acknowledged event is not handed out again.

@@ -20,12 +20,10 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
-use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+use tokio::sync::mpsc::unbounded_channel;
 
 use crate::behaviour::{BoxFuture, Fixture};
-
-/// Bounds every wait, so a broken transport fails the test instead of hanging it.
-const WAIT: Duration = Duration::from_secs(60);
+use crate::support::{WAIT, forward, recv, topic};
 
 /// A Herald broker on a free loopback port over a temporary directory.
 pub struct HeraldBroker {
@@ -151,58 +149,13 @@ impl Fixture for HeraldBroker {
     }
 }
 
-crate::behaviour_tests!(HeraldBroker::start();
-    ack_after_handle,
-    refused_event_is_redelivered_after_restart,
-    retry_then_succeed,
-    retry_then_dead_letter,
-    permanent_error_skips_retries,
-    no_loss_across_consumer_restart,
-    per_key_order_with_concurrency,
-    every_group_gets_every_event,
-    request_reply_and_errors,
-    request_deadline_propagates,
-    result_event_is_correlated,
-);
-
-fn topic(name: &str) -> String {
-    format!("{name}-{}", EventId::new().as_u128() & 0xffff_ffff_ffff)
-}
-
-async fn recv<T>(rx: &mut UnboundedReceiver<T>) -> T {
-    tokio::time::timeout(WAIT, rx.recv())
-        .await
-        .expect("nothing arrived in time")
-        .expect("the channel closed")
-}
+crate::behaviour_tests!(HeraldBroker::start(); all);
 
 fn header<'a>(m: &'a rdkafka::message::OwnedMessage, name: &str) -> Option<&'a [u8]> {
     m.headers()?
         .iter()
         .find(|h| h.key == name)
         .and_then(|h| h.value)
-}
-
-/// A subscription forwarding every event it handles.
-async fn forwarding(
-    bus: &Bus,
-    topic: &str,
-    group: &str,
-) -> (herald::Subscription, UnboundedReceiver<Event>) {
-    let (tx, rx) = unbounded_channel();
-    let sub = bus
-        .subscribe(topic)
-        .group(group)
-        .handle(move |e: Event| {
-            let tx = tx.clone();
-            async move {
-                tx.send(e).ok();
-                Ok(())
-            }
-        })
-        .await
-        .unwrap();
-    (sub, rx)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -250,7 +203,7 @@ async fn records_from_plain_producers_are_handled() {
     let broker = HeraldBroker::start().await;
     let bus = Bus::connect(&broker.url()).await.unwrap();
     let t = topic("foreign");
-    let (sub, mut rx) = forwarding(&bus, &t, "g").await;
+    let (sub, mut rx) = forward(bus.subscribe(&t).group("g")).await;
     let producer: FutureProducer = broker.client_config().create().unwrap();
     let timestamp_ms = 1_700_000_000_123;
     producer
@@ -387,7 +340,7 @@ async fn no_event_is_lost_when_a_consumer_crashes() {
         let e = Event::new(format!("{i}")).with_key(format!("k{}", i % 7));
         published.insert(bus.publish(&t, e).await.unwrap().id);
     }
-    let (sub, mut rx) = forwarding(&bus, &t, "g").await;
+    let (sub, mut rx) = forward(bus.subscribe(&t).group("g")).await;
     let mut second = BTreeSet::new();
     while first.union(&second).count() < published.len() {
         second.insert(recv(&mut rx).await.id);
@@ -676,7 +629,7 @@ async fn shutdown_reports_a_commit_the_vanished_broker_did_not_take() {
     let broker = HeraldBroker::start().await;
     let bus = Bus::connect(&broker.url()).await.unwrap();
     let t = topic("gone");
-    let (sub, mut rx) = forwarding(&bus, &t, "g").await;
+    let (sub, mut rx) = forward(bus.subscribe(&t).group("g")).await;
     bus.publish(&t, Event::new("x")).await.unwrap();
     recv(&mut rx).await;
     broker._broker.shutdown().await.unwrap();

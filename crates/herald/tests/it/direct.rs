@@ -9,15 +9,13 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use herald::{
-    Bus, Completed, DeadLetter, Event, EventId, HandlerError, PublishError, RequestError,
-    RetryPolicy, ServeBuilder, SubscribeBuilder, Subscription, TransportKind,
+    Bus, Completed, DeadLetter, Event, HandlerError, PublishError, RequestError, RetryPolicy,
+    ServeBuilder, SubscribeBuilder, Subscription, TransportKind,
 };
-use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+use tokio::sync::mpsc::unbounded_channel;
 
 use crate::behaviour::{BoxFuture, Fixture};
-
-/// Bounds every wait, so a broken transport fails the test instead of hanging it.
-const WAIT: Duration = Duration::from_secs(60);
+use crate::support::{WAIT, fast_retry, forward, recv, text, topic};
 
 fn loopback() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
@@ -99,48 +97,6 @@ mod datagram_suite {
     );
 }
 
-fn topic(name: &str) -> String {
-    format!("{name}-{}", EventId::new().as_u128() & 0xffff_ffff_ffff)
-}
-
-async fn recv<T>(rx: &mut UnboundedReceiver<T>) -> T {
-    tokio::time::timeout(WAIT, rx.recv())
-        .await
-        .expect("nothing arrived in time")
-        .expect("the channel closed")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn fast_retry(attempts: u32) -> RetryPolicy {
-    RetryPolicy::attempts(attempts).backoff(Duration::from_millis(1), Duration::from_millis(5))
-}
-
-/// A subscription on 127.0.0.1 that forwards every event it handles.
-async fn forwarding(
-    bus: &Bus,
-    topic: &str,
-    group: &str,
-) -> (Subscription, UnboundedReceiver<Event>) {
-    let (tx, rx) = unbounded_channel();
-    let sub = bus
-        .subscribe(topic)
-        .group(group)
-        .bind(loopback())
-        .handle(move |e: Event| {
-            let tx = tx.clone();
-            async move {
-                tx.send(e).ok();
-                Ok(())
-            }
-        })
-        .await
-        .unwrap();
-    (sub, rx)
-}
-
 /// A subscription whose handler always fails with `message`, without retries.
 async fn failing(bus: &Bus, topic: &str, group: &str, message: &'static str) -> Subscription {
     bus.subscribe(topic)
@@ -201,7 +157,7 @@ async fn a_failing_member_fails_over_to_another_of_its_group() {
     let bus_b = Bus::connect("direct://").await.unwrap();
     let t = topic("failover");
     let bad = failing(&bus_a, &t, "g", "disk full").await;
-    let (good, mut rx) = forwarding(&bus_b, &t, "g").await;
+    let (good, mut rx) = forward(bus_b.subscribe(&t).group("g").bind(loopback())).await;
     let producer = Bus::connect(&peers_url("direct", &[&bad, &good]))
         .await
         .unwrap();
@@ -258,7 +214,7 @@ async fn a_dead_letter_topic_still_works_on_direct() {
     let bus = Bus::connect("direct://").await.unwrap();
     let t = topic("dl");
     let dlq = format!("{t}.parked");
-    let (dead, mut parked) = forwarding(&bus, &dlq, "ops").await;
+    let (dead, mut parked) = forward(bus.subscribe(&dlq).group("ops").bind(loopback())).await;
     let sub = bus
         .subscribe(&t)
         .bind(loopback())
@@ -280,8 +236,8 @@ async fn a_dead_letter_topic_still_works_on_direct() {
 async fn two_groups_both_handle_each_event() {
     let bus = Bus::connect("direct://").await.unwrap();
     let t = topic("two-groups");
-    let (a, mut ra) = forwarding(&bus, &t, "audit").await;
-    let (b, mut rb) = forwarding(&bus, &t, "billing").await;
+    let (a, mut ra) = forward(bus.subscribe(&t).group("audit").bind(loopback())).await;
+    let (b, mut rb) = forward(bus.subscribe(&t).group("billing").bind(loopback())).await;
     for i in 0..5 {
         let receipt = bus.publish(&t, Event::new(format!("{i}"))).await.unwrap();
         assert_eq!(
@@ -410,7 +366,7 @@ async fn unknown_options_are_refused() {
 async fn datagrams_are_sent_and_their_loss_is_counted_per_publisher() {
     let station = Bus::connect("datagram://").await.unwrap();
     let t = topic("telemetry");
-    let (sub, mut rx) = forwarding(&station, &t, "station").await;
+    let (sub, mut rx) = forward(station.subscribe(&t).group("station").bind(loopback())).await;
     // A lossy link: every 4th datagram to each member does not leave.
     let sensor = Bus::connect(&format!(
         "{}?drop_every_nth_datagram=4",
@@ -611,7 +567,7 @@ async fn oversized_events_are_too_large_on_both_transports() {
         .await
         .unwrap();
     let t = topic("big");
-    let (sub, _rx) = forwarding(&bus, &t, "g").await;
+    let (sub, _rx) = forward(bus.subscribe(&t).group("g").bind(loopback())).await;
     match bus.publish(&t, Event::new(vec![0u8; 2048])).await {
         Err(PublishError::TooLarge { bytes, limit }) => {
             assert!(bytes > 2048, "{bytes}");
@@ -623,7 +579,7 @@ async fn oversized_events_are_too_large_on_both_transports() {
 
     // A datagram must fit one UDP payload (1472 bytes by default): it is refused, not cut.
     let bus = Bus::connect("datagram://").await.unwrap();
-    let (sub, _rx) = forwarding(&bus, &t, "g").await;
+    let (sub, _rx) = forward(bus.subscribe(&t).group("g").bind(loopback())).await;
     match bus.publish(&t, Event::new(vec![0u8; 1500])).await {
         Err(PublishError::TooLarge { limit, .. }) => assert_eq!(limit, 1472),
         other => panic!("expected too large, got {other:?}"),

@@ -6,3 +6,4 @@ mod behaviour;
 mod broker;
 mod direct;
 mod memory;
+mod support;

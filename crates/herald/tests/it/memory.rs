@@ -31,19 +31,7 @@ impl Fixture for Memory {
     }
 }
 
-crate::behaviour_tests!(Memory::start();
-    ack_after_handle,
-    refused_event_is_redelivered_after_restart,
-    retry_then_succeed,
-    retry_then_dead_letter,
-    permanent_error_skips_retries,
-    no_loss_across_consumer_restart,
-    per_key_order_with_concurrency,
-    every_group_gets_every_event,
-    request_reply_and_errors,
-    request_deadline_propagates,
-    result_event_is_correlated,
-);
+crate::behaviour_tests!(Memory::start(); all);
 
 #[tokio::test]
 async fn private_memory_buses_do_not_share_topics() {

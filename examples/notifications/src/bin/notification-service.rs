@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Parser;
 use herald::Bus;
 use notifications::notifier::{Notifier, NotifierConfig};
-use notifications::signals::stop_signal;
+use notifications::signals::{init_logging, stop_signal};
 use notifications::status::NOTIFICATIONS_MAX_DEFAULT;
 
 /// Accepts SMS notifications over HTTP, publishes them to the `sms` topic and reports their
@@ -35,12 +35,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    init_logging();
     let args = Args::parse();
     let signal = stop_signal().context("installing signal handlers")?;
     let bus = Bus::builder()

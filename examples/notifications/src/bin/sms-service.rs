@@ -9,7 +9,7 @@ use clap::Parser;
 use herald::{Bus, RetryPolicy};
 use notifications::provider::StandInProvider;
 use notifications::sender::{Sender, SenderConfig};
-use notifications::signals::stop_signal;
+use notifications::signals::{init_logging, stop_signal};
 
 /// Sends the SMS requested on the `sms` topic through a stand-in provider (a file), publishes
 /// each outcome to `sms.results`, retries failures and dead-letters what keeps failing.
@@ -50,12 +50,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    init_logging();
     let args = Args::parse();
     let signal = stop_signal().context("installing signal handlers")?;
     let provider = StandInProvider::open(&args.provider_log, args.fail_rate)
