@@ -53,70 +53,102 @@
 //!
 //! # Broker: Herald or any Kafka-compatible cluster
 //!
-//! ```no_run
+//! ```
 //! # #[tokio::main]
 //! # async fn main() -> anyhow::Result<()> {
+//! # let dir = tempfile::tempdir()?;
+//! # let broker = herald_broker::Broker::start(herald_broker::BrokerConfig {
+//! #     data_dir: dir.path().to_path_buf(),
+//! #     kafka_addr: "127.0.0.1:0".parse()?,
+//! #     groups: herald_broker::group::GroupConfig {
+//! #         initial_rebalance_delay_ms: 0,
+//! #         ..Default::default()
+//! #     },
+//! #     ..Default::default()
+//! # })
+//! # .await?;
+//! # let bootstrap = broker.kafka_addr().to_string();
 //! use herald::{Bus, Completed, Event};
 //!
 //! #[derive(serde::Serialize, serde::Deserialize)]
 //! struct Sms { to: String, text: String }
 //!
+//! // `bootstrap` is `herald serve`'s address (127.0.0.1:9092 by default) or any Kafka cluster's.
 //! // Options after `?` are librdkafka properties, except the SDK's own `connect_timeout_ms`
 //! // (how long connecting waits for a broker to answer, default 5000) and
 //! // `commit_interval_ms` (how often acknowledged offsets are committed, default 200).
-//! let bus = Bus::connect("broker://127.0.0.1:9092?compression.type=zstd").await?;
+//! let bus = Bus::connect(&format!("broker://{bootstrap}?compression.type=zstd")).await?;
 //! let sms = Sms { to: "+441234".into(), text: "Your code is 1234".into() };
 //! let receipt = bus.publish("sms", Event::json(&sms)?.with_key(sms.to.clone())).await?;
-//! if let Completed::Stored { partition, offset } = receipt.completed {
-//!     println!("stored at {partition}/{offset}");
-//! }
+//! let Completed::Stored { partition, offset } = receipt.completed else { unreachable!() };
+//! println!("stored at {partition}/{offset}");
+//!
 //! // A consumer group: offsets are committed only after the handler succeeded.
+//! let (tx, mut sent) = tokio::sync::mpsc::unbounded_channel();
 //! let sub = bus
 //!     .subscribe("sms")
 //!     .group("sms-service")
-//!     .handle_json(|sms: Sms, event| async move {
-//!         println!("sending {} to {} ({})", sms.text, sms.to, event.id);
-//!         Ok(())
+//!     .handle_json(move |sms: Sms, event| {
+//!         let tx = tx.clone();
+//!         async move {
+//!             println!("sending {:?} to {} ({})", sms.text, sms.to, event.id);
+//!             tx.send(event.id).ok();
+//!             Ok(())
+//!         }
 //!     })
 //!     .await?;
-//! tokio::signal::ctrl_c().await?;
+//! assert_eq!(sent.recv().await, Some(receipt.id));
 //! sub.shutdown().await?; // in-flight handlers finish, offsets are committed
+//! # broker.shutdown().await;
 //! # Ok(()) }
 //! ```
 //!
 //! # Direct and datagram: no broker
 //!
-//! ```no_run
+//! Consumers serve a topic on an address; producers find them from a peer list
+//! (`direct://HOST:PORT,...`) or by mDNS-SD on the LAN (`direct://mdns`, which also announces
+//! the bus's own subscriptions).
+//!
+//! ```
 //! # #[tokio::main]
 //! # async fn main() -> anyhow::Result<()> {
 //! use herald::{Bus, Event};
 //!
-//! // A consumer serves a topic on an address (or announces itself with mDNS)...
-//! let consumer = Bus::connect("direct://mdns").await?;
-//! let _joint = consumer
+//! let consumer = Bus::connect("direct://").await?;
+//! let joint = consumer
 //!     .subscribe("arm.moves")
 //!     .group("elbow")
-//!     .bind("0.0.0.0:7400".parse()?)
+//!     .bind("127.0.0.1:0".parse()?)
 //!     .handle(|e: Event| async move { println!("move {:?}", e.payload); Ok(()) })
 //!     .await?;
+//! let elbow = joint.local_addr().expect("a direct subscription listens");
 //!
-//! // ...and a producer is done when a member of every group handled the event.
-//! let producer = Bus::connect("direct://10.0.0.7:7400").await?;
+//! // A direct producer is done when a member of every group has handled the event.
+//! let producer = Bus::connect(&format!("direct://{elbow}")).await?;
 //! let receipt = producer.publish("arm.moves", Event::new("+5deg")).await?;
 //! assert_eq!(receipt.kind(), "handled");
 //!
 //! // Datagrams: one UDP datagram per event, at most once; receivers count what was lost.
-//! let telemetry = Bus::connect("datagram://mdns").await?;
-//! telemetry.publish("telemetry", Event::new("t=21.5")).await?;
-//! let station = Bus::connect("datagram://mdns").await?;
-//! let readings = station
+//! let station = Bus::connect("datagram://").await?;
+//! let (tx, mut readings) = tokio::sync::mpsc::unbounded_channel();
+//! let listening = station
 //!     .subscribe("telemetry")
 //!     .group("station-1")
-//!     .handle(|_e: Event| async { Ok(()) })
+//!     .bind("127.0.0.1:0".parse()?)
+//!     .handle(move |e: Event| {
+//!         let tx = tx.clone();
+//!         async move { tx.send(e.payload).ok(); Ok(()) }
+//!     })
 //!     .await?;
-//! for sender in readings.datagram_loss() {
+//! let at = listening.local_addr().expect("a datagram subscription listens");
+//! let sensor = Bus::connect(&format!("datagram://{at}")).await?;
+//! assert_eq!(sensor.publish("telemetry", Event::new("t=21.5")).await?.kind(), "sent");
+//! assert_eq!(readings.recv().await.as_deref(), Some(&b"t=21.5"[..]));
+//! for sender in listening.datagram_loss() {
 //!     println!("{}: received {} lost {}", sender.publisher, sender.received, sender.lost);
 //! }
+//! # joint.shutdown().await?;
+//! # listening.shutdown().await?;
 //! # Ok(()) }
 //! ```
 //!
