@@ -48,6 +48,50 @@ impl Message {
     }
 }
 
+/// A whole answer to a request: the value and, like an event, a key and headers.
+///
+/// A member sends the key and headers only to producers that understand them (every producer of
+/// this version does); an older producer receives the value alone.
+///
+/// ```
+/// let r = herald_direct::Reply::new("42").with_header("content-type", "text/plain");
+/// assert_eq!(r.value, "42");
+/// assert_eq!(r.headers.len(), 1);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reply {
+    pub key: Option<Bytes>,
+    pub value: Bytes,
+    pub headers: Vec<(String, Bytes)>,
+}
+
+impl Reply {
+    /// A reply carrying `value` alone.
+    pub fn new(value: impl Into<Bytes>) -> Self {
+        Reply {
+            key: None,
+            value: value.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn with_key(mut self, key: impl Into<Bytes>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<Bytes>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+}
+
+impl From<Bytes> for Reply {
+    fn from(value: Bytes) -> Self {
+        Reply::new(value)
+    }
+}
+
 /// How an event reached a member.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -140,6 +184,14 @@ pub trait Handler: Send + Sync + 'static {
     ) -> BoxFuture<Result<Bytes, String>> {
         let _ = (request, ctx);
         Box::pin(async { Err("this member does not answer requests".to_string()) })
+    }
+
+    /// Answers a request with a whole [`Reply`] (value, key and headers); this is what a member
+    /// calls. The default answers with [`Handler::on_request`]'s bytes alone, so handlers that
+    /// only produce a value implement that one.
+    fn answer(&self, request: Received, ctx: RequestContext) -> BoxFuture<Result<Reply, String>> {
+        let value = self.on_request(request, ctx);
+        Box::pin(async move { value.await.map(Reply::new) })
     }
 }
 

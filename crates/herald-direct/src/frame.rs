@@ -17,6 +17,14 @@ pub const FRAME_BYTES_MAX_DEFAULT: usize = 4 * 1024 * 1024;
 pub const HEADERS_MAX: usize = 256;
 /// Marker in a key length field meaning "no key" (distinct from an empty key).
 const KEY_ABSENT: u32 = u32::MAX;
+/// The upper 48 bits of a PING nonce by which a producer announces what it understands beyond
+/// version 1 (the low 16 bits are [`FEATURE_REPLY`] and friends). Heartbeat nonces count up from
+/// 1 and never reach it; a member that predates features just answers the PING.
+pub const FEATURES_NONCE_TAG: u64 = 0x4845_5241_4C44_0000;
+/// Mask selecting the tag part of a features nonce.
+const FEATURES_TAG_MASK: u64 = 0xFFFF_FFFF_FFFF_0000;
+/// Feature bit: this producer decodes REPLY frames (kind 10), so a member may answer with one.
+pub const FEATURE_REPLY: u16 = 1;
 
 const _: () = assert!(LENGTH_PREFIX_BYTES == std::mem::size_of::<u32>());
 
@@ -33,6 +41,7 @@ pub enum Kind {
     Ping = 7,
     Pong = 8,
     Goodbye = 9,
+    Reply = 10,
 }
 
 impl Kind {
@@ -47,6 +56,7 @@ impl Kind {
             7 => Kind::Ping,
             8 => Kind::Pong,
             9 => Kind::Goodbye,
+            10 => Kind::Reply,
             _ => return None,
         })
     }
@@ -125,6 +135,14 @@ pub enum Frame {
         id: u128,
         value: Bytes,
     },
+    /// A response with a key and headers, sent only to producers that announced
+    /// [`FEATURE_REPLY`] (see [`features_nonce`]).
+    Reply {
+        id: u128,
+        key: Option<Bytes>,
+        value: Bytes,
+        headers: Vec<(String, Bytes)>,
+    },
     Ping {
         nonce: u64,
     },
@@ -132,6 +150,16 @@ pub enum Frame {
         nonce: u64,
     },
     Goodbye,
+}
+
+/// The PING nonce by which a producer announces `features` (a set of `FEATURE_*` bits).
+pub fn features_nonce(features: u16) -> u64 {
+    FEATURES_NONCE_TAG | u64::from(features)
+}
+
+/// The features a PING nonce announces, if it is a features announcement rather than a heartbeat.
+pub fn nonce_features(nonce: u64) -> Option<u16> {
+    (nonce & FEATURES_TAG_MASK == FEATURES_NONCE_TAG).then_some((nonce & 0xFFFF) as u16)
 }
 
 /// Why bytes could not be decoded into a frame. The connection that sent them is closed.
@@ -171,33 +199,52 @@ fn put_bytes32(buf: &mut BytesMut, b: &[u8]) {
     buf.put_slice(b);
 }
 
+fn put_key(buf: &mut BytesMut, key: &Option<Bytes>) {
+    match key {
+        Some(k) => put_bytes32(buf, k),
+        None => buf.put_u32(KEY_ABSENT),
+    }
+}
+
+fn put_headers(buf: &mut BytesMut, headers: &[(String, Bytes)]) {
+    buf.put_u16(headers.len().min(u16::MAX as usize) as u16);
+    for (k, v) in headers {
+        put_str16(buf, k);
+        put_bytes32(buf, v);
+    }
+}
+
+fn headers_len(headers: &[(String, Bytes)]) -> usize {
+    2 + headers
+        .iter()
+        .map(|(k, v)| 2 + k.len() + 4 + v.len())
+        .sum::<usize>()
+}
+
 fn put_event(buf: &mut BytesMut, e: &WireEvent) {
     buf.put_u128(e.id);
     buf.put_u128(e.publisher);
     buf.put_u64(e.seq);
     buf.put_u64(e.deadline_unix_ms);
     put_str16(buf, &e.topic);
-    match &e.key {
-        Some(k) => put_bytes32(buf, k),
-        None => buf.put_u32(KEY_ABSENT),
-    }
+    put_key(buf, &e.key);
     put_bytes32(buf, &e.value);
-    buf.put_u16(e.headers.len().min(u16::MAX as usize) as u16);
-    for (k, v) in &e.headers {
-        put_str16(buf, k);
-        put_bytes32(buf, v);
-    }
+    put_headers(buf, &e.headers);
 }
 
 /// Bytes an event body takes on the wire (without the frame header and length prefix).
 pub fn event_body_len(e: &WireEvent) -> usize {
-    let fixed = 16 + 16 + 8 + 8 + 2 + 4 + 4 + 2;
-    let headers: usize = e
-        .headers
-        .iter()
-        .map(|(k, v)| 2 + k.len() + 4 + v.len())
-        .sum();
-    fixed + e.topic.len() + e.key.as_ref().map_or(0, |k| k.len()) + e.value.len() + headers
+    let fixed = 16 + 16 + 8 + 8 + 2 + 4 + 4;
+    fixed
+        + e.topic.len()
+        + e.key.as_ref().map_or(0, |k| k.len())
+        + e.value.len()
+        + headers_len(&e.headers)
+}
+
+/// Bytes a REPLY body takes on the wire (without the frame header and length prefix).
+pub fn reply_body_len(key: &Option<Bytes>, value: &Bytes, headers: &[(String, Bytes)]) -> usize {
+    16 + 4 + key.as_ref().map_or(0, |k| k.len()) + 4 + value.len() + headers_len(headers)
 }
 
 /// Bytes a whole frame takes on the wire, length prefix included.
@@ -208,6 +255,12 @@ pub fn encoded_len(frame: &Frame) -> usize {
         Frame::Ack { .. } => 16,
         Frame::Nack { message, .. } => 16 + 1 + 2 + message.len(),
         Frame::Response { value, .. } => 16 + 4 + value.len(),
+        Frame::Reply {
+            key,
+            value,
+            headers,
+            ..
+        } => reply_body_len(key, value, headers),
         Frame::Ping { .. } | Frame::Pong { .. } => 8,
         Frame::Goodbye => 0,
     };
@@ -267,6 +320,18 @@ pub fn encode(frame: &Frame, buf: &mut BytesMut) {
             buf.put_u8(Kind::Response as u8);
             buf.put_u128(*id);
             put_bytes32(buf, value);
+        }
+        Frame::Reply {
+            id,
+            key,
+            value,
+            headers,
+        } => {
+            buf.put_u8(Kind::Reply as u8);
+            buf.put_u128(*id);
+            put_key(buf, key);
+            put_bytes32(buf, value);
+            put_headers(buf, headers);
         }
         Frame::Ping { nonce } => {
             buf.put_u8(Kind::Ping as u8);
@@ -332,20 +397,17 @@ impl Reader {
         let len = self.u32()? as usize;
         self.take(len)
     }
-    fn event(&mut self) -> Result<WireEvent, DecodeError> {
-        let id = self.u128()?;
-        let publisher = self.u128()?;
-        let seq = self.u64()?;
-        let deadline_unix_ms = self.u64()?;
-        let topic = self.str16()?;
+    fn key(&mut self) -> Result<Option<Bytes>, DecodeError> {
         let key_len = self.u32()?;
-        let key = if key_len == KEY_ABSENT {
-            None
+        if key_len == KEY_ABSENT {
+            Ok(None)
         } else {
-            Some(self.take(key_len as usize)?)
-        };
-        let value = self.bytes32()?;
+            Ok(Some(self.take(key_len as usize)?))
+        }
+    }
+    fn headers(&mut self) -> Result<Vec<(String, Bytes)>, DecodeError> {
         let count = self.u16()? as usize;
+        // The count is checked before the vector is sized by it.
         if count > HEADERS_MAX {
             return Err(DecodeError::TooManyHeaders { count });
         }
@@ -355,6 +417,17 @@ impl Reader {
             let v = self.bytes32()?;
             headers.push((k, v));
         }
+        Ok(headers)
+    }
+    fn event(&mut self) -> Result<WireEvent, DecodeError> {
+        let id = self.u128()?;
+        let publisher = self.u128()?;
+        let seq = self.u64()?;
+        let deadline_unix_ms = self.u64()?;
+        let topic = self.str16()?;
+        let key = self.key()?;
+        let value = self.bytes32()?;
+        let headers = self.headers()?;
         Ok(WireEvent {
             id,
             publisher,
@@ -411,6 +484,18 @@ pub fn decode_body(body: Bytes) -> Result<Frame, DecodeError> {
             let id = r.u128()?;
             let value = r.bytes32()?;
             Frame::Response { id, value }
+        }
+        Kind::Reply => {
+            let id = r.u128()?;
+            let key = r.key()?;
+            let value = r.bytes32()?;
+            let headers = r.headers()?;
+            Frame::Reply {
+                id,
+                key,
+                value,
+                headers,
+            }
         }
         Kind::Ping => Frame::Ping { nonce: r.u64()? },
         Kind::Pong => Frame::Pong { nonce: r.u64()? },
@@ -536,6 +621,24 @@ mod tests {
             Frame::Ping { nonce: 1 },
             Frame::Pong { nonce: 2 },
             Frame::Goodbye,
+            Frame::Reply {
+                id: 10,
+                key: Some(Bytes::from_static(b"user-1")),
+                value: Bytes::from_static(b"done"),
+                headers: vec![
+                    (
+                        "content-type".into(),
+                        Bytes::from_static(b"application/json"),
+                    ),
+                    ("empty".into(), Bytes::new()),
+                ],
+            },
+            Frame::Reply {
+                id: 11,
+                key: None,
+                value: Bytes::new(),
+                headers: vec![],
+            },
         ]
     }
 
@@ -592,6 +695,58 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn a_reply_with_too_many_headers_is_refused() {
+        let headers = vec![("h".to_string(), Bytes::new()); HEADERS_MAX + 1];
+        let mut buf = BytesMut::new();
+        encode(
+            &Frame::Reply {
+                id: 1,
+                key: None,
+                value: Bytes::new(),
+                headers,
+            },
+            &mut buf,
+        );
+        assert_eq!(
+            decode_stream(&mut buf, 1 << 20),
+            Err(DecodeError::TooManyHeaders {
+                count: HEADERS_MAX + 1
+            })
+        );
+    }
+
+    #[test]
+    fn a_reply_header_length_beyond_the_frame_is_truncated_not_allocated() {
+        let mut buf = BytesMut::new();
+        encode(
+            &Frame::Reply {
+                id: 1,
+                key: None,
+                value: Bytes::new(),
+                headers: vec![("h".into(), Bytes::from_static(b"v"))],
+            },
+            &mut buf,
+        );
+        // The header value's length field sits just before its one byte: make it claim 2 GiB.
+        let at = buf.len() - 1 - 4;
+        buf[at..at + 4].copy_from_slice(&(1u32 << 31).to_be_bytes());
+        assert!(matches!(
+            decode_stream(&mut buf, 1 << 20),
+            Err(DecodeError::Truncated { .. })
+        ));
+    }
+
+    #[test]
+    fn features_ride_on_a_ping_nonce_that_heartbeats_never_use() {
+        assert_eq!(
+            nonce_features(features_nonce(FEATURE_REPLY)),
+            Some(FEATURE_REPLY)
+        );
+        assert_eq!(nonce_features(1), None);
+        assert_eq!(nonce_features(u64::from(u32::MAX)), None);
+    }
+
     proptest! {
         #[test]
         fn random_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..512)) {
@@ -599,7 +754,7 @@ mod tests {
         }
 
         #[test]
-        fn mutated_frames_never_panic(index in 0usize..9, flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..4)) {
+        fn mutated_frames_never_panic(index in 0usize..11, flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..4)) {
             let mut buf = BytesMut::new();
             encode(&all_frames()[index], &mut buf);
             let mut data = buf.to_vec();
@@ -616,6 +771,15 @@ mod tests {
             let mut buf = BytesMut::new();
             encode(&Frame::Event(e.clone()), &mut buf);
             prop_assert_eq!(decode_stream(&mut buf, 1 << 20), Ok(Some(Frame::Event(e))));
+        }
+
+        #[test]
+        fn replies_round_trip(id in any::<u128>(), key in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..32)), value in proptest::collection::vec(any::<u8>(), 0..256), headers in proptest::collection::vec(("[a-z-]{0,16}", proptest::collection::vec(any::<u8>(), 0..16)), 0..8)) {
+            let f = Frame::Reply { id, key: key.map(Bytes::from), value: Bytes::from(value), headers: headers.into_iter().map(|(k, v)| (k, Bytes::from(v))).collect() };
+            let mut buf = BytesMut::new();
+            encode(&f, &mut buf);
+            prop_assert_eq!(buf.len(), encoded_len(&f));
+            prop_assert_eq!(decode_stream(&mut buf, 1 << 20), Ok(Some(f)));
         }
     }
 }

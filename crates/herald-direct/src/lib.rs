@@ -14,7 +14,7 @@ pub mod publisher;
 pub mod window;
 
 pub use error::{DatagramError, PublishError, RequestError, StartError};
-pub use event::{BoxFuture, FnHandler, Handler, Message, Mode, Received, RequestContext};
+pub use event::{BoxFuture, FnHandler, Handler, Message, Mode, Received, Reply, RequestContext};
 pub use member::{Member, MemberConfig, MemberStats, PublisherLoss};
 pub use publisher::{
     DATAGRAM_BATCH_MAX, MemberState, MemberView, Publisher, PublisherConfig, PublisherStartError,

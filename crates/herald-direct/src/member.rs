@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
@@ -15,7 +15,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::error::StartError;
-use crate::event::{Handler, Mode, Received, RequestContext, system_to_instant};
+use crate::event::{Handler, Mode, Received, Reply, RequestContext, system_to_instant};
 use crate::frame::{self, Frame, Hello, NackReason, WireEvent};
 use crate::mdns::Advertisement;
 use crate::window::{DedupWindow, GapCounter};
@@ -465,6 +465,9 @@ struct ConnWriter {
     writer: Arc<tokio::net::tcp::OwnedWriteHalf>,
     shared: Arc<WriteShared>,
     tx: mpsc::Sender<Out>,
+    /// The `frame::FEATURE_*` bits the producer on this connection announced (none from a
+    /// producer that predates them): which reply frames it can decode.
+    features: AtomicU16,
 }
 
 /// What a connection's writer task shares with the tasks that write inline.
@@ -519,6 +522,7 @@ impl ConnWriter {
                 drained: Notify::new(),
             }),
             tx,
+            features: AtomicU16::new(0),
         };
         (Arc::new(conn), rx)
     }
@@ -768,7 +772,14 @@ async fn on_frame(
     match frame {
         Frame::Event(event) => on_event(event, shared, conn, batch).await,
         Frame::Request(request) => on_request(request, shared, conn, batch).await,
-        Frame::Ping { nonce } => frame::encode(&Frame::Pong { nonce }, batch),
+        Frame::Ping { nonce } => {
+            // A producer announces its features in a PING before its first request, so they
+            // are known by the time that request is read (frames are handled in order).
+            if let Some(features) = frame::nonce_features(nonce) {
+                conn.features.store(features, Ordering::Relaxed);
+            }
+            frame::encode(&Frame::Pong { nonce }, batch)
+        }
         Frame::Pong { .. } => {}
         Frame::Goodbye => return false,
         other => {
@@ -861,7 +872,8 @@ async fn on_request(
     }
     match admit(shared, id, false) {
         Admit::Duplicate | Admit::Run => {
-            let mut answering = Box::pin(answer_request(request, shared.clone()));
+            let replies = conn.features.load(Ordering::Relaxed) & frame::FEATURE_REPLY != 0;
+            let mut answering = Box::pin(answer_request(request, shared.clone(), replies));
             // As for events: a handler that answers at once is answered from the reader.
             if let std::task::Poll::Ready(reply) = futures::poll!(&mut answering) {
                 frame::encode(&reply, batch);
@@ -884,8 +896,51 @@ async fn on_request(
     }
 }
 
-/// Runs the request handler within the request's deadline and returns the reply frame.
-async fn answer_request(request: WireEvent, shared: Arc<Shared>) -> Frame {
+/// The frame carrying a handler's reply: REPLY when the producer decodes it and there is a key
+/// or a header to carry, else RESPONSE (the value alone), which every producer understands. A
+/// reply the producer's decoder would refuse (too many headers, an over-long header name, a frame
+/// beyond this member's `frame_bytes_max`) fails the request instead of the whole connection.
+fn reply_frame(id: u128, reply: Reply, replies: bool, frame_bytes_max: usize) -> Frame {
+    let frame = if replies && (reply.key.is_some() || !reply.headers.is_empty()) {
+        if reply.headers.len() > frame::HEADERS_MAX {
+            return invalid_reply(id, format!("more than {} headers", frame::HEADERS_MAX));
+        }
+        if let Some((name, _)) = reply.headers.iter().find(|(name, _)| name.len() > 255) {
+            return invalid_reply(id, format!("header name of {} bytes", name.len()));
+        }
+        Frame::Reply {
+            id,
+            key: reply.key,
+            value: reply.value,
+            headers: reply.headers,
+        }
+    } else {
+        Frame::Response {
+            id,
+            value: reply.value,
+        }
+    };
+    let bytes = frame::encoded_len(&frame) - frame::LENGTH_PREFIX_BYTES;
+    if bytes > frame_bytes_max {
+        return invalid_reply(
+            id,
+            format!("{bytes} bytes exceed frame_bytes_max {frame_bytes_max}"),
+        );
+    }
+    frame
+}
+
+fn invalid_reply(id: u128, problem: String) -> Frame {
+    Frame::Nack {
+        id,
+        reason: NackReason::HandlerFailed,
+        message: format!("invalid reply: {problem}"),
+    }
+}
+
+/// Runs the request handler within the request's deadline and returns the reply frame; `replies`
+/// says whether the producer decodes REPLY frames.
+async fn answer_request(request: WireEvent, shared: Arc<Shared>, replies: bool) -> Frame {
     let id = request.id;
     let received = Received::from_wire(request, Mode::Request);
     // A request without a deadline still gets one: the member never works forever.
@@ -893,10 +948,10 @@ async fn answer_request(request: WireEvent, shared: Arc<Shared>) -> Frame {
         .deadline
         .unwrap_or_else(|| SystemTime::now() + Duration::from_secs(30));
     let ctx = RequestContext::new(deadline);
-    let run = shared.handler.on_request(received, ctx);
+    let run = shared.handler.answer(received, ctx);
     let at = tokio::time::Instant::from_std(system_to_instant(deadline));
     let reply = match tokio::time::timeout_at(at, run).await {
-        Ok(Ok(value)) => Frame::Response { id, value },
+        Ok(Ok(reply)) => reply_frame(id, reply, replies, shared.config.frame_bytes_max),
         Ok(Err(message)) => Frame::Nack {
             id,
             // Deadlines travel in whole milliseconds, so a nested call that gave up on the
@@ -918,7 +973,12 @@ async fn answer_request(request: WireEvent, shared: Arc<Shared>) -> Frame {
             }
         }
     };
-    finish(&shared, id, matches!(reply, Frame::Response { .. }), true);
+    finish(
+        &shared,
+        id,
+        matches!(reply, Frame::Response { .. } | Frame::Reply { .. }),
+        true,
+    );
     reply
 }
 

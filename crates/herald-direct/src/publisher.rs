@@ -5,19 +5,19 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::error::{DatagramError, PublishError, RequestError};
-use crate::event::{Message, system_to_instant, system_to_unix_ms};
+use crate::event::{Message, Reply, system_to_instant, system_to_unix_ms};
 use crate::frame::{self, Frame, Hello, NackReason, WireEvent};
 use crate::mdns::{self, Discovery};
 use crate::member::DATAGRAM_PAYLOAD_BYTES_MAX_DEFAULT;
@@ -206,10 +206,10 @@ impl Drop for QueuedGuard<'_> {
     }
 }
 
-enum Reply {
+enum Outcome {
     Ack,
     Nack(NackReason, String),
-    Response(Bytes),
+    Response(Reply),
     Lost,
 }
 
@@ -220,7 +220,7 @@ struct Conn {
     write: Arc<Mutex<WriteState>>,
     /// Replies owed on this connection. `None` once the connection ended: a sender that finds
     /// it so knows at once that its event was not delivered (no wait for a timeout).
-    pending: Mutex<Option<HashMap<u128, oneshot::Sender<Reply>>>>,
+    pending: Mutex<Option<HashMap<u128, oneshot::Sender<Outcome>>>>,
 }
 
 struct Slot {
@@ -534,9 +534,11 @@ impl Publisher {
             }
         })?;
         let event = Arc::new(event);
+        // A publish has no deadline of its own around the deliveries: they report themselves.
+        let progress = AtomicU8::new(WAITING_FOR_MEMBER);
         let deliveries = groups
             .iter()
-            .map(|g| deliver(shared, g, event.clone(), at, false));
+            .map(|g| deliver(shared, g, event.clone(), at, false, &progress));
         let results = futures::future::join_all(deliveries).await;
         for result in results {
             result?;
@@ -662,6 +664,28 @@ impl Publisher {
         message: Message,
         deadline: SystemTime,
     ) -> Result<Bytes, RequestError> {
+        self.request_reply_until(message, deadline)
+            .await
+            .map(|reply| reply.value)
+    }
+
+    /// [`Publisher::request`] returning the whole [`Reply`]: its value, key and headers.
+    pub async fn request_reply(
+        &self,
+        message: Message,
+        timeout: Duration,
+    ) -> Result<Reply, RequestError> {
+        self.request_reply_until(message, SystemTime::now() + timeout)
+            .await
+    }
+
+    /// [`Publisher::request_until`] returning the whole [`Reply`]: its value, key and headers
+    /// (a member older than replies with headers sends the value alone).
+    pub async fn request_reply_until(
+        &self,
+        message: Message,
+        deadline: SystemTime,
+    ) -> Result<Reply, RequestError> {
         let shared = self.shared();
         validate(&message).map_err(RequestError::Invalid)?;
         let event = shared.wire_event(message, deadline, 0);
@@ -675,6 +699,7 @@ impl Publisher {
         }
         let at = Instant::from_std(system_to_instant(deadline));
         let topic = event.topic.clone();
+        let progress = AtomicU8::new(WAITING_FOR_MEMBER);
         // The whole call is bounded by the deadline, whatever the members do.
         let work = async {
             let groups = shared.groups_until(&topic, at).await.ok_or_else(|| {
@@ -683,8 +708,8 @@ impl Publisher {
                 }
             })?;
             let group = groups.iter().next().cloned().unwrap_or_default();
-            match deliver(shared, &group, Arc::new(event), at, true).await {
-                Ok(Some(value)) => Ok(value),
+            match deliver(shared, &group, Arc::new(event), at, true, &progress).await {
+                Ok(Some(reply)) => Ok(reply),
                 Ok(None) => Err(RequestError::Failed("no response".into())),
                 Err(PublishError::NoLiveMember { .. }) => Err(RequestError::NoLiveMember {
                     topic: topic.clone(),
@@ -708,10 +733,22 @@ impl Publisher {
                 Err(RequestError::DeadlineExceeded)
             }
             Ok(result) => result,
-            Err(_) => Err(RequestError::DeadlineExceeded),
+            // The waits inside end at the same instant as this one, and either may be seen
+            // first: say what the request was still waiting for, as a publish would.
+            Err(_) => Err(match progress.load(Ordering::Relaxed) {
+                WAITING_FOR_MEMBER => RequestError::NoLiveMember { topic },
+                WAITING_FOR_ROOM => RequestError::BackPressure { topic },
+                _ => RequestError::DeadlineExceeded,
+            }),
         }
     }
 }
+
+/// What a delivery is waiting for, so a caller whose own deadline fires first can say why:
+/// a live member of the group, room on one, or the reply of one it sent to.
+const WAITING_FOR_MEMBER: u8 = 0;
+const WAITING_FOR_ROOM: u8 = 1;
+const WAITING_FOR_REPLY: u8 = 2;
 
 fn validate(message: &Message) -> Result<(), String> {
     if message.topic.is_empty() || message.topic.len() > 255 {
@@ -911,7 +948,8 @@ async fn deliver(
     event: Arc<WireEvent>,
     at: Instant,
     request: bool,
-) -> Result<Option<Bytes>, PublishError> {
+    progress: &AtomicU8,
+) -> Result<Option<Reply>, PublishError> {
     let topic = &event.topic;
     let mut tried = HashSet::new();
     let mut nacks = 0u32;
@@ -919,8 +957,12 @@ async fn deliver(
     loop {
         let changed = shared.changed.notified();
         let (addr, conn) = match shared.pick(topic, group, &tried) {
-            Pick::Chosen(addr, conn) => (addr, conn),
+            Pick::Chosen(addr, conn) => {
+                progress.store(WAITING_FOR_REPLY, Ordering::Relaxed);
+                (addr, conn)
+            }
             Pick::AllFull => {
+                progress.store(WAITING_FOR_ROOM, Ordering::Relaxed);
                 if tokio::time::timeout_at(at, changed).await.is_err() {
                     return Err(PublishError::BackPressure {
                         topic: topic.clone(),
@@ -930,6 +972,7 @@ async fn deliver(
                 continue;
             }
             Pick::NoneLive => {
+                progress.store(WAITING_FOR_MEMBER, Ordering::Relaxed);
                 if tokio::time::timeout_at(at, changed).await.is_err() {
                     return Err(PublishError::NoLiveMember {
                         topic: topic.clone(),
@@ -951,7 +994,7 @@ async fn deliver(
         let attempt_at =
             at.min(Instant::now() + Duration::from_millis(shared.config.attempt_timeout_ms));
         let outcome = if !registered {
-            Ok(Ok(Reply::Lost))
+            Ok(Ok(Outcome::Lost))
         } else {
             let sent = match conn.try_write_inline(&event, request) {
                 Inline::Sent => Ok(Ok(())),
@@ -960,7 +1003,7 @@ async fn deliver(
             };
             match sent {
                 Ok(Ok(())) => tokio::time::timeout_at(attempt_at, reply_rx).await,
-                Ok(Err(())) => Ok(Ok(Reply::Lost)),
+                Ok(Err(())) => Ok(Ok(Outcome::Lost)),
                 Err(elapsed) => Err(elapsed),
             }
         };
@@ -969,9 +1012,9 @@ async fn deliver(
         }
         shared.release(addr);
         match outcome {
-            Ok(Ok(Reply::Ack)) => return Ok(None),
-            Ok(Ok(Reply::Response(value))) => return Ok(Some(value)),
-            Ok(Ok(Reply::Nack(reason, message))) => {
+            Ok(Ok(Outcome::Ack)) => return Ok(None),
+            Ok(Ok(Outcome::Response(reply))) => return Ok(Some(reply)),
+            Ok(Ok(Outcome::Nack(reason, message))) => {
                 tried.insert(addr);
                 last = format!("{addr} nacked: {reason:?}: {message}");
                 match reason {
@@ -997,8 +1040,8 @@ async fn deliver(
                     }
                 }
             }
-            Ok(Ok(Reply::Lost)) | Ok(Err(_)) => {
-                if matches!(outcome, Ok(Ok(Reply::Lost))) {
+            Ok(Ok(Outcome::Lost)) | Ok(Err(_)) => {
+                if matches!(outcome, Ok(Ok(Outcome::Lost))) {
                     // The connection is gone (its writer has ended, or it was failed already).
                     // Fail it for every sender now: until its reader notices and takes it out
                     // of the slot, a pick could choose it again and again, each attempt failing
@@ -1077,7 +1120,7 @@ fn remove_mdns(shared: &Arc<Shared>, fullname: &str) {
 fn fail_pending(conn: &Conn) {
     let owed = conn.pending.lock().take();
     for (_, tx) in owed.into_iter().flatten() {
-        let _ = tx.send(Reply::Lost);
+        let _ = tx.send(Outcome::Lost);
     }
 }
 
@@ -1174,6 +1217,19 @@ async fn connect(
     })
     .await
     .map_err(|_| "no hello in time".to_string())??;
+    // Announce what this producer decodes beyond version 1 before anything else is written, so
+    // the member knows it by the first request. A member that predates features answers a PONG.
+    let mut features = BytesMut::new();
+    frame::encode(
+        &Frame::Ping {
+            nonce: frame::features_nonce(frame::FEATURE_REPLY),
+        },
+        &mut features,
+    );
+    tokio::time::timeout(timeout, stream.write_all(&features))
+        .await
+        .map_err(|_| "features not sent in time".to_string())?
+        .map_err(|e| format!("write: {e}"))?;
     Ok((stream, hello, buf))
 }
 
@@ -1229,13 +1285,29 @@ async fn run_connection(
         loop {
             match frame::decode_stream(&mut buf, shared.config.frame_bytes_max) {
                 Ok(Some(frame)) => match frame {
-                    Frame::Ack { id } => reply(&conn, id, Reply::Ack),
+                    Frame::Ack { id } => reply(&conn, id, Outcome::Ack),
                     Frame::Nack {
                         id,
                         reason,
                         message,
-                    } => reply(&conn, id, Reply::Nack(reason, message)),
-                    Frame::Response { id, value } => reply(&conn, id, Reply::Response(value)),
+                    } => reply(&conn, id, Outcome::Nack(reason, message)),
+                    Frame::Response { id, value } => {
+                        reply(&conn, id, Outcome::Response(Reply::new(value)))
+                    }
+                    Frame::Reply {
+                        id,
+                        key,
+                        value,
+                        headers,
+                    } => reply(
+                        &conn,
+                        id,
+                        Outcome::Response(Reply {
+                            key,
+                            value,
+                            headers,
+                        }),
+                    ),
                     Frame::Ping { nonce } => {
                         conn.try_queue(Out::Frame(Frame::Pong { nonce }));
                     }
@@ -1277,7 +1349,7 @@ async fn run_connection(
     end
 }
 
-fn reply(conn: &Conn, id: u128, reply: Reply) {
+fn reply(conn: &Conn, id: u128, reply: Outcome) {
     let owed = conn.pending.lock().as_mut().and_then(|p| p.remove(&id));
     if let Some(tx) = owed {
         let _ = tx.send(reply);

@@ -321,14 +321,24 @@ impl NativeRequests for DirectTransport {
             let publisher = self
                 .publisher()
                 .ok_or(RequestError::Publish(PublishError::Closed))?;
-            let request = event.clone();
-            let value = publisher
-                .request_until(message(topic, event), deadline)
+            let request_id = event.id;
+            let request_key = event.key.clone();
+            let reply = publisher
+                .request_reply_until(message(topic, event), deadline)
                 .await
                 .map_err(request_error)?;
-            // A response frame carries only bytes: the reply is the replier's payload, keeping
-            // the request's key and correlated to it (the replier's headers do not travel).
-            Ok(Event::result_of(&request, value))
+            // The replier's event travels whole, its SDK metadata in its headers. A member that
+            // predates replies with headers sends the payload alone: that reply is the
+            // replier's payload under a fresh id, keeping the request's key.
+            let mut reply = if reply.headers.is_empty() && reply.key.is_none() {
+                let mut plain = Event::new(reply.value);
+                plain.key = request_key;
+                plain
+            } else {
+                Event::from_wire(reply.key, reply.value, reply.headers, None)
+            };
+            reply.correlation_id = Some(request_id);
+            Ok(reply)
         })
     }
 
@@ -540,6 +550,15 @@ impl Handler for ReplierHandler {
         request: Received,
         ctx: MemberRequestContext,
     ) -> MemberFuture<Result<Bytes, String>> {
+        let answer = self.answer(request, ctx);
+        Box::pin(async move { answer.await.map(|reply| reply.value) })
+    }
+
+    fn answer(
+        &self,
+        request: Received,
+        ctx: MemberRequestContext,
+    ) -> MemberFuture<Result<herald_direct::Reply, String>> {
         let replier = self.replier.clone();
         Box::pin(async move {
             let event = Event::from_wire(request.key, request.value, request.headers, None);
@@ -547,7 +566,13 @@ impl Handler for ReplierHandler {
             // the deadline (and the member's slot for it taken forever).
             let run = std::panic::AssertUnwindSafe(replier(event, ctx.deadline()));
             match run.catch_unwind().await {
-                Ok(Ok(reply)) => Ok(reply.payload),
+                // The reply travels as a whole event: its id, timestamp and correlation id in
+                // the SDK's headers, as on every other transport.
+                Ok(Ok(reply)) => Ok(herald_direct::Reply {
+                    headers: reply.wire_headers(),
+                    key: reply.key,
+                    value: reply.payload,
+                }),
                 Ok(Err(e)) => Err(e.message().to_string()),
                 Err(_) => Err("the replier panicked".to_string()),
             }

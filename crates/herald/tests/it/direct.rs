@@ -562,6 +562,87 @@ async fn a_panicking_replier_fails_the_request_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_keeps_its_headers_and_metadata_over_direct() {
+    #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+    struct Answer {
+        n: u32,
+    }
+    let bus = Bus::connect("direct://").await.unwrap();
+    let t = topic("whole-reply");
+    let (ids_tx, mut ids_rx) = unbounded_channel();
+    let server = bus
+        .serve(&t)
+        .bind(loopback())
+        .reply(move |_req: Event, _ctx| {
+            let ids_tx = ids_tx.clone();
+            async move {
+                let reply = Event::json(&Answer { n: 7 })?
+                    .with_key("reply-key")
+                    .with_header("trace", "abc");
+                let _ = ids_tx.send((reply.id, reply.timestamp));
+                Ok(reply)
+            }
+        })
+        .await
+        .unwrap();
+    let req = Event::new("q").with_key("request-key");
+    let request_id = req.id;
+    let reply = bus.request(&t, req).deadline(WAIT).await.unwrap();
+    let (reply_id, reply_timestamp) = recv(&mut ids_rx).await;
+    // The replier's own event came back: its id, key, headers and timestamp (whole
+    // milliseconds on the wire), correlated to the request.
+    assert_eq!(reply.id, reply_id);
+    assert_eq!(reply.correlation_id, Some(request_id));
+    assert_eq!(reply.key.as_deref(), Some(&b"reply-key"[..]));
+    assert_eq!(reply.header_str("content-type"), Some("application/json"));
+    assert_eq!(reply.header_str("trace"), Some("abc"));
+    let ms =
+        |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+    assert_eq!(ms(reply.timestamp), ms(reply_timestamp));
+    assert_eq!(reply.decode_json::<Answer>().unwrap(), Answer { n: 7 });
+    // Only the application's headers are headers; the SDK's metadata went back into fields.
+    assert!(
+        reply
+            .headers
+            .iter()
+            .all(|(name, _)| !name.starts_with("herald-")),
+        "{:?}",
+        reply.headers
+    );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_nobody_serves_is_no_replier() {
+    let bus = Bus::connect("direct://").await.unwrap();
+    let t = topic("unserved");
+    match bus
+        .request(&t, Event::new("x"))
+        .deadline(Duration::from_millis(200))
+        .await
+    {
+        Err(RequestError::NoReplier { topic }) => assert_eq!(topic, t),
+        other => panic!("expected no replier, got {other:?}"),
+    }
+    // A member serving another topic is no replier for this one either.
+    let other = bus
+        .serve(&topic("served"))
+        .bind(loopback())
+        .reply(|req: Event, _ctx| async move { Ok(req) })
+        .await
+        .unwrap();
+    match bus
+        .request(&t, Event::new("x"))
+        .deadline(Duration::from_millis(200))
+        .await
+    {
+        Err(RequestError::NoReplier { topic }) => assert_eq!(topic, t),
+        other => panic!("expected no replier, got {other:?}"),
+    }
+    other.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_events_are_too_large_on_both_transports() {
     let bus = Bus::connect("direct://?frame_bytes_max=1024")
         .await
