@@ -118,6 +118,8 @@ struct Report {
     /// from the call: a view less moved by a slow moment in one slice.
     direct_p50_ratio_to_tcp_open_loop_slice_median: f64,
     direct_p99_ratio_to_tcp_open_loop_slice_median: f64,
+    /// Each pair's p50 and p99 from the call, in the order they ran.
+    latency_slice_pairs: Vec<SlicePair>,
     direct_pipelined_acked_per_s: u64,
     direct_pipelined_in_flight: usize,
     datagram_sent_per_s: u64,
@@ -304,8 +306,10 @@ fn setup() -> Result<Setup, CliError> {
 
 /// Longest wait for the last answers of one slice before the run is declared broken.
 const SLICE_DRAIN_MS_MAX: u64 = 10_000;
-/// Events each latency phase sends, paced and unrecorded, before its first timed slice, so the
-/// connection, the allocator and the caches are warm for both.
+/// Events each latency phase sends, paced and unrecorded, in each of its two warm-up slices
+/// before its first timed slice, so the connection, the allocator and the caches are warm for
+/// both. One warm-up slice each was not enough: the first timed slice after them was often
+/// slower than all the others, whichever phase it belonged to.
 const WARMUP_EVENTS: u64 = 1_000;
 /// Bytes at the head of each echo message: its scheduled time and its call time, each in
 /// nanoseconds since the echo's origin, so the reader needs no table of send times.
@@ -518,9 +522,18 @@ struct Interleaved {
     direct_from_due: Histogram<u64>,
     direct_failed: u64,
     slice_events: u64,
-    /// Direct's p50 (p99) over the echo's in the other slice of the same pair, from the call.
-    slice_p50_ratios: Vec<f64>,
-    slice_p99_ratios: Vec<f64>,
+    pairs: Vec<SlicePair>,
+}
+
+/// One echo slice and the direct slice next to it, latencies from the call.
+#[derive(Debug, Serialize)]
+struct SlicePair {
+    /// Which of the two ran first: "echo" or "direct".
+    first: &'static str,
+    echo_p50_us: u64,
+    echo_p99_us: u64,
+    direct_p50_us: u64,
+    direct_p99_us: u64,
 }
 
 /// Measures the echo and direct in alternating slices of `slice_events` events at `rate`, so
@@ -557,8 +570,11 @@ fn latency_interleaved(
     const ECHO: &str = "bare TCP echo";
     const DIRECT: &str = "direct publish-to-ack";
     set_timer_slack_fine();
+    // Warm up in the order the timed pairs alternate: echo, direct, direct, echo.
     paced_slice(WARMUP_EVENTS, gap, &echo_rec, ECHO, &mut send_echo)?;
     paced_slice(WARMUP_EVENTS, gap, &direct_rec, DIRECT, &mut send_direct)?;
+    paced_slice(WARMUP_EVENTS, gap, &direct_rec, DIRECT, &mut send_direct)?;
+    paced_slice(WARMUP_EVENTS, gap, &echo_rec, ECHO, &mut send_echo)?;
     let mut out = Interleaved {
         echo_from_call: histogram()?,
         echo_from_due: histogram()?,
@@ -566,8 +582,7 @@ fn latency_interleaved(
         direct_from_due: histogram()?,
         direct_failed: 0,
         slice_events,
-        slice_p50_ratios: Vec::new(),
-        slice_p99_ratios: Vec::new(),
+        pairs: Vec::new(),
     };
     let mut echo_failed = 0;
     for pair in 0..slices {
@@ -584,15 +599,13 @@ fn latency_interleaved(
                 d,
             )
         };
-        let ratio = |a: u64, b: u64| a as f64 / b.max(1) as f64;
-        out.slice_p50_ratios.push(ratio(
-            d.from_call.value_at_quantile(0.50),
-            e.from_call.value_at_quantile(0.50),
-        ));
-        out.slice_p99_ratios.push(ratio(
-            d.from_call.value_at_quantile(0.99),
-            e.from_call.value_at_quantile(0.99),
-        ));
+        out.pairs.push(SlicePair {
+            first: if pair % 2 == 0 { "echo" } else { "direct" },
+            echo_p50_us: e.from_call.value_at_quantile(0.50),
+            echo_p99_us: e.from_call.value_at_quantile(0.99),
+            direct_p50_us: d.from_call.value_at_quantile(0.50),
+            direct_p99_us: d.from_call.value_at_quantile(0.99),
+        });
         let add = |total: &mut Histogram<u64>, part: &Histogram<u64>| {
             total
                 .add(part)
@@ -821,8 +834,19 @@ pub fn run(output: Output, args: BenchArgs) -> Result<(), CliError> {
         direct_scheduled_p99_ratio_to_tcp_open_loop: ratio(direct_due_l.p99_us, open_due_l.p99_us),
         latency_slices_per_phase: args.slices,
         latency_slice_events: lat.slice_events,
-        direct_p50_ratio_to_tcp_open_loop_slice_median: median(&lat.slice_p50_ratios),
-        direct_p99_ratio_to_tcp_open_loop_slice_median: median(&lat.slice_p99_ratios),
+        direct_p50_ratio_to_tcp_open_loop_slice_median: median(
+            &lat.pairs
+                .iter()
+                .map(|p| ratio(p.direct_p50_us, p.echo_p50_us))
+                .collect::<Vec<_>>(),
+        ),
+        direct_p99_ratio_to_tcp_open_loop_slice_median: median(
+            &lat.pairs
+                .iter()
+                .map(|p| ratio(p.direct_p99_us, p.echo_p99_us))
+                .collect::<Vec<_>>(),
+        ),
+        latency_slice_pairs: lat.pairs,
         bare_tcp_open_loop: open_l,
         bare_tcp_open_loop_scheduled: open_due_l,
         bare_tcp_round_trip: tcp_l,

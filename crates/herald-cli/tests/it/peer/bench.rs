@@ -46,6 +46,10 @@ fn interleaved_slices_are_all_counted() {
     assert_eq!(report["direct_scheduled_to_ack"]["samples"], 1200);
     assert_eq!(report["bare_tcp_open_loop"]["samples"], 1200);
     assert_eq!(report["bare_tcp_open_loop_scheduled"]["samples"], 1200);
+    // Pairs alternate which phase runs first, so neither always follows the other.
+    let pairs = report["latency_slice_pairs"].as_array().unwrap();
+    let firsts: Vec<&str> = pairs.iter().map(|p| p["first"].as_str().unwrap()).collect();
+    assert_eq!(firsts, ["echo", "direct", "echo"]);
     for ratio in [
         "direct_p50_ratio_to_tcp_open_loop",
         "direct_p99_ratio_to_tcp_open_loop",
