@@ -15,6 +15,11 @@
 //! the way the direct phase runs: open loop at the same rate, sends spawned onto the
 //! publisher's runtime by the same pacing thread, echoed by a task on the member's runtime,
 //! measured from the call and from the scheduled time. Direct is compared with both.
+//!
+//! The echo and direct latency phases are interleaved in short alternating slices rather than
+//! run one after the other: this shared virtual machine drifts (other processes, CPU frequency,
+//! the host) over seconds, and with sequential phases that drift landed entirely in the ratio.
+//! Both phases get the same pacing thread, runtimes, warm-up, slices and measurement points.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
@@ -26,7 +31,7 @@ use anyhow::Context as _;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use herald_direct::{FnHandler, Member, MemberConfig, Message, Publisher, PublisherConfig};
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use serde::Serialize;
 
 use crate::{CliError, Output};
@@ -46,9 +51,13 @@ pub struct BenchArgs {
     /// Offered load of the direct latency phase, events per second.
     #[arg(long, default_value_t = 10_000)]
     pub rate: u64,
-    /// Length of each timed phase in milliseconds.
+    /// Length of each timed phase in milliseconds (for the echo and direct latency phases, the
+    /// total over their slices).
     #[arg(long, default_value_t = 3_000)]
     pub duration_ms: u64,
+    /// Slices each of the echo and direct latency phases is cut into; the two alternate.
+    #[arg(long, default_value_t = 16)]
+    pub slices: u64,
     /// Direct events awaiting their ack at once in the throughput phase.
     #[arg(long, default_value_t = 256)]
     pub in_flight: usize,
@@ -101,6 +110,14 @@ struct Report {
     /// Direct over that baseline, each measured from the scheduled time (p50, p99).
     direct_scheduled_p50_ratio_to_tcp_open_loop: f64,
     direct_scheduled_p99_ratio_to_tcp_open_loop: f64,
+    /// The echo and direct latency phases alternate in this many slices each, of
+    /// `latency_slice_events` events at `direct_rate_per_s`.
+    latency_slices_per_phase: u64,
+    latency_slice_events: u64,
+    /// The median over slice pairs of direct's p50 (p99) over the echo's in the same pair, each
+    /// from the call: a view less moved by a slow moment in one slice.
+    direct_p50_ratio_to_tcp_open_loop_slice_median: f64,
+    direct_p99_ratio_to_tcp_open_loop_slice_median: f64,
     direct_pipelined_acked_per_s: u64,
     direct_pipelined_in_flight: usize,
     datagram_sent_per_s: u64,
@@ -285,169 +302,327 @@ fn setup() -> Result<Setup, CliError> {
     })
 }
 
-/// The bare TCP baseline measured the way the direct path is: open loop at the same rate, the
-/// client on the publisher's runtime (each send a task spawned by the same pacing thread) and
-/// an echo task on the member's runtime, so both pay the same runtime wake-ups. Each 1 KiB
-/// message carries its number in its first 8 bytes; a reader task matches the echoes.
-fn bare_tcp_open_loop(
-    s: &Setup,
-    payload: usize,
-    rate: u64,
-    duration: Duration,
-) -> Result<(Histogram<u64>, Histogram<u64>), CliError> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let payload = payload.max(8);
-    let listener = s
-        .member_rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
-    let addr = listener.local_addr()?;
-    s.member_rt.handle().spawn(async move {
-        if let Ok((sock, _)) = listener.accept().await {
-            let _ = sock.set_nodelay(true);
-            let (mut r, mut w) = sock.into_split();
-            let mut buf = vec![0u8; payload];
-            while r.read_exact(&mut buf).await.is_ok() {
-                if w.write_all(&buf).await.is_err() {
-                    break;
-                }
-            }
-        }
-    });
-    let stream = s
-        .publisher_rt
-        .block_on(tokio::net::TcpStream::connect(addr))?;
-    stream.set_nodelay(true)?;
-    let (mut r, w) = stream.into_split();
-    let w = Arc::new(tokio::sync::Mutex::new(w));
-    let warmup = 1000u64;
-    let count = rate * duration.as_secs_f64() as u64;
-    let total = warmup + count;
-    let gap = Duration::from_secs_f64(1.0 / rate as f64);
-    let origin = Instant::now();
-    // When each message's send began, in ns since `origin` (0 = not yet).
-    let called: Arc<Vec<AtomicU64>> = Arc::new((0..total).map(|_| AtomicU64::new(0)).collect());
-    let start = Arc::new(Mutex::new(origin));
-    let (mut from_call, mut from_due) = (histogram()?, histogram()?);
-    let (called2, start2) = (called.clone(), start.clone());
-    let reader = s.publisher_rt.handle().spawn(async move {
-        let mut buf = vec![0u8; payload];
-        for _ in 0..total {
-            if r.read_exact(&mut buf).await.is_err() {
-                break;
-            }
-            let now = Instant::now();
-            let mut seq = [0u8; 8];
-            seq.copy_from_slice(&buf[..8]);
-            let i = u64::from_le_bytes(seq);
-            if i < warmup || i >= total {
-                continue;
-            }
-            let at = origin + Duration::from_nanos(called2[i as usize].load(Ordering::Relaxed));
-            let due = *start2.lock() + gap * (i - warmup) as u32;
-            record(&mut from_call, now.saturating_duration_since(at));
-            record(&mut from_due, now.saturating_duration_since(due));
-        }
-        (from_call, from_due)
-    });
-    set_timer_slack_fine();
-    let handle = s.publisher_rt.handle().clone();
-    let mut begin = Instant::now();
-    for i in 0..total {
-        if i == warmup {
-            begin = Instant::now();
-            *start.lock() = begin;
-        }
-        if i >= warmup {
-            let due = begin + gap * (i - warmup) as u32;
-            let now = Instant::now();
-            if due > now {
-                std::thread::sleep(due - now);
-            }
-        } else {
-            std::thread::sleep(gap);
-        }
-        let (w, called) = (w.clone(), called.clone());
-        handle.spawn(async move {
-            let mut msg = vec![b'x'; payload];
-            msg[..8].copy_from_slice(&i.to_le_bytes());
-            called[i as usize].store(origin.elapsed().as_nanos() as u64, Ordering::Relaxed);
-            let _ = w.lock().await.write_all(&msg).await;
-        });
-    }
-    let result = s
-        .publisher_rt
-        .block_on(async { tokio::time::timeout(Duration::from_secs(10), reader).await });
-    match result {
-        Ok(Ok(h)) => Ok(h),
-        _ => Err(CliError::Other(anyhow::anyhow!(
-            "the bare open-loop TCP echo did not answer every message"
-        ))),
+/// Longest wait for the last answers of one slice before the run is declared broken.
+const SLICE_DRAIN_MS_MAX: u64 = 10_000;
+/// Events each latency phase sends, paced and unrecorded, before its first timed slice, so the
+/// connection, the allocator and the caches are warm for both.
+const WARMUP_EVENTS: u64 = 1_000;
+/// Bytes at the head of each echo message: its scheduled time and its call time, each in
+/// nanoseconds since the echo's origin, so the reader needs no table of send times.
+const ECHO_HEADER_BYTES: usize = 16;
+
+/// What one latency phase recorded during one slice.
+struct SliceResult {
+    from_call: Histogram<u64>,
+    from_due: Histogram<u64>,
+    completed: u64,
+    failed: u64,
+}
+
+impl SliceResult {
+    fn new() -> Result<SliceResult, CliError> {
+        Ok(SliceResult {
+            from_call: histogram()?,
+            from_due: histogram()?,
+            completed: 0,
+            failed: 0,
+        })
     }
 }
 
-fn direct_latency(
-    s: &Setup,
-    payload: &Bytes,
-    rate: u64,
-    duration: Duration,
-) -> Result<(Histogram<u64>, Histogram<u64>, u64), CliError> {
-    let h = Arc::new(Mutex::new((histogram()?, histogram()?)));
-    let failed = Arc::new(AtomicU64::new(0));
-    let count = rate * duration.as_secs_f64() as u64;
-    let gap = Duration::from_secs_f64(1.0 / rate as f64);
-    let handle = s.publisher_rt.handle().clone();
-    let done = Arc::new(AtomicU64::new(0));
-    // Warm up the connection and the allocator first.
-    s.publisher_rt.block_on(async {
-        for _ in 0..1000 {
-            let _ = s
-                .publisher
-                .publish(
-                    Message::new("bench", payload.clone()),
-                    Duration::from_secs(5),
-                )
-                .await;
+/// Collects one latency phase's answers during a slice and lets the pacing thread wait until
+/// every event of the slice has been answered or has failed, so no slice's tail spills into
+/// the next slice, which belongs to the other phase. The echo and direct use it alike.
+struct SliceRecorder {
+    state: Mutex<SliceResult>,
+    completed_changed: Condvar,
+}
+
+impl SliceRecorder {
+    fn new() -> Result<SliceRecorder, CliError> {
+        Ok(SliceRecorder {
+            state: Mutex::new(SliceResult::new()?),
+            completed_changed: Condvar::new(),
+        })
+    }
+
+    /// Records an answered event: answered at `at`, called at `called`, scheduled for `due`.
+    fn answered(&self, at: Instant, called: Instant, due: Instant) {
+        let mut s = self.state.lock();
+        record(&mut s.from_call, at.saturating_duration_since(called));
+        record(&mut s.from_due, at.saturating_duration_since(due));
+        s.completed += 1;
+        drop(s);
+        self.completed_changed.notify_one();
+    }
+
+    fn failed(&self) {
+        let mut s = self.state.lock();
+        s.failed += 1;
+        s.completed += 1;
+        drop(s);
+        self.completed_changed.notify_one();
+    }
+
+    /// Waits until `events` events of the current slice have completed, then hands back what
+    /// they recorded and starts an empty slice.
+    fn finish_slice(&self, events: u64, phase: &str) -> Result<SliceResult, CliError> {
+        let fresh = SliceResult::new()?;
+        let deadline = Instant::now() + Duration::from_millis(SLICE_DRAIN_MS_MAX);
+        let mut s = self.state.lock();
+        while s.completed < events {
+            if self
+                .completed_changed
+                .wait_until(&mut s, deadline)
+                .timed_out()
+            {
+                break;
+            }
         }
-    });
-    set_timer_slack_fine();
-    let start = Instant::now();
-    for i in 0..count {
-        let due = start + gap * i as u32;
+        if s.completed < events {
+            return Err(CliError::Other(anyhow::anyhow!(
+                "{phase}: {} of {events} events of a slice answered within {SLICE_DRAIN_MS_MAX} ms",
+                s.completed
+            )));
+        }
+        Ok(std::mem::replace(&mut *s, fresh))
+    }
+}
+
+/// Hands `events` events to `send`, one every `gap` from now, sleeping on this (the pacing)
+/// thread until each one's scheduled time and never waiting for answers (open loop: a late
+/// event goes at once), then waits for the slice's answers. Both phases are paced by this.
+fn paced_slice(
+    events: u64,
+    gap: Duration,
+    recorder: &SliceRecorder,
+    phase: &str,
+    send: &mut impl FnMut(Instant),
+) -> Result<SliceResult, CliError> {
+    let gap_ns = gap.as_nanos() as u64;
+    let begin = Instant::now();
+    for i in 0..events {
+        let due = begin + Duration::from_nanos(gap_ns.saturating_mul(i));
         let now = Instant::now();
         if due > now {
             std::thread::sleep(due - now);
         }
-        let (p, h, failed, done, payload) = (
-            s.publisher.clone(),
-            h.clone(),
-            failed.clone(),
-            done.clone(),
-            payload.clone(),
+        send(due);
+    }
+    recorder.finish_slice(events, phase)
+}
+
+/// The bare TCP baseline set up the way the direct path runs: the client on the publisher's
+/// runtime (each send a task the pacing thread spawns there) and an echo task on the member's
+/// runtime, so both pay the same runtime wake-ups. A reader task on the publisher's runtime
+/// records each echo.
+struct Echo {
+    writer: Arc<tokio::sync::Mutex<tokio::net::tcp::OwnedWriteHalf>>,
+    reader: tokio::task::JoinHandle<()>,
+    origin: Instant,
+    payload_bytes: usize,
+}
+
+impl Echo {
+    fn start(
+        s: &Setup,
+        payload_bytes: usize,
+        recorder: Arc<SliceRecorder>,
+    ) -> Result<Echo, CliError> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let payload_bytes = payload_bytes.max(ECHO_HEADER_BYTES);
+        let listener = s
+            .member_rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+        let addr = listener.local_addr()?;
+        s.member_rt.handle().spawn(async move {
+            if let Ok((sock, _)) = listener.accept().await {
+                let _ = sock.set_nodelay(true);
+                let (mut r, mut w) = sock.into_split();
+                let mut buf = vec![0u8; payload_bytes];
+                while r.read_exact(&mut buf).await.is_ok() {
+                    if w.write_all(&buf).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let stream = s
+            .publisher_rt
+            .block_on(tokio::net::TcpStream::connect(addr))?;
+        stream.set_nodelay(true)?;
+        let (mut r, w) = stream.into_split();
+        let origin = Instant::now();
+        let reader = s.publisher_rt.handle().spawn(async move {
+            let mut buf = vec![0u8; payload_bytes];
+            while r.read_exact(&mut buf).await.is_ok() {
+                let now = Instant::now();
+                let (due, called) = (ns_at(&buf, 0), ns_at(&buf, 8));
+                recorder.answered(
+                    now,
+                    origin + Duration::from_nanos(called),
+                    origin + Duration::from_nanos(due),
+                );
+            }
+        });
+        Ok(Echo {
+            writer: Arc::new(tokio::sync::Mutex::new(w)),
+            reader,
+            origin,
+            payload_bytes,
+        })
+    }
+
+    /// Spawns the sending of one message scheduled for `due` onto the publisher's runtime.
+    fn send(&self, handle: &tokio::runtime::Handle, recorder: &Arc<SliceRecorder>, due: Instant) {
+        use tokio::io::AsyncWriteExt;
+        let (w, recorder, origin, payload_bytes) = (
+            self.writer.clone(),
+            recorder.clone(),
+            self.origin,
+            self.payload_bytes,
         );
+        handle.spawn(async move {
+            let mut msg = vec![b'x'; payload_bytes];
+            let due_ns = due.saturating_duration_since(origin).as_nanos() as u64;
+            msg[..8].copy_from_slice(&due_ns.to_le_bytes());
+            let called_ns = origin.elapsed().as_nanos() as u64;
+            msg[8..16].copy_from_slice(&called_ns.to_le_bytes());
+            if w.lock().await.write_all(&msg).await.is_err() {
+                recorder.failed();
+            }
+        });
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        // Dropping the write half (once no send task holds it) closes the connection, which
+        // ends the echo task on the member's side.
+        self.reader.abort();
+    }
+}
+
+/// The little-endian u64 at `offset` in `buf`.
+fn ns_at(buf: &[u8], offset: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&buf[offset..offset + 8]);
+    u64::from_le_bytes(b)
+}
+
+/// The bare TCP echo and the direct publish-to-ack latency, each over all its timed slices.
+struct Interleaved {
+    echo_from_call: Histogram<u64>,
+    echo_from_due: Histogram<u64>,
+    direct_from_call: Histogram<u64>,
+    direct_from_due: Histogram<u64>,
+    direct_failed: u64,
+    slice_events: u64,
+    /// Direct's p50 (p99) over the echo's in the other slice of the same pair, from the call.
+    slice_p50_ratios: Vec<f64>,
+    slice_p99_ratios: Vec<f64>,
+}
+
+/// Measures the echo and direct in alternating slices of `slice_events` events at `rate`, so
+/// that both see the same state of the machine (other processes, CPU frequency, the host):
+/// run one after the other for seconds each, any drift between the two phases would land
+/// entirely in their ratio. Pairs alternate which phase goes first, so neither always follows
+/// the other. Each phase's histograms are the sum of its slices; the warm-up is not recorded.
+fn latency_interleaved(
+    s: &Setup,
+    payload: &Bytes,
+    rate: u64,
+    slices: u64,
+    slice_events: u64,
+) -> Result<Interleaved, CliError> {
+    let gap = Duration::from_secs_f64(1.0 / rate as f64);
+    let echo_rec = Arc::new(SliceRecorder::new()?);
+    let direct_rec = Arc::new(SliceRecorder::new()?);
+    let echo = Echo::start(s, payload.len(), echo_rec.clone())?;
+    let handle = s.publisher_rt.handle().clone();
+    let mut send_echo = |due: Instant| echo.send(&handle, &echo_rec, due);
+    let mut send_direct = |due: Instant| {
+        let (p, recorder, payload) = (s.publisher.clone(), direct_rec.clone(), payload.clone());
         handle.spawn(async move {
             let called = Instant::now();
             match p
                 .publish(Message::new("bench", payload), Duration::from_secs(5))
                 .await
             {
-                Ok(_) => {
-                    let mut h = h.lock();
-                    record(&mut h.0, called.elapsed());
-                    record(&mut h.1, due.elapsed());
-                }
-                Err(_) => {
-                    failed.fetch_add(1, Ordering::Relaxed);
-                }
+                Ok(_) => recorder.answered(Instant::now(), called, due),
+                Err(_) => recorder.failed(),
             }
-            done.fetch_add(1, Ordering::Relaxed);
         });
+    };
+    const ECHO: &str = "bare TCP echo";
+    const DIRECT: &str = "direct publish-to-ack";
+    set_timer_slack_fine();
+    paced_slice(WARMUP_EVENTS, gap, &echo_rec, ECHO, &mut send_echo)?;
+    paced_slice(WARMUP_EVENTS, gap, &direct_rec, DIRECT, &mut send_direct)?;
+    let mut out = Interleaved {
+        echo_from_call: histogram()?,
+        echo_from_due: histogram()?,
+        direct_from_call: histogram()?,
+        direct_from_due: histogram()?,
+        direct_failed: 0,
+        slice_events,
+        slice_p50_ratios: Vec::new(),
+        slice_p99_ratios: Vec::new(),
+    };
+    let mut echo_failed = 0;
+    for pair in 0..slices {
+        let (e, d) = if pair % 2 == 0 {
+            let e = paced_slice(slice_events, gap, &echo_rec, ECHO, &mut send_echo)?;
+            (
+                e,
+                paced_slice(slice_events, gap, &direct_rec, DIRECT, &mut send_direct)?,
+            )
+        } else {
+            let d = paced_slice(slice_events, gap, &direct_rec, DIRECT, &mut send_direct)?;
+            (
+                paced_slice(slice_events, gap, &echo_rec, ECHO, &mut send_echo)?,
+                d,
+            )
+        };
+        let ratio = |a: u64, b: u64| a as f64 / b.max(1) as f64;
+        out.slice_p50_ratios.push(ratio(
+            d.from_call.value_at_quantile(0.50),
+            e.from_call.value_at_quantile(0.50),
+        ));
+        out.slice_p99_ratios.push(ratio(
+            d.from_call.value_at_quantile(0.99),
+            e.from_call.value_at_quantile(0.99),
+        ));
+        let add = |total: &mut Histogram<u64>, part: &Histogram<u64>| {
+            total
+                .add(part)
+                .context("adding up slice histograms")
+                .map_err(CliError::Other)
+        };
+        add(&mut out.echo_from_call, &e.from_call)?;
+        add(&mut out.echo_from_due, &e.from_due)?;
+        add(&mut out.direct_from_call, &d.from_call)?;
+        add(&mut out.direct_from_due, &d.from_due)?;
+        out.direct_failed += d.failed;
+        echo_failed += e.failed;
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while done.load(Ordering::Relaxed) < count && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
+    if echo_failed > 0 {
+        return Err(CliError::Other(anyhow::anyhow!(
+            "the bare TCP echo failed to send {echo_failed} messages"
+        )));
     }
-    let (from_call, from_due) = h.lock().clone();
-    Ok((from_call, from_due, failed.load(Ordering::Relaxed)))
+    Ok(out)
+}
+
+/// The median of `values` (the mean of the middle two for an even count), 0 if empty.
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 /// Asks for 1 µs timer slack so the pacing thread's sleeps end close to when they should.
@@ -597,9 +772,15 @@ fn datagram_paced(
 }
 
 pub fn run(output: Output, args: BenchArgs) -> Result<(), CliError> {
-    if args.rate == 0 || args.datagram_rate == 0 || args.payload_bytes == 0 {
+    if args.rate == 0 || args.datagram_rate == 0 || args.payload_bytes == 0 || args.slices == 0 {
         return Err(CliError::Usage(
-            "--rate, --datagram-rate and --payload-bytes must be positive".into(),
+            "--rate, --datagram-rate, --payload-bytes and --slices must be positive".into(),
+        ));
+    }
+    let slice_events = args.rate * args.duration_ms / 1000 / args.slices;
+    if slice_events == 0 {
+        return Err(CliError::Usage(
+            "--rate times --duration-ms leaves no event for each of the --slices".into(),
         ));
     }
     let duration = Duration::from_millis(args.duration_ms);
@@ -610,12 +791,11 @@ pub fn run(output: Output, args: BenchArgs) -> Result<(), CliError> {
     let udp = bare_udp(args.payload_bytes, args.round_trips)?;
     let s = setup()?;
     eprintln!(
-        "bare TCP echo, open loop at {}/s on the bench runtimes ...",
-        args.rate
+        "bare TCP echo and direct publish-to-ack, open loop at {}/s on the bench runtimes, \
+         alternating in {} slices of {} events each ...",
+        args.rate, args.slices, slice_events
     );
-    let (tcp_open, tcp_open_due) = bare_tcp_open_loop(&s, args.payload_bytes, args.rate, duration)?;
-    eprintln!("direct publish-to-ack at {}/s ...", args.rate);
-    let (direct, direct_due, direct_failed) = direct_latency(&s, &payload, args.rate, duration)?;
+    let lat = latency_interleaved(&s, &payload, args.rate, args.slices, slice_events)?;
     eprintln!("direct pipelined throughput ...");
     let throughput = direct_throughput(&s, &payload, args.in_flight, duration);
     // Datagrams lost in the blast would otherwise be counted again in the paced phase.
@@ -626,10 +806,10 @@ pub fn run(output: Output, args: BenchArgs) -> Result<(), CliError> {
     let (paced_sent, paced_pct) = datagram_paced(&s, &payload, args.datagram_rate, duration)?;
     let lost_paced = s.member.stats().datagrams_lost - lost_before;
     let tcp_l = Latency::from(&tcp);
-    let direct_l = Latency::from(&direct);
-    let direct_due_l = Latency::from(&direct_due);
-    let open_l = Latency::from(&tcp_open);
-    let open_due_l = Latency::from(&tcp_open_due);
+    let direct_l = Latency::from(&lat.direct_from_call);
+    let direct_due_l = Latency::from(&lat.direct_from_due);
+    let open_l = Latency::from(&lat.echo_from_call);
+    let open_due_l = Latency::from(&lat.echo_from_due);
     let ratio = |a: u64, b: u64| a as f64 / b.max(1) as f64;
     let report = Report {
         payload_bytes: args.payload_bytes,
@@ -639,6 +819,10 @@ pub fn run(output: Output, args: BenchArgs) -> Result<(), CliError> {
         direct_p99_ratio_to_tcp_open_loop: ratio(direct_l.p99_us, open_l.p99_us),
         direct_scheduled_p50_ratio_to_tcp_open_loop: ratio(direct_due_l.p50_us, open_due_l.p50_us),
         direct_scheduled_p99_ratio_to_tcp_open_loop: ratio(direct_due_l.p99_us, open_due_l.p99_us),
+        latency_slices_per_phase: args.slices,
+        latency_slice_events: lat.slice_events,
+        direct_p50_ratio_to_tcp_open_loop_slice_median: median(&lat.slice_p50_ratios),
+        direct_p99_ratio_to_tcp_open_loop_slice_median: median(&lat.slice_p99_ratios),
         bare_tcp_open_loop: open_l,
         bare_tcp_open_loop_scheduled: open_due_l,
         bare_tcp_round_trip: tcp_l,
@@ -646,7 +830,7 @@ pub fn run(output: Output, args: BenchArgs) -> Result<(), CliError> {
         direct_rate_per_s: args.rate,
         direct_publish_to_ack: direct_l,
         direct_scheduled_to_ack: direct_due_l,
-        direct_failed,
+        direct_failed: lat.direct_failed,
         direct_pipelined_acked_per_s: throughput,
         direct_pipelined_in_flight: args.in_flight,
         datagram_sent_per_s: blast_rate,
@@ -726,6 +910,18 @@ fn print_table(r: &Report) {
         ],
         vec![
             format!(
+                "  per slice pair ({} x 2 slices of {} events)",
+                r.latency_slices_per_phase, r.latency_slice_events
+            ),
+            String::new(),
+            format!(
+                "median p50 {:.2}x, p99 {:.2}x echo",
+                r.direct_p50_ratio_to_tcp_open_loop_slice_median,
+                r.direct_p99_ratio_to_tcp_open_loop_slice_median
+            ),
+        ],
+        vec![
+            format!(
                 "direct pipelined ({} in flight)",
                 r.direct_pipelined_in_flight
             ),
@@ -763,4 +959,16 @@ fn print_table(r: &Report) {
         ],
     ];
     crate::output::print_table(&["measurement", "result", "vs. limit"], &rows);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn median_takes_the_middle_or_the_mean_of_the_middle_two() {
+        assert_eq!(median(&[]), 0.0);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+    }
 }

@@ -1,5 +1,6 @@
 //! `herald peer`: brokerless direct, datagram and request/response between processes.
 
+mod bench;
 mod capacity;
 mod datagram;
 mod delivery;
