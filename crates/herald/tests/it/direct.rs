@@ -613,6 +613,37 @@ async fn a_reply_keeps_its_headers_and_metadata_over_direct() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_only_member_still_answers_an_sdk_request() {
+    // A member whose handler answers with bytes alone (as every member did before replies had
+    // headers): the SDK makes the reply from the payload, keeping the request's key.
+    let t = topic("value-only");
+    let handler = herald_direct::FnHandler::new(
+        |_| async { Ok(()) },
+        |req: herald_direct::Received, _ctx| async move {
+            Ok(bytes::Bytes::from(format!("got {}", text(&req.value))))
+        },
+    );
+    let member = herald_direct::Member::start(
+        herald_direct::MemberConfig::new(&t, "g", loopback()),
+        Arc::new(handler),
+    )
+    .await
+    .unwrap();
+    let bus = Bus::connect(&format!("direct://{}", member.local_addr()))
+        .await
+        .unwrap();
+    let req = Event::new("x").with_key("k");
+    let request_id = req.id;
+    let reply = bus.request(&t, req).deadline(WAIT).await.unwrap();
+    assert_eq!(reply.payload, "got x");
+    assert_eq!(reply.key.as_deref(), Some(&b"k"[..]));
+    assert_eq!(reply.correlation_id, Some(request_id));
+    assert_ne!(reply.id, request_id);
+    assert!(reply.headers.is_empty(), "{:?}", reply.headers);
+    member.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_nobody_serves_is_no_replier() {
     let bus = Bus::connect("direct://").await.unwrap();
     let t = topic("unserved");
