@@ -242,6 +242,12 @@ pub fn event_body_len(e: &WireEvent) -> usize {
         + headers_len(&e.headers)
 }
 
+/// Bytes a whole event frame takes on the wire, length prefix and frame header included: what
+/// the frame and datagram size limits are checked against.
+pub fn event_frame_len(e: &WireEvent) -> usize {
+    LENGTH_PREFIX_BYTES + FRAME_HEADER_BYTES + event_body_len(e)
+}
+
 /// Bytes a REPLY body takes on the wire (without the frame header and length prefix).
 pub fn reply_body_len(key: &Option<Bytes>, value: &Bytes, headers: &[(String, Bytes)]) -> usize {
     16 + 4 + key.as_ref().map_or(0, |k| k.len()) + 4 + value.len() + headers_len(headers)
@@ -270,7 +276,7 @@ pub fn encoded_len(frame: &Frame) -> usize {
 /// Appends an EVENT (or REQUEST) frame for a borrowed event, so senders need not clone it.
 pub fn encode_event(event: &WireEvent, request: bool, buf: &mut BytesMut) {
     let start = buf.len();
-    buf.reserve(LENGTH_PREFIX_BYTES + FRAME_HEADER_BYTES + event_body_len(event));
+    buf.reserve(event_frame_len(event));
     buf.put_u32(0);
     buf.put_u8(PROTOCOL_VERSION);
     buf.put_u8(if request { Kind::Request } else { Kind::Event } as u8);

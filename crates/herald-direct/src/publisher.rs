@@ -518,8 +518,7 @@ impl Publisher {
         let shared = self.shared();
         validate(&message).map_err(PublishError::Invalid)?;
         let event = shared.wire_event(message, deadline, 0);
-        let bytes =
-            frame::LENGTH_PREFIX_BYTES + frame::FRAME_HEADER_BYTES + frame::event_body_len(&event);
+        let bytes = frame::event_frame_len(&event);
         if bytes > shared.config.frame_bytes_max {
             return Err(PublishError::TooLarge {
                 bytes,
@@ -556,8 +555,7 @@ impl Publisher {
         validate(&message).map_err(DatagramError::Invalid)?;
         let mut event = shared.wire_event(message, SystemTime::UNIX_EPOCH, 0);
         event.deadline_unix_ms = 0;
-        let bytes =
-            frame::LENGTH_PREFIX_BYTES + frame::FRAME_HEADER_BYTES + frame::event_body_len(&event);
+        let bytes = frame::event_frame_len(&event);
         let limit = shared.config.datagram_payload_bytes_max;
         if bytes > limit {
             return Err(DatagramError::TooLarge { bytes, limit });
@@ -608,9 +606,7 @@ impl Publisher {
             validate(&message).map_err(DatagramError::Invalid)?;
             let mut event = shared.wire_event(message, SystemTime::UNIX_EPOCH, 0);
             event.deadline_unix_ms = 0;
-            let bytes = frame::LENGTH_PREFIX_BYTES
-                + frame::FRAME_HEADER_BYTES
-                + frame::event_body_len(&event);
+            let bytes = frame::event_frame_len(&event);
             if bytes > limit {
                 return Err(DatagramError::TooLarge { bytes, limit });
             }
@@ -689,8 +685,7 @@ impl Publisher {
         let shared = self.shared();
         validate(&message).map_err(RequestError::Invalid)?;
         let event = shared.wire_event(message, deadline, 0);
-        let bytes =
-            frame::LENGTH_PREFIX_BYTES + frame::FRAME_HEADER_BYTES + frame::event_body_len(&event);
+        let bytes = frame::event_frame_len(&event);
         if bytes > shared.config.frame_bytes_max {
             return Err(RequestError::TooLarge {
                 bytes,
