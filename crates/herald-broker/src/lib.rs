@@ -313,7 +313,9 @@ async fn maintenance_loop(core: Arc<Core>) {
         let trim = quiet.tick(activity(&core));
         let core = core.clone();
         let done = tokio::task::spawn_blocking(move || {
-            core.topics.maintain_all();
+            let deleted = core.topics.maintain_all();
+            Counters::add(&core.counters.retention_segments_deleted, deleted);
+            Counters::add(&core.counters.maintenance_passes, 1);
             if trim {
                 return_free_memory();
             }

@@ -103,7 +103,7 @@ pub fn render(stats: &BrokerStats) -> String {
         text.family(name, help, Kind::Gauge);
         text.sample(name, &[], value);
     }
-    let counters: [(&str, &str, u64); 9] = [
+    let counters: [(&str, &str, u64); 11] = [
         (
             "herald_connections_accepted_total",
             "Client connections accepted since start.",
@@ -138,6 +138,16 @@ pub fn render(stats: &BrokerStats) -> String {
             "herald_produced_batches_duplicate_total",
             "Retried idempotent batches that were already stored and not stored again.",
             stats.produced_batches_duplicate_total,
+        ),
+        (
+            "herald_maintenance_passes_total",
+            "Housekeeping passes (interval flush, roll, retention, checkpoint) over every partition.",
+            stats.maintenance_passes_total,
+        ),
+        (
+            "herald_retention_segments_deleted_total",
+            "Segments deleted by time or size retention.",
+            stats.retention_segments_deleted_total,
         ),
         (
             "herald_fetched_bytes_total",

@@ -21,6 +21,8 @@ pub(crate) struct Counters {
     pub(crate) produced_batches_duplicate: AtomicU64,
     pub(crate) fetched_bytes: AtomicU64,
     pub(crate) fetched_records: AtomicU64,
+    pub(crate) maintenance_passes: AtomicU64,
+    pub(crate) retention_segments_deleted: AtomicU64,
 }
 
 impl Default for Counters {
@@ -37,6 +39,8 @@ impl Default for Counters {
             produced_batches_duplicate: AtomicU64::new(0),
             fetched_bytes: AtomicU64::new(0),
             fetched_records: AtomicU64::new(0),
+            maintenance_passes: AtomicU64::new(0),
+            retention_segments_deleted: AtomicU64::new(0),
         }
     }
 }
@@ -94,6 +98,10 @@ pub struct BrokerStats {
     pub fetched_bytes_total: u64,
     /// Records returned by Fetch responses (whole batches, as stored).
     pub fetched_records_total: u64,
+    /// Housekeeping passes (interval flush, roll, retention, checkpoint) over every partition.
+    pub maintenance_passes_total: u64,
+    /// Segments deleted by time or size retention.
+    pub retention_segments_deleted_total: u64,
 }
 
 impl Counters {
@@ -127,6 +135,8 @@ impl Counters {
             produced_batches_duplicate_total: load(&self.produced_batches_duplicate),
             fetched_bytes_total: load(&self.fetched_bytes),
             fetched_records_total: load(&self.fetched_records),
+            maintenance_passes_total: load(&self.maintenance_passes),
+            retention_segments_deleted_total: load(&self.retention_segments_deleted),
         }
     }
 }

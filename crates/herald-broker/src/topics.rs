@@ -564,18 +564,22 @@ impl Topics {
         failures
     }
 
-    /// Runs every partition's housekeeping once.
-    pub(crate) fn maintain_all(&self) {
+    /// Runs every partition's housekeeping once; returns the segments retention deleted.
+    pub(crate) fn maintain_all(&self) -> u64 {
+        let mut deleted = 0;
         for topic in self.list() {
             for partition in topic.partitions() {
                 match partition.log.maintain() {
-                    Ok(outcome) if outcome.segments_deleted > 0 => info!(
+                    Ok(outcome) if outcome.segments_deleted > 0 => {
+                        deleted += outcome.segments_deleted as u64;
+                        info!(
                         topic = %topic.name,
                         partition = partition.index,
                         segments = outcome.segments_deleted,
                         bytes = outcome.bytes_deleted,
                         "retention deleted segments"
-                    ),
+                        );
+                    }
                     Ok(_) => {}
                     Err(error) => {
                         warn!(topic = %topic.name, partition = partition.index, %error, "maintenance failed");
@@ -583,6 +587,7 @@ impl Topics {
                 }
             }
         }
+        deleted
     }
 
     /// (topics, partitions, bytes on disk).

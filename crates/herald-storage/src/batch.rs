@@ -21,6 +21,16 @@ pub(crate) const COMPRESSION_MASK: i16 = 0x07;
 /// Attributes bit 3: timestamps are the broker's log append time.
 pub(crate) const TIMESTAMP_TYPE_BIT: i16 = 0x08;
 
+/// Kafka's timestamp of a record that has none.
+pub(crate) const NO_TIMESTAMP: i64 = -1;
+
+/// `ts` if it is after the epoch, else [`NO_TIMESTAMP`]. A stored 0 is what a batch without
+/// timestamps left in indexes and checkpoints (see [`BatchHeader::max_timestamp_known`]), so
+/// it is read back as none.
+pub(crate) fn known_timestamp(ts: i64) -> i64 {
+    if ts > 0 { ts } else { NO_TIMESTAMP }
+}
+
 /// The fields of a v2 batch header the log uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct BatchHeader {
@@ -38,6 +48,21 @@ pub(crate) struct BatchHeader {
 }
 
 impl BatchHeader {
+    /// The batch's largest record timestamp, or [`NO_TIMESTAMP`] when its records carry none
+    /// the log can trust, read from the header alone (records are never decoded to append).
+    ///
+    /// Kafka's `NO_TIMESTAMP` is -1. A producer that sets no timestamp gives every record -1,
+    /// yet librdkafka then writes 0 as the batch's `maxTimestamp` (its running maximum starts
+    /// at 0); Kafka's broker sees through that because it reads every record. So a batch whose
+    /// first timestamp is negative, or whose max is not after the epoch, has no timestamp: it
+    /// ages for retention by the time it was appended, and no time lookup finds it.
+    pub(crate) fn max_timestamp_known(&self) -> i64 {
+        if self.attributes & TIMESTAMP_TYPE_BIT == 0 && self.base_timestamp < 0 {
+            return NO_TIMESTAMP;
+        }
+        known_timestamp(self.max_timestamp)
+    }
+
     /// Offset of the batch's last record.
     pub fn last_offset(&self) -> i64 {
         self.base_offset

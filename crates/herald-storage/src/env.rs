@@ -26,6 +26,10 @@ pub trait StorageFile: Send + Sync + fmt::Debug {
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// Makes every byte written so far durable (fdatasync).
     fn sync_data(&self) -> io::Result<()>;
+    /// When the file's content last changed, in milliseconds since the epoch, if known.
+    fn modified_ms(&self) -> io::Result<Option<i64>> {
+        Ok(None)
+    }
 }
 
 /// Directory-level operations.
@@ -158,6 +162,13 @@ impl StorageFile for OsFile {
     fn sync_data(&self) -> io::Result<()> {
         self.0.sync_data()
     }
+    fn modified_ms(&self) -> io::Result<Option<i64>> {
+        let modified = self.0.metadata()?.modified()?;
+        Ok(modified
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .and_then(|d| i64::try_from(d.as_millis()).ok()))
+    }
 }
 
 impl FileSystem for OsFileSystem {
@@ -224,11 +235,14 @@ impl FileSystem for OsFileSystem {
 struct SimData {
     current: Vec<u8>,
     durable: Vec<u8>,
+    /// The clock's time at the last write or resize, like a file's mtime.
+    modified_ms: Option<i64>,
 }
 
 #[derive(Debug)]
 struct SimFile {
     data: Mutex<SimData>,
+    clock: Arc<ManualClock>,
     fail_syncs: Arc<AtomicBool>,
     bytes_read: Arc<AtomicU64>,
 }
@@ -252,14 +266,20 @@ impl StorageFile for SimFile {
             data.current.resize(end, 0);
         }
         data.current[pos as usize..end].copy_from_slice(buf);
+        data.modified_ms = Some(self.clock.now_ms());
         Ok(())
     }
     fn len(&self) -> io::Result<u64> {
         Ok(self.data.lock().current.len() as u64)
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
-        self.data.lock().current.resize(len as usize, 0);
+        let mut data = self.data.lock();
+        data.current.resize(len as usize, 0);
+        data.modified_ms = Some(self.clock.now_ms());
         Ok(())
+    }
+    fn modified_ms(&self) -> io::Result<Option<i64>> {
+        Ok(self.data.lock().modified_ms)
     }
     fn sync_data(&self) -> io::Result<()> {
         if self.fail_syncs.load(Ordering::SeqCst) {
@@ -324,6 +344,7 @@ impl SimFs {
     fn image(&self, durable_only: bool) -> SimFs {
         let fail_syncs = Arc::new(AtomicBool::new(false));
         let bytes_read = Arc::new(AtomicU64::new(0));
+        let clock = Arc::new(ManualClock::new(self.clock.now_ms()));
         let files = self
             .files
             .lock()
@@ -339,7 +360,9 @@ impl SimFs {
                     data: Mutex::new(SimData {
                         current: content.clone(),
                         durable: content,
+                        modified_ms: d.modified_ms,
                     }),
+                    clock: clock.clone(),
                     fail_syncs: fail_syncs.clone(),
                     bytes_read: bytes_read.clone(),
                 };
@@ -350,7 +373,7 @@ impl SimFs {
             files: Arc::new(Mutex::new(files)),
             fail_syncs,
             bytes_read,
-            clock: Arc::new(ManualClock::new(self.clock.now_ms())),
+            clock,
         }
     }
     /// A copy holding only what was fsynced: the disk after a power loss.
@@ -389,7 +412,9 @@ impl SimFs {
             data: Mutex::new(SimData {
                 current: content.to_vec(),
                 durable: content.to_vec(),
+                modified_ms: Some(self.clock.now_ms()),
             }),
+            clock: self.clock.clone(),
             fail_syncs: self.fail_syncs.clone(),
             bytes_read: self.bytes_read.clone(),
         };
@@ -423,6 +448,7 @@ impl FileSystem for SimFs {
         }
         let f = Arc::new(SimFile {
             data: Mutex::new(SimData::default()),
+            clock: self.clock.clone(),
             fail_syncs: self.fail_syncs.clone(),
             bytes_read: self.bytes_read.clone(),
         });

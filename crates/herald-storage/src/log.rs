@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use bytes::Bytes;
 use parking_lot::{Condvar, Mutex, RwLock};
 
-use crate::batch::{self, BATCH_HEADER_BYTES, BatchHeader, LOG_OVERHEAD_BYTES};
+use crate::batch::{
+    self, BATCH_HEADER_BYTES, BatchHeader, LOG_OVERHEAD_BYTES, NO_TIMESTAMP, known_timestamp,
+};
 use crate::checkpoint::{self, CHECKPOINT_TMP_FILE, Checkpoint};
 use crate::config::{BATCH_BYTES_LIMIT, FlushPolicy, LogConfig};
 use crate::env::{DirLock, Env, StorageFile, read_exact_at};
@@ -183,6 +185,15 @@ pub struct PartitionLog {
     group_commits: AtomicU64,
     /// Released last, after `Drop` has written the final checkpoint.
     _dir_lock: DirLock,
+}
+
+/// When `file` last changed, for the retention of batches without timestamps across a
+/// reopen (as Kafka ages such a segment by its file's time); `now` if the file cannot say.
+fn modified_or(file: &dyn StorageFile, now: i64) -> i64 {
+    file.modified_ms()
+        .ok()
+        .flatten()
+        .map_or(now, |t| t.min(now))
 }
 
 /// Milliseconds from `since` to `now`, 0 if the clock went backwards.
@@ -399,7 +410,7 @@ impl PartitionLog {
                 if idx_len % OFFSET_ENTRY_BYTES == 0 && time_ok {
                     let max_timestamp = index::last_time(time_file.as_ref())
                         .map_err(io_err(&tp))?
-                        .map_or(-1, |e| e.ts);
+                        .map_or(NO_TIMESTAMP, |e| known_timestamp(e.ts));
                     segments.push(Segment {
                         base,
                         files: None,
@@ -407,7 +418,7 @@ impl PartitionLog {
                         next_offset: bases[i + 1],
                         max_timestamp,
                         roll_base_ms: None,
-                        touched_ms: now,
+                        touched_ms: modified_or(log.as_ref(), now),
                         active: None,
                         offset_entries: idx_len / OFFSET_ENTRY_BYTES,
                         time_entries: time_len / TIME_ENTRY_BYTES,
@@ -451,10 +462,16 @@ impl PartitionLog {
                 .map_err(io_err(&tp))?;
             idx.offsets_written = idx.offsets.len();
             idx.times_written = idx.times.len();
-            let mut max_ts = idx.times.last().map_or(-1, |t| t.ts);
+            let mut max_ts = idx
+                .times
+                .last()
+                .map_or(NO_TIMESTAMP, |t| known_timestamp(t.ts));
             if start_pos > 0 {
                 // The sparse time index may miss the newest batches before the recovery point.
-                max_ts = max_ts.max(cp.as_ref().map_or(-1, |c| c.max_timestamp));
+                max_ts = max_ts.max(
+                    cp.as_ref()
+                        .map_or(NO_TIMESTAMP, |c| known_timestamp(c.max_timestamp)),
+                );
             }
             let scan = {
                 let mut scanner = Scanner::new(log.as_ref(), file_len);
@@ -474,9 +491,9 @@ impl PartitionLog {
                         break;
                     }
                     if pos == 0 {
-                        first_max_timestamp = Some(h.max_timestamp);
+                        first_max_timestamp = Some(h.max_timestamp_known());
                     }
-                    max_ts = max_ts.max(h.max_timestamp);
+                    max_ts = max_ts.max(h.max_timestamp_known());
                     idx.on_batch(rel as u32, pos as u32, h.total_bytes as u64, max_ts);
                     if offset >= replay_from {
                         producers.replay(&h, producers_max);
@@ -504,10 +521,11 @@ impl PartitionLog {
                 read_exact_at(log.as_ref(), &mut head, 0)
                     .ok()
                     .and_then(|()| batch::parse_header(&head))
-                    .map(|h| h.max_timestamp)
+                    .map(|h| h.max_timestamp_known())
             };
             let roll_base_ms =
                 (scan.end_pos > 0).then(|| first_ts.filter(|t| *t >= 0).unwrap_or(now));
+            let touched_ms = modified_or(log.as_ref(), now);
             let mut seg = Segment {
                 base,
                 files: Some(SegFiles {
@@ -519,7 +537,7 @@ impl PartitionLog {
                 next_offset: scan.next_offset,
                 max_timestamp: scan.max_timestamp,
                 roll_base_ms,
-                touched_ms: now,
+                touched_ms,
                 active: Some(idx),
                 offset_entries: 0,
                 time_entries: 0,
@@ -705,7 +723,7 @@ impl PartitionLog {
                 }
                 let mut pos = seg.size;
                 for h in &headers {
-                    seg.max_timestamp = seg.max_timestamp.max(h.max_timestamp);
+                    seg.max_timestamp = seg.max_timestamp.max(h.max_timestamp_known());
                     if let Some(idx) = seg.active.as_mut() {
                         idx.on_batch(
                             (h.base_offset as u64 - seg.base) as u32,
@@ -1001,7 +1019,7 @@ impl PartitionLog {
                     });
                 }
                 let last = h.last_offset();
-                if h.max_timestamp >= ts_ms && last >= 0 && last as u64 >= log_start {
+                if h.max_timestamp_known() >= ts_ms && last >= 0 && last as u64 >= log_start {
                     let mut whole = vec![0u8; h.total_bytes];
                     read_exact_at(files.log.as_ref(), &mut whole, pos)?;
                     match records::first_at_or_after(&whole, &h, ts_ms, log_start) {

@@ -16,3 +16,4 @@ mod metadata_offsets;
 mod produce_consume;
 mod restart;
 mod support;
+mod timestamps;

@@ -244,3 +244,75 @@ fn maintain_checkpoints_a_long_unchecked_tail_before_the_interval() {
     assert!(outcome.checkpointed, "at the lag limit");
     assert!(!log.maintain().unwrap().checkpointed, "nothing new since");
 }
+
+/// A batch as librdkafka writes it for records produced without a timestamp: every record
+/// carries Kafka's -1, but the header's `maxTimestamp` is 0.
+fn batch_without_timestamps(tag: u64, n: usize) -> Vec<u8> {
+    let mut b = batch(tag, n, -1);
+    b[35..43].copy_from_slice(&0i64.to_be_bytes());
+    let crc = crc32c::crc32c(&b[21..]);
+    b[17..21].copy_from_slice(&crc.to_be_bytes());
+    b
+}
+
+#[test]
+fn batches_without_timestamps_age_by_their_append_time_not_by_the_epoch() {
+    let config = LogConfig {
+        retention_ms: Some(10_000),
+        ..small(1024)
+    };
+    let (fs, clock, log) = setup(config.clone());
+    let b = batch_without_timestamps(0, 2);
+    let per_segment = 1024 / b.len() as u64;
+    for _ in 0..per_segment + 1 {
+        log.append(&b).unwrap();
+    }
+    assert_eq!(segments(&fs).len(), 2);
+    // A header max of 0 would make these records 56 years old: nothing may go now.
+    assert_eq!(log.maintain().unwrap().segments_deleted, 0);
+    assert_eq!(log.offsets().log_start, 0);
+    // No time lookup finds records that have no timestamp.
+    assert_eq!(log.offset_for_timestamp(0).unwrap(), None);
+
+    // Across a restart the segments keep the age of their last write, not of the reopen.
+    clock.set_ms(T0 + 6_000);
+    let image = fs.process_crash_image();
+    std::mem::forget(log);
+    let log = PartitionLog::open_with(Path::new(DIR), config, image.env()).unwrap();
+    assert_eq!(log.maintain().unwrap().segments_deleted, 0);
+    image.clock().set_ms(T0 + 10_001);
+    assert_eq!(log.maintain().unwrap().segments_deleted, 2);
+    let offsets = log.offsets();
+    assert_eq!(offsets.log_start, offsets.high_watermark);
+    assert_eq!(offsets.log_start, (per_segment + 1) * 2);
+}
+
+#[test]
+fn timestamps_far_in_the_past_expire_at_once_and_far_in_the_future_never() {
+    let config = LogConfig {
+        retention_ms: Some(10_000),
+        ..small(1024)
+    };
+    let year_ms = 365 * 24 * 3600 * 1000;
+    // Kafka's rule: a segment's age is its newest record's timestamp, whatever it says.
+    let (fs, _clock, log) = setup(config.clone());
+    let past = batch(0, 2, T0 - year_ms);
+    let per_segment = 1024 / past.len() as u64;
+    for _ in 0..per_segment + 1 {
+        log.append(&past).unwrap();
+    }
+    assert_eq!(segments(&fs).len(), 2);
+    let out = log.maintain().unwrap();
+    assert_eq!(out.segments_deleted, 2);
+    assert_eq!(log.offsets().log_start, (per_segment + 1) * 2);
+
+    let (fs, clock, log) = setup(config);
+    let future = batch(0, 2, T0 + year_ms);
+    for _ in 0..per_segment + 1 {
+        log.append(&future).unwrap();
+    }
+    clock.set_ms(T0 + 100 * 10_000);
+    assert_eq!(log.maintain().unwrap().segments_deleted, 0);
+    assert_eq!(segments(&fs).len(), 2);
+    assert_eq!(log.offsets().log_start, 0);
+}
