@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 use super::clock::Clock;
 use super::error::{GroupError, OpenError};
 use super::offsets::{
-    CommittedOffset, METADATA_BYTES_CEILING, OffsetRecord, OffsetStore, StoreLimits,
+    CommittedOffset, METADATA_BYTES_CEILING, OffsetRecord, OffsetStore, StoreLimits, Written,
 };
 use super::state::{Group, GroupState, Member};
 use super::subscription::subscribed_topics;
@@ -263,6 +263,39 @@ impl<T> Answer<T> {
     }
 }
 
+/// The answer to a JoinGroup or SyncGroup whose effect on the group has been applied: now, or
+/// once the rebalance it joined completes.
+#[must_use = "the member learns its fate only when the answer is awaited"]
+pub struct Pending<T>(Answer<T>);
+
+impl<T> Pending<T> {
+    /// Waits for the answer.
+    pub async fn get(self) -> Result<T, GroupError> {
+        self.0.get().await
+    }
+}
+
+/// A commit whose offsets are queued for the store (see [`Coordinator::commit_start`]).
+#[must_use = "a commit's outcome is known only once it is awaited"]
+pub struct PendingCommit {
+    results: Vec<Result<(), GroupError>>,
+    written: Option<Written>,
+}
+
+impl PendingCommit {
+    /// Waits until the offsets are durable; one result per partition, in request order.
+    pub async fn wait(self) -> Vec<Result<(), GroupError>> {
+        let written = match self.written {
+            Some(written) => written.wait().await,
+            None => Ok(()),
+        };
+        self.results
+            .into_iter()
+            .map(|r| r.and_then(|()| written.clone()))
+            .collect()
+    }
+}
+
 impl Coordinator {
     /// Opens the coordinator on `dir`, recovering committed offsets; every group that has
     /// offsets starts Empty.
@@ -340,8 +373,13 @@ impl Coordinator {
 
     /// JoinGroup: answers when the rebalance the join starts (or joins) completes.
     pub async fn join(&self, request: JoinRequest) -> Result<JoinResponse, GroupError> {
-        let answer = self.join_locked(request);
-        answer.get().await
+        self.join_start(request).get().await
+    }
+
+    /// JoinGroup's effect on the group, applied before this returns (so a connection's later
+    /// requests see it); the answer comes when the rebalance completes.
+    pub fn join_start(&self, request: JoinRequest) -> Pending<JoinResponse> {
+        Pending(self.join_locked(request))
     }
 
     fn join_locked(&self, req: JoinRequest) -> Answer<JoinResponse> {
@@ -456,8 +494,13 @@ impl Coordinator {
 
     /// SyncGroup: the leader's call installs the assignment; followers wait for it.
     pub async fn sync(&self, req: SyncRequest) -> Result<SyncResponse, GroupError> {
-        let answer = self.sync_locked(req);
-        answer.get().await
+        self.sync_start(req).get().await
+    }
+
+    /// SyncGroup's effect on the group, applied before this returns; the answer comes once
+    /// the leader's assignment is in.
+    pub fn sync_start(&self, req: SyncRequest) -> Pending<SyncResponse> {
+        Pending(self.sync_locked(req))
     }
 
     fn sync_locked(&self, req: SyncRequest) -> Answer<SyncResponse> {
@@ -602,6 +645,15 @@ impl Coordinator {
         &self,
         req: CommitRequest,
     ) -> Result<Vec<Result<(), GroupError>>, GroupError> {
+        Ok(self.commit_start(req).await?.wait().await)
+    }
+
+    /// The first half of [`Coordinator::commit`]: checks the request and queues its offsets
+    /// for the store, waiting only for room in the queue. Commits started in some order are
+    /// written and applied in that order, whenever each one's [`PendingCommit`] is awaited: a
+    /// connection that starts each commit before reading its next request keeps Kafka's rule
+    /// that one connection's requests take effect in the order they were sent.
+    pub async fn commit_start(&self, req: CommitRequest) -> Result<PendingCommit, GroupError> {
         let now = self.shared.clock.now_ms();
         let config = &self.shared.config;
         self.check_group_id(&req.group_id)?;
@@ -668,11 +720,22 @@ impl Coordinator {
                 };
             results.push(check);
         }
-        let written = self.shared.store.write(records).await;
-        Ok(results
-            .into_iter()
-            .map(|r| r.and_then(|()| written.clone()))
-            .collect())
+        let written = if records.is_empty() {
+            None
+        } else {
+            Some(self.shared.store.enqueue(records).await?)
+        };
+        Ok(PendingCommit { results, written })
+    }
+
+    /// A barrier behind every commit started before this call: once it is awaited, those
+    /// commits are durable and visible to [`Coordinator::fetch_offsets`]. An OffsetFetch waits
+    /// for one, so that it sees the commits its connection sent before it.
+    pub async fn commit_barrier(&self) -> Result<PendingCommit, GroupError> {
+        Ok(PendingCommit {
+            results: Vec::new(),
+            written: Some(self.shared.store.enqueue(Vec::new()).await?),
+        })
     }
 
     /// OffsetFetch: the committed offsets of `partitions`, or of every partition the group has

@@ -15,8 +15,8 @@ mod subscription;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use coordinator::{
     CommitPartition, CommitRequest, Coordinator, FetchedOffset, GroupConfig, GroupDescription,
-    GroupListing, JoinMember, JoinRequest, JoinResponse, LeaveMember, MemberDescription, Protocol,
-    SyncRequest, SyncResponse, TopicCatalog,
+    GroupListing, JoinMember, JoinRequest, JoinResponse, LeaveMember, MemberDescription, Pending,
+    PendingCommit, Protocol, SyncRequest, SyncResponse, TopicCatalog,
 };
 pub use error::{GroupError, OpenError};
 pub use offsets::{CommittedOffset, OFFSETS_FILE};

@@ -252,6 +252,16 @@ struct WriteJob {
     done: oneshot::Sender<Result<(), GroupError>>,
 }
 
+/// A queued write job, resolved by the writer once its records are on disk and applied.
+pub(crate) struct Written(oneshot::Receiver<Result<(), GroupError>>);
+
+impl Written {
+    /// Waits for the writer's verdict on the job.
+    pub(crate) async fn wait(self) -> Result<(), GroupError> {
+        self.0.await.map_err(|_| GroupError::StoreFailed)?
+    }
+}
+
 /// The durable committed-offsets store: an in-memory map mirrored by an append-only file.
 pub(crate) struct OffsetStore {
     map: Arc<Mutex<OffsetMap>>,
@@ -327,15 +337,21 @@ impl OffsetStore {
 
     /// Makes `records` durable and visible, in this order. Returns once they are on disk.
     pub(crate) async fn write(&self, records: Vec<OffsetRecord>) -> Result<(), GroupError> {
-        if records.is_empty() {
-            return Ok(());
-        }
+        self.enqueue(records).await?.wait().await
+    }
+
+    /// Queues `records` behind every job queued before, waiting only for room in the queue;
+    /// the returned [`Written`] resolves once they are on disk. Jobs are written and applied
+    /// in the order they were queued, so a caller that queues in request order commits in
+    /// request order. An empty job is a barrier: it resolves once every job queued before it
+    /// is written and visible.
+    pub(crate) async fn enqueue(&self, records: Vec<OffsetRecord>) -> Result<Written, GroupError> {
         let (done, wait) = oneshot::channel();
         self.jobs
             .send(WriteJob { records, done })
             .await
             .map_err(|_| GroupError::StoreFailed)?;
-        wait.await.map_err(|_| GroupError::StoreFailed)?
+        Ok(Written(wait))
     }
 
     /// Reads the committed offsets under the store's lock.
@@ -425,6 +441,10 @@ impl Writer {
             for record in &job.records {
                 record.encode(&mut buf);
             }
+        }
+        if buf.is_empty() {
+            // Only barriers: nothing to make durable.
+            return Ok(());
         }
         let written = self
             .file

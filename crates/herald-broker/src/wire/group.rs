@@ -39,7 +39,7 @@ use crate::Core;
 
 use crate::group::{
     CommitPartition, CommitRequest, Coordinator, FetchedOffset, GroupError, GroupState,
-    JoinRequest, LeaveMember, Protocol, SyncRequest,
+    JoinRequest, JoinResponse, LeaveMember, Protocol, SyncRequest,
 };
 
 /// Who sent a request: the header's client id and the peer address, as groups report members.
@@ -121,8 +121,11 @@ pub(crate) fn handles(api_key: ApiKey) -> bool {
 /// Answers a consumer-group request (one for which [`handles`] is true).
 ///
 /// JoinGroup, SyncGroup and the offset writes wait (for the rest of the group, for fsync), so
-/// they answer later; the rest answer at once.
-pub(crate) fn dispatch(core: &Arc<Core>, request: Request, peer: SocketAddr) -> Reply {
+/// they answer later; the rest answer at once. Every request's effect on the coordinator is
+/// applied (or queued, for offsets) before this returns, so one connection's requests take
+/// effect in the order it sent them, as Kafka applies them; only the waiting runs on its own
+/// task. An OffsetFetch waits for the commits queued before it, so it sees them.
+pub(crate) async fn dispatch(core: &Arc<Core>, request: Request, peer: SocketAddr) -> Reply {
     let version = request.header.request_api_version;
     let coordinator = core.groups.clone();
     let ready = |body: ResponseKind| Reply::Ready(Box::new(body));
@@ -142,27 +145,39 @@ pub(crate) fn dispatch(core: &Arc<Core>, request: Request, peer: SocketAddr) -> 
                 client_id: codec::client_id(&request.header).to_string(),
                 client_host: format!("/{}", peer.ip()),
             };
-            Reply::Later(Box::pin(async move {
-                ResponseKind::JoinGroup(join_group(&coordinator, &client, version, req).await)
-            }))
+            let joined = join_group(&coordinator, &client, version, req);
+            Reply::Later(Box::pin(
+                async move { ResponseKind::JoinGroup(joined.await) },
+            ))
         }
-        RequestKind::SyncGroup(req) => Reply::Later(Box::pin(async move {
-            ResponseKind::SyncGroup(sync_group(&coordinator, version, req).await)
-        })),
+        RequestKind::SyncGroup(req) => {
+            let synced = sync_group(&coordinator, version, req);
+            Reply::Later(Box::pin(
+                async move { ResponseKind::SyncGroup(synced.await) },
+            ))
+        }
         RequestKind::Heartbeat(req) => ready(ResponseKind::Heartbeat(heartbeat(&coordinator, req))),
         RequestKind::LeaveGroup(req) => ready(ResponseKind::LeaveGroup(leave_group(
             &coordinator,
             version,
             req,
         ))),
-        RequestKind::OffsetCommit(req) => Reply::Later(Box::pin(async move {
-            ResponseKind::OffsetCommit(offset_commit(&coordinator, req).await)
-        })),
-        RequestKind::OffsetFetch(req) => ready(ResponseKind::OffsetFetch(offset_fetch(
-            &coordinator,
-            version,
-            req,
-        ))),
+        RequestKind::OffsetCommit(req) => {
+            let committed = offset_commit(&coordinator, req).await;
+            Reply::Later(Box::pin(async move {
+                ResponseKind::OffsetCommit(committed.await)
+            }))
+        }
+        RequestKind::OffsetFetch(req) => {
+            let barrier = coordinator.commit_barrier().await;
+            Reply::Later(Box::pin(async move {
+                // A failed store still answers with what is durable.
+                if let Ok(barrier) = barrier {
+                    let _ = barrier.wait().await;
+                }
+                ResponseKind::OffsetFetch(offset_fetch(&coordinator, version, req))
+            }))
+        }
         RequestKind::ListGroups(req) => {
             ready(ResponseKind::ListGroups(list_groups(&coordinator, req)))
         }
@@ -228,13 +243,13 @@ pub fn find_coordinator(
     response
 }
 
-/// JoinGroup (v0..v9): waits until the rebalance completes.
-pub async fn join_group(
+/// JoinGroup (v0..v9): applies the join at once, then waits until the rebalance completes.
+pub fn join_group(
     coordinator: &Coordinator,
     client: &ClientInfo,
     version: i16,
     request: JoinGroupRequest,
-) -> JoinGroupResponse {
+) -> impl Future<Output = JoinGroupResponse> + Send + 'static {
     let requested_member = request.member_id.to_string();
     let join = JoinRequest {
         group_id: request.group_id.to_string(),
@@ -261,8 +276,17 @@ pub async fn join_group(
         require_known_member_id: version >= 4,
         skip_assignment_supported: version >= 9,
     };
+    let pending = coordinator.join_start(join);
+    async move { join_response(version, requested_member, pending.get().await) }
+}
+
+fn join_response(
+    version: i16,
+    requested_member: String,
+    joined: Result<JoinResponse, GroupError>,
+) -> JoinGroupResponse {
     let mut response = JoinGroupResponse::default();
-    match coordinator.join(join).await {
+    match joined {
         Ok(joined) => {
             response.generation_id = joined.generation_id;
             response.protocol_type = joined.protocol_type.map(StrBytes::from_string);
@@ -295,12 +319,13 @@ pub async fn join_group(
     response
 }
 
-/// SyncGroup (v0..v5): followers wait for the leader's assignment.
-pub async fn sync_group(
+/// SyncGroup (v0..v5): applies the sync at once; followers then wait for the leader's
+/// assignment.
+pub fn sync_group(
     coordinator: &Coordinator,
     _version: i16,
     request: SyncGroupRequest,
-) -> SyncGroupResponse {
+) -> impl Future<Output = SyncGroupResponse> + Send + 'static {
     let sync = SyncRequest {
         group_id: request.group_id.to_string(),
         generation_id: request.generation_id,
@@ -314,16 +339,19 @@ pub async fn sync_group(
             .map(|a| (a.member_id.to_string(), a.assignment.clone()))
             .collect(),
     };
-    let mut response = SyncGroupResponse::default();
-    match coordinator.sync(sync).await {
-        Ok(synced) => {
-            response.protocol_type = synced.protocol_type.map(StrBytes::from_string);
-            response.protocol_name = synced.protocol_name.map(StrBytes::from_string);
-            response.assignment = synced.assignment;
+    let pending = coordinator.sync_start(sync);
+    async move {
+        let mut response = SyncGroupResponse::default();
+        match pending.get().await {
+            Ok(synced) => {
+                response.protocol_type = synced.protocol_type.map(StrBytes::from_string);
+                response.protocol_name = synced.protocol_name.map(StrBytes::from_string);
+                response.assignment = synced.assignment;
+            }
+            Err(error) => response.error_code = error_code(&error),
         }
-        Err(error) => response.error_code = error_code(&error),
+        response
     }
-    response
 }
 
 /// Heartbeat (v0..v4).
@@ -386,10 +414,14 @@ pub fn leave_group(
 }
 
 /// OffsetCommit (v2..v8): answers once the offsets are durable.
+///
+/// The commit is checked and queued for the store before this returns (waiting only for room
+/// in the store's queue), so commits take effect in the order their connection sent them; the
+/// returned future waits until they are durable.
 pub async fn offset_commit(
     coordinator: &Coordinator,
     request: OffsetCommitRequest,
-) -> OffsetCommitResponse {
+) -> impl Future<Output = OffsetCommitResponse> + Send + 'static {
     let mut shape: Vec<(TopicName, Vec<i32>)> = Vec::new();
     let mut partitions = Vec::new();
     for topic in &request.topics {
@@ -414,10 +446,17 @@ pub async fn offset_commit(
         group_instance_id: opt(&request.group_instance_id),
         partitions,
     };
-    let codes: Vec<i16> = match coordinator.commit(commit).await {
-        Ok(results) => results.iter().map(code_of).collect(),
-        Err(error) => vec![error_code(&error); shape.iter().map(|(_, p)| p.len()).sum()],
-    };
+    let started = coordinator.commit_start(commit).await;
+    async move {
+        let codes: Vec<i16> = match started {
+            Ok(pending) => pending.wait().await.iter().map(code_of).collect(),
+            Err(error) => vec![error_code(&error); shape.iter().map(|(_, p)| p.len()).sum()],
+        };
+        commit_response(shape, codes)
+    }
+}
+
+fn commit_response(shape: Vec<(TopicName, Vec<i32>)>, codes: Vec<i16>) -> OffsetCommitResponse {
     let mut codes = codes.into_iter();
     let mut response = OffsetCommitResponse::default();
     response.topics = shape

@@ -4,11 +4,14 @@
 //! This module and its children are the only code that knows `kafka_protocol` types; handlers
 //! translate requests into calls on the broker core ([`crate::Core`]) and its results back.
 //!
-//! Per connection, a reader decodes requests and runs each handler's synchronous part in
-//! arrival order (so appends from one producer stay in order), and a writer sends responses in
-//! the same order. A handler that must wait (an `acks=all` fsync, a Fetch long poll) returns a
-//! future instead of a response; it runs on its own task while the reader moves on, up to
-//! `connection_requests_in_flight_max` requests per connection.
+//! Per connection, a reader decodes requests and applies each one's effect in arrival order,
+//! as Kafka does (appends from one producer, offset commits, group joins and syncs stay in
+//! order), and a writer sends responses in the same order. A handler that must wait (an
+//! `acks=all` fsync, a commit's fsync, a rebalance, a Fetch long poll) applies its effect
+//! first and returns a future for the wait alone; it runs on its own task while the reader
+//! moves on, up to `connection_requests_in_flight_max` requests per connection. A request that
+//! reads what earlier ones wrote waits for them first (an OffsetFetch for the commits queued
+//! before it).
 
 mod admin;
 mod api_versions;
@@ -48,7 +51,8 @@ pub(crate) enum Reply {
     /// The response, ready now.
     Ready(Box<ResponseKind>),
     /// The response, once this future completes (durability wait, long poll); requests that
-    /// follow on the connection are handled meanwhile.
+    /// follow on the connection are handled meanwhile, so the request's effect must already be
+    /// applied when the handler returns this: the future only waits.
     Later(Pin<Box<dyn Future<Output = ResponseKind> + Send>>),
     /// The response, once this future completes; the connection handles nothing else until
     /// then, because later requests may depend on its effect (create, then produce; delete,
@@ -255,7 +259,7 @@ fn encode(
 /// Sends a request to its API family's handler.
 async fn dispatch(core: &Arc<Core>, request: Request, peer: SocketAddr) -> Reply {
     if group::handles(request.api_key) {
-        return group::dispatch(core, request, peer);
+        return group::dispatch(core, request, peer).await;
     }
     let version = request.header.request_api_version;
     let ready = |body: ResponseKind| Reply::Ready(Box::new(body));

@@ -14,6 +14,7 @@ mod idempotence;
 mod log_dirs;
 mod metadata_offsets;
 mod produce_consume;
+mod request_order;
 mod restart;
 mod support;
 mod timestamps;

@@ -124,6 +124,12 @@ impl RawClient {
         version: i16,
         body: &Req,
     ) -> Resp {
+        let correlation_id = self.send(api_key, version, body).await;
+        self.receive(api_key, version, correlation_id).await
+    }
+
+    /// Sends `body` as `api_key` v`version` without waiting; returns its correlation id.
+    pub async fn send<Req: Encodable>(&mut self, api_key: ApiKey, version: i16, body: &Req) -> i32 {
         self.correlation_id += 1;
         let header = RequestHeader::default()
             .with_request_api_key(api_key as i16)
@@ -136,6 +142,16 @@ impl RawClient {
             .unwrap();
         body.encode(&mut frame, version).unwrap();
         self.send_frame(&frame).await;
+        self.correlation_id
+    }
+
+    /// Reads the next response, which must answer `correlation_id`, and returns its body.
+    pub async fn receive<Resp: Decodable>(
+        &mut self,
+        api_key: ApiKey,
+        version: i16,
+        correlation_id: i32,
+    ) -> Resp {
         let mut response = self.read_frame().await.expect("a response frame");
         let header_version = if api_key == ApiKey::ApiVersions {
             0
@@ -143,7 +159,7 @@ impl RawClient {
             api_key.response_header_version(version)
         };
         let header = ResponseHeader::decode(&mut response, header_version).unwrap();
-        assert_eq!(header.correlation_id, self.correlation_id);
+        assert_eq!(header.correlation_id, correlation_id);
         Resp::decode(&mut response, version).unwrap()
     }
 
