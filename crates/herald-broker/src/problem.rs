@@ -22,6 +22,8 @@ pub(crate) enum Problem {
     CorruptMessage,
     /// A record batch over the topic's `max.message.bytes`.
     MessageTooLarge,
+    /// A record batch dated further from the broker's clock than the topic allows.
+    InvalidTimestamp,
     /// An idempotent producer skipped a sequence number.
     OutOfOrderSequence,
     /// An idempotent producer with an older epoch than the one we know.

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use herald_storage::{CleanupPolicy, FlushPolicy, LogConfig};
+use herald_storage::{CleanupPolicy, Compression, FlushPolicy, LogConfig, TimestampType};
 
 use crate::BrokerConfig;
 use crate::problem::Problem;
@@ -27,17 +27,323 @@ pub(crate) const CLEANUP_POLICY: &str = "cleanup.policy";
 pub(crate) const MAX_MESSAGE_BYTES: &str = "max.message.bytes";
 /// `flush.ms`, the flush policy.
 pub(crate) const FLUSH_MS: &str = "flush.ms";
+/// `compression.type`.
+pub(crate) const COMPRESSION_TYPE: &str = "compression.type";
+/// `index.interval.bytes`.
+pub(crate) const INDEX_INTERVAL_BYTES: &str = "index.interval.bytes";
+/// `message.timestamp.type`.
+pub(crate) const TIMESTAMP_TYPE: &str = "message.timestamp.type";
+/// `message.timestamp.before.max.ms`.
+pub(crate) const TIMESTAMP_BEFORE_MAX_MS: &str = "message.timestamp.before.max.ms";
+/// `message.timestamp.after.max.ms`.
+pub(crate) const TIMESTAMP_AFTER_MAX_MS: &str = "message.timestamp.after.max.ms";
+/// `message.timestamp.difference.max.ms`, Kafka's older bound on both directions.
+pub(crate) const TIMESTAMP_DIFFERENCE_MAX_MS: &str = "message.timestamp.difference.max.ms";
+/// `remote.storage.enable`.
+pub(crate) const REMOTE_STORAGE_ENABLE: &str = "remote.storage.enable";
 
-/// Every topic config this broker knows, in the order DescribeConfigs lists them.
-pub(crate) const NAMES: &[&str] = &[
-    CLEANUP_POLICY,
-    FLUSH_MS,
-    MAX_MESSAGE_BYTES,
-    RETENTION_BYTES,
-    RETENTION_MS,
-    SEGMENT_BYTES,
-    SEGMENT_MS,
+/// What values a config takes, as Kafka defines them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Kind {
+    /// A 64-bit integer of at least `min`.
+    Long { min: i64 },
+    /// A 32-bit integer in `min..=max`.
+    Int { min: i32, max: i32 },
+    /// A number in `min..=max`.
+    Double { min: f64, max: f64 },
+    /// `true` or `false`.
+    Boolean,
+    /// One of these words.
+    Choice(&'static [&'static str]),
+    /// A comma-separated list of these words.
+    List(&'static [&'static str]),
+    /// `*`, empty, or `partition:broker` pairs separated by commas.
+    ReplicaList,
+    /// A Kafka version such as `3.0-IV1`.
+    Version,
+}
+
+/// What a config does on Herald.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Effect {
+    /// Herald implements it.
+    Applied,
+    /// Accepted and reported so Kafka tools and applications run unchanged, with no effect on
+    /// a single broker; the text says why.
+    None(&'static str),
+}
+
+/// Where a config's default comes from.
+#[derive(Debug, Clone, Copy)]
+enum Default {
+    /// Kafka's default, fixed.
+    Fixed(&'static str),
+    /// A broker setting.
+    Broker(fn(&BrokerConfig) -> String),
+}
+
+/// One topic config Kafka defines.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Spec {
+    pub(crate) name: &'static str,
+    pub(crate) kind: Kind,
+    pub(crate) effect: Effect,
+    default: Default,
+}
+
+const REPLICATION: &str = "a single broker has no replicas to throttle or elect";
+const COMPACTION: &str = "log compaction is not available yet; it applies to compacted topics";
+const TIERED: &str = "tiered storage is not available";
+const LONG_MAX: &str = "9223372036854775807";
+
+/// Every topic config Kafka defines, in the order DescribeConfigs lists them.
+pub(crate) const SPECS: &[Spec] = &[
+    Spec {
+        name: CLEANUP_POLICY,
+        kind: Kind::List(&["delete", "compact"]),
+        effect: Effect::Applied,
+        default: Default::Fixed("delete"),
+    },
+    Spec {
+        name: "compression.gzip.level",
+        kind: Kind::Int { min: -1, max: 9 },
+        effect: Effect::None("Herald recompresses at the codec's default level"),
+        default: Default::Fixed("-1"),
+    },
+    Spec {
+        name: "compression.lz4.level",
+        kind: Kind::Int { min: 1, max: 17 },
+        effect: Effect::None("Herald recompresses at the codec's default level"),
+        default: Default::Fixed("9"),
+    },
+    Spec {
+        name: COMPRESSION_TYPE,
+        kind: Kind::Choice(&["uncompressed", "zstd", "lz4", "snappy", "gzip", "producer"]),
+        effect: Effect::Applied,
+        default: Default::Fixed("producer"),
+    },
+    Spec {
+        name: "compression.zstd.level",
+        kind: Kind::Int {
+            min: -131072,
+            max: 22,
+        },
+        effect: Effect::None("Herald recompresses at the codec's default level"),
+        default: Default::Fixed("3"),
+    },
+    Spec {
+        name: "delete.retention.ms",
+        kind: Kind::Long { min: 0 },
+        effect: Effect::None(COMPACTION),
+        default: Default::Fixed("86400000"),
+    },
+    Spec {
+        name: "file.delete.delay.ms",
+        kind: Kind::Long { min: 0 },
+        effect: Effect::None("Herald deletes a segment's files as soon as no read uses them"),
+        default: Default::Fixed("60000"),
+    },
+    Spec {
+        name: "flush.messages",
+        kind: Kind::Long { min: 1 },
+        effect: Effect::None("flush.ms sets the flush policy (0: fsync before acks=all answers)"),
+        default: Default::Fixed(LONG_MAX),
+    },
+    Spec {
+        name: FLUSH_MS,
+        kind: Kind::Long { min: -1 },
+        effect: Effect::Applied,
+        default: Default::Broker(|b| b.log_flush_ms.to_string()),
+    },
+    Spec {
+        name: "follower.replication.throttled.replicas",
+        kind: Kind::ReplicaList,
+        effect: Effect::None(REPLICATION),
+        default: Default::Fixed(""),
+    },
+    Spec {
+        name: INDEX_INTERVAL_BYTES,
+        kind: Kind::Int {
+            min: 0,
+            max: i32::MAX,
+        },
+        effect: Effect::Applied,
+        default: Default::Fixed("4096"),
+    },
+    Spec {
+        name: "leader.replication.throttled.replicas",
+        kind: Kind::ReplicaList,
+        effect: Effect::None(REPLICATION),
+        default: Default::Fixed(""),
+    },
+    Spec {
+        name: "local.retention.bytes",
+        kind: Kind::Long { min: -2 },
+        effect: Effect::None(TIERED),
+        default: Default::Fixed("-2"),
+    },
+    Spec {
+        name: "local.retention.ms",
+        kind: Kind::Long { min: -2 },
+        effect: Effect::None(TIERED),
+        default: Default::Fixed("-2"),
+    },
+    Spec {
+        name: "max.compaction.lag.ms",
+        kind: Kind::Long { min: 1 },
+        effect: Effect::None(COMPACTION),
+        default: Default::Fixed(LONG_MAX),
+    },
+    Spec {
+        name: MAX_MESSAGE_BYTES,
+        kind: Kind::Int {
+            min: 0,
+            max: i32::MAX,
+        },
+        effect: Effect::Applied,
+        default: Default::Broker(|b| b.message_bytes_max.to_string()),
+    },
+    Spec {
+        name: "message.downconversion.enable",
+        kind: Kind::Boolean,
+        effect: Effect::None(
+            "Herald serves only the v2 record format, which every client since Kafka 0.11 reads",
+        ),
+        default: Default::Fixed("true"),
+    },
+    Spec {
+        name: "message.format.version",
+        kind: Kind::Version,
+        effect: Effect::None("Herald always stores the v2 record format"),
+        default: Default::Fixed("3.0-IV1"),
+    },
+    Spec {
+        name: TIMESTAMP_AFTER_MAX_MS,
+        kind: Kind::Long { min: 0 },
+        effect: Effect::Applied,
+        default: Default::Fixed("3600000"),
+    },
+    Spec {
+        name: TIMESTAMP_BEFORE_MAX_MS,
+        kind: Kind::Long { min: 0 },
+        effect: Effect::Applied,
+        default: Default::Fixed(LONG_MAX),
+    },
+    Spec {
+        name: TIMESTAMP_DIFFERENCE_MAX_MS,
+        kind: Kind::Long { min: 0 },
+        effect: Effect::Applied,
+        default: Default::Fixed(LONG_MAX),
+    },
+    Spec {
+        name: TIMESTAMP_TYPE,
+        kind: Kind::Choice(&["CreateTime", "LogAppendTime"]),
+        effect: Effect::Applied,
+        default: Default::Fixed("CreateTime"),
+    },
+    Spec {
+        name: "min.cleanable.dirty.ratio",
+        kind: Kind::Double { min: 0.0, max: 1.0 },
+        effect: Effect::None(COMPACTION),
+        default: Default::Fixed("0.5"),
+    },
+    Spec {
+        name: "min.compaction.lag.ms",
+        kind: Kind::Long { min: 0 },
+        effect: Effect::None(COMPACTION),
+        default: Default::Fixed("0"),
+    },
+    Spec {
+        name: "min.insync.replicas",
+        kind: Kind::Int {
+            min: 1,
+            max: i32::MAX,
+        },
+        effect: Effect::None(
+            "a single broker is the only replica; acks=all waits for its fsync under flush.ms",
+        ),
+        default: Default::Fixed("1"),
+    },
+    Spec {
+        name: "preallocate",
+        kind: Kind::Boolean,
+        effect: Effect::None("segments grow as they are written"),
+        default: Default::Fixed("false"),
+    },
+    Spec {
+        name: "remote.log.copy.disable",
+        kind: Kind::Boolean,
+        effect: Effect::None(TIERED),
+        default: Default::Fixed("false"),
+    },
+    Spec {
+        name: "remote.log.delete.on.disable",
+        kind: Kind::Boolean,
+        effect: Effect::None(TIERED),
+        default: Default::Fixed("false"),
+    },
+    Spec {
+        name: REMOTE_STORAGE_ENABLE,
+        kind: Kind::Boolean,
+        effect: Effect::Applied,
+        default: Default::Fixed("false"),
+    },
+    Spec {
+        name: RETENTION_BYTES,
+        kind: Kind::Long { min: -1 },
+        effect: Effect::Applied,
+        default: Default::Broker(|b| b.log_retention_bytes.to_string()),
+    },
+    Spec {
+        name: RETENTION_MS,
+        kind: Kind::Long { min: -1 },
+        effect: Effect::Applied,
+        default: Default::Broker(|b| b.log_retention_ms.to_string()),
+    },
+    Spec {
+        name: SEGMENT_BYTES,
+        kind: Kind::Int {
+            min: 14,
+            max: i32::MAX,
+        },
+        effect: Effect::Applied,
+        default: Default::Broker(|b| b.log_segment_bytes.to_string()),
+    },
+    Spec {
+        name: "segment.index.bytes",
+        kind: Kind::Int {
+            min: 4,
+            max: i32::MAX,
+        },
+        effect: Effect::None(
+            "Herald's index files grow with their segment instead of being preallocated",
+        ),
+        default: Default::Fixed("10485760"),
+    },
+    Spec {
+        name: "segment.jitter.ms",
+        kind: Kind::Long { min: 0 },
+        effect: Effect::None("segments roll at segment.ms without jitter"),
+        default: Default::Fixed("0"),
+    },
+    Spec {
+        name: SEGMENT_MS,
+        kind: Kind::Long { min: 1 },
+        effect: Effect::Applied,
+        default: Default::Broker(|b| b.log_segment_ms.to_string()),
+    },
+    Spec {
+        name: "unclean.leader.election.enable",
+        kind: Kind::Boolean,
+        effect: Effect::None(REPLICATION),
+        default: Default::Fixed("false"),
+    },
 ];
+
+/// The spec of the config called `name`, if Kafka defines one.
+pub(crate) fn spec(name: &str) -> Option<&'static Spec> {
+    SPECS.iter().find(|spec| spec.name == name)
+}
 
 /// A topic config that cannot be used, with a message for the client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -62,15 +368,9 @@ pub(crate) type Overrides = BTreeMap<String, String>;
 
 /// The broker-wide default of a topic config, as Kafka would print it.
 pub(crate) fn default_value(broker: &BrokerConfig, name: &str) -> Option<String> {
-    Some(match name {
-        RETENTION_MS => broker.log_retention_ms.to_string(),
-        RETENTION_BYTES => broker.log_retention_bytes.to_string(),
-        SEGMENT_BYTES => broker.log_segment_bytes.to_string(),
-        SEGMENT_MS => broker.log_segment_ms.to_string(),
-        CLEANUP_POLICY => "delete".to_string(),
-        MAX_MESSAGE_BYTES => broker.message_bytes_max.to_string(),
-        FLUSH_MS => broker.log_flush_ms.to_string(),
-        _ => return None,
+    spec(name).map(|spec| match spec.default {
+        Default::Fixed(value) => value.to_string(),
+        Default::Broker(read) => read(broker),
     })
 }
 
@@ -105,39 +405,168 @@ fn flush_policy(value: i64) -> FlushPolicy {
     }
 }
 
+/// Checks `text` is a value Kafka accepts for `spec`, with Kafka's kind of message if not.
+fn check(spec: &Spec, text: &str) -> Result<(), InvalidConfig> {
+    let name = spec.name;
+    let bad = |why: String| {
+        Err(invalid(format!(
+            "Invalid value {text} for configuration {name}: {why}"
+        )))
+    };
+    let value = text.trim();
+    match spec.kind {
+        Kind::Long { min } => match value.parse::<i64>() {
+            Ok(v) if v >= min => Ok(()),
+            Ok(_) => bad(format!("Value must be at least {min}")),
+            Err(_) => bad("Not a number of type LONG".to_string()),
+        },
+        Kind::Int { min, max } => match value.parse::<i32>() {
+            Ok(v) if (min..=max).contains(&v) => Ok(()),
+            Ok(_) if max == i32::MAX => bad(format!("Value must be at least {min}")),
+            Ok(_) => bad(format!("Value must be in the range [{min}, {max}]")),
+            Err(_) => bad("Not a number of type INT".to_string()),
+        },
+        Kind::Double { min, max } => match value.parse::<f64>() {
+            Ok(v) if (min..=max).contains(&v) => Ok(()),
+            Ok(_) => bad(format!("Value must be in the range [{min}, {max}]")),
+            Err(_) => bad("Not a number of type DOUBLE".to_string()),
+        },
+        Kind::Boolean => {
+            if value.eq_ignore_ascii_case("true") || value.eq_ignore_ascii_case("false") {
+                Ok(())
+            } else {
+                bad("Expected value to be either true or false".to_string())
+            }
+        }
+        Kind::Choice(words) => {
+            if words.contains(&value) {
+                Ok(())
+            } else {
+                bad(format!("String must be one of: {}", words.join(", ")))
+            }
+        }
+        Kind::List(words) => {
+            let items: Vec<&str> = value.split(',').map(str::trim).collect();
+            if !items.is_empty() && items.iter().all(|item| words.contains(item)) {
+                Ok(())
+            } else {
+                bad(format!("List items must be in: {}", words.join(", ")))
+            }
+        }
+        Kind::ReplicaList => {
+            let pair = |item: &str| {
+                item.split_once(':').is_some_and(|(p, b)| {
+                    p.trim().parse::<u32>().is_ok() && b.trim().parse::<u32>().is_ok()
+                })
+            };
+            if value.is_empty() || value == "*" || value.split(',').all(|i| pair(i.trim())) {
+                Ok(())
+            } else {
+                bad("must be the literal '*' or a list of replicas in the format partitionId:brokerId".to_string())
+            }
+        }
+        Kind::Version => {
+            let (number, iv) = value.split_once("-IV").unwrap_or((value, "0"));
+            let parts: Vec<&str> = number.split('.').collect();
+            let numeric = |p: &&str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+            if (2..=3).contains(&parts.len()) && parts.iter().all(numeric) && numeric(&iv) {
+                Ok(())
+            } else {
+                bad("not a Kafka version such as 3.0-IV1".to_string())
+            }
+        }
+    }
+}
+
+/// Checks every override: each must name a Kafka topic config and hold a value Kafka accepts.
+/// Returns the overrides that have no effect on Herald, to be reported.
+pub(crate) fn validate(overrides: &Overrides) -> Result<Vec<&'static Spec>, InvalidConfig> {
+    let mut inert = Vec::new();
+    for (name, value) in overrides {
+        let Some(spec) = spec(name) else {
+            return Err(invalid(format!("Unknown topic config name: {name}")));
+        };
+        check(spec, value)?;
+        if matches!(spec.effect, Effect::None(_)) {
+            inert.push(spec);
+        }
+    }
+    Ok(inert)
+}
+
+/// Logs the configs set on `topic` that have no effect on Herald, with the reason for each,
+/// so an operator who carried them over from a Kafka cluster knows.
+pub(crate) fn report_inert(topic: &str, overrides: &Overrides) {
+    for spec in validate(overrides).unwrap_or_default() {
+        if let Effect::None(why) = spec.effect {
+            tracing::info!(
+                topic,
+                config = spec.name,
+                "topic config accepted without effect: {why}"
+            );
+        }
+    }
+}
+
 /// Builds the storage configuration of a topic from the broker defaults and its overrides,
 /// checking every value.
 pub(crate) fn log_config(
     broker: &BrokerConfig,
     overrides: &Overrides,
 ) -> Result<LogConfig, InvalidConfig> {
-    for name in overrides.keys() {
-        if !NAMES.contains(&name.as_str()) {
-            return Err(invalid(format!(
-                "unknown topic config `{name}`; supported: {}",
-                NAMES.join(", ")
-            )));
-        }
-    }
+    validate(overrides)?;
     let get = |name: &str| value(broker, overrides, name).unwrap_or_default();
+    let long = |name: &str| parse_i64(name, &get(name), i64::MIN);
     let retention_ms = parse_i64(RETENTION_MS, &get(RETENTION_MS), -1)?;
     let retention_bytes = parse_i64(RETENTION_BYTES, &get(RETENTION_BYTES), -1)?;
     let segment_bytes = parse_i64(SEGMENT_BYTES, &get(SEGMENT_BYTES), 1)?;
     let segment_ms = parse_i64(SEGMENT_MS, &get(SEGMENT_MS), 1)?;
     let max_message_bytes = parse_i64(MAX_MESSAGE_BYTES, &get(MAX_MESSAGE_BYTES), 0)?;
     let flush_ms = parse_i64(FLUSH_MS, &get(FLUSH_MS), -1)?;
-    let cleanup_policy = match get(CLEANUP_POLICY).trim() {
-        "delete" => CleanupPolicy::Delete,
-        "compact" | "compact,delete" | "delete,compact" => {
-            return Err(invalid(format!(
-                "{CLEANUP_POLICY}: log compaction is not supported yet; use `delete`"
-            )));
-        }
-        other => {
-            return Err(invalid(format!(
-                "{CLEANUP_POLICY}: `{other}` is not `delete` or `compact`"
-            )));
-        }
+    let index_interval_bytes = parse_i64(INDEX_INTERVAL_BYTES, &get(INDEX_INTERVAL_BYTES), 0)?;
+    let policies: Vec<String> = get(CLEANUP_POLICY)
+        .split(',')
+        .map(|p| p.trim().to_string())
+        .collect();
+    let cleanup_policy = if policies.iter().any(|p| p == "compact") {
+        return Err(invalid(format!(
+            "{CLEANUP_POLICY}: log compaction is not supported yet; use `delete`"
+        )));
+    } else {
+        CleanupPolicy::Delete
+    };
+    if get(REMOTE_STORAGE_ENABLE)
+        .trim()
+        .eq_ignore_ascii_case("true")
+    {
+        return Err(invalid(format!(
+            "{REMOTE_STORAGE_ENABLE}: tiered storage is not available on Herald"
+        )));
+    }
+    let compression = match get(COMPRESSION_TYPE).trim() {
+        "uncompressed" => Some(Compression::None),
+        "gzip" => Some(Compression::Gzip),
+        "snappy" => Some(Compression::Snappy),
+        "lz4" => Some(Compression::Lz4),
+        "zstd" => Some(Compression::Zstd),
+        _ => None,
+    };
+    let timestamp_type = match get(TIMESTAMP_TYPE).trim() {
+        "LogAppendTime" => TimestampType::LogAppendTime,
+        _ => TimestampType::CreateTime,
+    };
+    // Kafka's older `message.timestamp.difference.max.ms` bounds both directions unless the
+    // newer per-direction config is set on the topic.
+    let difference = overrides
+        .contains_key(TIMESTAMP_DIFFERENCE_MAX_MS)
+        .then(|| long(TIMESTAMP_DIFFERENCE_MAX_MS))
+        .transpose()?;
+    let bound = |name: &str| -> Result<Option<u64>, InvalidConfig> {
+        let ms = match difference {
+            Some(ms) if !overrides.contains_key(name) => ms,
+            _ => long(name)?,
+        };
+        Ok((ms >= 0 && ms != i64::MAX).then_some(ms.unsigned_abs()))
     };
     let config = LogConfig {
         segment_bytes: segment_bytes.unsigned_abs(),
@@ -151,6 +580,12 @@ pub(crate) fn log_config(
                 "{MAX_MESSAGE_BYTES}: {max_message_bytes} is too large"
             ))
         })?,
+        // Kafka's 0 indexes every batch; the storage counts the bytes between entries.
+        index_interval_bytes: u32::try_from(index_interval_bytes.max(1)).unwrap_or(u32::MAX),
+        timestamp_type,
+        timestamp_before_max_ms: bound(TIMESTAMP_BEFORE_MAX_MS)?,
+        timestamp_after_max_ms: bound(TIMESTAMP_AFTER_MAX_MS)?,
+        compression,
         ..LogConfig::default()
     };
     config
@@ -165,6 +600,7 @@ fn storage_message(error: &herald_storage::ConfigError) -> String {
     text.replace("segment_bytes", SEGMENT_BYTES)
         .replace("segment_ms", SEGMENT_MS)
         .replace("batch_bytes_max", MAX_MESSAGE_BYTES)
+        .replace("index_interval_bytes", INDEX_INTERVAL_BYTES)
 }
 
 #[cfg(test)]
@@ -213,12 +649,77 @@ mod tests {
             (RETENTION_MS, "-2", "retention.ms"),
             (CLEANUP_POLICY, "compact", "compaction"),
             (CLEANUP_POLICY, "shred", "shred"),
-            (SEGMENT_BYTES, "10", "segment.bytes"),
-            ("min.insync.replicas", "1", "unknown topic config"),
+            (SEGMENT_BYTES, "100", "segment.bytes"),
+            (COMPRESSION_TYPE, "brotli", "compression.type"),
+            (TIMESTAMP_TYPE, "WallClock", "message.timestamp.type"),
+            ("min.insync.replicas", "0", "min.insync.replicas"),
+            ("unclean.leader.election.enable", "maybe", "true or false"),
+            ("min.cleanable.dirty.ratio", "1.5", "range"),
+            ("message.format.version", "new", "message.format.version"),
+            (REMOTE_STORAGE_ENABLE, "true", "tiered storage"),
+            ("no.such.config", "1", "Unknown topic config name"),
         ] {
             let error =
                 log_config(&BrokerConfig::default(), &overrides(&[(name, value)])).unwrap_err();
             assert!(error.message.contains(expect), "{name}={value}: {error}");
+        }
+    }
+
+    #[test]
+    fn every_kafka_topic_config_is_accepted_and_the_inert_ones_reported() {
+        let all: Overrides = SPECS
+            .iter()
+            .filter(|spec| spec.name != CLEANUP_POLICY && spec.name != REMOTE_STORAGE_ENABLE)
+            .map(|spec| {
+                let value = default_value(&BrokerConfig::default(), spec.name).unwrap();
+                (spec.name.to_string(), value)
+            })
+            .collect();
+        log_config(&BrokerConfig::default(), &all).unwrap();
+        let inert = validate(&all).unwrap();
+        assert!(inert.iter().any(|spec| spec.name == "min.insync.replicas"));
+        assert!(!inert.iter().any(|spec| spec.name == COMPRESSION_TYPE));
+    }
+
+    #[test]
+    fn timestamp_and_compression_configs_reach_the_log() {
+        let config = log_config(
+            &BrokerConfig::default(),
+            &overrides(&[
+                (COMPRESSION_TYPE, "zstd"),
+                (TIMESTAMP_TYPE, "LogAppendTime"),
+                (TIMESTAMP_DIFFERENCE_MAX_MS, "5000"),
+                (TIMESTAMP_AFTER_MAX_MS, "7000"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.compression, Some(Compression::Zstd));
+        assert_eq!(config.timestamp_type, TimestampType::LogAppendTime);
+        assert_eq!(config.timestamp_before_max_ms, Some(5000));
+        assert_eq!(config.timestamp_after_max_ms, Some(7000));
+        let defaults = log_config(&BrokerConfig::default(), &Overrides::new()).unwrap();
+        assert_eq!(defaults.compression, None);
+        assert_eq!(defaults.timestamp_before_max_ms, None);
+        assert_eq!(
+            defaults.timestamp_after_max_ms,
+            Some(3_600_000),
+            "Kafka's default: one hour"
+        );
+    }
+
+    #[test]
+    fn the_reference_lists_every_config_in_the_right_table() {
+        let doc = include_str!("../../../docs/topic-configs.md");
+        let (applied, inert) = doc
+            .split_once("## Configs accepted without effect")
+            .expect("two tables");
+        for spec in SPECS {
+            let row = format!("| `{}` |", spec.name);
+            let table = match spec.effect {
+                Effect::Applied => applied,
+                Effect::None(_) => inert,
+            };
+            assert!(table.contains(&row), "{} missing from its table", spec.name);
         }
     }
 }

@@ -406,6 +406,7 @@ impl Topics {
                 })?
         };
         let config = topic_config::log_config(&self.broker, &overrides)?;
+        topic_config::report_inert(name, &overrides);
         let _change = self.change.lock();
         if self.map.read().contains_key(name) {
             return Err(CreateTopicError::Exists(name.to_string()));
@@ -517,6 +518,7 @@ impl Topics {
         if validate_only {
             return Ok(());
         }
+        topic_config::report_inert(name, &overrides);
         let previous = std::mem::replace(&mut *topic.overrides.write(), overrides);
         let map = self.map.read().clone();
         if let Err(error) = self.persist(&map) {

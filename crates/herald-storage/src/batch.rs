@@ -211,6 +211,96 @@ pub(crate) fn validate_input(
     Ok(headers)
 }
 
+/// Checks a `CreateTime` batch's timestamps against the log's clock: its first timestamp may
+/// lie at most `before_max_ms` in the past, its max timestamp at most `after_max_ms` in the
+/// future. Batches without a timestamp pass (see [`BatchHeader::max_timestamp_known`]).
+///
+/// Kafka checks every record; the header's first and max timestamps bound the common case
+/// (records in time order) without decoding anything.
+pub(crate) fn check_timestamps(
+    h: &BatchHeader,
+    position: usize,
+    now_ms: i64,
+    before_max_ms: Option<u64>,
+    after_max_ms: Option<u64>,
+) -> Result<(), AppendError> {
+    let max = h.max_timestamp_known();
+    if max == NO_TIMESTAMP {
+        return Ok(());
+    }
+    let distance = |a: i64, b: i64| u64::try_from(i128::from(a) - i128::from(b)).unwrap_or(0);
+    let refuse = |timestamp: i64, distance_ms: u64, direction: &'static str, limit_ms: u64| {
+        Err(AppendError::InvalidTimestamp {
+            position,
+            timestamp,
+            now_ms,
+            distance_ms,
+            direction,
+            limit_ms,
+        })
+    };
+    if let Some(limit) = after_max_ms {
+        if distance(max, now_ms) > limit {
+            return refuse(max, distance(max, now_ms), "after", limit);
+        }
+    }
+    if let Some(limit) = before_max_ms {
+        let first = known_timestamp(h.base_timestamp);
+        if first != NO_TIMESTAMP && distance(now_ms, first) > limit {
+            return refuse(first, distance(now_ms, first), "before", limit);
+        }
+    }
+    Ok(())
+}
+
+/// The batch the log stores in place of `batch`: its records recompressed with `codec` (when
+/// that differs from theirs) and, with `append_time_ms`, marked log-append-time with that max
+/// timestamp; the CRC is computed again. `None` when nothing changes.
+pub(crate) fn rewrite(
+    batch: &[u8],
+    h: &BatchHeader,
+    position: usize,
+    codec: Option<i16>,
+    append_time_ms: Option<i64>,
+) -> Result<Option<Vec<u8>>, AppendError> {
+    let recompress = codec.filter(|c| *c != h.attributes & COMPRESSION_MASK);
+    if recompress.is_none() && append_time_ms.is_none() {
+        return Ok(None);
+    }
+    let mut out = match recompress {
+        None => batch[..h.total_bytes].to_vec(),
+        Some(codec) => {
+            let records = crate::records::uncompressed_records(&batch[..h.total_bytes], h)
+                .map_err(|_| AppendError::CorruptBatch {
+                    position,
+                    reason: "records could not be decompressed",
+                })?;
+            let body = crate::records::compress(codec, &records).map_err(AppendError::Io)?;
+            let mut out = Vec::with_capacity(BATCH_HEADER_BYTES + body.len());
+            out.extend_from_slice(&batch[..BATCH_HEADER_BYTES]);
+            out.extend_from_slice(&body);
+            let length = i32::try_from(out.len() - LOG_OVERHEAD_BYTES).map_err(|_| {
+                AppendError::BatchTooLarge {
+                    batch_bytes: out.len() as u64,
+                    batch_bytes_max: i32::MAX as u64,
+                }
+            })?;
+            out[8..12].copy_from_slice(&length.to_be_bytes());
+            let attributes = (h.attributes & !COMPRESSION_MASK) | codec;
+            out[21..23].copy_from_slice(&attributes.to_be_bytes());
+            out
+        }
+    };
+    if let Some(now) = append_time_ms {
+        let attributes = i16_at(&out, 21) | TIMESTAMP_TYPE_BIT;
+        out[21..23].copy_from_slice(&attributes.to_be_bytes());
+        out[35..43].copy_from_slice(&now.to_be_bytes());
+    }
+    let crc = crc32c::crc32c(&out[CRC_START..]);
+    out[17..21].copy_from_slice(&crc.to_be_bytes());
+    Ok(Some(out))
+}
+
 /// Rewrites the base offset and sets the partition leader epoch to 0 (outside the CRC).
 pub(crate) fn assign_offset(batch: &mut [u8], base_offset: u64) {
     batch[0..8].copy_from_slice(&base_offset.to_be_bytes());

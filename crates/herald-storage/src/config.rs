@@ -30,6 +30,45 @@ pub enum CleanupPolicy {
     Compact,
 }
 
+/// Which clock a stored batch's timestamps come from (Kafka `message.timestamp.type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TimestampType {
+    /// The producer's timestamps, kept as sent.
+    #[default]
+    CreateTime,
+    /// The log's clock at append: the batch is marked log-append-time and its max timestamp,
+    /// which readers then give every record, is set to the append time.
+    LogAppendTime,
+}
+
+/// The codec batches are stored in (Kafka `compression.type` other than `producer`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// No compression (Kafka `uncompressed`).
+    None,
+    /// gzip.
+    Gzip,
+    /// snappy, in the xerial framing Java clients write.
+    Snappy,
+    /// LZ4 frame format.
+    Lz4,
+    /// zstd.
+    Zstd,
+}
+
+impl Compression {
+    /// The codec's number in a batch's attributes.
+    pub(crate) fn codec(self) -> i16 {
+        match self {
+            Compression::None => 0,
+            Compression::Gzip => 1,
+            Compression::Snappy => 2,
+            Compression::Lz4 => 3,
+            Compression::Zstd => 4,
+        }
+    }
+}
+
 /// One partition log's configuration. Every limit carries its unit in its name.
 ///
 /// ```
@@ -61,6 +100,17 @@ pub struct LogConfig {
     pub checkpoint_interval_ms: u64,
     /// Idempotent producers whose state is kept; the least recently seen is forgotten beyond it.
     pub producers_max: u32,
+    /// Whose clock stamps stored batches.
+    pub timestamp_type: TimestampType,
+    /// Under `CreateTime`, a batch whose first timestamp is more than this far before the
+    /// log's clock is refused; `None` accepts any age.
+    pub timestamp_before_max_ms: Option<u64>,
+    /// Under `CreateTime`, a batch whose max timestamp is more than this far after the log's
+    /// clock is refused; `None` accepts any.
+    pub timestamp_after_max_ms: Option<u64>,
+    /// Recompress batches into this codec before storing them; `None` stores them as the
+    /// producer compressed them.
+    pub compression: Option<Compression>,
 }
 
 /// Kafka's default `max.message.bytes`.
@@ -87,6 +137,10 @@ impl Default for LogConfig {
             append_bytes_max: 64 << 20,
             checkpoint_interval_ms: 60_000,
             producers_max: 10_000,
+            timestamp_type: TimestampType::CreateTime,
+            timestamp_before_max_ms: None,
+            timestamp_after_max_ms: None,
+            compression: None,
         }
     }
 }

@@ -67,6 +67,25 @@ pub enum AppendError {
         /// The limit it broke.
         batch_bytes_max: u64,
     },
+    /// A batch's timestamp is further from the log's clock than the config allows (Kafka
+    /// `INVALID_TIMESTAMP`).
+    #[error(
+        "record batch at byte {position} of the input has timestamp {timestamp}, {distance_ms} ms {direction} the broker's time {now_ms}; the limit is {limit_ms} ms"
+    )]
+    InvalidTimestamp {
+        /// Byte position of the offending batch within the append input.
+        position: usize,
+        /// The batch's timestamp that broke the limit.
+        timestamp: i64,
+        /// The log's clock.
+        now_ms: i64,
+        /// How far the timestamp is from `now_ms`.
+        distance_ms: u64,
+        /// `before` or `after`.
+        direction: &'static str,
+        /// The limit (`message.timestamp.before.max.ms` or `...after.max.ms`).
+        limit_ms: u64,
+    },
     /// An idempotent producer skipped or repeated sequence numbers.
     #[error(
         "out of order sequence for producer {producer_id} epoch {producer_epoch}: expected {expected_sequence}, got {sequence}"

@@ -17,7 +17,7 @@ use crate::batch::{
     self, BATCH_HEADER_BYTES, BatchHeader, LOG_OVERHEAD_BYTES, NO_TIMESTAMP, known_timestamp,
 };
 use crate::checkpoint::{self, CHECKPOINT_TMP_FILE, Checkpoint};
-use crate::config::{BATCH_BYTES_LIMIT, FlushPolicy, LogConfig};
+use crate::config::{BATCH_BYTES_LIMIT, Compression, FlushPolicy, LogConfig, TimestampType};
 use crate::env::{DirLock, Env, StorageFile, read_exact_at};
 use crate::error::{
     AppendError, ConfigError, DeleteRecordsError, FlushError, MaintainError, OpenError, ReadError,
@@ -194,6 +194,16 @@ fn modified_or(file: &dyn StorageFile, now: i64) -> i64 {
         .ok()
         .flatten()
         .map_or(now, |t| t.min(now))
+}
+
+/// The parts of the config an append reads before taking the write lock.
+struct StoreRules {
+    batch_bytes_max: u32,
+    append_bytes_max: u32,
+    timestamp_type: TimestampType,
+    timestamp_before_max_ms: Option<u64>,
+    timestamp_after_max_ms: Option<u64>,
+    compression: Option<Compression>,
 }
 
 /// Milliseconds from `since` to `now`, 0 if the clock went backwards.
@@ -664,18 +674,25 @@ impl PartitionLog {
     /// idempotent-producer state before anything is written: all or nothing. The records are
     /// readable on return but not yet durable; call [`PartitionLog::sync_to`] for that.
     pub fn append(&self, batches: &[u8]) -> Result<AppendInfo, AppendError> {
-        let (batch_bytes_max, append_bytes_max) = {
+        let config = {
             let st = self.state.read();
-            (st.config.batch_bytes_max, st.config.append_bytes_max)
+            StoreRules {
+                batch_bytes_max: st.config.batch_bytes_max,
+                append_bytes_max: st.config.append_bytes_max,
+                timestamp_type: st.config.timestamp_type,
+                timestamp_before_max_ms: st.config.timestamp_before_max_ms,
+                timestamp_after_max_ms: st.config.timestamp_after_max_ms,
+                compression: st.config.compression,
+            }
         };
-        if batches.len() as u64 > u64::from(append_bytes_max) {
+        if batches.len() as u64 > u64::from(config.append_bytes_max) {
             return Err(AppendError::BatchTooLarge {
                 batch_bytes: batches.len() as u64,
-                batch_bytes_max: u64::from(append_bytes_max),
+                batch_bytes_max: u64::from(config.append_bytes_max),
             });
         }
-        let mut headers = batch::validate_input(batches, batch_bytes_max as usize)?;
-        let mut buf = batches.to_vec();
+        let headers = batch::validate_input(batches, config.batch_bytes_max as usize)?;
+        let (mut headers, mut buf) = self.as_stored(batches, headers, &config)?;
         let mut st = self.state.write();
         if self.is_poisoned() {
             return Err(AppendError::Poisoned);
@@ -751,6 +768,66 @@ impl PartitionLog {
                 })
             }
         }
+    }
+
+    /// Checks the batches' timestamps and turns them into what the log stores: as received,
+    /// or recompressed and stamped with the append time when the config says so.
+    fn as_stored(
+        &self,
+        batches: &[u8],
+        headers: Vec<BatchHeader>,
+        rules: &StoreRules,
+    ) -> Result<(Vec<BatchHeader>, Vec<u8>), AppendError> {
+        let now = self.env.clock.now_ms();
+        let create_time = rules.timestamp_type == TimestampType::CreateTime;
+        let mut pos = 0;
+        if create_time
+            && (rules.timestamp_before_max_ms.is_some() || rules.timestamp_after_max_ms.is_some())
+        {
+            for h in &headers {
+                batch::check_timestamps(
+                    h,
+                    pos,
+                    now,
+                    rules.timestamp_before_max_ms,
+                    rules.timestamp_after_max_ms,
+                )?;
+                pos += h.total_bytes;
+            }
+        }
+        let codec = rules.compression.map(Compression::codec);
+        let append_time = (!create_time).then_some(now);
+        if codec.is_none() && append_time.is_none() {
+            return Ok((headers, batches.to_vec()));
+        }
+        let mut out = Vec::with_capacity(batches.len());
+        let mut stored = Vec::with_capacity(headers.len());
+        let mut pos = 0;
+        for h in &headers {
+            let batch = &batches[pos..pos + h.total_bytes];
+            match batch::rewrite(batch, h, pos, codec, append_time)? {
+                None => {
+                    out.extend_from_slice(batch);
+                    stored.push(*h);
+                }
+                Some(new) => {
+                    if new.len() > rules.batch_bytes_max as usize {
+                        return Err(AppendError::BatchTooLarge {
+                            batch_bytes: new.len() as u64,
+                            batch_bytes_max: u64::from(rules.batch_bytes_max),
+                        });
+                    }
+                    let header = batch::parse_header(&new).ok_or(AppendError::CorruptBatch {
+                        position: pos,
+                        reason: "rewritten batch has no header",
+                    })?;
+                    out.extend_from_slice(&new);
+                    stored.push(header);
+                }
+            }
+            pos += h.total_bytes;
+        }
+        Ok((stored, out))
     }
 
     /// Group commit: returns once every record below `end_offset` is fsynced, one fsync covering

@@ -1,5 +1,7 @@
-//! Decoding the records inside a batch, only to find exact per-record timestamps for
-//! `offset_for_timestamp`. Never used on the append or read paths, which move batches as bytes.
+//! Decoding the records inside a batch: to find exact per-record timestamps for
+//! `offset_for_timestamp`, and to recompress a batch on append for a log configured with a
+//! codec (Kafka `compression.type` other than `producer`). The read path, and the append path
+//! of every other log, move batches as bytes.
 
 use std::io::Read;
 
@@ -143,6 +145,53 @@ impl Cursor<'_> {
             }
         }
         Err(DecodeFault)
+    }
+}
+
+/// The records of `batch` (header at its start) decompressed, or as they are if uncompressed.
+pub(crate) fn uncompressed_records(batch: &[u8], h: &BatchHeader) -> Result<Vec<u8>, DecodeFault> {
+    let body = batch.get(BATCH_HEADER_BYTES..).ok_or(DecodeFault)?;
+    match h.attributes & COMPRESSION_MASK {
+        0 => Ok(body.to_vec()),
+        codec => decompress(codec, body),
+    }
+}
+
+/// Snappy blocks of the xerial framing hold at most this many input bytes each.
+const XERIAL_BLOCK_BYTES: usize = 32 * 1024;
+
+/// Compresses record bytes with `codec` (attribute numbering), as Kafka clients expect them:
+/// gzip, snappy in the xerial framing (which every client reads), LZ4 frames, zstd frames.
+pub(crate) fn compress(codec: i16, records: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::Write;
+    match codec {
+        0 => Ok(records.to_vec()),
+        1 => {
+            let mut encoder =
+                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            encoder.write_all(records)?;
+            encoder.finish()
+        }
+        2 => {
+            let mut out = b"\x82SNAPPY\x00".to_vec();
+            out.extend_from_slice(&1i32.to_be_bytes()); // version
+            out.extend_from_slice(&1i32.to_be_bytes()); // minimum compatible version
+            let mut encoder = snap::raw::Encoder::new();
+            for block in records.chunks(XERIAL_BLOCK_BYTES) {
+                let compressed = encoder.compress_vec(block).map_err(std::io::Error::other)?;
+                let len = u32::try_from(compressed.len()).map_err(std::io::Error::other)?;
+                out.extend_from_slice(&len.to_be_bytes());
+                out.extend_from_slice(&compressed);
+            }
+            Ok(out)
+        }
+        3 => {
+            let mut encoder = lz4_flex::frame::FrameEncoder::new(Vec::new());
+            encoder.write_all(records)?;
+            encoder.finish().map_err(std::io::Error::other)
+        }
+        4 => zstd::stream::encode_all(records, 3),
+        other => Err(std::io::Error::other(format!("unknown codec {other}"))),
     }
 }
 

@@ -92,11 +92,12 @@ pub(crate) fn create_topics(core: &Arc<Core>, request: CreateTopicsRequest, vers
 
 /// The configs of a new topic as CreateTopics v5+ reports them.
 fn topic_configs(core: &Core, overrides: &Overrides) -> Vec<CreatableTopicConfigs> {
-    topic_config::NAMES
+    topic_config::SPECS
         .iter()
+        .map(|spec| spec.name)
         .map(|name| {
             let value = topic_config::value(&core.config, overrides, name);
-            let source = if overrides.contains_key(*name) {
+            let source = if overrides.contains_key(name) {
                 super::configs::DYNAMIC_TOPIC_CONFIG
             } else {
                 DEFAULT_CONFIG

@@ -16,7 +16,7 @@ use kafka_protocol::protocol::StrBytes;
 use super::errors::{self, code};
 use super::{Reply, blocking, str_bytes};
 use crate::Core;
-use crate::topic_config::{self, Overrides};
+use crate::topic_config::{self, Effect, Kind, Overrides};
 
 /// Config resource type of a topic.
 const RESOURCE_TOPIC: i8 = 2;
@@ -43,11 +43,26 @@ const OP_DELETE: i8 = 1;
 const OP_APPEND: i8 = 2;
 const OP_SUBTRACT: i8 = 3;
 
+const TYPE_DOUBLE: i8 = 6;
+
 fn topic_config_type(name: &str) -> i8 {
-    match name {
-        topic_config::CLEANUP_POLICY => TYPE_LIST,
-        topic_config::MAX_MESSAGE_BYTES => TYPE_INT,
-        _ => TYPE_LONG,
+    match topic_config::spec(name).map(|spec| spec.kind) {
+        Some(Kind::Long { .. }) => TYPE_LONG,
+        Some(Kind::Int { .. }) => TYPE_INT,
+        Some(Kind::Double { .. }) => TYPE_DOUBLE,
+        Some(Kind::Boolean) => TYPE_BOOLEAN,
+        Some(Kind::List(_) | Kind::ReplicaList) => TYPE_LIST,
+        Some(Kind::Choice(_) | Kind::Version) | None => TYPE_STRING,
+    }
+}
+
+/// DescribeConfigs' documentation of a topic config: what it does not do on Herald, if so.
+fn topic_config_documentation(name: &str) -> Option<String> {
+    match topic_config::spec(name)?.effect {
+        Effect::Applied => None,
+        Effect::None(why) => Some(format!(
+            "Accepted for Kafka compatibility; no effect on Herald: {why}."
+        )),
     }
 }
 
@@ -136,6 +151,7 @@ pub(crate) fn describe_configs(
     request: DescribeConfigsRequest,
     version: i16,
 ) -> DescribeConfigsResponse {
+    let include_documentation = request.include_documentation;
     let results = request
         .resources
         .into_iter()
@@ -151,23 +167,29 @@ pub(crate) fn describe_configs(
                             .with_error_message(Some(str_bytes("unknown topic")));
                     };
                     let overrides = topic.overrides();
-                    let configs = topic_config::NAMES
+                    let configs = topic_config::SPECS
                         .iter()
+                        .map(|spec| spec.name)
                         .filter(|name| wanted(&resource.configuration_keys, name))
                         .map(|name| {
-                            let source = if overrides.contains_key(*name) {
+                            let source = if overrides.contains_key(name) {
                                 DYNAMIC_TOPIC_CONFIG
                             } else {
                                 DEFAULT_CONFIG
                             };
-                            entry(
+                            let mut entry = entry(
                                 name,
                                 topic_config::value(&core.config, &overrides, name),
                                 source,
                                 false,
                                 topic_config_type(name),
                                 version,
-                            )
+                            );
+                            if version >= 3 && include_documentation {
+                                entry.documentation =
+                                    topic_config_documentation(name).map(|d| str_bytes(&d));
+                            }
+                            entry
                         })
                         .collect();
                     result.with_configs(configs)

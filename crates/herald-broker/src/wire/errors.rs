@@ -16,6 +16,8 @@ pub(crate) const MESSAGE_TOO_LARGE: i16 = 10;
 pub(crate) const INVALID_TOPIC: i16 = 17;
 /// Kafka `INVALID_REQUIRED_ACKS`.
 pub(crate) const INVALID_REQUIRED_ACKS: i16 = 21;
+/// Kafka `INVALID_TIMESTAMP`.
+pub(crate) const INVALID_TIMESTAMP: i16 = 32;
 /// Kafka `UNSUPPORTED_VERSION`.
 pub(crate) const UNSUPPORTED_VERSION: i16 = 35;
 /// Kafka `TOPIC_ALREADY_EXISTS`.
@@ -50,6 +52,7 @@ pub(crate) fn code(problem: Problem) -> i16 {
         Problem::InvalidConfig => INVALID_CONFIG,
         Problem::CorruptMessage => CORRUPT_MESSAGE,
         Problem::MessageTooLarge => MESSAGE_TOO_LARGE,
+        Problem::InvalidTimestamp => INVALID_TIMESTAMP,
         Problem::OutOfOrderSequence => OUT_OF_ORDER_SEQUENCE_NUMBER,
         Problem::ProducerFenced => INVALID_PRODUCER_EPOCH,
         Problem::UnknownProducerId => UNKNOWN_PRODUCER_ID,

@@ -29,6 +29,7 @@ pub(crate) fn append_problem(error: &AppendError) -> Problem {
     match error {
         AppendError::CorruptBatch { .. } => Problem::CorruptMessage,
         AppendError::BatchTooLarge { .. } => Problem::MessageTooLarge,
+        AppendError::InvalidTimestamp { .. } => Problem::InvalidTimestamp,
         AppendError::OutOfOrderSequence { .. } => Problem::OutOfOrderSequence,
         AppendError::ProducerFenced { .. } => Problem::ProducerFenced,
         AppendError::UnknownProducerId { .. } => Problem::UnknownProducerId,

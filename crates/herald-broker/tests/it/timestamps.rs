@@ -8,7 +8,7 @@ use herald_broker::BrokerConfig;
 use rdkafka::Message;
 use rdkafka::admin::{NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::support::{self, PATIENCE};
@@ -156,4 +156,105 @@ async fn records_dated_before_retention_are_deleted_by_the_next_pass() {
         );
         maintenance_passes(&b.broker, 1).await;
     }
+}
+#[tokio::test]
+async fn timestamps_outside_the_topic_limits_are_refused() {
+    let b = broker_with_fast_maintenance().await;
+    create(
+        &b.bootstrap,
+        "bounded",
+        &[("message.timestamp.before.max.ms", &DAY_MS.to_string())],
+    )
+    .await;
+    let invalid = |outcome: &Result<i64, KafkaError>| {
+        matches!(
+            outcome,
+            Err(KafkaError::MessageProduction(
+                RDKafkaErrorCode::InvalidTimestamp
+            ))
+        )
+    };
+    let past = produce(&b.bootstrap, "bounded", now_ms() - 30 * DAY_MS, 1).await;
+    assert!(invalid(&past[0]), "{past:?}");
+    // `message.timestamp.after.max.ms` is one hour by default, as in Kafka.
+    let future = produce(&b.bootstrap, "bounded", now_ms() + 365 * DAY_MS, 1).await;
+    assert!(invalid(&future[0]), "{future:?}");
+    let fine = produce(&b.bootstrap, "bounded", now_ms() - 3600 * 1000, 1).await;
+    assert_eq!(fine[0].as_ref().ok(), Some(&0));
+    // Nothing refused was stored; no timestamp at all is always accepted.
+    let untimed = produce(&b.bootstrap, "bounded", -1, 1).await;
+    assert_eq!(untimed[0].as_ref().ok(), Some(&1));
+    maintenance_passes(&b.broker, 3).await;
+    assert_eq!(watermarks(&b.bootstrap, "bounded").await, (0, 2));
+}
+
+#[tokio::test]
+async fn a_topic_can_recompress_and_stamp_log_append_time() {
+    let b = broker_with_fast_maintenance().await;
+    create(
+        &b.bootstrap,
+        "stamped",
+        &[
+            ("compression.type", "zstd"),
+            ("message.timestamp.type", "LogAppendTime"),
+            // Kafka clients send these routinely; accepted, reported, no effect here.
+            ("min.insync.replicas", "1"),
+            ("unclean.leader.election.enable", "false"),
+        ],
+    )
+    .await;
+    let before = now_ms();
+    let producer: FutureProducer = support::client_config(&b.bootstrap)
+        .set("compression.type", "lz4")
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    let sent: Vec<String> = (0..50)
+        .map(|i| format!("value-{i}-{}", "x".repeat(i)))
+        .collect();
+    for value in &sent {
+        producer
+            .send(
+                FutureRecord::<(), _>::to("stamped")
+                    .payload(value)
+                    .timestamp(1_000),
+                PATIENCE,
+            )
+            .await
+            .unwrap();
+    }
+    let bootstrap = b.bootstrap.clone();
+    let received = tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = support::client_config(&bootstrap)
+            .set("group.id", "stamped-reader")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .unwrap();
+        consumer.subscribe(&["stamped"]).unwrap();
+        let deadline = std::time::Instant::now() + PATIENCE;
+        let mut received = Vec::new();
+        while received.len() < 50 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "read {}",
+                received.len()
+            );
+            if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+                let message = message.unwrap();
+                let rdkafka::Timestamp::LogAppendTime(ts) = message.timestamp() else {
+                    panic!("not log-append-time: {:?}", message.timestamp());
+                };
+                let value = String::from_utf8(message.payload().unwrap().to_vec()).unwrap();
+                received.push((value, ts));
+            }
+        }
+        received
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        received.iter().map(|(v, _)| v.clone()).collect::<Vec<_>>(),
+        sent
+    );
+    assert!(received.iter().all(|(_, ts)| *ts >= before), "{received:?}");
 }

@@ -216,3 +216,112 @@ fn one_fsync_covers_every_append_before_it() {
     log.sync_to(11).unwrap();
     assert_eq!(log.stats().group_commits, 2);
 }
+
+/// The records part of a stored batch and its compression codec.
+fn records_and_codec(stored: &[u8]) -> (Vec<u8>, i16) {
+    let attributes = i16::from_be_bytes([stored[21], stored[22]]);
+    (stored[61..].to_vec(), attributes & 0x07)
+}
+
+fn append_and_read(config: LogConfig, input: &[u8]) -> Vec<u8> {
+    let log = PartitionLog::open_with(Path::new("/p"), config, SimFs::default().env()).unwrap();
+    log.append(input).unwrap();
+    let read = log.read(0, 1 << 20, true).unwrap();
+    let mut batches = split(&read.batches);
+    assert_eq!(batches.len(), 1);
+    batches.remove(0).1
+}
+
+#[test]
+fn a_configured_codec_recompresses_batches_and_keeps_their_records() {
+    use herald_storage::Compression;
+    let original = batch(7, 50, 1_700_000_000_000);
+    let (records, codec) = records_and_codec(&original);
+    assert_eq!(codec, 0);
+    for (compression, number) in [
+        (Compression::Gzip, 1),
+        (Compression::Snappy, 2),
+        (Compression::Lz4, 3),
+        (Compression::Zstd, 4),
+    ] {
+        let compressed = append_and_read(
+            LogConfig {
+                compression: Some(compression),
+                ..LogConfig::default()
+            },
+            &original,
+        );
+        assert_eq!(records_and_codec(&compressed).1, number, "{compression:?}");
+        // The rewritten batch passes validation (CRC included) and decompresses back to the
+        // same records when stored uncompressed.
+        let back = append_and_read(
+            LogConfig {
+                compression: Some(Compression::None),
+                ..LogConfig::default()
+            },
+            &compressed,
+        );
+        assert_eq!(
+            records_and_codec(&back),
+            (records.clone(), 0),
+            "{compression:?}"
+        );
+    }
+}
+
+#[test]
+fn log_append_time_stamps_batches_with_the_log_clock() {
+    use herald_storage::{ManualClock, TimestampType};
+    let clock = std::sync::Arc::new(ManualClock::new(1_800_000_000_000));
+    let fs = SimFs::with_clock(clock);
+    let config = LogConfig {
+        timestamp_type: TimestampType::LogAppendTime,
+        ..LogConfig::default()
+    };
+    let log = PartitionLog::open_with(Path::new("/p"), config, fs.env()).unwrap();
+    log.append(&batch(0, 3, 5)).unwrap();
+    let read = log.read(0, 1 << 20, true).unwrap();
+    let stored = &split(&read.batches)[0].1;
+    let attributes = i16::from_be_bytes([stored[21], stored[22]]);
+    assert_ne!(attributes & 0x08, 0, "marked log-append-time");
+    let max = i64::from_be_bytes(stored[35..43].try_into().unwrap());
+    assert_eq!(max, 1_800_000_000_000);
+    assert_eq!(
+        log.offset_for_timestamp(1_800_000_000_000).unwrap(),
+        Some((0, 1_800_000_000_000))
+    );
+}
+
+#[test]
+fn batches_dated_outside_the_limits_are_refused_whole() {
+    use herald_storage::ManualClock;
+    let now = 1_800_000_000_000;
+    let fs = SimFs::with_clock(std::sync::Arc::new(ManualClock::new(now)));
+    let config = LogConfig {
+        timestamp_before_max_ms: Some(1_000),
+        timestamp_after_max_ms: Some(2_000),
+        ..LogConfig::default()
+    };
+    let log = PartitionLog::open_with(Path::new("/p"), config, fs.env()).unwrap();
+    let mut input = batch(0, 1, now);
+    input.extend_from_slice(&batch(1, 1, now - 1_001));
+    assert!(matches!(
+        log.append(&input),
+        Err(AppendError::InvalidTimestamp { position, direction: "before", limit_ms: 1_000, .. })
+            if position > 0
+    ));
+    assert!(matches!(
+        log.append(&batch(2, 1, now + 2_001)),
+        Err(AppendError::InvalidTimestamp {
+            direction: "after",
+            limit_ms: 2_000,
+            ..
+        })
+    ));
+    assert_eq!(log.offsets().high_watermark, 0);
+    log.append(&batch(3, 1, now - 1_000)).unwrap();
+    log.append(&batch(4, 1, now + 2_000)).unwrap();
+    // No timestamp at all is never refused.
+    log.append(&batch(5, 1, -1)).unwrap();
+    assert_eq!(log.offsets().high_watermark, 3);
+}
