@@ -36,6 +36,4 @@ pub(crate) enum Problem {
     StorageError,
     /// A well-formed request this broker will not serve (transactions, for example).
     Unsupported,
-    /// A request whose fields contradict each other.
-    InvalidRequest,
 }

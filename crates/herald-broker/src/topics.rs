@@ -216,8 +216,6 @@ pub(crate) enum CreatePartitionsError {
         requested: i64,
         max: u32,
     },
-    #[error("manual replica assignment is not supported on a single broker")]
-    Assignment,
     #[error("storage failed: {0}")]
     Storage(String),
 }
@@ -227,7 +225,6 @@ impl CreatePartitionsError {
         match self {
             CreatePartitionsError::Unknown(_) => Problem::UnknownTopicOrPartition,
             CreatePartitionsError::Count { .. } => Problem::InvalidPartitions,
-            CreatePartitionsError::Assignment => Problem::InvalidRequest,
             CreatePartitionsError::Storage(_) => Problem::StorageError,
         }
     }

@@ -28,15 +28,34 @@ pub(crate) fn create_topics(core: &Arc<Core>, request: CreateTopicsRequest, vers
         for wanted in request.topics {
             let name = wanted.name.as_str().to_string();
             let mut result = CreatableTopicResult::default().with_name(topic_name(&name));
+            let mut num_partitions = wanted.num_partitions;
+            let mut replication_factor = wanted.replication_factor;
             if !wanted.assignments.is_empty() {
-                results.push(
-                    result
-                        .with_error_code(errors::INVALID_REQUEST)
-                        .with_error_message(Some(str_bytes(
-                            "manual replica assignment is not supported on a single broker",
-                        ))),
-                );
-                continue;
+                let indexes: Vec<i32> = wanted
+                    .assignments
+                    .iter()
+                    .map(|a| a.partition_index)
+                    .collect();
+                let replicas = wanted.assignments.iter().map(|a| a.broker_ids.as_slice());
+                let refused = if num_partitions != -1 || replication_factor != -1 {
+                    Some((
+                        errors::INVALID_REQUEST,
+                        "Both numPartitions or replicationFactor and replicasAssignments were set. Both cannot be used at the same time.".to_string(),
+                    ))
+                } else {
+                    assignment_problem(core.config.node_id, &indexes, replicas)
+                        .map(|message| (errors::INVALID_REPLICA_ASSIGNMENT, message))
+                };
+                if let Some((error_code, message)) = refused {
+                    results.push(
+                        result
+                            .with_error_code(error_code)
+                            .with_error_message(Some(str_bytes(&message))),
+                    );
+                    continue;
+                }
+                num_partitions = i32::try_from(indexes.len()).unwrap_or(i32::MAX);
+                replication_factor = 1;
             }
             let overrides: Overrides = wanted
                 .configs
@@ -48,8 +67,8 @@ pub(crate) fn create_topics(core: &Arc<Core>, request: CreateTopicsRequest, vers
                 .collect();
             match core.topics.create(
                 &name,
-                wanted.num_partitions,
-                wanted.replication_factor,
+                num_partitions,
+                replication_factor,
                 overrides.clone(),
                 request.validate_only,
             ) {
@@ -178,13 +197,32 @@ pub(crate) fn create_partitions(core: &Arc<Core>, request: CreatePartitionsReque
             .map(|wanted| {
                 let name = wanted.name.as_str().to_string();
                 let result = CreatePartitionsTopicResult::default().with_name(topic_name(&name));
-                let outcome = if wanted.assignments.as_ref().is_some_and(|a| !a.is_empty()) {
-                    Err(crate::topics::CreatePartitionsError::Assignment)
-                } else {
-                    core.topics
-                        .add_partitions(&name, wanted.count, request.validate_only)
-                };
-                match outcome {
+                // An assignment is fine if it names only this broker, one list per new partition.
+                let current = core.topics.get(&name).map_or(0, |t| t.partition_count());
+                let assignment = wanted.assignments.as_ref().filter(|a| !a.is_empty()).and_then(|a| {
+                    let new = i64::from(wanted.count) - current as i64;
+                    if new != a.len() as i64 {
+                        return Some(format!(
+                            "Increasing the number of partitions by {new} but {} assignments provided.",
+                            a.len()
+                        ));
+                    }
+                    let indexes: Vec<i32> = (0..a.len()).map(|i| i as i32).collect();
+                    assignment_problem(
+                        core.config.node_id,
+                        &indexes,
+                        a.iter().map(|p| p.broker_ids.as_slice()),
+                    )
+                });
+                if let Some(message) = assignment {
+                    return result
+                        .with_error_code(errors::INVALID_REPLICA_ASSIGNMENT)
+                        .with_error_message(Some(str_bytes(&message)));
+                }
+                match core
+                    .topics
+                    .add_partitions(&name, wanted.count, request.validate_only)
+                {
                     Ok(()) => result,
                     Err(error) => result
                         .with_error_code(code(error.problem()))
@@ -194,4 +232,32 @@ pub(crate) fn create_partitions(core: &Arc<Core>, request: CreatePartitionsReque
             .collect();
         ResponseKind::CreatePartitions(CreatePartitionsResponse::default().with_results(results))
     })
+}
+
+/// Why a manual replica assignment cannot be honoured, if it cannot: partitions must be numbered
+/// 0..n in some order, and each must have exactly one replica, this broker.
+fn assignment_problem<'a>(
+    node_id: i32,
+    indexes: &[i32],
+    replicas: impl Iterator<Item = &'a [kafka_protocol::messages::BrokerId]>,
+) -> Option<String> {
+    let mut sorted = indexes.to_vec();
+    sorted.sort_unstable();
+    if sorted
+        .iter()
+        .enumerate()
+        .any(|(i, p)| i64::from(*p) != i as i64)
+    {
+        return Some("Partitions should be a consecutive 0-based integer sequence".to_string());
+    }
+    for brokers in replicas {
+        if brokers.len() != 1 || brokers[0].0 != node_id {
+            let ids: Vec<String> = brokers.iter().map(|b| b.0.to_string()).collect();
+            return Some(format!(
+                "replica assignment [{}] cannot be placed: this is a single broker (node {node_id}), so each partition's only replica must be {node_id}",
+                ids.join(",")
+            ));
+        }
+    }
+    None
 }

@@ -26,6 +26,8 @@ pub(crate) const TOPIC_ALREADY_EXISTS: i16 = 36;
 pub(crate) const INVALID_PARTITIONS: i16 = 37;
 /// Kafka `INVALID_REPLICATION_FACTOR`.
 pub(crate) const INVALID_REPLICATION_FACTOR: i16 = 38;
+/// Kafka `INVALID_REPLICA_ASSIGNMENT`.
+pub(crate) const INVALID_REPLICA_ASSIGNMENT: i16 = 39;
 /// Kafka `INVALID_REQUEST`.
 pub(crate) const INVALID_REQUEST: i16 = 42;
 /// Kafka `OUT_OF_ORDER_SEQUENCE_NUMBER`.
@@ -59,6 +61,5 @@ pub(crate) fn code(problem: Problem) -> i16 {
         Problem::OffsetOutOfRange => OFFSET_OUT_OF_RANGE,
         Problem::StorageError => KAFKA_STORAGE_ERROR,
         Problem::Unsupported => UNSUPPORTED_VERSION,
-        Problem::InvalidRequest => INVALID_REQUEST,
     }
 }

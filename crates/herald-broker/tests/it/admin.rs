@@ -405,3 +405,75 @@ async fn pipelined_admin_requests_take_effect_in_order() {
     assert_eq!(listed.topics.len(), 1);
     assert_eq!(listed.topics[0].partitions.len(), 3);
 }
+
+#[tokio::test]
+async fn replica_assignments_naming_only_this_broker_are_accepted() {
+    let broker = support::start().await;
+    let admin = admin(&broker.bootstrap);
+    let here: &[i32] = &[0];
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(
+                "placed",
+                3,
+                TopicReplication::Variable(&[here, here, here]),
+            )],
+            &admin_options(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(results[0].as_ref().map(String::as_str), Ok("placed"));
+    let bootstrap = broker.bootstrap.clone();
+    let count = tokio::task::spawn_blocking(move || partition_count(&bootstrap, "placed"))
+        .await
+        .unwrap();
+    assert_eq!(count, 3);
+
+    // Another broker id, or two replicas, cannot be placed here: a clear refusal.
+    let elsewhere: &[i32] = &[1];
+    let twice: &[i32] = &[0, 1];
+    for assignment in [[elsewhere], [twice]] {
+        let results = admin
+            .create_topics(
+                &[NewTopic::new(
+                    "misplaced",
+                    1,
+                    TopicReplication::Variable(&assignment),
+                )],
+                &admin_options(),
+            )
+            .await
+            .unwrap();
+        assert!(
+            matches!(
+                &results[0],
+                Err((_, RDKafkaErrorCode::InvalidReplicaAssignment))
+            ),
+            "{results:?}"
+        );
+    }
+
+    // Growing a topic with assignments follows the same rule.
+    let grown = admin
+        .create_partitions(
+            &[NewPartitions::new("placed", 5).assign(&[here, here])],
+            &admin_options(),
+        )
+        .await
+        .unwrap();
+    assert!(grown[0].is_ok(), "{grown:?}");
+    let refused = admin
+        .create_partitions(
+            &[NewPartitions::new("placed", 6).assign(&[elsewhere])],
+            &admin_options(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            &refused[0],
+            Err((_, RDKafkaErrorCode::InvalidReplicaAssignment))
+        ),
+        "{refused:?}"
+    );
+}
