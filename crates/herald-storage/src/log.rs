@@ -1114,6 +1114,25 @@ impl PartitionLog {
         Ok(None)
     }
 
+    /// The first record carrying the log's largest known timestamp, as (offset, timestamp)
+    /// (Kafka's ListOffsets `MAX_TIMESTAMP`); `None` when no record above the log start has a
+    /// timestamp.
+    pub fn offset_of_max_timestamp(&self) -> Result<Option<(u64, i64)>, ReadError> {
+        let max = {
+            let st = self.state.read();
+            st.segments
+                .iter()
+                .filter(|seg| seg.next_offset > st.log_start && seg.size > 0)
+                .map(|seg| seg.max_timestamp)
+                .max()
+                .unwrap_or(NO_TIMESTAMP)
+        };
+        if max == NO_TIMESTAMP {
+            return Ok(None);
+        }
+        self.offset_for_timestamp(max)
+    }
+
     /// DeleteRecords: moves the log start to `offset` (persisted before returning) and deletes
     /// whole segments below it. Returns the new log start.
     pub fn delete_records_before(&self, offset: u64) -> Result<u64, DeleteRecordsError> {

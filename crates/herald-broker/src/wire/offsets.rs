@@ -1,4 +1,4 @@
-//! ListOffsets (earliest, latest, by timestamp) and DeleteRecords.
+//! ListOffsets (earliest, latest, by timestamp, the largest timestamp) and DeleteRecords.
 
 use herald_storage::DeleteRecordsError;
 use kafka_protocol::messages::delete_records_response::{
@@ -21,6 +21,8 @@ use crate::problem::Problem;
 const LATEST: i64 = -1;
 /// ListOffsets timestamp asking for the log start.
 const EARLIEST: i64 = -2;
+/// ListOffsets timestamp asking for the record with the largest timestamp (v7+).
+const MAX_TIMESTAMP: i64 = -3;
 
 fn as_i64(offset: u64) -> i64 {
     i64::try_from(offset).unwrap_or(i64::MAX)
@@ -55,8 +57,13 @@ pub(crate) fn list_offsets(
                     match asked.timestamp {
                         LATEST => response.with_offset(as_i64(offsets.high_watermark)),
                         EARLIEST => response.with_offset(as_i64(offsets.log_start)),
-                        timestamp if timestamp >= 0 => {
-                            match partition.log.offset_for_timestamp(timestamp) {
+                        timestamp if timestamp >= 0 || (timestamp == MAX_TIMESTAMP && version >= 7) => {
+                            let found = if timestamp == MAX_TIMESTAMP {
+                                partition.log.offset_of_max_timestamp()
+                            } else {
+                                partition.log.offset_for_timestamp(timestamp)
+                            };
+                            match found {
                                 Ok(Some((offset, found))) => {
                                     response.with_offset(as_i64(offset)).with_timestamp(found)
                                 }
@@ -68,7 +75,7 @@ pub(crate) fn list_offsets(
                                 }
                             }
                         }
-                        // -3 (max timestamp) and other specials are not served in these versions.
+                        // Other specials (tiered storage's -4 and -5) belong to versions not served.
                         _ => response.with_error_code(errors::INVALID_REQUEST),
                     }
                 })

@@ -29,7 +29,7 @@ pub(crate) const SERVED: &[Served] = &[
     // Fetch v13 and later name topics by id only; v12 is what librdkafka 2.x uses with us.
     served_api(ApiKey::Fetch, 4, 12),
     // v7 adds the max-timestamp query, which is not served.
-    served_api(ApiKey::ListOffsets, 1, 6),
+    served_api(ApiKey::ListOffsets, 1, 7),
     served_api(ApiKey::Metadata, 0, 12),
     served_api(ApiKey::ApiVersions, 0, 3),
     served_api(ApiKey::CreateTopics, 2, 7),

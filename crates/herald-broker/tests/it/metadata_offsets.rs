@@ -1,13 +1,19 @@
 //! Metadata (topics, partitions, auto-creation) and ListOffsets (earliest, latest, by
-//! timestamp) through librdkafka.
+//! timestamp through librdkafka; the largest timestamp in raw frames).
 
 use std::time::Duration;
 
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::{
+    ApiKey, BrokerId, ListOffsetsRequest, ListOffsetsResponse, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use rdkafka::admin::{NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::support;
+use crate::support::{self, RawClient};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metadata_lists_topics_and_partitions() {
@@ -98,7 +104,17 @@ async fn auto_creation_can_be_switched_off() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_offsets_by_earliest_latest_and_timestamp() {
     let broker = support::start().await;
-    support::create_topic(&broker.bootstrap, "times", 1).await;
+    // Records dated 1970 would be past retention at once; keep them for the test.
+    for result in support::admin(&broker.bootstrap)
+        .create_topics(
+            &[NewTopic::new("times", 1, TopicReplication::Fixed(1)).set("retention.ms", "-1")],
+            &support::admin_options(),
+        )
+        .await
+        .unwrap()
+    {
+        result.unwrap();
+    }
     let producer: FutureProducer = support::client_config(&broker.bootstrap)
         .set("linger.ms", "0")
         .create()
@@ -144,4 +160,31 @@ async fn list_offsets_by_earliest_latest_and_timestamp() {
     })
     .await
     .unwrap();
+
+    // MAX_TIMESTAMP (ListOffsets v7): the record with the largest timestamp, not the last one.
+    producer
+        .send(
+            FutureRecord::<(), _>::to("times")
+                .partition(0)
+                .payload("late")
+                .timestamp(5_500),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let mut raw = RawClient::connect(broker.broker.kafka_addr()).await;
+    let request = ListOffsetsRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_topics(vec![
+            ListOffsetsTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str("times")))
+                .with_partitions(vec![
+                    ListOffsetsPartition::default()
+                        .with_partition_index(0)
+                        .with_timestamp(-3),
+                ]),
+        ]);
+    let answer: ListOffsetsResponse = raw.request(ApiKey::ListOffsets, 7, &request).await;
+    let p = &answer.topics[0].partitions[0];
+    assert_eq!((p.error_code, p.offset, p.timestamp), (0, 9, 10_000));
 }
