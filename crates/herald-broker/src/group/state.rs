@@ -238,8 +238,9 @@ impl Group {
         }
         self.generation = self.generation.wrapping_add(1).max(1);
         if self.members.is_empty() {
+            // Kafka keeps the protocol type of an emptied group: it is still a "consumer"
+            // group to ListGroups and DescribeGroups, not a "simple" one.
             self.protocol_name = None;
-            self.protocol_type = None;
             self.leader = None;
             self.set_state(GroupState::Empty, now_ms);
             return;

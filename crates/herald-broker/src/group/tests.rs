@@ -258,6 +258,9 @@ async fn leave_triggers_an_immediate_rebalance() {
     let d = f.c.describe_group("g");
     assert_eq!(d.state, GroupState::Empty);
     assert_eq!(d.generation_id, 2);
+    // An emptied group is still a consumer group, as Kafka lists it.
+    assert_eq!(d.protocol_type, "consumer");
+    assert_eq!(f.c.list_groups()[0].protocol_type, "consumer");
 }
 
 #[tokio::test]
@@ -639,4 +642,28 @@ async fn a_deleted_group_is_gone_and_can_be_used_again() {
         7
     );
     assert_eq!(f.c.list_groups()[0].state, GroupState::Empty);
+}
+
+#[tokio::test]
+async fn a_static_member_that_stops_heartbeating_expires_at_its_session_timeout() {
+    let f = fixture();
+    let joined =
+        f.c.join(join_req("", Some("i-1"), &["range"]))
+            .await
+            .unwrap();
+    let mut sync = sync_req(&joined.member_id, 1, vec![]);
+    sync.group_instance_id = Some("i-1".into());
+    f.c.sync(sync).await.unwrap();
+    assert_eq!(
+        f.c.heartbeat("g", 1, &joined.member_id, Some("i-1")),
+        Ok(())
+    );
+    // Static members do not leave on close; only their session ends them.
+    f.clock.advance_ms(9_999);
+    f.c.tick();
+    assert_eq!(f.c.describe_group("g").state, GroupState::Stable);
+    f.clock.advance_ms(1);
+    f.c.tick();
+    assert_eq!(f.c.describe_group("g").state, GroupState::Empty);
+    assert_eq!(f.c.delete_groups(&["g".to_string()]).await, vec![Ok(())]);
 }

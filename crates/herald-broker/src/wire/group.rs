@@ -198,6 +198,9 @@ pub(crate) async fn dispatch(core: &Arc<Core>, request: Request, peer: SocketAdd
     }
 }
 
+/// Why a transactional producer is refused, in the words clients show their users.
+pub(crate) const TRANSACTIONS_UNSUPPORTED: &str = "transactions are not supported by this Herald broker yet; use an idempotent producer without transactional.id";
+
 /// FindCoordinator: this broker coordinates every group; transactions are not supported, and
 /// say so with an error instead of leaving the client waiting.
 pub fn find_coordinator(
@@ -213,13 +216,17 @@ pub fn find_coordinator(
             c.node_id = BrokerId(node.node_id);
             c.host = s(&node.host);
             c.port = node.port;
+        } else if request.key_type == 1 {
+            // Clients retry every FindCoordinator error but an authorization failure, which
+            // fails `init_transactions` at once (librdkafka, Java) with this message.
+            c.node_id = BrokerId(-1);
+            c.error_code = ResponseError::TransactionalIdAuthorizationFailed.code();
+            c.error_message = Some(s(TRANSACTIONS_UNSUPPORTED));
         } else {
-            // Not retriable: a client asking for a transaction coordinator fails at once with
-            // this message instead of retrying forever.
             c.node_id = BrokerId(-1);
             c.error_code = ResponseError::InvalidRequest.code();
             c.error_message = Some(s(
-                "this broker does not support transactions or share groups; only group coordinators",
+                "this broker does not support share groups; only consumer group coordinators",
             ));
         }
         c
@@ -744,7 +751,7 @@ mod tests {
         request.coordinator_keys = vec![s("txn"), s("txn2")];
         let response = find_coordinator(&node, 4, request.clone());
         assert_eq!(response.coordinators.len(), 2);
-        assert!(response.coordinators.iter().all(|c| c.error_code == 42));
+        assert!(response.coordinators.iter().all(|c| c.error_code == 53));
         request.key_type = 0;
         request.key = s("g");
         let response = find_coordinator(&node, 2, request);

@@ -1,6 +1,7 @@
 //! InitProducerId: hands idempotent producers their id. Transactions are not served, so a
 //! transactional id is refused.
 
+use kafka_protocol::ResponseError;
 use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
 use tracing::warn;
 
@@ -16,7 +17,8 @@ pub(crate) fn init_producer_id(
         .with_producer_id(ProducerId(-1))
         .with_producer_epoch(-1);
     if request.transactional_id.is_some() {
-        return response.with_error_code(code(Problem::Unsupported));
+        // The same refusal as FindCoordinator's, for clients that skip it.
+        return response.with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code());
     }
     // KIP-360: a producer that knows its id asks for the next epoch (after a sequence error),
     // which the log accepts with sequences starting again at 0.

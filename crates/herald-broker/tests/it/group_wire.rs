@@ -49,7 +49,8 @@ async fn group_apis_at_their_highest_versions() {
     let txn: FindCoordinatorResponse = raw
         .request(ApiKey::FindCoordinator, 4, &find.clone().with_key_type(1))
         .await;
-    assert!(txn.coordinators.iter().all(|c| c.error_code == 42));
+    // TRANSACTIONAL_ID_AUTHORIZATION_FAILED: the one error clients do not retry forever.
+    assert!(txn.coordinators.iter().all(|c| c.error_code == 53));
 
     // JoinGroup v9: MEMBER_ID_REQUIRED, then the join with the given id.
     let join = JoinGroupRequest::default()

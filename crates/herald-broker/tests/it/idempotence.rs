@@ -165,3 +165,32 @@ async fn transactional_ids_are_refused_clearly() {
     assert_ne!(init.error_code, 0);
     assert_eq!(init.producer_id.0, -1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transactional_producer_fails_at_init_instead_of_retrying_forever() {
+    use rdkafka::producer::{BaseProducer, Producer};
+    let broker = support::start().await;
+    let bootstrap = broker.bootstrap.clone();
+    let error = tokio::task::spawn_blocking(move || {
+        let producer: BaseProducer = support::client_config(&bootstrap)
+            .set("transactional.id", "tx-app")
+            .create()
+            .unwrap();
+        // A generous bound: the point is a clear error, not a timeout.
+        producer
+            .init_transactions(std::time::Duration::from_secs(60))
+            .unwrap_err()
+    })
+    .await
+    .unwrap();
+    let rdkafka::error::KafkaError::Transaction(error) = &error else {
+        panic!("not a transaction error: {error:?}");
+    };
+    assert_eq!(
+        error.code(),
+        rdkafka::types::RDKafkaErrorCode::TransactionalIdAuthorizationFailed,
+        "{error}"
+    );
+    assert!(error.is_fatal(), "{error}");
+    assert!(error.string().contains("not supported"), "{error}");
+}
