@@ -448,6 +448,9 @@ impl Topics {
         // still be open in requests in flight, which is fine for unlinked files.
         let suffix = format!(".{}{DELETED_SUFFIX}", topic.id.simple());
         for partition in topic.partitions() {
+            // Housekeeping that already holds the partition must not write into a directory
+            // that is going away.
+            partition.log.retire();
             let dir = partition_dir(&self.broker.data_dir, name, partition.index);
             let mut target = dir.clone().into_os_string();
             target.push(&suffix);

@@ -122,6 +122,10 @@ pub enum AppendError {
     /// (Kafka `KAFKA_STORAGE_ERROR`).
     #[error("a previous write or fsync failed; close and reopen the log")]
     Poisoned,
+    /// The log was retired for deletion: its partition no longer exists (Kafka
+    /// `UNKNOWN_TOPIC_OR_PARTITION`).
+    #[error("the log was deleted")]
+    Deleted,
     /// Writing failed (the log is now poisoned).
     #[error("I/O error while appending: {0}")]
     Io(#[from] io::Error),
@@ -181,6 +185,9 @@ pub enum DeleteRecordsError {
     /// A previous write or fsync failed; the log refuses writes until reopened.
     #[error("a previous write or fsync failed; close and reopen the log")]
     Poisoned,
+    /// The log was retired for deletion.
+    #[error("the log was deleted")]
+    Deleted,
     /// Persisting the new log start or deleting files failed.
     #[error("I/O error while deleting records: {0}")]
     Io(#[from] io::Error),

@@ -181,6 +181,9 @@ pub struct PartitionLog {
     /// Clock time of the last fsync by `sync_to`/`flush`, for interval flushes.
     last_flush_ms: AtomicI64,
     poisoned: AtomicBool,
+    /// Set (under the state write lock) by [`PartitionLog::retire`]: nothing touches the
+    /// directory any more.
+    retired: AtomicBool,
     appends: AtomicU64,
     group_commits: AtomicU64,
     /// Released last, after `Drop` has written the final checkpoint.
@@ -623,6 +626,7 @@ impl PartitionLog {
             durable_end: AtomicU64::new(0),
             last_flush_ms: AtomicI64::new(now),
             poisoned: AtomicBool::new(false),
+            retired: AtomicBool::new(false),
             appends: AtomicU64::new(0),
             group_commits: AtomicU64::new(0),
             _dir_lock: dir_lock,
@@ -696,6 +700,9 @@ impl PartitionLog {
         let mut st = self.state.write();
         if self.is_poisoned() {
             return Err(AppendError::Poisoned);
+        }
+        if self.is_retired() {
+            return Err(AppendError::Deleted);
         }
         let now = self.env.clock.now_ms();
         // Decide the roll before assigning offsets; a roll does not change them.
@@ -1140,6 +1147,9 @@ impl PartitionLog {
         if self.is_poisoned() {
             return Err(DeleteRecordsError::Poisoned);
         }
+        if self.is_retired() {
+            return Err(DeleteRecordsError::Deleted);
+        }
         if offset > st.next_offset {
             return Err(DeleteRecordsError::OffsetOutOfRange {
                 log_start: st.log_start,
@@ -1228,6 +1238,9 @@ impl PartitionLog {
             }
         }
         let mut st = self.state.write();
+        if self.is_retired() {
+            return Ok(out);
+        }
         let cfg = st.config.clone();
         if let Some(active) = st.segments.last() {
             let aged = active
@@ -1268,7 +1281,9 @@ impl PartitionLog {
                 .map_err(|e| match e {
                     DeleteRecordsError::Poisoned => MaintainError::Poisoned,
                     DeleteRecordsError::Io(e) => MaintainError::Io(e),
-                    DeleteRecordsError::OffsetOutOfRange { .. } => MaintainError::Poisoned,
+                    DeleteRecordsError::OffsetOutOfRange { .. } | DeleteRecordsError::Deleted => {
+                        MaintainError::Poisoned
+                    }
                 })?;
             out.segments_deleted = n;
             let start = st.log_start;
@@ -1298,6 +1313,18 @@ impl PartitionLog {
         Ok(out)
     }
 
+    /// Retires the log before its directory is moved aside or removed (a deleted partition):
+    /// once this returns, no append, retention, roll or checkpoint touches the directory, and
+    /// appends fail with [`AppendError::Deleted`]. Reads of open files go on working.
+    pub fn retire(&self) {
+        let _st = self.state.write();
+        self.retired.store(true, Ordering::SeqCst);
+    }
+
+    fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::SeqCst)
+    }
+
     /// Flushes everything, writes a checkpoint so the next open scans nothing, and closes.
     pub fn close(self) -> Result<(), FlushError> {
         self.close_inner()
@@ -1308,6 +1335,9 @@ impl PartitionLog {
             return Err(FlushError::Poisoned);
         }
         let mut st = self.state.write();
+        if self.is_retired() {
+            return Ok(());
+        }
         let behind = st.segments.last().is_some_and(|s| {
             st.last_checkpoint.segment_base != s.base || st.last_checkpoint.position != s.size
         });

@@ -91,6 +91,7 @@ pub(crate) fn list_offsets(
 fn delete_problem(error: &DeleteRecordsError) -> Problem {
     match error {
         DeleteRecordsError::OffsetOutOfRange { .. } => Problem::OffsetOutOfRange,
+        DeleteRecordsError::Deleted => Problem::UnknownTopicOrPartition,
         _ => Problem::StorageError,
     }
 }

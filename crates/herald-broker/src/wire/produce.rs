@@ -30,6 +30,7 @@ pub(crate) fn append_problem(error: &AppendError) -> Problem {
         AppendError::CorruptBatch { .. } => Problem::CorruptMessage,
         AppendError::BatchTooLarge { .. } => Problem::MessageTooLarge,
         AppendError::InvalidTimestamp { .. } => Problem::InvalidTimestamp,
+        AppendError::Deleted => Problem::UnknownTopicOrPartition,
         AppendError::OutOfOrderSequence { .. } => Problem::OutOfOrderSequence,
         AppendError::ProducerFenced { .. } => Problem::ProducerFenced,
         AppendError::UnknownProducerId { .. } => Problem::UnknownProducerId,

@@ -325,3 +325,26 @@ fn batches_dated_outside_the_limits_are_refused_whole() {
     log.append(&batch(5, 1, -1)).unwrap();
     assert_eq!(log.offsets().high_watermark, 3);
 }
+
+#[test]
+fn a_retired_log_leaves_its_directory_alone() {
+    let fs = SimFs::default();
+    let log = PartitionLog::open_with(Path::new("/p"), small(1024), fs.env()).unwrap();
+    log.append(&batch(0, 2, 1_700_000_000_000)).unwrap();
+    let before = fs.paths();
+    log.retire();
+    assert!(matches!(
+        log.append(&batch(1, 2, 1_700_000_000_000)),
+        Err(AppendError::Deleted)
+    ));
+    fs.clock().advance_ms(30 * 24 * 3600 * 1000);
+    let out = log.maintain().unwrap();
+    assert_eq!(
+        (out.rolled, out.segments_deleted, out.checkpointed),
+        (false, 0, false)
+    );
+    // Reads of what was there go on working; dropping it writes no final checkpoint.
+    assert_eq!(log.read(0, 1 << 20, true).unwrap().high_watermark, 2);
+    drop(log);
+    assert_eq!(fs.paths(), before);
+}
