@@ -116,11 +116,11 @@ pub struct LogConfig {
 /// Kafka's default `max.message.bytes`.
 pub const DEFAULT_BATCH_BYTES_MAX: u32 = 1_048_588;
 /// The largest batch any configuration may allow; recovery also rejects longer length fields.
-pub const BATCH_BYTES_LIMIT: u32 = 128 << 20;
+pub const BATCH_BYTES_MAX: u32 = 128 << 20;
 /// The smallest segment size accepted (small values are for tests).
 pub const SEGMENT_BYTES_MIN: u64 = 1024;
 /// The largest segment size: index entries store positions as u32.
-pub const SEGMENT_BYTES_LIMIT: u64 = (1 << 31) - 1;
+pub const SEGMENT_BYTES_MAX: u64 = (1 << 31) - 1;
 const DAY_MS: u64 = 24 * 60 * 60 * 1000;
 
 impl Default for LogConfig {
@@ -151,12 +151,12 @@ impl LogConfig {
         if self.cleanup_policy == CleanupPolicy::Compact {
             return Err(ConfigError::CompactNotSupported);
         }
-        if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_LIMIT).contains(&self.segment_bytes) {
+        if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&self.segment_bytes) {
             return Err(ConfigError::OutOfRange {
                 field: "segment_bytes",
                 value: self.segment_bytes,
                 min: SEGMENT_BYTES_MIN,
-                max: SEGMENT_BYTES_LIMIT,
+                max: SEGMENT_BYTES_MAX,
             });
         }
         let ranges: [(&'static str, u64, u64, u64); 6] = [
@@ -165,13 +165,13 @@ impl LogConfig {
                 "batch_bytes_max",
                 u64::from(self.batch_bytes_max),
                 crate::batch::BATCH_HEADER_BYTES as u64,
-                u64::from(BATCH_BYTES_LIMIT),
+                u64::from(BATCH_BYTES_MAX),
             ),
             (
                 "index_interval_bytes",
                 u64::from(self.index_interval_bytes),
                 1,
-                SEGMENT_BYTES_LIMIT,
+                SEGMENT_BYTES_MAX,
             ),
             (
                 "append_bytes_max",

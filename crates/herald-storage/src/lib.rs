@@ -19,8 +19,8 @@ mod records;
 
 pub use batch::{BATCH_HEADER_BYTES, LOG_OVERHEAD_BYTES, build_batch};
 pub use config::{
-    BATCH_BYTES_LIMIT, CleanupPolicy, Compression, DEFAULT_BATCH_BYTES_MAX, FlushPolicy, LogConfig,
-    SEGMENT_BYTES_LIMIT, SEGMENT_BYTES_MIN, TimestampType,
+    BATCH_BYTES_MAX, CleanupPolicy, Compression, DEFAULT_BATCH_BYTES_MAX, FlushPolicy, LogConfig,
+    SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, TimestampType,
 };
 pub use env::{
     Clock, DirLock, Env, FileSystem, LOCK_FILE, ManualClock, OsFileSystem, SimFs, StorageFile,

@@ -17,7 +17,7 @@ use crate::batch::{
     self, BATCH_HEADER_BYTES, BatchHeader, LOG_OVERHEAD_BYTES, NO_TIMESTAMP, known_timestamp,
 };
 use crate::checkpoint::{self, CHECKPOINT_TMP_FILE, Checkpoint};
-use crate::config::{BATCH_BYTES_LIMIT, Compression, FlushPolicy, LogConfig, TimestampType};
+use crate::config::{BATCH_BYTES_MAX, Compression, FlushPolicy, LogConfig, TimestampType};
 use crate::env::{DirLock, Env, StorageFile, read_exact_at};
 use crate::error::{
     AppendError, ConfigError, DeleteRecordsError, FlushError, MaintainError, OpenError, ReadError,
@@ -307,7 +307,7 @@ impl<'a> Scanner<'a> {
     fn batch(&mut self, pos: u64, offset: u64) -> std::io::Result<Option<(BatchHeader, &[u8])>> {
         let len = match self.bytes(pos, LOG_OVERHEAD_BYTES)? {
             Some(head) => match batch::announced_len(head) {
-                Some(len) if len <= BATCH_BYTES_LIMIT as usize => len,
+                Some(len) if len <= BATCH_BYTES_MAX as usize => len,
                 _ => return Ok(None),
             },
             None => return Ok(None),
@@ -315,7 +315,7 @@ impl<'a> Scanner<'a> {
         let Some(bytes) = self.bytes(pos, len)? else {
             return Ok(None);
         };
-        match batch::check_batch(bytes, BATCH_BYTES_LIMIT as usize) {
+        match batch::check_batch(bytes, BATCH_BYTES_MAX as usize) {
             // The log writes leader epoch 0; anything else there is damage the CRC cannot see.
             Ok(h)
                 if h.base_offset >= 0

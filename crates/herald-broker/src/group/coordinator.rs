@@ -10,10 +10,10 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
-use super::clock::Clock;
+use super::Clock;
 use super::error::{GroupError, OpenError};
 use super::offsets::{
-    CommittedOffset, METADATA_BYTES_CEILING, OffsetRecord, OffsetStore, StoreLimits, Written,
+    CommittedOffset, OFFSET_METADATA_BYTES_MAX, OffsetRecord, OffsetStore, StoreLimits, Written,
 };
 use super::state::{Group, GroupState, Member};
 use super::subscription::subscribed_topics;
@@ -694,30 +694,33 @@ impl Coordinator {
         let mut records = Vec::new();
         for p in req.partitions {
             let metadata = p.metadata.unwrap_or_default();
-            let check =
-                if metadata.len() > config.offset_metadata_bytes_max.min(METADATA_BYTES_CEILING) {
-                    Err(GroupError::OffsetMetadataTooLarge)
-                } else if self
-                    .shared
-                    .topics
-                    .partition_count(&p.topic)
-                    .is_none_or(|count| p.partition < 0 || p.partition >= count)
-                {
-                    Err(GroupError::UnknownTopicOrPartition)
-                } else {
-                    records.push(OffsetRecord::Commit {
-                        group: req.group_id.clone(),
-                        topic: p.topic,
-                        partition: p.partition,
-                        value: CommittedOffset {
-                            offset: p.offset,
-                            leader_epoch: p.leader_epoch,
-                            metadata,
-                            commit_timestamp_ms: now,
-                        },
-                    });
-                    Ok(())
-                };
+            let check = if metadata.len()
+                > config
+                    .offset_metadata_bytes_max
+                    .min(OFFSET_METADATA_BYTES_MAX)
+            {
+                Err(GroupError::OffsetMetadataTooLarge)
+            } else if self
+                .shared
+                .topics
+                .partition_count(&p.topic)
+                .is_none_or(|count| p.partition < 0 || p.partition >= count)
+            {
+                Err(GroupError::UnknownTopicOrPartition)
+            } else {
+                records.push(OffsetRecord::Commit {
+                    group: req.group_id.clone(),
+                    topic: p.topic,
+                    partition: p.partition,
+                    value: CommittedOffset {
+                        offset: p.offset,
+                        leader_epoch: p.leader_epoch,
+                        metadata,
+                        commit_timestamp_ms: now,
+                    },
+                });
+                Ok(())
+            };
             results.push(check);
         }
         let written = if records.is_empty() {

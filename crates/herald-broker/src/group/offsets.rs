@@ -41,8 +41,8 @@ const _: () = assert!(MAGIC.len() == 8);
 const ENTRY_BYTES_MAX: usize = 1 << 20;
 /// Longest commit metadata ever written, whatever the configuration says, so every entry stays
 /// under [`ENTRY_BYTES_MAX`] (group ids and topic names are far shorter than the rest).
-pub(crate) const METADATA_BYTES_CEILING: usize = 512 * 1024;
-const _: () = assert!(METADATA_BYTES_CEILING + 2 * (u16::MAX as usize) + 64 < ENTRY_BYTES_MAX);
+pub(crate) const OFFSET_METADATA_BYTES_MAX: usize = 512 * 1024;
+const _: () = assert!(OFFSET_METADATA_BYTES_MAX + 2 * (u16::MAX as usize) + 64 < ENTRY_BYTES_MAX);
 /// File name of the offsets log inside the coordinator's directory.
 pub const OFFSETS_FILE: &str = "offsets.log";
 

@@ -3,7 +3,6 @@
 //! DeleteGroups and OffsetDelete. The only place group requests and responses meet
 //! `kafka_protocol` types, and the only place coordinator errors become Kafka error codes.
 
-use kafka_protocol::ResponseError;
 use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
 use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
 use kafka_protocol::messages::find_coordinator_response::Coordinator as CoordinatorEntry;
@@ -35,6 +34,7 @@ use std::sync::Arc;
 
 use super::Reply;
 use super::codec::{self, Request};
+use super::errors::{self, group_code};
 use crate::Core;
 
 use crate::group::{
@@ -58,38 +58,8 @@ pub struct NodeInfo {
     pub port: i32,
 }
 
-/// The Kafka error code for a coordinator error. Every group response gets its codes here.
-pub fn error_code(error: &GroupError) -> i16 {
-    let e = match error {
-        GroupError::StoreFailed => ResponseError::KafkaStorageError,
-        GroupError::CoordinatorNotAvailable => ResponseError::CoordinatorNotAvailable,
-        GroupError::InvalidGroupId => ResponseError::InvalidGroupId,
-        GroupError::InvalidSessionTimeout(_) => ResponseError::InvalidSessionTimeout,
-        GroupError::UnknownMemberId => ResponseError::UnknownMemberId,
-        GroupError::MemberIdRequired(_) => ResponseError::MemberIdRequired,
-        GroupError::IllegalGeneration => ResponseError::IllegalGeneration,
-        GroupError::RebalanceInProgress => ResponseError::RebalanceInProgress,
-        GroupError::InconsistentGroupProtocol => ResponseError::InconsistentGroupProtocol,
-        GroupError::FencedInstanceId => ResponseError::FencedInstanceId,
-        GroupError::GroupMaxSizeReached => ResponseError::GroupMaxSizeReached,
-        // No Kafka code says "this broker holds too many groups"; a policy refusal is the
-        // closest non-retriable one, and the broker logs which limit it was.
-        GroupError::GroupsMaxReached => ResponseError::PolicyViolation,
-        GroupError::GroupIdNotFound => ResponseError::GroupIdNotFound,
-        GroupError::NonEmptyGroup => ResponseError::NonEmptyGroup,
-        GroupError::GroupSubscribedToTopic => ResponseError::GroupSubscribedToTopic,
-        GroupError::OffsetMetadataTooLarge => ResponseError::OffsetMetadataTooLarge,
-        GroupError::UnknownTopicOrPartition => ResponseError::UnknownTopicOrPartition,
-        GroupError::InvalidRequest(_) => ResponseError::InvalidRequest,
-    };
-    e.code()
-}
-
 fn code_of(result: &Result<(), GroupError>) -> i16 {
-    match result {
-        Ok(()) => 0,
-        Err(e) => error_code(e),
-    }
+    result.as_ref().map_or_else(group_code, |()| 0)
 }
 
 fn s(value: &str) -> StrBytes {
@@ -220,11 +190,11 @@ pub fn find_coordinator(
             // Clients retry every FindCoordinator error but an authorization failure, which
             // fails `init_transactions` at once (librdkafka, Java) with this message.
             c.node_id = BrokerId(-1);
-            c.error_code = ResponseError::TransactionalIdAuthorizationFailed.code();
+            c.error_code = errors::TRANSACTIONAL_ID_AUTHORIZATION_FAILED;
             c.error_message = Some(s(TRANSACTIONS_UNSUPPORTED));
         } else {
             c.node_id = BrokerId(-1);
-            c.error_code = ResponseError::InvalidRequest.code();
+            c.error_code = errors::INVALID_REQUEST;
             c.error_message = Some(s(
                 "this broker does not support share groups; only consumer group coordinators",
             ));
@@ -314,7 +284,7 @@ fn join_response(
                 .collect();
         }
         Err(error) => {
-            response.error_code = error_code(&error);
+            response.error_code = group_code(&error);
             response.generation_id = -1;
             response.protocol_name = if version >= 7 { None } else { Some(s("")) };
             response.member_id = match error {
@@ -355,7 +325,7 @@ pub fn sync_group(
                 response.protocol_name = synced.protocol_name.map(StrBytes::from_string);
                 response.assignment = synced.assignment;
             }
-            Err(error) => response.error_code = error_code(&error),
+            Err(error) => response.error_code = group_code(&error),
         }
         response
     }
@@ -415,7 +385,7 @@ pub fn leave_group(
                 response.error_code = results.first().map_or(0, code_of);
             }
         }
-        Err(error) => response.error_code = error_code(&error),
+        Err(error) => response.error_code = group_code(&error),
     }
     response
 }
@@ -457,7 +427,7 @@ pub async fn offset_commit(
     async move {
         let codes: Vec<i16> = match started {
             Ok(pending) => pending.wait().await.iter().map(code_of).collect(),
-            Err(error) => vec![error_code(&error); shape.iter().map(|(_, p)| p.len()).sum()],
+            Err(error) => vec![group_code(&error); shape.iter().map(|(_, p)| p.len()).sum()],
         };
         commit_response(shape, codes)
     }
@@ -696,7 +666,7 @@ pub async fn offset_delete(
     {
         Ok(results) => results,
         Err(error) => {
-            response.error_code = error_code(&error);
+            response.error_code = group_code(&error);
             return response;
         }
     };
@@ -729,14 +699,14 @@ mod tests {
 
     #[test]
     fn every_error_has_a_distinct_meaningful_code() {
-        assert_eq!(error_code(&GroupError::UnknownMemberId), 25);
-        assert_eq!(error_code(&GroupError::MemberIdRequired(String::new())), 79);
-        assert_eq!(error_code(&GroupError::RebalanceInProgress), 27);
-        assert_eq!(error_code(&GroupError::IllegalGeneration), 22);
-        assert_eq!(error_code(&GroupError::FencedInstanceId), 82);
-        assert_eq!(error_code(&GroupError::NonEmptyGroup), 68);
-        assert_eq!(error_code(&GroupError::GroupIdNotFound), 69);
-        assert_eq!(error_code(&GroupError::InconsistentGroupProtocol), 23);
+        assert_eq!(group_code(&GroupError::UnknownMemberId), 25);
+        assert_eq!(group_code(&GroupError::MemberIdRequired(String::new())), 79);
+        assert_eq!(group_code(&GroupError::RebalanceInProgress), 27);
+        assert_eq!(group_code(&GroupError::IllegalGeneration), 22);
+        assert_eq!(group_code(&GroupError::FencedInstanceId), 82);
+        assert_eq!(group_code(&GroupError::NonEmptyGroup), 68);
+        assert_eq!(group_code(&GroupError::GroupIdNotFound), 69);
+        assert_eq!(group_code(&GroupError::InconsistentGroupProtocol), 23);
     }
 
     #[test]

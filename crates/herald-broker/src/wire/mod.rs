@@ -336,10 +336,6 @@ fn topic_name(text: &str) -> TopicName {
     TopicName(str_bytes(text))
 }
 
-fn code(problem: crate::problem::Problem) -> i16 {
-    errors::code(problem)
-}
-
 /// Writes responses in request order, waiting for pending ones in turn.
 async fn write_responses(
     writer: OwnedWriteHalf,

@@ -1,11 +1,10 @@
 //! InitProducerId: hands idempotent producers their id. Transactions are not served, so a
 //! transactional id is refused.
 
-use kafka_protocol::ResponseError;
 use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
 use tracing::warn;
 
-use super::code;
+use super::errors::{self, code};
 use crate::Core;
 use crate::problem::Problem;
 
@@ -18,7 +17,7 @@ pub(crate) fn init_producer_id(
         .with_producer_epoch(-1);
     if request.transactional_id.is_some() {
         // The same refusal as FindCoordinator's, for clients that skip it.
-        return response.with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code());
+        return response.with_error_code(errors::TRANSACTIONAL_ID_AUTHORIZATION_FAILED);
     }
     // KIP-360: a producer that knows its id asks for the next epoch (after a sequence error),
     // which the log accepts with sequences starting again at 0.
