@@ -5,6 +5,7 @@
 //! event to exactly one member of every group serving the topic. The wire format is described in
 //! `docs/direct-protocol.md` and implemented in [`frame`].
 
+mod conn_writer;
 pub mod error;
 pub mod event;
 pub mod frame;

@@ -6,14 +6,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, SystemTime};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use parking_lot::Mutex;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::{Admit, DEADLINE_GRAIN, Shared, admit, finish};
+use crate::conn_writer::ConnWriter;
 use crate::event::{Mode, Received, Reply, RequestContext, system_to_instant};
 use crate::frame::{self, Frame, Hello, NackReason, WireEvent};
 
@@ -49,8 +50,6 @@ pub(super) async fn accept_loop(
 /// Reply bytes the reader gathers from one read's worth of frames before it writes them (or waits
 /// for room), so pipelined acks share a system call and the batch stays bounded.
 const REPLY_BATCH_BYTES_MAX: usize = 64 * 1024;
-/// Bytes the writer task gathers from its queue into one write.
-const WRITE_BATCH_BYTES_MAX: usize = 256 * 1024;
 
 async fn serve_connection(
     stream: TcpStream,
@@ -59,8 +58,12 @@ async fn serve_connection(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let (mut reader, writer) = stream.into_split();
-    let (conn, rx) = ConnWriter::new(writer, shared.config.send_queue_frames_max);
-    let writer_task = tokio::spawn(write_loop(conn.writer.clone(), conn.shared.clone(), rx));
+    let (out, write_loop) = ConnWriter::new(writer, shared.config.send_queue_frames_max);
+    let writer_task = tokio::spawn(write_loop.run());
+    let conn = Arc::new(Connection {
+        out,
+        features: AtomicU16::new(0),
+    });
     let hello = Frame::Hello(Hello {
         member_id: shared.member_id,
         topic: shared.config.topic.clone(),
@@ -68,7 +71,7 @@ async fn serve_connection(
         capacity: shared.config.capacity,
         frame_bytes_max: shared.config.frame_bytes_max.min(u32::MAX as usize) as u32,
     });
-    if conn.send(hello).await.is_err() {
+    if conn.out.send(hello).await.is_err() {
         return;
     }
     let mut buf = BytesMut::with_capacity(64 * 1024);
@@ -82,7 +85,8 @@ async fn serve_connection(
                     if !on_frame(frame, &shared, &conn, &mut batch).await {
                         break 'conn;
                     }
-                    if batch.len() >= REPLY_BATCH_BYTES_MAX && conn.flush(&mut batch).await.is_err()
+                    if batch.len() >= REPLY_BATCH_BYTES_MAX
+                        && conn.out.flush(&mut batch).await.is_err()
                     {
                         break 'conn;
                     }
@@ -95,7 +99,7 @@ async fn serve_connection(
                 }
             }
         }
-        if conn.flush(&mut batch).await.is_err() {
+        if conn.out.flush(&mut batch).await.is_err() {
             break;
         }
         tokio::select! {
@@ -104,277 +108,26 @@ async fn serve_connection(
                 Ok(_) => {}
             },
             _ = async { let _ = shutdown.wait_for(|down| *down).await; } => {
-                let _ = conn.send(Frame::Goodbye).await;
+                let _ = conn.out.send(Frame::Goodbye).await;
                 break;
             }
         }
     }
     // Replies to events handled before the connection ended still go out, as they would have
     // through the writer task.
-    let _ = conn.flush(&mut batch).await;
+    let _ = conn.out.flush(&mut batch).await;
     drop(conn);
     let _ = writer_task.await;
     tracing::debug!(%peer, "producer connection closed");
 }
 
-/// The write side of one producer connection, shared by its reader and its handler tasks.
-///
-/// While nothing is queued for the writer task, a reply is written by the task that has it (one
-/// non-blocking write under the lock, so frames never interleave): the reader writes the replies
-/// it decided at once, a handler task writes its own ack. That saves the hop to the writer task
-/// (a task switch and a wake-up) on every round trip. Whatever a non-blocking write leaves
-/// unwritten is queued ahead of everything else, so a frame is never left half-written; frames
-/// that find the socket full or other frames queued go through the writer task, which batches
-/// them into shared writes.
-struct ConnWriter {
-    writer: Arc<tokio::net::tcp::OwnedWriteHalf>,
-    shared: Arc<WriteShared>,
-    tx: mpsc::Sender<Out>,
+/// One producer connection as its reader and handler tasks share it: the write side (replies
+/// are written by the task that has them, see [`ConnWriter`]) and what the producer announced.
+struct Connection {
+    out: ConnWriter<Frame>,
     /// The `frame::FEATURE_*` bits the producer on this connection announced (none from a
     /// producer that predates them): which reply frames it can decode.
     features: AtomicU16,
-}
-
-/// What a connection's writer task shares with the tasks that write inline.
-struct WriteShared {
-    state: Mutex<WriteState>,
-    /// Signalled when the queue empties (or the writer task ends), for a reader waiting to write.
-    drained: Notify,
-}
-
-#[derive(Default)]
-struct WriteState {
-    /// Frames handed to the writer task and not yet completely written.
-    queued: usize,
-    /// The writer task has ended or a write failed: the connection is gone.
-    closed: bool,
-    /// Encoding buffer of the inline path, kept to avoid an allocation per reply.
-    scratch: BytesMut,
-}
-
-/// What the writer task sends: a frame, or the unwritten rest of bytes a task started writing.
-enum Out {
-    Frame(Frame),
-    Raw(Bytes),
-}
-
-/// What an inline write attempt did.
-enum Inline {
-    /// Written, or its unwritten rest queued first in line.
-    Sent,
-    /// Nothing written: other frames are queued ahead.
-    Busy,
-    /// Nothing written: the socket's send buffer is full.
-    WouldBlock,
-    /// The connection is gone.
-    Closed,
-}
-
-/// The connection is gone; the frame was not sent.
-#[derive(Debug)]
-struct Closed;
-
-impl ConnWriter {
-    fn new(
-        writer: tokio::net::tcp::OwnedWriteHalf,
-        send_queue_frames_max: usize,
-    ) -> (Arc<ConnWriter>, mpsc::Receiver<Out>) {
-        let (tx, rx) = mpsc::channel(send_queue_frames_max.max(1));
-        let conn = ConnWriter {
-            writer: Arc::new(writer),
-            shared: Arc::new(WriteShared {
-                state: Mutex::new(WriteState::default()),
-                drained: Notify::new(),
-            }),
-            tx,
-            features: AtomicU16::new(0),
-        };
-        (Arc::new(conn), rx)
-    }
-
-    /// One non-blocking write of `bytes`; the caller holds the state lock and has checked that
-    /// nothing is queued.
-    fn write_now(&self, state: &mut WriteState, bytes: &[u8]) -> Inline {
-        match self.writer.try_write(bytes) {
-            Ok(n) if n == bytes.len() => Inline::Sent,
-            Ok(n) => {
-                let rest = Bytes::copy_from_slice(&bytes[n..]);
-                // Nothing is queued, so only a closed channel refuses this.
-                match self.tx.try_send(Out::Raw(rest)) {
-                    Ok(()) => {
-                        state.queued += 1;
-                        Inline::Sent
-                    }
-                    Err(_) => {
-                        state.closed = true;
-                        Inline::Closed
-                    }
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Inline::WouldBlock,
-            Err(_) => {
-                state.closed = true;
-                Inline::Closed
-            }
-        }
-    }
-
-    /// Sends one frame: written at once when the way is clear, queued for the writer task
-    /// otherwise (waiting for room in the queue).
-    async fn send(&self, frame: Frame) -> Result<(), Closed> {
-        {
-            let mut guard = self.shared.state.lock();
-            let state = &mut *guard;
-            if state.closed {
-                return Err(Closed);
-            }
-            if state.queued == 0 {
-                let mut scratch = std::mem::take(&mut state.scratch);
-                scratch.clear();
-                frame::encode(&frame, &mut scratch);
-                let outcome = self.write_now(state, &scratch);
-                state.scratch = scratch;
-                match outcome {
-                    Inline::Sent => return Ok(()),
-                    Inline::Closed => return Err(Closed),
-                    Inline::Busy | Inline::WouldBlock => {}
-                }
-            }
-        }
-        self.send_queued(Out::Frame(frame)).await
-    }
-
-    /// Queues a frame for the writer task, waiting for room.
-    async fn send_queued(&self, out: Out) -> Result<(), Closed> {
-        self.shared.state.lock().queued += 1;
-        let mut guard = QueuedGuard {
-            shared: &self.shared,
-            armed: true,
-        };
-        let sent = self.tx.send(out).await.is_ok();
-        // Once in the channel the writer task accounts for the frame.
-        guard.armed = !sent;
-        if sent { Ok(()) } else { Err(Closed) }
-    }
-
-    /// Writes the reader's batch of replies and empties it. When frames are queued ahead, or the
-    /// socket is full, the reader waits here: that is the back-pressure that stops it taking new
-    /// events from a producer that does not read its acks.
-    async fn flush(&self, batch: &mut BytesMut) -> Result<(), Closed> {
-        while !batch.is_empty() {
-            let drained = self.shared.drained.notified();
-            let outcome = {
-                let mut state = self.shared.state.lock();
-                if state.closed {
-                    Inline::Closed
-                } else if state.queued != 0 {
-                    Inline::Busy
-                } else {
-                    self.write_now(&mut state, batch)
-                }
-            };
-            match outcome {
-                Inline::Sent => batch.clear(),
-                Inline::Closed => return Err(Closed),
-                Inline::Busy => drained.await,
-                Inline::WouldBlock => {
-                    if self.writer.writable().await.is_err() {
-                        self.shared.state.lock().closed = true;
-                        return Err(Closed);
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Undoes a queued count for a frame that never reached the channel (send failed or the sending
-/// future was dropped), so the inline path is not blocked forever.
-struct QueuedGuard<'a> {
-    shared: &'a WriteShared,
-    armed: bool,
-}
-
-impl Drop for QueuedGuard<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            let mut state = self.shared.state.lock();
-            state.queued = state.queued.saturating_sub(1);
-            let drained = state.queued == 0;
-            drop(state);
-            if drained {
-                self.shared.drained.notify_waiters();
-            }
-        }
-    }
-}
-
-/// Marks the connection closed when the writer task ends, however it ends, and wakes a reader
-/// waiting for the queue to drain.
-struct WriterExit<'a>(&'a WriteShared);
-
-impl Drop for WriterExit<'_> {
-    fn drop(&mut self) {
-        self.0.state.lock().closed = true;
-        self.0.drained.notify_waiters();
-    }
-}
-
-fn encode_out(out: &Out, buf: &mut BytesMut) {
-    match out {
-        Out::Frame(frame) => frame::encode(frame, buf),
-        Out::Raw(bytes) => buf.extend_from_slice(bytes),
-    }
-}
-
-/// Writes queued frames in batches: whatever is queued is encoded into one buffer and written at
-/// once, so replies that found the way blocked share system calls. Ends when every sender is gone
-/// (dropping the last handle to the write half then shuts the write side down) or a write fails.
-async fn write_loop(
-    writer: Arc<tokio::net::tcp::OwnedWriteHalf>,
-    shared: Arc<WriteShared>,
-    mut rx: mpsc::Receiver<Out>,
-) {
-    let _exit = WriterExit(&shared);
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    while let Some(out) = rx.recv().await {
-        encode_out(&out, &mut buf);
-        let mut frames = 1;
-        while buf.len() < WRITE_BATCH_BYTES_MAX {
-            match rx.try_recv() {
-                Ok(out) => {
-                    encode_out(&out, &mut buf);
-                    frames += 1;
-                }
-                Err(_) => break,
-            }
-        }
-        let mut written = 0;
-        while written < buf.len() {
-            if writer.writable().await.is_err() {
-                return;
-            }
-            // Under the lock, so an inline write never lands between two parts of a batch.
-            let result = {
-                let _state = shared.state.lock();
-                writer.try_write(&buf[written..])
-            };
-            match result {
-                Ok(n) => written += n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(_) => return,
-            }
-        }
-        buf.clear();
-        let mut state = shared.state.lock();
-        state.queued = state.queued.saturating_sub(frames);
-        let drained = state.queued == 0;
-        drop(state);
-        if drained {
-            shared.drained.notify_waiters();
-        }
-    }
 }
 
 /// Handles one frame from a producer; returns false when the connection should close. Replies
@@ -382,7 +135,7 @@ async fn write_loop(
 async fn on_frame(
     frame: Frame,
     shared: &Arc<Shared>,
-    conn: &Arc<ConnWriter>,
+    conn: &Arc<Connection>,
     batch: &mut BytesMut,
 ) -> bool {
     match frame {
@@ -413,7 +166,7 @@ async fn on_frame(
 async fn on_event(
     event: WireEvent,
     shared: &Arc<Shared>,
-    conn: &Arc<ConnWriter>,
+    conn: &Arc<Connection>,
     batch: &mut BytesMut,
 ) {
     let id = event.id;
@@ -449,7 +202,7 @@ async fn on_event(
                 let result = handling.await;
                 let reply = event_reply(id, &result);
                 finish(&shared, id, result.is_ok(), false);
-                let _ = conn.send(reply).await;
+                let _ = conn.out.send(reply).await;
             });
         }
     }
@@ -478,7 +231,7 @@ fn event_reply(id: u128, result: &Result<(), String>) -> Frame {
 async fn on_request(
     request: WireEvent,
     shared: &Arc<Shared>,
-    conn: &Arc<ConnWriter>,
+    conn: &Arc<Connection>,
     batch: &mut BytesMut,
 ) {
     let id = request.id;
@@ -498,7 +251,7 @@ async fn on_request(
             let conn = conn.clone();
             tokio::spawn(async move {
                 let reply = answering.await;
-                let _ = conn.send(reply).await;
+                let _ = conn.out.send(reply).await;
             });
         }
         Admit::Refuse(reason, message) => frame::encode(

@@ -6,112 +6,21 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::membership::set_state;
 use super::{MemberState, Shared};
+use crate::conn_writer::{ConnWriter, Encode, Inline};
 use crate::event::Reply;
 use crate::frame::{self, Frame, Hello, NackReason, WireEvent};
 
-/// Who may write to a connection. While nothing is queued for the writer task and no other event
-/// awaits its reply, a publishing task writes its event itself (one non-blocking write under this lock, so frames never
-/// interleave), which saves the hop to the writer task on the latency path. Whatever a
-/// non-blocking write leaves unwritten is queued ahead of everything else, so a frame is never
-/// left half-written even if the publishing task is then dropped.
-#[derive(Default)]
-struct WriteState {
-    /// Frames handed to the writer task and not yet completely written.
-    queued: usize,
-    /// Encoding buffer of the inline path, kept to avoid an allocation per event.
-    scratch: BytesMut,
-}
-
-/// What an inline write attempt did.
-pub(super) enum Inline {
-    /// The frame is on its way (written, or its unwritten rest queued first in line).
-    Sent,
-    /// Nothing was written: the writer task is busy or the socket is full; queue it instead.
-    Queue,
-    /// The writer task has ended: the connection is gone.
-    Closed,
-}
-
-impl Conn {
-    pub(super) fn try_write_inline(&self, event: &WireEvent, request: bool) -> Inline {
-        // With other events awaiting replies the connection is busy: the writer task batches
-        // their frames into shared writes, which pipelining needs more than a saved task hop.
-        if self.pending.lock().as_ref().is_some_and(|p| p.len() > 1) {
-            return Inline::Queue;
-        }
-        let mut state = self.write.lock();
-        if state.queued != 0 {
-            return Inline::Queue;
-        }
-        let state = &mut *state;
-        state.scratch.clear();
-        frame::encode_event(event, request, &mut state.scratch);
-        match self.writer.try_write(&state.scratch) {
-            Ok(n) if n == state.scratch.len() => Inline::Sent,
-            Ok(n) => {
-                let rest = Bytes::copy_from_slice(&state.scratch[n..]);
-                // Nothing is queued, so only a closed channel refuses this.
-                match self.tx.try_send(Out::Raw(rest)) {
-                    Ok(()) => {
-                        state.queued += 1;
-                        Inline::Sent
-                    }
-                    Err(_) => Inline::Closed,
-                }
-            }
-            // A write error ends the connection through the reader or the writer task; the
-            // queued path then reports the event lost as before.
-            Err(_) => Inline::Queue,
-        }
-    }
-
-    /// Queues a frame for the writer task, waiting for room.
-    pub(super) async fn send_queued(&self, out: Out) -> Result<(), ()> {
-        self.write.lock().queued += 1;
-        let mut guard = QueuedGuard {
-            state: &self.write,
-            armed: true,
-        };
-        let sent = self.tx.send(out).await.is_ok();
-        // Once in the channel the writer task accounts for the frame.
-        guard.armed = !sent;
-        if sent { Ok(()) } else { Err(()) }
-    }
-
-    /// Queues a control frame if there is room; drops it otherwise (heartbeats are best effort).
-    pub(super) fn try_queue(&self, out: Out) {
-        let mut state = self.write.lock();
-        if self.tx.try_send(out).is_ok() {
-            state.queued += 1;
-        }
-    }
-}
-
-/// Undoes a queued count for a frame that never reached the channel (send failed or the
-/// sending future was dropped), so the inline path is not blocked forever.
-struct QueuedGuard<'a> {
-    state: &'a Mutex<WriteState>,
-    armed: bool,
-}
-
-impl Drop for QueuedGuard<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            let mut state = self.state.lock();
-            state.queued = state.queued.saturating_sub(1);
-        }
-    }
-}
-
+/// How an attempt to deliver on a connection ended, as its reader (or the connection's end)
+/// reports it to the waiting publisher.
 pub(super) enum Outcome {
     Ack,
     Nack(NackReason, String),
@@ -120,13 +29,25 @@ pub(super) enum Outcome {
 }
 
 pub(super) struct Conn {
-    tx: mpsc::Sender<Out>,
     /// The connection's write side, shared with its writer task.
-    writer: Arc<tokio::net::tcp::OwnedWriteHalf>,
-    write: Arc<Mutex<WriteState>>,
+    pub(super) out: ConnWriter<Out>,
     /// Replies owed on this connection. `None` once the connection ended: a sender that finds
     /// it so knows at once that its event was not delivered (no wait for a timeout).
     pub(super) pending: Mutex<Option<HashMap<u128, oneshot::Sender<Outcome>>>>,
+}
+
+impl Conn {
+    /// Writes an event (or request) at once if the way is clear: nothing queued and no other
+    /// event awaiting its reply. With other events awaiting replies the connection is busy: the
+    /// writer task batches their frames into shared writes, which pipelining needs more than a
+    /// saved task hop. Anything but [`Inline::Sent`] and [`Inline::Closed`] leaves the frame to
+    /// be queued by the caller ([`ConnWriter::send_queued`]).
+    pub(super) fn try_write_inline(&self, out: &Out) -> Inline {
+        if self.pending.lock().as_ref().is_some_and(|p| p.len() > 1) {
+            return Inline::Busy;
+        }
+        self.out.try_inline(out)
+    }
 }
 
 /// Ends a connection's bookkeeping: every reply still owed becomes `Lost`, and later senders
@@ -224,13 +145,9 @@ async fn run_connection(
     mut buf: BytesMut,
 ) -> End {
     let (mut reader, writer) = stream.into_split();
-    let writer = Arc::new(writer);
-    let write = Arc::new(Mutex::new(WriteState::default()));
-    let (tx, rx) = mpsc::channel(shared.config.send_queue_frames_max);
+    let (out, write_loop) = ConnWriter::new(writer, shared.config.send_queue_frames_max);
     let conn = Arc::new(Conn {
-        tx: tx.clone(),
-        writer: writer.clone(),
-        write: write.clone(),
+        out,
         pending: Mutex::new(Some(HashMap::new())),
     });
     tracing::info!(
@@ -253,7 +170,7 @@ async fn run_connection(
         slot.settled = true;
     }
     shared.changed.notify_waiters();
-    let writer_task = tokio::spawn(write_loop(writer, write, rx));
+    let writer_task = tokio::spawn(write_loop.run());
     let interval = Duration::from_millis(shared.config.heartbeat_interval_ms.max(1));
     let dead_after = Duration::from_millis(shared.config.heartbeat_timeout_ms.max(1));
     let mut ticker = tokio::time::interval(interval);
@@ -287,7 +204,7 @@ async fn run_connection(
                         }),
                     ),
                     Frame::Ping { nonce } => {
-                        conn.try_queue(Out::Frame(Frame::Pong { nonce }));
+                        conn.out.try_queue(Out::Frame(Frame::Pong { nonce }));
                     }
                     Frame::Pong { .. } => {}
                     Frame::Goodbye => break 'conn End::Goodbye,
@@ -312,7 +229,7 @@ async fn run_connection(
                 }
                 if quiet >= interval {
                     nonce += 1;
-                    conn.try_queue(Out::Frame(Frame::Ping { nonce }));
+                    conn.out.try_queue(Out::Frame(Frame::Ping { nonce }));
                 }
             }
         }
@@ -339,56 +256,13 @@ fn reply(conn: &Conn, id: u128, reply: Outcome) {
 pub(super) enum Out {
     Frame(Frame),
     Event(Arc<WireEvent>, bool),
-    /// The unwritten rest of a frame a publishing task started writing itself.
-    Raw(Bytes),
 }
 
-fn encode_out(out: &Out, buf: &mut BytesMut) {
-    match out {
-        Out::Frame(frame) => frame::encode(frame, buf),
-        Out::Event(event, request) => frame::encode_event(event, *request, buf),
-        Out::Raw(bytes) => buf.extend_from_slice(bytes),
-    }
-}
-
-/// Writes frames in batches: everything queued goes out in one write, so pipelined events share
-/// system calls.
-async fn write_loop(
-    writer: Arc<tokio::net::tcp::OwnedWriteHalf>,
-    write: Arc<Mutex<WriteState>>,
-    mut rx: mpsc::Receiver<Out>,
-) {
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    while let Some(out) = rx.recv().await {
-        encode_out(&out, &mut buf);
-        let mut frames = 1;
-        while buf.len() < 256 * 1024 {
-            match rx.try_recv() {
-                Ok(out) => {
-                    encode_out(&out, &mut buf);
-                    frames += 1;
-                }
-                Err(_) => break,
-            }
+impl Encode for Out {
+    fn encode(&self, buf: &mut BytesMut) {
+        match self {
+            Out::Frame(frame) => frame::encode(frame, buf),
+            Out::Event(event, request) => frame::encode_event(event, *request, buf),
         }
-        let mut written = 0;
-        while written < buf.len() {
-            if writer.writable().await.is_err() {
-                return;
-            }
-            // Under the lock, so an inline write never lands between two parts of a batch.
-            let result = {
-                let _state = write.lock();
-                writer.try_write(&buf[written..])
-            };
-            match result {
-                Ok(n) => written += n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(_) => return,
-            }
-        }
-        buf.clear();
-        let mut state = write.lock();
-        state.queued = state.queued.saturating_sub(frames);
     }
 }

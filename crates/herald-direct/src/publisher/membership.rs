@@ -12,8 +12,9 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::conn::{Conn, Inline, Out, Outcome, fail_pending, supervise};
+use super::conn::{Conn, Out, Outcome, fail_pending, supervise};
 use super::{MemberState, Shared, Source, WAITING_FOR_MEMBER, WAITING_FOR_REPLY, WAITING_FOR_ROOM};
+use crate::conn_writer::{Closed, Inline};
 use crate::error::PublishError;
 use crate::event::Reply;
 use crate::frame::{Hello, NackReason, WireEvent};
@@ -245,14 +246,16 @@ pub(super) async fn deliver(
         let outcome = if !registered {
             Ok(Ok(Outcome::Lost))
         } else {
-            let sent = match conn.try_write_inline(&event, request) {
+            let sent = match conn.try_write_inline(&frame) {
                 Inline::Sent => Ok(Ok(())),
-                Inline::Closed => Ok(Err(())),
-                Inline::Queue => tokio::time::timeout_at(attempt_at, conn.send_queued(frame)).await,
+                Inline::Closed => Ok(Err(Closed)),
+                Inline::Busy | Inline::WouldBlock => {
+                    tokio::time::timeout_at(attempt_at, conn.out.send_queued(frame)).await
+                }
             };
             match sent {
                 Ok(Ok(())) => tokio::time::timeout_at(attempt_at, reply_rx).await,
-                Ok(Err(())) => Ok(Ok(Outcome::Lost)),
+                Ok(Err(Closed)) => Ok(Ok(Outcome::Lost)),
                 Err(elapsed) => Err(elapsed),
             }
         };
