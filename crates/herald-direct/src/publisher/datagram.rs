@@ -2,11 +2,10 @@
 //! batches handed to the kernel with `sendmmsg`.
 
 use std::net::SocketAddr;
-use std::time::SystemTime;
 
 use bytes::BytesMut;
 
-use super::{Publisher, validate};
+use super::Publisher;
 use crate::error::DatagramError;
 use crate::event::Message;
 use crate::frame;
@@ -74,14 +73,7 @@ impl Publisher {
     /// datagrams left (one per group). Loss is counted by the receivers, not reported here.
     pub async fn send_datagram(&self, message: Message) -> Result<usize, DatagramError> {
         let shared = self.shared();
-        validate(&message).map_err(DatagramError::Invalid)?;
-        let mut event = shared.wire_event(message, SystemTime::UNIX_EPOCH, 0);
-        event.deadline_unix_ms = 0;
-        let bytes = frame::event_frame_len(&event);
-        let limit = shared.config.datagram_payload_bytes_max;
-        if bytes > limit {
-            return Err(DatagramError::TooLarge { bytes, limit });
-        }
+        let mut event = shared.datagram_event(message)?;
         let mut scratch = std::mem::take(&mut *shared.datagram_scratch.lock());
         scratch.targets.clear();
         shared.datagram_targets(&event.topic, &mut scratch.targets);
@@ -122,17 +114,9 @@ impl Publisher {
         messages: impl IntoIterator<Item = Message>,
     ) -> Result<usize, DatagramError> {
         let shared = self.shared();
-        let limit = shared.config.datagram_payload_bytes_max;
         let mut events = Vec::new();
         for message in messages {
-            validate(&message).map_err(DatagramError::Invalid)?;
-            let mut event = shared.wire_event(message, SystemTime::UNIX_EPOCH, 0);
-            event.deadline_unix_ms = 0;
-            let bytes = frame::event_frame_len(&event);
-            if bytes > limit {
-                return Err(DatagramError::TooLarge { bytes, limit });
-            }
-            events.push(event);
+            events.push(shared.datagram_event(message)?);
         }
         let mut batch = DatagramBatch::default();
         let mut targets = Vec::new();

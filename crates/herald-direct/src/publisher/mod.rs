@@ -22,7 +22,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::error::{PublishError, RequestError};
+use crate::error::{DatagramError, PublishError, RequestError};
 use crate::event::{Message, Reply, system_to_instant, system_to_unix_ms};
 use crate::frame::{self, NackReason, WireEvent};
 use crate::mdns::{self, Discovery};
@@ -344,16 +344,7 @@ impl Publisher {
         deadline: SystemTime,
     ) -> Result<Receipt, PublishError> {
         let shared = self.shared();
-        validate(&message).map_err(PublishError::Invalid)?;
-        let event = shared.wire_event(message, deadline, 0);
-        let bytes = frame::event_frame_len(&event);
-        if bytes > shared.config.frame_bytes_max {
-            return Err(PublishError::TooLarge {
-                bytes,
-                limit: shared.config.frame_bytes_max,
-            });
-        }
-        let at = Instant::from_std(system_to_instant(deadline));
+        let (event, at) = shared.direct_event(message, deadline)?;
         let groups = shared.groups_until(&event.topic, at).await.ok_or_else(|| {
             PublishError::NoLiveMember {
                 topic: event.topic.clone(),
@@ -416,16 +407,7 @@ impl Publisher {
         deadline: SystemTime,
     ) -> Result<Reply, RequestError> {
         let shared = self.shared();
-        validate(&message).map_err(RequestError::Invalid)?;
-        let event = shared.wire_event(message, deadline, 0);
-        let bytes = frame::event_frame_len(&event);
-        if bytes > shared.config.frame_bytes_max {
-            return Err(RequestError::TooLarge {
-                bytes,
-                limit: shared.config.frame_bytes_max,
-            });
-        }
-        let at = Instant::from_std(system_to_instant(deadline));
+        let (event, at) = shared.direct_event(message, deadline)?;
         let topic = event.topic.clone();
         let progress = AtomicU8::new(WAITING_FOR_MEMBER);
         // The whole call is bounded by the deadline, whatever the members do.
@@ -478,37 +460,101 @@ const WAITING_FOR_MEMBER: u8 = 0;
 const WAITING_FOR_ROOM: u8 = 1;
 const WAITING_FOR_REPLY: u8 = 2;
 
-fn validate(message: &Message) -> Result<(), String> {
+/// Why a message cannot be sent whatever the members do: the part of every send's checks that
+/// is the same for publish, request and datagrams. Each converts into that operation's error.
+enum Unsendable {
+    Invalid(String),
+    TooLarge { bytes: usize, limit: usize },
+}
+
+impl From<Unsendable> for PublishError {
+    fn from(e: Unsendable) -> Self {
+        match e {
+            Unsendable::Invalid(message) => PublishError::Invalid(message),
+            Unsendable::TooLarge { bytes, limit } => PublishError::TooLarge { bytes, limit },
+        }
+    }
+}
+
+impl From<Unsendable> for RequestError {
+    fn from(e: Unsendable) -> Self {
+        match e {
+            Unsendable::Invalid(message) => RequestError::Invalid(message),
+            Unsendable::TooLarge { bytes, limit } => RequestError::TooLarge { bytes, limit },
+        }
+    }
+}
+
+impl From<Unsendable> for DatagramError {
+    fn from(e: Unsendable) -> Self {
+        match e {
+            Unsendable::Invalid(message) => DatagramError::Invalid(message),
+            Unsendable::TooLarge { bytes, limit } => DatagramError::TooLarge { bytes, limit },
+        }
+    }
+}
+
+fn validate(message: &Message) -> Result<(), Unsendable> {
     if message.topic.is_empty() || message.topic.len() > 255 {
-        return Err("topic must be 1..=255 bytes".into());
+        return Err(Unsendable::Invalid("topic must be 1..=255 bytes".into()));
     }
     if message.headers.len() > frame::HEADERS_MAX {
-        return Err(format!("at most {} headers", frame::HEADERS_MAX));
+        return Err(Unsendable::Invalid(format!(
+            "at most {} headers",
+            frame::HEADERS_MAX
+        )));
     }
     if message.headers.iter().any(|(k, _)| k.len() > 255) {
-        return Err("header names must be at most 255 bytes".into());
+        return Err(Unsendable::Invalid(
+            "header names must be at most 255 bytes".into(),
+        ));
     }
     Ok(())
 }
 
 impl Shared {
-    fn wire_event(&self, message: Message, deadline: SystemTime, seq: u64) -> WireEvent {
-        let seq = if seq == 0 {
-            self.seq.fetch_add(1, Ordering::Relaxed) + 1
-        } else {
-            seq
-        };
-        WireEvent {
+    /// The checks every send makes first, and the event it sends: `message` validated, given
+    /// its id and `deadline` (none for a datagram), and its frame within `limit` bytes.
+    fn prepare(
+        &self,
+        message: Message,
+        deadline: Option<SystemTime>,
+        limit: usize,
+    ) -> Result<WireEvent, Unsendable> {
+        validate(&message)?;
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let event = WireEvent {
             // Unique without a random draw per event: this publisher's random id in the high
             // half, its sequence number in the low half.
             id: (self.id << 64) | seq as u128,
             publisher: self.id,
             seq,
-            deadline_unix_ms: system_to_unix_ms(deadline),
+            deadline_unix_ms: deadline.map_or(0, system_to_unix_ms),
             topic: message.topic,
             key: message.key,
             value: message.value,
             headers: message.headers,
+        };
+        let bytes = frame::event_frame_len(&event);
+        if bytes > limit {
+            return Err(Unsendable::TooLarge { bytes, limit });
         }
+        Ok(event)
+    }
+
+    /// [`Shared::prepare`] for a direct event or request (a frame within `frame_bytes_max`),
+    /// with the monotonic instant of its deadline.
+    fn direct_event(
+        &self,
+        message: Message,
+        deadline: SystemTime,
+    ) -> Result<(WireEvent, Instant), Unsendable> {
+        let event = self.prepare(message, Some(deadline), self.config.frame_bytes_max)?;
+        Ok((event, Instant::from_std(system_to_instant(deadline))))
+    }
+
+    /// [`Shared::prepare`] for a datagram: no deadline, within `datagram_payload_bytes_max`.
+    fn datagram_event(&self, message: Message) -> Result<WireEvent, Unsendable> {
+        self.prepare(message, None, self.config.datagram_payload_bytes_max)
     }
 }
