@@ -6,7 +6,7 @@ use crate::frame::NackReason;
 /// Why a member could not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum StartError {
+pub enum MemberStartError {
     #[error("cannot bind {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -16,6 +16,16 @@ pub enum StartError {
     Config(String),
     #[error("mDNS: {0}")]
     Mdns(String),
+}
+
+/// Why a publisher could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublisherStartError {
+    #[error("cannot open the UDP socket: {0}")]
+    Udp(std::io::Error),
+    #[error(transparent)]
+    Mdns(#[from] crate::mdns::MdnsError),
 }
 
 /// Why a direct publish failed. Every variant means the event was not acknowledged by some group.

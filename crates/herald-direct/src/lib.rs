@@ -14,10 +14,9 @@ pub mod member;
 pub mod publisher;
 pub mod window;
 
-pub use error::{DatagramError, PublishError, RequestError, StartError};
+pub use error::{DatagramError, MemberStartError, PublishError, PublisherStartError, RequestError};
 pub use event::{BoxFuture, FnHandler, Handler, Message, Mode, Received, Reply, RequestContext};
 pub use member::{Member, MemberConfig, MemberStats, PublisherLoss};
 pub use publisher::{
-    DATAGRAM_BATCH_MAX, MemberState, MemberView, Publisher, PublisherConfig, PublisherStartError,
-    Receipt, Source,
+    DATAGRAM_BATCH_MAX, MemberState, MemberView, Publisher, PublisherConfig, Receipt, Source,
 };

@@ -14,8 +14,8 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use futures::FutureExt;
 use herald_direct::{
-    BoxFuture as MemberFuture, DatagramError, Handler, Member, MemberConfig, Message, Publisher,
-    PublisherConfig, Received, RequestContext as MemberRequestContext, StartError,
+    BoxFuture as MemberFuture, DatagramError, Handler, Member, MemberConfig, MemberStartError,
+    Message, Publisher, PublisherConfig, Received, RequestContext as MemberRequestContext,
 };
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
@@ -218,7 +218,7 @@ impl DirectTransport {
         config.datagram_payload_bytes_max = self.datagram_payload_bytes_max;
         config.shutdown_drain_ms = SHUTDOWN_DRAIN_MS;
         let member = Member::start(config, handler).await.map_err(|e| match e {
-            StartError::Config(message) => SubscribeError::Invalid(message),
+            MemberStartError::Config(message) => SubscribeError::Invalid(message),
             other => SubscribeError::Transport {
                 transport: self.kind.as_str(),
                 message: other.to_string(),

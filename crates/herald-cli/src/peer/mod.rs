@@ -309,7 +309,7 @@ async fn start_member(
     config.mdns = mdns;
     config.drop_every_nth_datagram = drop_every;
     let member = Member::start(config, handler).await.map_err(|e| match e {
-        herald_direct::StartError::Config(m) => CliError::Usage(m),
+        herald_direct::MemberStartError::Config(m) => CliError::Usage(m),
         other => CliError::Other(other.into()),
     })?;
     // Scripts and tests wait for this line to know the member is ready and where it listens.

@@ -20,7 +20,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::error::StartError;
+use crate::error::MemberStartError;
 use crate::event::{Handler, Mode, Received};
 use crate::frame::{self, Frame, NackReason};
 use crate::mdns::Advertisement;
@@ -152,20 +152,24 @@ impl Member {
     pub async fn start(
         config: MemberConfig,
         handler: Arc<dyn Handler>,
-    ) -> Result<Member, StartError> {
+    ) -> Result<Member, MemberStartError> {
         if config.capacity == 0 {
-            return Err(StartError::Config("capacity must be at least 1".into()));
+            return Err(MemberStartError::Config(
+                "capacity must be at least 1".into(),
+            ));
         }
         if config.topic.is_empty() || config.topic.len() > 255 || config.group.len() > 255 {
-            return Err(StartError::Config(
+            return Err(MemberStartError::Config(
                 "topic must be 1..=255 bytes, group at most 255".into(),
             ));
         }
         let (listener, udp) = bind_pair(config.bind).await?;
-        let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
-            addr: config.bind,
-            source,
-        })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| MemberStartError::Bind {
+                addr: config.bind,
+                source,
+            })?;
         let member_id = uuid::Uuid::new_v4().as_u128();
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
@@ -200,7 +204,7 @@ impl Member {
                     &shared.config.group,
                     shared.config.capacity,
                 )
-                .map_err(|e| StartError::Mdns(e.to_string()))?,
+                .map_err(|e| MemberStartError::Mdns(e.to_string()))?,
             )
         } else {
             None
@@ -297,7 +301,7 @@ impl Drop for Member {
     }
 }
 
-async fn bind_pair(bind: SocketAddr) -> Result<(TcpListener, UdpSocket), StartError> {
+async fn bind_pair(bind: SocketAddr) -> Result<(TcpListener, UdpSocket), MemberStartError> {
     // With port 0 the TCP port is chosen first; the same UDP port may be taken by someone else,
     // so try a few times.
     let attempts = if bind.port() == 0 { 16 } else { 1 };
@@ -305,16 +309,16 @@ async fn bind_pair(bind: SocketAddr) -> Result<(TcpListener, UdpSocket), StartEr
     for _ in 0..attempts {
         let listener = TcpListener::bind(bind)
             .await
-            .map_err(|source| StartError::Bind { addr: bind, source })?;
+            .map_err(|source| MemberStartError::Bind { addr: bind, source })?;
         let addr = listener
             .local_addr()
-            .map_err(|source| StartError::Bind { addr: bind, source })?;
+            .map_err(|source| MemberStartError::Bind { addr: bind, source })?;
         match bind_udp(addr) {
             Ok(udp) => return Ok((listener, udp)),
-            Err(source) => last = Some(StartError::Bind { addr, source }),
+            Err(source) => last = Some(MemberStartError::Bind { addr, source }),
         }
     }
-    Err(last.unwrap_or(StartError::Config("no port".into())))
+    Err(last.unwrap_or(MemberStartError::Config("no port".into())))
 }
 
 fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {

@@ -22,7 +22,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::error::{DatagramError, PublishError, RequestError};
+use crate::error::{DatagramError, PublishError, PublisherStartError, RequestError};
 use crate::event::{Message, Reply, system_to_instant, system_to_unix_ms};
 use crate::frame::{self, NackReason, WireEvent};
 use crate::mdns::{self, Discovery};
@@ -173,16 +173,6 @@ impl Drop for Inner {
 #[derive(Clone)]
 pub struct Publisher {
     inner: Arc<Inner>,
-}
-
-/// Why a publisher could not start.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum PublisherStartError {
-    #[error("cannot open the UDP socket: {0}")]
-    Udp(std::io::Error),
-    #[error(transparent)]
-    Mdns(#[from] mdns::MdnsError),
 }
 
 impl Publisher {
