@@ -14,7 +14,9 @@ pub mod member;
 pub mod publisher;
 pub mod window;
 
-pub use error::{DatagramError, MemberStartError, PublishError, PublisherStartError, RequestError};
+pub use error::{
+    DatagramError, HandlerError, MemberStartError, PublishError, PublisherStartError, RequestError,
+};
 pub use event::{BoxFuture, FnHandler, Handler, Message, Mode, Received, Reply, RequestContext};
 pub use member::{Member, MemberConfig, MemberStats, PublisherLoss};
 pub use publisher::{

@@ -14,8 +14,9 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use futures::FutureExt;
 use herald_direct::{
-    BoxFuture as MemberFuture, DatagramError, Handler, Member, MemberConfig, MemberStartError,
-    Message, Publisher, PublisherConfig, Received, RequestContext as MemberRequestContext,
+    BoxFuture as MemberFuture, DatagramError, Handler, HandlerError as MemberHandlerError, Member,
+    MemberConfig, MemberStartError, Message, Publisher, PublisherConfig, Received,
+    RequestContext as MemberRequestContext,
 };
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
@@ -501,9 +502,9 @@ impl SinkHandler {
 const CLOSING: &str = "the subscription is closing";
 
 impl Handler for SinkHandler {
-    fn on_event(&self, received: Received) -> MemberFuture<Result<(), String>> {
+    fn on_event(&self, received: Received) -> MemberFuture<Result<(), MemberHandlerError>> {
         let Some(sinks) = self.sinks.lock().clone() else {
-            return Box::pin(async { Err(CLOSING.to_string()) });
+            return Box::pin(async { Err(MemberHandlerError::failed(CLOSING)) });
         };
         let datagram = received.mode == herald_direct::Mode::Datagram;
         let event = Event::from_wire(received.key, received.value, received.headers, None);
@@ -517,19 +518,21 @@ impl Handler for SinkHandler {
                     .runtime
                     .send(delivery)
                     .await
-                    .map_err(|_| CLOSING.to_string())
+                    .map_err(|_| MemberHandlerError::failed(CLOSING))
             });
         }
         // Queued here, before the member reads its next frame, so one producer's events reach
         // the runtime (and each key's lane) in the order they were sent.
         if sinks.ordered.try_send(delivery).is_err() {
-            return Box::pin(async { Err(CLOSING.to_string()) });
+            return Box::pin(async { Err(MemberHandlerError::failed(CLOSING)) });
         }
         Box::pin(async move {
             match outcome.await {
                 Ok(Outcome::Ack) => Ok(()),
-                Ok(Outcome::Nack(message)) => Err(message),
-                Err(_) => Err("the subscription ended before handling the event".to_string()),
+                Ok(Outcome::Nack(message)) => Err(MemberHandlerError::Failed(message)),
+                Err(_) => Err(MemberHandlerError::failed(
+                    "the subscription ended before handling the event",
+                )),
             }
         })
     }
@@ -541,15 +544,19 @@ struct ReplierHandler {
 }
 
 impl Handler for ReplierHandler {
-    fn on_event(&self, _received: Received) -> MemberFuture<Result<(), String>> {
-        Box::pin(async { Err("this member answers requests only".to_string()) })
+    fn on_event(&self, _received: Received) -> MemberFuture<Result<(), MemberHandlerError>> {
+        Box::pin(async {
+            Err(MemberHandlerError::failed(
+                "this member answers requests only",
+            ))
+        })
     }
 
     fn on_request(
         &self,
         request: Received,
         ctx: MemberRequestContext,
-    ) -> MemberFuture<Result<Bytes, String>> {
+    ) -> MemberFuture<Result<Bytes, MemberHandlerError>> {
         let answer = self.answer(request, ctx);
         Box::pin(async move { answer.await.map(|reply| reply.value) })
     }
@@ -558,7 +565,7 @@ impl Handler for ReplierHandler {
         &self,
         request: Received,
         ctx: MemberRequestContext,
-    ) -> MemberFuture<Result<herald_direct::Reply, String>> {
+    ) -> MemberFuture<Result<herald_direct::Reply, MemberHandlerError>> {
         let replier = self.replier.clone();
         Box::pin(async move {
             let event = Event::from_wire(request.key, request.value, request.headers, None);
@@ -573,8 +580,8 @@ impl Handler for ReplierHandler {
                     key: reply.key,
                     value: reply.payload,
                 }),
-                Ok(Err(e)) => Err(e.message().to_string()),
-                Err(_) => Err("the replier panicked".to_string()),
+                Ok(Err(e)) => Err(MemberHandlerError::failed(e.message())),
+                Err(_) => Err(MemberHandlerError::failed("the replier panicked")),
             }
         })
     }

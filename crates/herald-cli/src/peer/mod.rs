@@ -14,8 +14,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use bytes::Bytes;
 use herald_direct::{
-    BoxFuture, DatagramError, Handler, Member, MemberConfig, Message, PublishError, Publisher,
-    PublisherConfig, Received, RequestContext, RequestError,
+    BoxFuture, DatagramError, Handler, HandlerError, Member, MemberConfig, Message, PublishError,
+    Publisher, PublisherConfig, Received, RequestContext, RequestError,
 };
 use serde::Serialize;
 
@@ -271,7 +271,7 @@ struct PrintHandler {
 }
 
 impl Handler for PrintHandler {
-    fn on_event(&self, event: Received) -> BoxFuture<Result<(), String>> {
+    fn on_event(&self, event: Received) -> BoxFuture<Result<(), HandlerError>> {
         let (output, delay) = (self.output, self.delay);
         Box::pin(async move {
             if !delay.is_zero() {
@@ -635,7 +635,7 @@ impl CommandHandler {
         command: String,
         input: Bytes,
         deadline: Option<SystemTime>,
-    ) -> Result<Bytes, String> {
+    ) -> Result<Bytes, HandlerError> {
         use tokio::io::AsyncWriteExt;
         let mut cmd = tokio::process::Command::new("sh");
         cmd.arg("-c")
@@ -653,28 +653,28 @@ impl CommandHandler {
         }
         let mut child = cmd
             .spawn()
-            .map_err(|e| format!("cannot run {command:?}: {e}"))?;
+            .map_err(|e| HandlerError::failed(format!("cannot run {command:?}: {e}")))?;
         if let Some(mut stdin) = child.stdin.take() {
             let _ = stdin.write_all(&input).await;
         }
         let out = child
             .wait_with_output()
             .await
-            .map_err(|e| format!("waiting for {command:?}: {e}"))?;
+            .map_err(|e| HandlerError::failed(format!("waiting for {command:?}: {e}")))?;
         if out.status.success() {
             Ok(Bytes::from(out.stdout))
         } else {
-            Err(format!(
+            Err(HandlerError::failed(format!(
                 "command failed ({}): {}",
                 out.status,
                 String::from_utf8_lossy(&out.stderr).trim()
-            ))
+            )))
         }
     }
 }
 
 impl Handler for CommandHandler {
-    fn on_event(&self, event: Received) -> BoxFuture<Result<(), String>> {
+    fn on_event(&self, event: Received) -> BoxFuture<Result<(), HandlerError>> {
         let (command, output) = (self.command.clone(), self.output);
         Box::pin(async move {
             print_event(output, &event);
@@ -688,7 +688,7 @@ impl Handler for CommandHandler {
         &self,
         request: Received,
         ctx: RequestContext,
-    ) -> BoxFuture<Result<Bytes, String>> {
+    ) -> BoxFuture<Result<Bytes, HandlerError>> {
         let (command, output) = (self.command.clone(), self.output);
         Box::pin(async move {
             print_event(output, &request);

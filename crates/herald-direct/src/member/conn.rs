@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 
 use super::{Admit, DEADLINE_GRAIN, Shared, admit, finish};
 use crate::conn_writer::ConnWriter;
+use crate::error::HandlerError;
 use crate::event::{Mode, Received, Reply, RequestContext, system_to_instant};
 use crate::frame::{self, Frame, Hello, NackReason, WireEvent};
 
@@ -217,13 +218,13 @@ fn wrong_topic_nack(shared: &Shared, event: &WireEvent) -> Option<Frame> {
     })
 }
 
-fn event_reply(id: u128, result: &Result<(), String>) -> Frame {
+fn event_reply(id: u128, result: &Result<(), HandlerError>) -> Frame {
     match result {
         Ok(()) => Frame::Ack { id },
-        Err(message) => Frame::Nack {
+        Err(error) => Frame::Nack {
             id,
             reason: NackReason::HandlerFailed,
-            message: message.clone(),
+            message: error.to_string(),
         },
     }
 }
@@ -321,7 +322,7 @@ async fn answer_request(request: WireEvent, shared: Arc<Shared>, replies: bool) 
     let at = tokio::time::Instant::from_std(system_to_instant(deadline));
     let reply = match tokio::time::timeout_at(at, run).await {
         Ok(Ok(reply)) => reply_frame(id, reply, replies, shared.config.frame_bytes_max),
-        Ok(Err(message)) => Frame::Nack {
+        Ok(Err(error)) => Frame::Nack {
             id,
             // Deadlines travel in whole milliseconds, so a nested call that gave up on the
             // shared deadline may finish a hair before this timer: a failure in the deadline's
@@ -331,7 +332,7 @@ async fn answer_request(request: WireEvent, shared: Arc<Shared>, replies: bool) 
             } else {
                 NackReason::HandlerFailed
             },
-            message,
+            message: error.to_string(),
         },
         Err(_) => {
             tracing::info!(id = %uuid::Uuid::from_u128(id), "request deadline exceeded in the handler");

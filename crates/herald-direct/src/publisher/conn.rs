@@ -81,41 +81,65 @@ pub(super) async fn supervise(shared: Arc<Shared>, addr: SocketAddr) {
                     Some(MemberState::Left) => MemberState::Left,
                     Some(_) => MemberState::Down,
                 };
-                set_state(&shared, addr, next, Some(error));
+                set_state(&shared, addr, next, Some(error.to_string()));
             }
         }
         tokio::time::sleep(reconnect).await;
     }
 }
 
+/// Why a connection to a member could not be set up; its text becomes the member's
+/// `last_error` in the membership view.
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    #[error("connect timed out")]
+    ConnectTimeout,
+    #[error("connect: {0}")]
+    Connect(std::io::Error),
+    #[error("expected hello, got {0:?}")]
+    NotHello(Box<Frame>),
+    #[error("bad hello: {0}")]
+    BadHello(frame::DecodeError),
+    #[error("closed before hello")]
+    ClosedBeforeHello,
+    #[error("read: {0}")]
+    Read(std::io::Error),
+    #[error("no hello in time")]
+    HelloTimeout,
+    #[error("features not sent in time")]
+    FeaturesTimeout,
+    #[error("write: {0}")]
+    Write(std::io::Error),
+}
+
 async fn connect(
     shared: &Shared,
     addr: SocketAddr,
-) -> Result<(TcpStream, Hello, BytesMut), String> {
+) -> Result<(TcpStream, Hello, BytesMut), ConnectError> {
     let timeout = Duration::from_millis(shared.config.connect_timeout_ms);
     let mut stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
         .await
-        .map_err(|_| "connect timed out".to_string())?
-        .map_err(|e| format!("connect: {e}"))?;
+        .map_err(|_| ConnectError::ConnectTimeout)?
+        .map_err(ConnectError::Connect)?;
     let _ = stream.set_nodelay(true);
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let hello = tokio::time::timeout(timeout, async {
         loop {
             match frame::decode_stream(&mut buf, shared.config.frame_bytes_max) {
                 Ok(Some(Frame::Hello(hello))) => return Ok(hello),
-                Ok(Some(other)) => return Err(format!("expected hello, got {other:?}")),
+                Ok(Some(other)) => return Err(ConnectError::NotHello(Box::new(other))),
                 Ok(None) => {}
-                Err(e) => return Err(format!("bad hello: {e}")),
+                Err(e) => return Err(ConnectError::BadHello(e)),
             }
             match stream.read_buf(&mut buf).await {
-                Ok(0) => return Err("closed before hello".to_string()),
+                Ok(0) => return Err(ConnectError::ClosedBeforeHello),
                 Ok(_) => {}
-                Err(e) => return Err(format!("read: {e}")),
+                Err(e) => return Err(ConnectError::Read(e)),
             }
         }
     })
     .await
-    .map_err(|_| "no hello in time".to_string())??;
+    .map_err(|_| ConnectError::HelloTimeout)??;
     // Announce what this producer decodes beyond version 1 before anything else is written, so
     // the member knows it by the first request. A member that predates features answers a PONG.
     let mut features = BytesMut::new();
@@ -127,8 +151,8 @@ async fn connect(
     );
     tokio::time::timeout(timeout, stream.write_all(&features))
         .await
-        .map_err(|_| "features not sent in time".to_string())?
-        .map_err(|e| format!("write: {e}"))?;
+        .map_err(|_| ConnectError::FeaturesTimeout)?
+        .map_err(ConnectError::Write)?;
     Ok((stream, hello, buf))
 }
 

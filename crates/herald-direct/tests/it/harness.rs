@@ -39,7 +39,7 @@ impl Recorder {
 pub struct Shared(pub Arc<Recorder>);
 
 impl Handler for Shared {
-    fn on_event(&self, event: Received) -> BoxFuture<Result<(), String>> {
+    fn on_event(&self, event: Received) -> BoxFuture<Result<(), herald_direct::HandlerError>> {
         let rec = self.0.clone();
         Box::pin(async move {
             if !rec.delay.is_zero() {
