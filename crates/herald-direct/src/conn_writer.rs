@@ -235,6 +235,13 @@ impl WriteShared {
     /// to drain when it reaches zero.
     fn written(&self, frames: usize) {
         let mut state = self.state.lock();
+        debug_assert!(
+            state.queued >= frames,
+            "{frames} frames written of {} queued",
+            state.queued
+        );
+        // Clamped as well, so that a release build that got the count wrong never wraps it
+        // into a queue that looks busy forever (which would end every inline write).
         state.queued = state.queued.saturating_sub(frames);
         let drained = state.queued == 0;
         drop(state);

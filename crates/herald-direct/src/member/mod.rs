@@ -386,14 +386,17 @@ fn admit(shared: &Shared, id: u128, dedup: bool) -> Admit {
     }
     state.in_progress.insert(id);
     state.stats.in_flight += 1;
+    debug_assert_eq!(state.stats.in_flight as usize, state.in_progress.len());
     state.stats.max_in_flight = state.stats.max_in_flight.max(state.stats.in_flight);
     Admit::Run
 }
 
 fn finish(shared: &Shared, id: u128, handled: bool, request: bool) {
     let mut state = shared.state.lock();
-    state.in_progress.remove(&id);
+    let was_in_progress = state.in_progress.remove(&id);
+    debug_assert!(was_in_progress, "finished an event that was not admitted");
     state.stats.in_flight -= 1;
+    debug_assert_eq!(state.stats.in_flight as usize, state.in_progress.len());
     if handled {
         if request {
             state.stats.requests_answered += 1;

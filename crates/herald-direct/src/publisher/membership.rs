@@ -24,7 +24,11 @@ pub(super) struct Slot {
     pub(super) state: MemberState,
     pub(super) hello: Option<Hello>,
     pub(super) conn: Option<Arc<Conn>>,
+    /// Events and requests sent to this member and not yet answered: one [`InFlight`] each.
     pub(super) in_flight: u32,
+    /// Which slot for this address this is: a delivery gives its capacity back to the slot it
+    /// took it from, not to one added later for the same address.
+    pub(super) epoch: u64,
     pub(super) last_error: Option<String>,
     pub(super) task: Option<JoinHandle<()>>,
     pub(super) datagram_seq: u64,
@@ -121,7 +125,7 @@ impl Shared {
         }
     }
 
-    fn pick(&self, topic: &str, group: &str, tried: &HashSet<SocketAddr>) -> Pick {
+    fn pick(&self, topic: &str, group: &str, tried: &HashSet<SocketAddr>) -> Pick<'_> {
         let mut members = self.members.lock();
         let mut live = false;
         let mut best: Option<(SocketAddr, bool, u64, u64)> = None;
@@ -169,23 +173,54 @@ impl Shared {
                     return Pick::NoneLive;
                 };
                 slot.in_flight += 1;
-                Pick::Chosen(addr, conn)
+                // Chosen only below its advertised capacity: a publisher never exceeds it.
+                debug_assert!(
+                    slot.hello
+                        .as_ref()
+                        .is_some_and(|h| slot.in_flight <= h.capacity)
+                );
+                let lease = InFlight {
+                    shared: self,
+                    addr,
+                    epoch: slot.epoch,
+                };
+                Pick::Chosen(addr, conn, lease)
             }
             None if live => Pick::AllFull,
             None => Pick::NoneLive,
         }
     }
+}
 
-    fn release(&self, addr: SocketAddr) {
-        if let Some(slot) = self.members.lock().get_mut(&addr) {
+/// One delivery's share of a member's capacity, taken by [`Shared::pick`] and given back when
+/// dropped, so the count balances however the attempt ends, its future dropped by a caller
+/// included.
+struct InFlight<'a> {
+    shared: &'a Shared,
+    addr: SocketAddr,
+    epoch: u64,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.shared.members.lock().get_mut(&self.addr)
+            && slot.epoch == self.epoch
+        {
+            debug_assert!(
+                slot.in_flight > 0,
+                "{} released more than it took",
+                self.addr
+            );
+            // Clamped as well, so that a release build that got the count wrong still never
+            // wraps it into a member that looks full forever.
             slot.in_flight = slot.in_flight.saturating_sub(1);
         }
-        self.changed.notify_waiters();
+        self.shared.changed.notify_waiters();
     }
 }
 
-enum Pick {
-    Chosen(SocketAddr, Arc<Conn>),
+enum Pick<'a> {
+    Chosen(SocketAddr, Arc<Conn>, InFlight<'a>),
     AllFull,
     NoneLive,
 }
@@ -206,10 +241,10 @@ pub(super) async fn deliver(
     let mut last;
     loop {
         let changed = shared.changed.notified();
-        let (addr, conn) = match shared.pick(topic, group, &tried) {
-            Pick::Chosen(addr, conn) => {
+        let (addr, conn, lease) = match shared.pick(topic, group, &tried) {
+            Pick::Chosen(addr, conn, lease) => {
                 progress.store(WAITING_FOR_REPLY, Ordering::Relaxed);
-                (addr, conn)
+                (addr, conn, lease)
             }
             Pick::AllFull => {
                 progress.store(WAITING_FOR_ROOM, Ordering::Relaxed);
@@ -262,7 +297,7 @@ pub(super) async fn deliver(
         if let Some(pending) = conn.pending.lock().as_mut() {
             pending.remove(&event.id);
         }
-        shared.release(addr);
+        drop(lease);
         match outcome {
             Ok(Ok(Outcome::Ack)) => return Ok(None),
             Ok(Ok(Outcome::Response(reply))) => return Ok(Some(reply)),
@@ -341,6 +376,7 @@ pub(super) fn add_peer(
             hello: None,
             conn: None,
             in_flight: 0,
+            epoch: shared.slots_added.fetch_add(1, Ordering::Relaxed),
             last_error: None,
             task: Some(task),
             datagram_seq: 0,

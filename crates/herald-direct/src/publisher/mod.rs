@@ -131,6 +131,8 @@ struct Shared {
     changed: Notify,
     udp: DatagramSocket,
     rr: AtomicUsize,
+    /// Slots ever added to `members`, numbering each (`Slot::epoch`).
+    slots_added: AtomicU64,
     /// Encoding buffer and target list of `send_datagram`, kept to avoid allocations per
     /// datagram. A call takes them out and puts them back; concurrent calls make their own.
     datagram_scratch: Mutex<DatagramScratch>,
@@ -187,6 +189,7 @@ impl Publisher {
             changed: Notify::new(),
             udp,
             rr: AtomicUsize::new(0),
+            slots_added: AtomicU64::new(0),
             datagram_scratch: Mutex::new(DatagramScratch::default()),
             config,
         });
