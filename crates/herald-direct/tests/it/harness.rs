@@ -9,10 +9,12 @@ use herald_direct::{
 };
 use parking_lot::Mutex;
 
-/// Records every handled event's value; optionally slow, optionally failing.
+/// Records every handled event's value; optionally slow, optionally failing (and then records
+/// the events it failed).
 #[derive(Default)]
 pub struct Recorder {
     pub seen: Mutex<Vec<Received>>,
+    pub failed: Mutex<Vec<Received>>,
     pub delay: Duration,
     pub fail: bool,
 }
@@ -46,6 +48,7 @@ impl Handler for Shared {
                 tokio::time::sleep(rec.delay).await;
             }
             if rec.fail {
+                rec.failed.lock().push(event);
                 return Err("refusing on purpose".into());
             }
             rec.seen.lock().push(event);
