@@ -14,6 +14,7 @@ mod output;
 mod peer;
 mod produce;
 mod serve;
+mod settings;
 mod topic;
 
 use clap::{Parser, Subcommand};
