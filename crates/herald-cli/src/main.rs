@@ -12,6 +12,7 @@ mod group;
 mod logdirs;
 mod output;
 mod peer;
+mod process;
 mod produce;
 mod serve;
 mod settings;

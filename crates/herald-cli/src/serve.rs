@@ -2,7 +2,6 @@
 //! TOML file and defaults; logging; the HTTP side; and a clean stop on SIGTERM/SIGINT.
 
 use std::ffi::OsString;
-use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -12,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 use crate::CliError;
+use crate::process::{LogFormat, init_logging, log_filter, stop_signal};
 use crate::settings::{ConfigError, help_lines, layer, read_config_file};
 use toml::Value;
 
@@ -37,16 +37,6 @@ pub struct ServeArgs {
     /// Log format: human (default) or json [env: HERALD_LOG_FORMAT]
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
-}
-
-/// How log lines are written to stderr.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// One readable line per event.
-    Human,
-    /// One JSON object per event, for log collectors.
-    Json,
 }
 
 /// Settings of the process around the broker library: where the HTTP side listens and how it
@@ -105,7 +95,7 @@ Signals:
 pub fn run(args: ServeArgs) -> Result<(), CliError> {
     let (process, broker_config) =
         settings(&args).map_err(|error| CliError::Usage(error.to_string()))?;
-    init_logging(&process)?;
+    init_logging(log_filter(&process.log)?, process.log_format)?;
     use_one_malloc_arena();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -193,34 +183,6 @@ struct Combined {
     process: ProcessSettings,
     #[serde(flatten)]
     broker: BrokerConfig,
-}
-
-fn init_logging(process: &ProcessSettings) -> Result<(), CliError> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&process.log)
-        .map_err(|error| CliError::Usage(format!("bad log filter `{}`: {error}", process.log)))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    let installed = match process.log_format {
-        LogFormat::Human => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
-    installed.map_err(|error| CliError::Other(anyhow::anyhow!("installing the logger: {error}")))
-}
-
-/// Installs the SIGTERM and SIGINT handlers now and returns a future that resolves on the
-/// first of them, naming it.
-fn stop_signal() -> Result<impl Future<Output = &'static str>, std::io::Error> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    Ok(async move {
-        tokio::select! {
-            _ = terminate.recv() => "SIGTERM",
-            _ = interrupt.recv() => "SIGINT",
-        }
-    })
 }
 
 async fn serve(process: ProcessSettings, config: BrokerConfig) -> Result<(), CliError> {

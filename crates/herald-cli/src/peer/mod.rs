@@ -19,6 +19,7 @@ use herald_direct::{
 };
 use serde::Serialize;
 
+use crate::process::{self, LogFormat, log_filter, stop_signal};
 use crate::{CliError, Global, Output};
 
 /// Environment variable carrying a request's absolute deadline (ms since the Unix epoch) into a
@@ -186,14 +187,15 @@ pub fn run(global: &Global, command: PeerCommand) -> Result<(), CliError> {
     }
 }
 
+/// Logs to stderr as `HERALD_LOG` says (a malformed or absent filter means the default: warnings,
+/// and what direct delivery reports at info level).
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,herald_direct=info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+    let filter = std::env::var("HERALD_LOG")
+        .ok()
+        .and_then(|text| log_filter(&text).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("warn,herald_direct=info"));
+    // A subscriber installed already (there is none in the binary) keeps logging instead.
+    let _ = process::init_logging(filter, LogFormat::Human);
 }
 
 fn parse_addr(text: &str) -> Result<SocketAddr, CliError> {
@@ -283,18 +285,6 @@ impl Handler for PrintHandler {
     }
 }
 
-/// Resolves when SIGTERM or SIGINT arrives.
-async fn terminated() -> Result<(), CliError> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
-}
-
 async fn start_member(
     topic: &str,
     group: &str,
@@ -340,6 +330,9 @@ async fn listen(output: Output, args: ListenArgs) -> Result<(), CliError> {
         output,
         delay: Duration::from_millis(args.delay_ms),
     });
+    // Signal handlers go in first, so a SIGTERM while the member starts is not the default
+    // "die now" (which would skip its goodbye and the summary).
+    let stop = stop_signal().context("installing signal handlers")?;
     let member = start_member(
         &args.topic,
         &args.group,
@@ -350,7 +343,7 @@ async fn listen(output: Output, args: ListenArgs) -> Result<(), CliError> {
         handler,
     )
     .await?;
-    terminated().await?;
+    stop.await;
     let publishers = member.datagram_publishers();
     let stats = member.shutdown().await;
     print_listen_summary(output, stats, publishers);
@@ -709,6 +702,9 @@ async fn reply(output: Output, args: ReplyArgs) -> Result<(), CliError> {
         command: args.command.clone(),
         output,
     });
+    // Signal handlers go in first, so a SIGTERM while the member starts is not the default
+    // "die now" (which would skip its goodbye and the summary).
+    let stop = stop_signal().context("installing signal handlers")?;
     let member = start_member(
         &args.topic,
         &args.group,
@@ -719,7 +715,7 @@ async fn reply(output: Output, args: ReplyArgs) -> Result<(), CliError> {
         handler,
     )
     .await?;
-    terminated().await?;
+    stop.await;
     let publishers = member.datagram_publishers();
     let stats = member.shutdown().await;
     print_listen_summary(output, stats, publishers);
