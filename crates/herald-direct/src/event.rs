@@ -164,9 +164,7 @@ impl RequestContext {
 
     /// Time left before the deadline (zero once it passed).
     pub fn remaining(&self) -> Duration {
-        self.deadline
-            .duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO)
+        remaining(self.deadline)
     }
 }
 
@@ -270,6 +268,14 @@ where
     ) -> BoxFuture<Result<Bytes, HandlerError>> {
         Box::pin((self.on_request)(request, ctx))
     }
+}
+
+/// Time left before `deadline` (zero once it passed): what every request context and every wait
+/// bounded by a deadline computes, here once.
+pub fn remaining(deadline: SystemTime) -> Duration {
+    deadline
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO)
 }
 
 /// Milliseconds since the Unix epoch, as carried in frames (0 = no deadline).

@@ -9,10 +9,11 @@
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use futures::FutureExt;
+use herald_direct::event::remaining;
 use herald_direct::{
     BoxFuture as MemberFuture, DatagramError, Handler, HandlerError as MemberHandlerError, Member,
     MemberConfig, MemberStartError, Message, Publisher, PublisherConfig, Received,
@@ -366,12 +367,6 @@ fn message(topic: &str, event: Event) -> Message {
         value: event.payload,
         headers,
     }
-}
-
-fn remaining(deadline: SystemTime) -> Duration {
-    deadline
-        .duration_since(SystemTime::now())
-        .unwrap_or(Duration::ZERO)
 }
 
 /// The address this host's publisher reaches a member bound at `bound` on: loopback for a
