@@ -118,8 +118,8 @@ pub struct PublishArgs {
     #[arg(long, default_value_t = 5_000)]
     pub timeout_ms: u64,
     /// Direct events awaiting their ack at once (pipelining).
-    #[arg(long, default_value_t = 128)]
-    pub in_flight: usize,
+    #[arg(long, default_value_t = 128, alias = "in-flight")]
+    pub in_flight_max: usize,
     /// Events per second (0: as fast as acks or the socket allow).
     #[arg(long, default_value_t = 0)]
     pub rate: u64,
@@ -320,7 +320,7 @@ struct ListenSummary {
     requests: u64,
     duplicates: u64,
     handler_failures: u64,
-    max_in_flight: u32,
+    in_flight_max: u32,
     /// Datagram counts per publisher.
     publishers: Vec<herald_direct::PublisherLoss>,
 }
@@ -364,7 +364,7 @@ fn print_listen_summary(
         requests: stats.requests_answered,
         duplicates: stats.duplicates_dropped,
         handler_failures: stats.handler_failures,
-        max_in_flight: stats.max_in_flight,
+        in_flight_max: stats.in_flight_max,
         publishers,
     };
     match output {
@@ -378,7 +378,7 @@ fn print_listen_summary(
             summary.requests,
             summary.duplicates,
             summary.handler_failures,
-            summary.max_in_flight
+            summary.in_flight_max
         ),
     }
     if output == Output::Table {
@@ -427,7 +427,7 @@ async fn publish(output: Output, args: PublishArgs) -> Result<(), CliError> {
     let acked = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
-    let window = Arc::new(tokio::sync::Semaphore::new(args.in_flight.max(1)));
+    let window = Arc::new(tokio::sync::Semaphore::new(args.in_flight_max.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     let started = tokio::time::Instant::now();
     let mut index = 0u64;
@@ -725,6 +725,29 @@ async fn reply(output: Output, args: ReplyArgs) -> Result<(), CliError> {
 #[cfg(test)]
 mod tests {
     use herald_direct::Mode;
+
+    /// Scripts written before the flags took the `-max` spelling keep working.
+    #[test]
+    fn the_old_in_flight_flags_still_parse() {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Peer {
+            #[command(subcommand)]
+            command: super::PeerCommand,
+        }
+        let publish = ["peer", "publish", "--topic", "t", "--peers", "127.0.0.1:1"];
+        for flag in ["--in-flight", "--in-flight-max"] {
+            let args = publish.iter().copied().chain([flag, "3"]);
+            match Peer::try_parse_from(args).map(|p| p.command) {
+                Ok(super::PeerCommand::Publish(args)) => assert_eq!(args.in_flight_max, 3),
+                other => panic!("{flag}: {:?}", other.map(|_| ()).err()),
+            }
+            match Peer::try_parse_from(["peer", "bench", flag, "3"]).map(|p| p.command) {
+                Ok(super::PeerCommand::Bench(args)) => assert_eq!(args.in_flight_max, 3),
+                other => panic!("{flag}: {:?}", other.map(|_| ()).err()),
+            }
+        }
+    }
 
     #[test]
     fn mode_names_match_the_json_keys() {

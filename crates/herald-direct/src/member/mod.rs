@@ -108,7 +108,7 @@ pub struct MemberStats {
     /// Events or requests in flight now.
     pub in_flight: u32,
     /// The most events ever in flight at once.
-    pub max_in_flight: u32,
+    pub in_flight_max: u32,
 }
 
 /// Datagram counters of one publisher, as [`Member::datagram_publishers`] reports them.
@@ -387,7 +387,7 @@ fn admit(shared: &Shared, id: u128, dedup: bool) -> Admit {
     state.in_progress.insert(id);
     state.stats.in_flight += 1;
     debug_assert_eq!(state.stats.in_flight as usize, state.in_progress.len());
-    state.stats.max_in_flight = state.stats.max_in_flight.max(state.stats.in_flight);
+    state.stats.in_flight_max = state.stats.in_flight_max.max(state.stats.in_flight);
     Admit::Run
 }
 

@@ -60,8 +60,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 16)]
     pub slices: u64,
     /// Direct events awaiting their ack at once in the throughput phase.
-    #[arg(long, default_value_t = 256)]
-    pub in_flight: usize,
+    #[arg(long, default_value_t = 256, alias = "in-flight")]
+    pub in_flight_max: usize,
     /// Datagrams sent as fast as possible in the datagram send-rate phase.
     #[arg(long, default_value_t = 300_000)]
     pub datagrams: u64,
@@ -281,7 +281,7 @@ pub fn run(output: Output, args: BenchArgs) -> Result<(), CliError> {
     );
     let lat = latency_interleaved(&s, &payload, args.rate, args.slices, slice_events)?;
     eprintln!("direct pipelined throughput ...");
-    let throughput = direct_throughput(&s, &payload, args.in_flight, duration);
+    let throughput = direct_throughput(&s, &payload, args.in_flight_max, duration);
     // Datagrams lost in the blast would otherwise be counted again in the paced phase.
     let (blast_rate, blast_pct) = datagram_blast(&s, &payload, args.datagrams);
     let (batched_rate, batched_pct) = datagram_blast_batched(&s, &payload, args.datagrams);
@@ -327,7 +327,7 @@ pub fn run(output: Output, args: BenchArgs) -> Result<(), CliError> {
         direct_scheduled_to_ack: direct_due_l,
         direct_failed: lat.direct_failed,
         direct_pipelined_acked_per_s: throughput,
-        direct_pipelined_in_flight: args.in_flight,
+        direct_pipelined_in_flight: args.in_flight_max,
         datagram_sent_per_s: blast_rate,
         datagram_blast_delivered_pct: blast_pct,
         datagram_batched_sent_per_s: batched_rate,
