@@ -12,8 +12,10 @@ mod group;
 mod logdirs;
 mod output;
 mod peer;
+mod process;
 mod produce;
 mod serve;
+mod settings;
 mod topic;
 
 use clap::{Parser, Subcommand};

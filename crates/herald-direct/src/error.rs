@@ -6,7 +6,7 @@ use crate::frame::NackReason;
 /// Why a member could not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum StartError {
+pub enum MemberStartError {
     #[error("cannot bind {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -16,6 +16,54 @@ pub enum StartError {
     Config(String),
     #[error("mDNS: {0}")]
     Mdns(String),
+}
+
+/// Why a publisher could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublisherStartError {
+    #[error("cannot open the UDP socket: {0}")]
+    Udp(std::io::Error),
+    #[error(transparent)]
+    Mdns(#[from] crate::mdns::MdnsError),
+}
+
+/// Why a member's handler did not handle an event or answer a request. Its text goes back to
+/// the producer in the nack: an event is retried on another member, a request fails with it.
+///
+/// ```
+/// use herald_direct::HandlerError;
+/// let e: HandlerError = "provider unavailable".into();
+/// assert_eq!(e.to_string(), "provider unavailable");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HandlerError {
+    /// The handler failed; the message says why.
+    #[error("{0}")]
+    Failed(String),
+    /// The member answers no requests (what [`crate::Handler::on_request`] says by default).
+    #[error("this member does not answer requests")]
+    NoRequests,
+}
+
+impl HandlerError {
+    /// A failure with `message`.
+    pub fn failed(message: impl Into<String>) -> Self {
+        HandlerError::Failed(message.into())
+    }
+}
+
+impl From<String> for HandlerError {
+    fn from(message: String) -> Self {
+        HandlerError::Failed(message)
+    }
+}
+
+impl From<&str> for HandlerError {
+    fn from(message: &str) -> Self {
+        HandlerError::Failed(message.to_string())
+    }
 }
 
 /// Why a direct publish failed. Every variant means the event was not acknowledged by some group.

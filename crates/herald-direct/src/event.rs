@@ -7,6 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
+use crate::error::HandlerError;
 use crate::frame::WireEvent;
 
 /// A boxed future, as handlers return them.
@@ -163,33 +164,36 @@ impl RequestContext {
 
     /// Time left before the deadline (zero once it passed).
     pub fn remaining(&self) -> Duration {
-        self.deadline
-            .duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO)
+        remaining(self.deadline)
     }
 }
 
 /// Application code a member runs for each event and request it takes.
 ///
-/// Returning `Err` nacks the event (the producer retries on another member) or fails the request.
+/// Returning a [`HandlerError`] nacks the event (the producer retries on another member) or
+/// fails the request; its text travels back to the producer.
 pub trait Handler: Send + Sync + 'static {
     /// Handles a direct or datagram event.
-    fn on_event(&self, event: Received) -> BoxFuture<Result<(), String>>;
+    fn on_event(&self, event: Received) -> BoxFuture<Result<(), HandlerError>>;
 
     /// Answers a request. The default refuses requests.
     fn on_request(
         &self,
         request: Received,
         ctx: RequestContext,
-    ) -> BoxFuture<Result<Bytes, String>> {
+    ) -> BoxFuture<Result<Bytes, HandlerError>> {
         let _ = (request, ctx);
-        Box::pin(async { Err("this member does not answer requests".to_string()) })
+        Box::pin(async { Err(HandlerError::NoRequests) })
     }
 
     /// Answers a request with a whole [`Reply`] (value, key and headers); this is what a member
     /// calls. The default answers with [`Handler::on_request`]'s bytes alone, so handlers that
     /// only produce a value implement that one.
-    fn answer(&self, request: Received, ctx: RequestContext) -> BoxFuture<Result<Reply, String>> {
+    fn answer(
+        &self,
+        request: Received,
+        ctx: RequestContext,
+    ) -> BoxFuture<Result<Reply, HandlerError>> {
         let value = self.on_request(request, ctx);
         Box::pin(async move { value.await.map(Reply::new) })
     }
@@ -207,16 +211,19 @@ pub struct FnHandler<E, R> {
     on_request: R,
 }
 
-type NoRequests = fn(Received, RequestContext) -> std::future::Ready<Result<Bytes, String>>;
+type NoRequests = fn(Received, RequestContext) -> std::future::Ready<Result<Bytes, HandlerError>>;
 
-fn refuse_request(_: Received, _: RequestContext) -> std::future::Ready<Result<Bytes, String>> {
-    std::future::ready(Err("this member does not answer requests".to_string()))
+fn refuse_request(
+    _: Received,
+    _: RequestContext,
+) -> std::future::Ready<Result<Bytes, HandlerError>> {
+    std::future::ready(Err(HandlerError::NoRequests))
 }
 
 impl<E, F> FnHandler<E, NoRequests>
 where
     E: Fn(Received) -> F + Send + Sync + 'static,
-    F: Future<Output = Result<(), String>> + Send + 'static,
+    F: Future<Output = Result<(), HandlerError>> + Send + 'static,
 {
     /// A handler that takes events and refuses requests.
     pub fn events(on_event: E) -> Self {
@@ -230,9 +237,9 @@ where
 impl<E, F, R, G> FnHandler<E, R>
 where
     E: Fn(Received) -> F + Send + Sync + 'static,
-    F: Future<Output = Result<(), String>> + Send + 'static,
+    F: Future<Output = Result<(), HandlerError>> + Send + 'static,
     R: Fn(Received, RequestContext) -> G + Send + Sync + 'static,
-    G: Future<Output = Result<Bytes, String>> + Send + 'static,
+    G: Future<Output = Result<Bytes, HandlerError>> + Send + 'static,
 {
     /// A handler for both events and requests.
     pub fn new(on_event: E, on_request: R) -> Self {
@@ -246,11 +253,11 @@ where
 impl<E, F, R, G> Handler for FnHandler<E, R>
 where
     E: Fn(Received) -> F + Send + Sync + 'static,
-    F: Future<Output = Result<(), String>> + Send + 'static,
+    F: Future<Output = Result<(), HandlerError>> + Send + 'static,
     R: Fn(Received, RequestContext) -> G + Send + Sync + 'static,
-    G: Future<Output = Result<Bytes, String>> + Send + 'static,
+    G: Future<Output = Result<Bytes, HandlerError>> + Send + 'static,
 {
-    fn on_event(&self, event: Received) -> BoxFuture<Result<(), String>> {
+    fn on_event(&self, event: Received) -> BoxFuture<Result<(), HandlerError>> {
         Box::pin((self.on_event)(event))
     }
 
@@ -258,9 +265,17 @@ where
         &self,
         request: Received,
         ctx: RequestContext,
-    ) -> BoxFuture<Result<Bytes, String>> {
+    ) -> BoxFuture<Result<Bytes, HandlerError>> {
         Box::pin((self.on_request)(request, ctx))
     }
+}
+
+/// Time left before `deadline` (zero once it passed): what every request context and every wait
+/// bounded by a deadline computes, here once.
+pub fn remaining(deadline: SystemTime) -> Duration {
+    deadline
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO)
 }
 
 /// Milliseconds since the Unix epoch, as carried in frames (0 = no deadline).

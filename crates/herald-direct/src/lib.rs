@@ -5,6 +5,7 @@
 //! event to exactly one member of every group serving the topic. The wire format is described in
 //! `docs/direct-protocol.md` and implemented in [`frame`].
 
+mod conn_writer;
 pub mod error;
 pub mod event;
 pub mod frame;
@@ -13,10 +14,11 @@ pub mod member;
 pub mod publisher;
 pub mod window;
 
-pub use error::{DatagramError, PublishError, RequestError, StartError};
+pub use error::{
+    DatagramError, HandlerError, MemberStartError, PublishError, PublisherStartError, RequestError,
+};
 pub use event::{BoxFuture, FnHandler, Handler, Message, Mode, Received, Reply, RequestContext};
 pub use member::{Member, MemberConfig, MemberStats, PublisherLoss};
 pub use publisher::{
-    DATAGRAM_BATCH_MAX, MemberState, MemberView, Publisher, PublisherConfig, PublisherStartError,
-    Receipt, Source,
+    DATAGRAM_BATCH_MAX, MemberState, MemberView, Publisher, PublisherConfig, Receipt, Source,
 };

@@ -106,6 +106,8 @@ impl PublisherGaps {
         if self.received == 0 {
             return 0;
         }
+        // Not an invariant: a duplicate too old to tell apart is counted as received (see
+        // `record`), so `received` can exceed the span.
         (self.highest - self.lowest + 1).saturating_sub(self.received)
     }
 

@@ -613,9 +613,7 @@ impl RequestContext {
 
     /// Time left before the deadline (zero once it passed).
     pub fn remaining(&self) -> Duration {
-        self.deadline
-            .duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO)
+        herald_direct::event::remaining(self.deadline)
     }
 
     /// A request on the same bus bounded by this request's deadline.

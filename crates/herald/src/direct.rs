@@ -9,13 +9,15 @@
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use futures::FutureExt;
+use herald_direct::event::remaining;
 use herald_direct::{
-    BoxFuture as MemberFuture, DatagramError, Handler, Member, MemberConfig, Message, Publisher,
-    PublisherConfig, Received, RequestContext as MemberRequestContext, StartError,
+    BoxFuture as MemberFuture, DatagramError, Handler, HandlerError as MemberHandlerError, Member,
+    MemberConfig, MemberStartError, Message, Publisher, PublisherConfig, Received,
+    RequestContext as MemberRequestContext,
 };
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
@@ -218,7 +220,7 @@ impl DirectTransport {
         config.datagram_payload_bytes_max = self.datagram_payload_bytes_max;
         config.shutdown_drain_ms = SHUTDOWN_DRAIN_MS;
         let member = Member::start(config, handler).await.map_err(|e| match e {
-            StartError::Config(message) => SubscribeError::Invalid(message),
+            MemberStartError::Config(message) => SubscribeError::Invalid(message),
             other => SubscribeError::Transport {
                 transport: self.kind.as_str(),
                 message: other.to_string(),
@@ -367,12 +369,6 @@ fn message(topic: &str, event: Event) -> Message {
     }
 }
 
-fn remaining(deadline: SystemTime) -> Duration {
-    deadline
-        .duration_since(SystemTime::now())
-        .unwrap_or(Duration::ZERO)
-}
-
 /// The address this host's publisher reaches a member bound at `bound` on: loopback for a
 /// member listening on every interface.
 fn reachable(bound: SocketAddr) -> SocketAddr {
@@ -501,9 +497,9 @@ impl SinkHandler {
 const CLOSING: &str = "the subscription is closing";
 
 impl Handler for SinkHandler {
-    fn on_event(&self, received: Received) -> MemberFuture<Result<(), String>> {
+    fn on_event(&self, received: Received) -> MemberFuture<Result<(), MemberHandlerError>> {
         let Some(sinks) = self.sinks.lock().clone() else {
-            return Box::pin(async { Err(CLOSING.to_string()) });
+            return Box::pin(async { Err(MemberHandlerError::failed(CLOSING)) });
         };
         let datagram = received.mode == herald_direct::Mode::Datagram;
         let event = Event::from_wire(received.key, received.value, received.headers, None);
@@ -517,19 +513,21 @@ impl Handler for SinkHandler {
                     .runtime
                     .send(delivery)
                     .await
-                    .map_err(|_| CLOSING.to_string())
+                    .map_err(|_| MemberHandlerError::failed(CLOSING))
             });
         }
         // Queued here, before the member reads its next frame, so one producer's events reach
         // the runtime (and each key's lane) in the order they were sent.
         if sinks.ordered.try_send(delivery).is_err() {
-            return Box::pin(async { Err(CLOSING.to_string()) });
+            return Box::pin(async { Err(MemberHandlerError::failed(CLOSING)) });
         }
         Box::pin(async move {
             match outcome.await {
                 Ok(Outcome::Ack) => Ok(()),
-                Ok(Outcome::Nack(message)) => Err(message),
-                Err(_) => Err("the subscription ended before handling the event".to_string()),
+                Ok(Outcome::Nack(message)) => Err(MemberHandlerError::Failed(message)),
+                Err(_) => Err(MemberHandlerError::failed(
+                    "the subscription ended before handling the event",
+                )),
             }
         })
     }
@@ -541,15 +539,19 @@ struct ReplierHandler {
 }
 
 impl Handler for ReplierHandler {
-    fn on_event(&self, _received: Received) -> MemberFuture<Result<(), String>> {
-        Box::pin(async { Err("this member answers requests only".to_string()) })
+    fn on_event(&self, _received: Received) -> MemberFuture<Result<(), MemberHandlerError>> {
+        Box::pin(async {
+            Err(MemberHandlerError::failed(
+                "this member answers requests only",
+            ))
+        })
     }
 
     fn on_request(
         &self,
         request: Received,
         ctx: MemberRequestContext,
-    ) -> MemberFuture<Result<Bytes, String>> {
+    ) -> MemberFuture<Result<Bytes, MemberHandlerError>> {
         let answer = self.answer(request, ctx);
         Box::pin(async move { answer.await.map(|reply| reply.value) })
     }
@@ -558,7 +560,7 @@ impl Handler for ReplierHandler {
         &self,
         request: Received,
         ctx: MemberRequestContext,
-    ) -> MemberFuture<Result<herald_direct::Reply, String>> {
+    ) -> MemberFuture<Result<herald_direct::Reply, MemberHandlerError>> {
         let replier = self.replier.clone();
         Box::pin(async move {
             let event = Event::from_wire(request.key, request.value, request.headers, None);
@@ -573,8 +575,8 @@ impl Handler for ReplierHandler {
                     key: reply.key,
                     value: reply.payload,
                 }),
-                Ok(Err(e)) => Err(e.message().to_string()),
-                Err(_) => Err("the replier panicked".to_string()),
+                Ok(Err(e)) => Err(MemberHandlerError::failed(e.message())),
+                Err(_) => Err(MemberHandlerError::failed("the replier panicked")),
             }
         })
     }

@@ -9,8 +9,9 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
+use herald_direct::event::remaining;
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
@@ -130,12 +131,6 @@ impl Drop for Forget<'_> {
     fn drop(&mut self) {
         self.pending.lock().remove(&self.id);
     }
-}
-
-fn remaining(deadline: SystemTime) -> Duration {
-    deadline
-        .duration_since(SystemTime::now())
-        .unwrap_or(Duration::ZERO)
 }
 
 /// Serves requests on a stored transport: a subscription whose handler runs the replier and

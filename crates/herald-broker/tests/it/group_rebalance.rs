@@ -93,9 +93,11 @@ async fn three_members_share_six_partitions_and_read_each_message_once() {
 }
 
 /// Runs as a separate process (started by the test below) so that it can be SIGKILLed: a
-/// member that reads, never commits, and reports each message on stdout. In a normal test
-/// run, without its environment, it does nothing.
+/// member that reads, never commits, and reports each message on stdout. It is a child
+/// process's entry point, not a test: ignored, so a normal run neither runs nor counts it, and
+/// the test below starts it with `--ignored`. Without its environment it does nothing.
 #[test]
+#[ignore = "child process entry point of killed_member_partitions_move_and_uncommitted_messages_are_read_again"]
 fn victim_member_process() {
     let Ok(bootstrap) = std::env::var("HERALD_TEST_VICTIM_BOOTSTRAP") else {
         return;
@@ -122,6 +124,7 @@ async fn killed_member_partitions_move_and_uncommitted_messages_are_read_again()
             .args([
                 "--exact",
                 "group_rebalance::victim_member_process",
+                "--ignored",
                 "--nocapture",
             ])
             .env("HERALD_TEST_VICTIM_BOOTSTRAP", &bootstrap)

@@ -14,11 +14,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use bytes::Bytes;
 use herald_direct::{
-    BoxFuture, DatagramError, Handler, Member, MemberConfig, Message, PublishError, Publisher,
-    PublisherConfig, Received, RequestContext, RequestError,
+    BoxFuture, DatagramError, Handler, HandlerError, Member, MemberConfig, Message, PublishError,
+    Publisher, PublisherConfig, Received, RequestContext, RequestError,
 };
 use serde::Serialize;
 
+use crate::process::{self, LogFormat, log_filter, stop_signal};
 use crate::{CliError, Global, Output};
 
 /// Environment variable carrying a request's absolute deadline (ms since the Unix epoch) into a
@@ -117,8 +118,8 @@ pub struct PublishArgs {
     #[arg(long, default_value_t = 5_000)]
     pub timeout_ms: u64,
     /// Direct events awaiting their ack at once (pipelining).
-    #[arg(long, default_value_t = 128)]
-    pub in_flight: usize,
+    #[arg(long, default_value_t = 128, alias = "in-flight")]
+    pub in_flight_max: usize,
     /// Events per second (0: as fast as acks or the socket allow).
     #[arg(long, default_value_t = 0)]
     pub rate: u64,
@@ -186,14 +187,15 @@ pub fn run(global: &Global, command: PeerCommand) -> Result<(), CliError> {
     }
 }
 
+/// Logs to stderr as `HERALD_LOG` says (a malformed or absent filter means the default: warnings,
+/// and what direct delivery reports at info level).
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,herald_direct=info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+    let filter = std::env::var("HERALD_LOG")
+        .ok()
+        .and_then(|text| log_filter(&text).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("warn,herald_direct=info"));
+    // A subscriber installed already (there is none in the binary) keeps logging instead.
+    let _ = process::init_logging(filter, LogFormat::Human);
 }
 
 fn parse_addr(text: &str) -> Result<SocketAddr, CliError> {
@@ -271,7 +273,7 @@ struct PrintHandler {
 }
 
 impl Handler for PrintHandler {
-    fn on_event(&self, event: Received) -> BoxFuture<Result<(), String>> {
+    fn on_event(&self, event: Received) -> BoxFuture<Result<(), HandlerError>> {
         let (output, delay) = (self.output, self.delay);
         Box::pin(async move {
             if !delay.is_zero() {
@@ -281,18 +283,6 @@ impl Handler for PrintHandler {
             Ok(())
         })
     }
-}
-
-/// Resolves when SIGTERM or SIGINT arrives.
-async fn terminated() -> Result<(), CliError> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
 }
 
 async fn start_member(
@@ -309,7 +299,7 @@ async fn start_member(
     config.mdns = mdns;
     config.drop_every_nth_datagram = drop_every;
     let member = Member::start(config, handler).await.map_err(|e| match e {
-        herald_direct::StartError::Config(m) => CliError::Usage(m),
+        herald_direct::MemberStartError::Config(m) => CliError::Usage(m),
         other => CliError::Other(other.into()),
     })?;
     // Scripts and tests wait for this line to know the member is ready and where it listens.
@@ -330,7 +320,7 @@ struct ListenSummary {
     requests: u64,
     duplicates: u64,
     handler_failures: u64,
-    max_in_flight: u32,
+    in_flight_max: u32,
     /// Datagram counts per publisher.
     publishers: Vec<herald_direct::PublisherLoss>,
 }
@@ -340,6 +330,9 @@ async fn listen(output: Output, args: ListenArgs) -> Result<(), CliError> {
         output,
         delay: Duration::from_millis(args.delay_ms),
     });
+    // Signal handlers go in first, so a SIGTERM while the member starts is not the default
+    // "die now" (which would skip its goodbye and the summary).
+    let stop = stop_signal().context("installing signal handlers")?;
     let member = start_member(
         &args.topic,
         &args.group,
@@ -350,7 +343,7 @@ async fn listen(output: Output, args: ListenArgs) -> Result<(), CliError> {
         handler,
     )
     .await?;
-    terminated().await?;
+    stop.await;
     let publishers = member.datagram_publishers();
     let stats = member.shutdown().await;
     print_listen_summary(output, stats, publishers);
@@ -371,7 +364,7 @@ fn print_listen_summary(
         requests: stats.requests_answered,
         duplicates: stats.duplicates_dropped,
         handler_failures: stats.handler_failures,
-        max_in_flight: stats.max_in_flight,
+        in_flight_max: stats.in_flight_max,
         publishers,
     };
     match output {
@@ -385,7 +378,7 @@ fn print_listen_summary(
             summary.requests,
             summary.duplicates,
             summary.handler_failures,
-            summary.max_in_flight
+            summary.in_flight_max
         ),
     }
     if output == Output::Table {
@@ -434,7 +427,7 @@ async fn publish(output: Output, args: PublishArgs) -> Result<(), CliError> {
     let acked = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
-    let window = Arc::new(tokio::sync::Semaphore::new(args.in_flight.max(1)));
+    let window = Arc::new(tokio::sync::Semaphore::new(args.in_flight_max.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     let started = tokio::time::Instant::now();
     let mut index = 0u64;
@@ -635,7 +628,7 @@ impl CommandHandler {
         command: String,
         input: Bytes,
         deadline: Option<SystemTime>,
-    ) -> Result<Bytes, String> {
+    ) -> Result<Bytes, HandlerError> {
         use tokio::io::AsyncWriteExt;
         let mut cmd = tokio::process::Command::new("sh");
         cmd.arg("-c")
@@ -653,28 +646,28 @@ impl CommandHandler {
         }
         let mut child = cmd
             .spawn()
-            .map_err(|e| format!("cannot run {command:?}: {e}"))?;
+            .map_err(|e| HandlerError::failed(format!("cannot run {command:?}: {e}")))?;
         if let Some(mut stdin) = child.stdin.take() {
             let _ = stdin.write_all(&input).await;
         }
         let out = child
             .wait_with_output()
             .await
-            .map_err(|e| format!("waiting for {command:?}: {e}"))?;
+            .map_err(|e| HandlerError::failed(format!("waiting for {command:?}: {e}")))?;
         if out.status.success() {
             Ok(Bytes::from(out.stdout))
         } else {
-            Err(format!(
+            Err(HandlerError::failed(format!(
                 "command failed ({}): {}",
                 out.status,
                 String::from_utf8_lossy(&out.stderr).trim()
-            ))
+            )))
         }
     }
 }
 
 impl Handler for CommandHandler {
-    fn on_event(&self, event: Received) -> BoxFuture<Result<(), String>> {
+    fn on_event(&self, event: Received) -> BoxFuture<Result<(), HandlerError>> {
         let (command, output) = (self.command.clone(), self.output);
         Box::pin(async move {
             print_event(output, &event);
@@ -688,7 +681,7 @@ impl Handler for CommandHandler {
         &self,
         request: Received,
         ctx: RequestContext,
-    ) -> BoxFuture<Result<Bytes, String>> {
+    ) -> BoxFuture<Result<Bytes, HandlerError>> {
         let (command, output) = (self.command.clone(), self.output);
         Box::pin(async move {
             print_event(output, &request);
@@ -709,6 +702,9 @@ async fn reply(output: Output, args: ReplyArgs) -> Result<(), CliError> {
         command: args.command.clone(),
         output,
     });
+    // Signal handlers go in first, so a SIGTERM while the member starts is not the default
+    // "die now" (which would skip its goodbye and the summary).
+    let stop = stop_signal().context("installing signal handlers")?;
     let member = start_member(
         &args.topic,
         &args.group,
@@ -719,7 +715,7 @@ async fn reply(output: Output, args: ReplyArgs) -> Result<(), CliError> {
         handler,
     )
     .await?;
-    terminated().await?;
+    stop.await;
     let publishers = member.datagram_publishers();
     let stats = member.shutdown().await;
     print_listen_summary(output, stats, publishers);
@@ -729,6 +725,29 @@ async fn reply(output: Output, args: ReplyArgs) -> Result<(), CliError> {
 #[cfg(test)]
 mod tests {
     use herald_direct::Mode;
+
+    /// Scripts written before the flags took the `-max` spelling keep working.
+    #[test]
+    fn the_old_in_flight_flags_still_parse() {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Peer {
+            #[command(subcommand)]
+            command: super::PeerCommand,
+        }
+        let publish = ["peer", "publish", "--topic", "t", "--peers", "127.0.0.1:1"];
+        for flag in ["--in-flight", "--in-flight-max"] {
+            let args = publish.iter().copied().chain([flag, "3"]);
+            match Peer::try_parse_from(args).map(|p| p.command) {
+                Ok(super::PeerCommand::Publish(args)) => assert_eq!(args.in_flight_max, 3),
+                other => panic!("{flag}: {:?}", other.map(|_| ()).err()),
+            }
+            match Peer::try_parse_from(["peer", "bench", flag, "3"]).map(|p| p.command) {
+                Ok(super::PeerCommand::Bench(args)) => assert_eq!(args.in_flight_max, 3),
+                other => panic!("{flag}: {:?}", other.map(|_| ()).err()),
+            }
+        }
+    }
 
     #[test]
     fn mode_names_match_the_json_keys() {

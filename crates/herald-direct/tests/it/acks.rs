@@ -29,7 +29,7 @@ async fn mixed_member() -> Member {
             tokio::task::yield_now().await;
         }
         if e.seq % 4 >= 2 {
-            return Err(failure(e.seq));
+            return Err(failure(e.seq).into());
         }
         Ok(())
     });

@@ -26,7 +26,7 @@ async fn a_slow_member_with_capacity_one_is_never_overfilled() {
     for t in tasks {
         t.await.unwrap().unwrap();
     }
-    assert_eq!(ms.stats().max_in_flight, 1);
+    assert_eq!(ms.stats().in_flight_max, 1);
     assert_eq!(
         ms.stats().busy_refusals,
         0,

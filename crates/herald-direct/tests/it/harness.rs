@@ -9,10 +9,12 @@ use herald_direct::{
 };
 use parking_lot::Mutex;
 
-/// Records every handled event's value; optionally slow, optionally failing.
+/// Records every handled event's value; optionally slow, optionally failing (and then records
+/// the events it failed).
 #[derive(Default)]
 pub struct Recorder {
     pub seen: Mutex<Vec<Received>>,
+    pub failed: Mutex<Vec<Received>>,
     pub delay: Duration,
     pub fail: bool,
 }
@@ -39,13 +41,14 @@ impl Recorder {
 pub struct Shared(pub Arc<Recorder>);
 
 impl Handler for Shared {
-    fn on_event(&self, event: Received) -> BoxFuture<Result<(), String>> {
+    fn on_event(&self, event: Received) -> BoxFuture<Result<(), herald_direct::HandlerError>> {
         let rec = self.0.clone();
         Box::pin(async move {
             if !rec.delay.is_zero() {
                 tokio::time::sleep(rec.delay).await;
             }
             if rec.fail {
+                rec.failed.lock().push(event);
                 return Err("refusing on purpose".into());
             }
             rec.seen.lock().push(event);

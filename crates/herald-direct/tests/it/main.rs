@@ -8,3 +8,12 @@ mod delivery;
 mod harness;
 mod membership;
 mod request;
+
+/// The crate states its accounting invariants (in-flight counts, queued frames) with
+/// `debug_assert!`; they only check anything if the profile the tests build with keeps debug
+/// assertions on, as the default test profile does.
+#[test]
+#[allow(clippy::assertions_on_constants)] // Constant per build: that is what it checks.
+fn the_tests_run_with_debug_assertions() {
+    assert!(cfg!(debug_assertions));
+}

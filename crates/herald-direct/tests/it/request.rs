@@ -74,7 +74,7 @@ async fn a_stuck_chain_fails_at_the_first_callers_deadline() {
                         .request_until(Message::new("c", req.value), ctx.deadline())
                         .await;
                     let _ = seen_tx.send(r.clone()).await;
-                    r.map_err(|e| e.to_string())
+                    r.map_err(|e| herald_direct::HandlerError::failed(e.to_string()))
                 }
             },
         )),
@@ -110,7 +110,7 @@ impl herald_direct::Handler for HeaderReplier {
     fn on_event(
         &self,
         _event: herald_direct::Received,
-    ) -> herald_direct::BoxFuture<Result<(), String>> {
+    ) -> herald_direct::BoxFuture<Result<(), herald_direct::HandlerError>> {
         Box::pin(async { Ok(()) })
     }
 
@@ -118,7 +118,7 @@ impl herald_direct::Handler for HeaderReplier {
         &self,
         request: herald_direct::Received,
         _ctx: herald_direct::RequestContext,
-    ) -> herald_direct::BoxFuture<Result<Reply, String>> {
+    ) -> herald_direct::BoxFuture<Result<Reply, herald_direct::HandlerError>> {
         Box::pin(async move {
             Ok(Reply::new(request.value)
                 .with_key("reply-key")
@@ -260,14 +260,14 @@ async fn a_reply_the_producer_could_not_decode_fails_the_request_not_the_connect
         fn on_event(
             &self,
             _event: herald_direct::Received,
-        ) -> herald_direct::BoxFuture<Result<(), String>> {
+        ) -> herald_direct::BoxFuture<Result<(), herald_direct::HandlerError>> {
             Box::pin(async { Ok(()) })
         }
         fn answer(
             &self,
             request: herald_direct::Received,
             _ctx: herald_direct::RequestContext,
-        ) -> herald_direct::BoxFuture<Result<Reply, String>> {
+        ) -> herald_direct::BoxFuture<Result<Reply, herald_direct::HandlerError>> {
             let count = if &request.value[..] == b"many" {
                 frame::HEADERS_MAX + 1
             } else {

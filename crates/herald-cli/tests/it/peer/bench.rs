@@ -25,7 +25,7 @@ fn interleaved_slices_are_all_counted() {
         "600",
         "--slices",
         "3",
-        "--in-flight",
+        "--in-flight-max",
         "4",
         "--datagrams",
         "1000",

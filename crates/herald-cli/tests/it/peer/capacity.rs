@@ -16,7 +16,7 @@ fn a_slow_member_is_never_overfilled_and_the_fast_one_takes_the_load() {
         "jobs",
         "--peers",
         &peers,
-        "--in-flight",
+        "--in-flight-max",
         "32",
         "--output",
         "json",
@@ -32,7 +32,7 @@ fn a_slow_member_is_never_overfilled_and_the_fast_one_takes_the_load() {
     assert_eq!(publish_summary(&publisher)["acked"], 300);
     let s = slow.terminate_for_summary();
     let f = fast.terminate_for_summary();
-    assert_eq!(s["max_in_flight"], 1, "{s}");
+    assert_eq!(s["in_flight_max"], 1, "{s}");
     let (ns, nf) = (s["direct"].as_u64().unwrap(), f["direct"].as_u64().unwrap());
     assert_eq!(ns + nf, 300);
     assert!(
