@@ -20,6 +20,7 @@
 
 mod config;
 pub mod group;
+mod group_commit;
 pub mod http;
 pub mod metrics;
 mod problem;

@@ -19,6 +19,7 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 use crate::BrokerConfig;
+use crate::group_commit::GroupCommit;
 use crate::problem::Problem;
 use crate::topic_config::{self, InvalidConfig, Overrides};
 
@@ -35,6 +36,8 @@ pub(crate) struct Partition {
     pub(crate) log: PartitionLog,
     /// The high watermark after the latest append; long-polling fetchers wait on changes.
     appended: watch::Sender<u64>,
+    /// Producers waiting for `acks=all` (see [`crate::group_commit`]).
+    pub(crate) group_commit: GroupCommit,
 }
 
 impl Partition {
@@ -49,6 +52,7 @@ impl Partition {
             index,
             log,
             appended: watch::channel(high_watermark).0,
+            group_commit: GroupCommit::default(),
         })
     }
 

@@ -12,11 +12,12 @@ use std::sync::Arc;
 use herald_storage::{AppendError, FlushPolicy};
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, ResponseKind};
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::errors::{self, code};
 use super::{Reply, str_bytes, topic_name};
 use crate::Core;
+use crate::group_commit;
 use crate::problem::Problem;
 use crate::stats::Counters;
 use crate::topics::Partition;
@@ -173,41 +174,23 @@ pub(crate) fn produce(core: &Arc<Core>, request: ProduceRequest, version: i16) -
     Reply::Later(Box::pin(wait_durable(response, durable)))
 }
 
-/// Waits for every appended partition to be fsynced; a partition whose fsync fails is
-/// answered with a storage error instead of its offset.
+/// Waits for every appended partition to be fsynced (group commit, one flusher per
+/// partition); a partition whose fsync fails is answered with a storage error instead of its
+/// offset.
 async fn wait_durable(mut response: ProduceResponse, durable: Vec<Durable>) -> ResponseKind {
-    let outcome = tokio::task::spawn_blocking(move || {
-        durable
-            .into_iter()
-            .filter_map(|wait| match wait.partition.log.sync_to(wait.end_offset) {
-                Ok(()) => None,
-                Err(error) => {
-                    warn!(partition = wait.partition.index, %error, "fsync failed; answering with a storage error");
-                    Some((wait.topic_at, wait.partition_at))
-                }
-            })
-            .collect::<Vec<_>>()
-    })
-    .await;
-    let failed = match outcome {
-        Ok(failed) => failed,
-        Err(error) => {
-            warn!(%error, "durability wait failed");
-            // Nothing is known to be durable: fail every partition.
-            let mut all = Vec::new();
-            for (topic_at, topic) in response.responses.iter().enumerate() {
-                for partition_at in 0..topic.partition_responses.len() {
-                    all.push((topic_at, partition_at));
-                }
-            }
-            all
+    let waits: Vec<_> = durable
+        .iter()
+        .map(|wait| group_commit::durable(&wait.partition, wait.end_offset))
+        .collect();
+    for (wait, synced) in durable.iter().zip(waits) {
+        // A dropped sender means the flusher died: nothing is known to be durable.
+        if synced.await.unwrap_or(false) {
+            continue;
         }
-    };
-    for (topic_at, partition_at) in failed {
         if let Some(partition) = response
             .responses
-            .get_mut(topic_at)
-            .and_then(|topic| topic.partition_responses.get_mut(partition_at))
+            .get_mut(wait.topic_at)
+            .and_then(|topic| topic.partition_responses.get_mut(wait.partition_at))
         {
             partition.error_code = code(Problem::StorageError);
             partition.base_offset = -1;
