@@ -346,14 +346,25 @@ async fn write_responses(
     while let Some(outgoing) = queue.recv().await {
         let parts = match outgoing {
             Outgoing::Ready(parts) => parts,
-            Outgoing::Later(task) => match task.await {
-                Ok(Some(parts)) => parts,
-                Ok(None) => break,
-                Err(error) => {
-                    warn!(%peer, %error, "response task failed");
-                    break;
+            Outgoing::Later(task) => {
+                // Responses already written must not wait in the buffer behind one that is
+                // not ready (an fsync, a long poll): pipelined acks=all producers would see
+                // their answers held until the buffer filled.
+                if !task.is_finished() {
+                    if let Err(error) = writer.flush().await {
+                        debug!(%peer, %error, "flush failed");
+                        return;
+                    }
                 }
-            },
+                match task.await {
+                    Ok(Some(parts)) => parts,
+                    Ok(None) => break,
+                    Err(error) => {
+                        warn!(%peer, %error, "response task failed");
+                        break;
+                    }
+                }
+            }
         };
         for part in parts {
             // Parts larger than the buffer (record batches) go straight to the socket.
