@@ -112,3 +112,34 @@ async fn librdkafka_async_commits_end_at_the_last_one() {
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_ready_is_sent_while_a_later_one_still_waits() {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    let b = support::start().await;
+    support::create_topic(&b.bootstrap, "quiet", 1).await;
+    let mut raw = RawClient::connect(b.broker.kafka_addr()).await;
+    // A commit (answered after its fsync), then a long poll on an empty partition that waits
+    // far longer than the test's patience: the commit's answer must not wait behind it.
+    let committed = raw
+        .send(ApiKey::OffsetCommit, 2, &commit("held", "quiet", 1))
+        .await;
+    let fetch = FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(120_000)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![
+            FetchTopic::default()
+                .with_topic(TopicName(s("quiet")))
+                .with_partitions(vec![
+                    FetchPartition::default()
+                        .with_partition(0)
+                        .with_fetch_offset(0)
+                        .with_partition_max_bytes(1 << 20),
+                ]),
+        ]);
+    raw.send(ApiKey::Fetch, 4, &fetch).await;
+    let answer: OffsetCommitResponse = raw.receive(ApiKey::OffsetCommit, 2, committed).await;
+    assert_eq!(answer.topics[0].partitions[0].error_code, 0);
+}
