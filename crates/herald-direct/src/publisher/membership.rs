@@ -37,6 +37,19 @@ pub(super) struct Slot {
     pub(super) settled: bool,
 }
 
+impl Slot {
+    /// Stops the slot's connection task and fails what was sent on its connection, for a
+    /// member that is removed from the membership.
+    pub(super) fn retire(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        if let Some(conn) = self.conn.take() {
+            fail_pending(&conn);
+        }
+    }
+}
+
 impl Shared {
     pub(super) fn has_live(&self, topic: &str) -> bool {
         self.members.lock().values().any(|s| {
@@ -396,12 +409,7 @@ pub(super) fn remove_mdns(shared: &Arc<Shared>, fullname: &str) {
     for addr in gone {
         if let Some(mut slot) = members.remove(&addr) {
             tracing::info!(%addr, %fullname, "member withdrew its mDNS record; removed");
-            if let Some(task) = slot.task.take() {
-                task.abort();
-            }
-            if let Some(conn) = slot.conn.take() {
-                fail_pending(&conn);
-            }
+            slot.retire();
         }
     }
     drop(members);

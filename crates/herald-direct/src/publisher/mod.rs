@@ -28,7 +28,6 @@ use crate::frame::{self, NackReason, WireEvent};
 use crate::mdns::{self, Discovery};
 use crate::member::DATAGRAM_PAYLOAD_BYTES_MAX_DEFAULT;
 
-use conn::fail_pending;
 pub use datagram::DATAGRAM_BATCH_MAX;
 use datagram::{DatagramScratch, DatagramSocket};
 use membership::{Slot, add_peer, deliver, remove_mdns};
@@ -252,12 +251,7 @@ impl Publisher {
         let mut members = shared.members.lock();
         if let Some(mut slot) = members.remove(&addr) {
             tracing::info!(%addr, "member address removed");
-            if let Some(task) = slot.task.take() {
-                task.abort();
-            }
-            if let Some(conn) = slot.conn.take() {
-                fail_pending(&conn);
-            }
+            slot.retire();
         }
         drop(members);
         shared.changed.notify_waiters();
