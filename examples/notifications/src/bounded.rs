@@ -73,6 +73,11 @@ impl<K: Hash + Eq + Clone, V> BoundedMap<K, V> {
         self.entries.is_empty()
     }
 
+    /// The keys, oldest first.
+    pub fn keys(&self) -> impl Iterator<Item = &K> {
+        self.order.iter()
+    }
+
     pub fn entries_max(&self) -> usize {
         self.entries_max
     }

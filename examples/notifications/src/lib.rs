@@ -6,11 +6,18 @@
 //! and publishes the outcome to `sms.results`, correlated to the request; the notification
 //! service consumes those results to answer `GET /notifications/{id}`. See the README next to
 //! this crate for how to run it.
+//!
+//! Beside it lives the design it replaces (`calls`: the notification service calls the SMS
+//! service over HTTP and waits), a second consumer of the same events (`usage`: SMS counted per
+//! recipient, exactly once), and `compare`, which runs the same load through both designs.
 
 pub mod bounded;
+pub mod calls;
+pub mod client;
 pub mod messages;
 pub mod notifier;
 pub mod provider;
 pub mod sender;
 pub mod signals;
 pub mod status;
+pub mod usage;

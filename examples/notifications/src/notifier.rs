@@ -219,6 +219,11 @@ async fn create(State(state): State<AppState>, body: Bytes) -> Response {
 
 /// `GET /notifications/{id}`.
 async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    show_status(&state.book, &id)
+}
+
+/// A notification's status as `GET /notifications/{id}` answers it, in either design.
+pub(crate) fn show_status(book: &Mutex<StatusBook>, id: &str) -> Response {
     let unknown = || {
         error(
             StatusCode::NOT_FOUND,
@@ -228,7 +233,7 @@ async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Response
     let Ok(event_id) = id.parse::<EventId>() else {
         return unknown();
     };
-    match state.book.lock().get(&event_id) {
+    match book.lock().get(&event_id) {
         Some(n) => axum::Json(n.clone()).into_response(),
         None => unknown(),
     }

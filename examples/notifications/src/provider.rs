@@ -10,7 +10,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use herald::EventId;
 use parking_lot::Mutex;
@@ -67,6 +67,8 @@ struct Inner {
 pub struct StandInProvider {
     path: PathBuf,
     fail_rate: f64,
+    /// How long each call takes before it answers, like a real provider's API round trip.
+    latency: Duration,
     inner: Mutex<Inner>,
 }
 
@@ -127,6 +129,7 @@ impl StandInProvider {
         Ok(StandInProvider {
             path: path.to_path_buf(),
             fail_rate,
+            latency: Duration::ZERO,
             inner: Mutex::new(Inner {
                 file,
                 sent,
@@ -134,6 +137,18 @@ impl StandInProvider {
                 rng: fastrand::Rng::new(),
             }),
         })
+    }
+
+    /// Makes each call take `latency` (a real SMS API answers in tens to hundreds of
+    /// milliseconds); callers wait it out with [`StandInProvider::latency`] before
+    /// [`StandInProvider::send`], outside any lock, so calls overlap as they would over a network.
+    pub fn with_latency(mut self, latency: Duration) -> Self {
+        self.latency = latency;
+        self
+    }
+
+    pub fn latency(&self) -> Duration {
+        self.latency
     }
 
     /// Sends one SMS under idempotency key `id`. A key already sent returns the first send's

@@ -105,6 +105,7 @@ async fn send(
 ) -> Result<(), HandlerError> {
     let id = event.id;
     let to = request.to.clone();
+    tokio::time::sleep(provider.latency()).await;
     let sms = tokio::task::spawn_blocking(move || provider.send(id, &request.to, &request.text))
         .await
         .map_err(|e| HandlerError::retryable(format!("the provider call did not finish: {e}")))??;

@@ -1,4 +1,5 @@
-//! `sms-service`: the consumer group of the notifications example that sends each SMS.
+//! `sms-service`: the consumer group of the notifications example that sends each SMS, or, with
+//! `--listen`, the HTTP service the direct-call design calls.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -7,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use herald::{Bus, RetryPolicy};
+use notifications::calls::sms_router;
 use notifications::provider::StandInProvider;
 use notifications::sender::{Sender, SenderConfig};
 use notifications::signals::{init_logging, stop_signal};
@@ -24,6 +26,13 @@ struct Args {
         default_value = "127.0.0.1:9092"
     )]
     bootstrap: String,
+    /// Serve `POST /sms` over HTTP on this address instead of consuming the `sms` topic: the
+    /// direct-call design (port 0: any free port; the address is printed).
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: Option<String>,
+    /// How long each provider call takes, like a real SMS API's round trip.
+    #[arg(long, default_value_t = 0)]
+    provider_ms: u64,
     /// The stand-in provider's log: one JSON line per SMS "sent" (not a real SMS gateway).
     #[arg(long, value_name = "FILE")]
     provider_log: PathBuf,
@@ -54,7 +63,25 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let signal = stop_signal().context("installing signal handlers")?;
     let provider = StandInProvider::open(&args.provider_log, args.fail_rate)
-        .context("opening the stand-in provider")?;
+        .context("opening the stand-in provider")?
+        .with_latency(Duration::from_millis(args.provider_ms));
+    if let Some(listen) = &args.listen {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("listening on {listen}"))?;
+        let addr = listener.local_addr()?;
+        // Scripts (and the tests) read the bound address from this line.
+        println!("listening on {addr}");
+        tracing::info!(%addr, provider_log = %args.provider_log.display(), "sms service ready over HTTP");
+        axum::serve(listener, sms_router(Arc::new(provider)))
+            .with_graceful_shutdown(async move {
+                let name = signal.await;
+                tracing::info!(signal = name, "shutting down");
+            })
+            .await
+            .context("serving HTTP")?;
+        return Ok(());
+    }
     let bus = Bus::builder()
         .broker(&args.bootstrap)
         .option("session.timeout.ms", args.session_timeout_ms.to_string())

@@ -1,7 +1,8 @@
 //! Integration tests of the notifications example: the two services in-process over the memory
-//! transport, and the real binaries over a real Herald broker.
+//! transport, the real binaries over a real Herald broker, and the two designs side by side.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod designs;
 mod in_process;
 mod processes;
 mod support;

@@ -1,7 +1,8 @@
-//! The two binaries as separate processes over a real Herald broker (in-process, on a temporary
+//! The binaries as separate processes over a real Herald broker (in-process, on a temporary
 //! directory and a free port): a crashed SMS service loses nothing and sends nothing twice, a
-//! restarted notification service rebuilds its view from the topics, and a provider that always
-//! fails ends in `failed` results and dead letters.
+//! restarted notification service rebuilds its view from the topics, a provider that always
+//! fails ends in `failed` results and dead letters, a crashed usage service counts each
+//! notification once, and the direct-call design refuses what it cannot send.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -20,15 +21,15 @@ use crate::support::{PATIENCE, provider_log, wait_for};
 
 /// A session timeout as short as the broker allows, so a killed sms-service's partitions move
 /// to its successor soon.
-const SESSION_TIMEOUT_MS: &str = "6000";
+pub(crate) const SESSION_TIMEOUT_MS: &str = "6000";
 
-struct TestBroker {
-    broker: Broker,
-    bootstrap: String,
+pub(crate) struct TestBroker {
+    pub(crate) broker: Broker,
+    pub(crate) bootstrap: String,
     _dir: tempfile::TempDir,
 }
 
-async fn start_broker() -> TestBroker {
+pub(crate) async fn start_broker() -> TestBroker {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(BrokerConfig {
         data_dir: dir.path().to_path_buf(),
@@ -44,18 +45,31 @@ async fn start_broker() -> TestBroker {
     }
 }
 
-/// A running `notification-service` and the address it serves HTTP on.
-struct NotificationService {
-    child: Child,
-    addr: SocketAddr,
+/// A running service and the address it serves HTTP on.
+pub(crate) struct HttpService {
+    pub(crate) child: Child,
+    pub(crate) addr: SocketAddr,
     /// Held open so the process never writes to a closed pipe.
     _stdout: BufReader<ChildStdout>,
 }
 
-async fn start_notification_service(bootstrap: &str, extra: &[&str]) -> NotificationService {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_notification-service"))
-        .args(["--listen", "127.0.0.1:0", "--bootstrap", bootstrap])
-        .args(extra)
+pub(crate) async fn start_notification_service(bootstrap: &str, extra: &[&str]) -> HttpService {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_notification-service"));
+    command.args(["--bootstrap", bootstrap]).args(extra);
+    start_http_service(command).await
+}
+
+/// Starts a service that serves HTTP on `127.0.0.1:0` (unless `command` names an address) and
+/// reads the address it prints.
+pub(crate) async fn start_http_service(mut command: Command) -> HttpService {
+    if !command
+        .as_std()
+        .get_args()
+        .any(|a| a.to_str() == Some("--listen"))
+    {
+        command.args(["--listen", "127.0.0.1:0"]);
+    }
+    let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
@@ -65,7 +79,7 @@ async fn start_notification_service(bootstrap: &str, extra: &[&str]) -> Notifica
     let mut line = String::new();
     tokio::time::timeout(PATIENCE, stdout.read_line(&mut line))
         .await
-        .expect("notification-service did not start in time")
+        .expect("the service did not start in time")
         .unwrap();
     let addr = line
         .trim()
@@ -73,14 +87,14 @@ async fn start_notification_service(bootstrap: &str, extra: &[&str]) -> Notifica
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .parse()
         .unwrap();
-    NotificationService {
+    HttpService {
         child,
         addr,
         _stdout: stdout,
     }
 }
 
-fn start_sms_service(bootstrap: &str, log: &Path, extra: &[&str]) -> Child {
+pub(crate) fn start_sms_service(bootstrap: &str, log: &Path, extra: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_sms-service"))
         .args(["--bootstrap", bootstrap, "--provider-log"])
         .arg(log)
@@ -94,7 +108,7 @@ fn start_sms_service(bootstrap: &str, log: &Path, extra: &[&str]) -> Child {
 }
 
 /// Asks `child` to stop with SIGTERM and returns how it exited.
-async fn terminate(child: &mut Child) -> ExitStatus {
+pub(crate) async fn terminate(child: &mut Child) -> ExitStatus {
     let pid = child.id().expect("the child is still running");
     // SAFETY: kill(2) only sends a signal; the pid is our own child, which has not been reaped
     // (we still hold its handle), so it cannot name another process.
@@ -107,7 +121,12 @@ async fn terminate(child: &mut Child) -> ExitStatus {
 }
 
 /// One HTTP/1.1 exchange with a minimal hyper client; the answer's status and JSON body.
-async fn http(addr: SocketAddr, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+pub(crate) async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -129,7 +148,7 @@ async fn http(addr: SocketAddr, method: &str, path: &str, body: Option<Value>) -
     (status, value)
 }
 
-async fn post(addr: SocketAddr, to: &str, text: &str) -> String {
+pub(crate) async fn post(addr: SocketAddr, to: &str, text: &str) -> String {
     let (status, body) = http(
         addr,
         "POST",
@@ -141,11 +160,11 @@ async fn post(addr: SocketAddr, to: &str, text: &str) -> String {
     body["id"].as_str().unwrap().to_string()
 }
 
-async fn get(addr: SocketAddr, id: &str) -> (u16, Value) {
+pub(crate) async fn get(addr: SocketAddr, id: &str) -> (u16, Value) {
     http(addr, "GET", &format!("/notifications/{id}"), None).await
 }
 
-async fn wait_status(addr: SocketAddr, id: &str, want: &str) -> Value {
+pub(crate) async fn wait_status(addr: SocketAddr, id: &str, want: &str) -> Value {
     wait_for(&format!("notification {id} to be {want}"), || async {
         let (status, body) = get(addr, id).await;
         (status == 200 && body["status"] == want).then_some(body)
