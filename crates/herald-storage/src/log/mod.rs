@@ -13,18 +13,18 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use bytes::Bytes;
 use parking_lot::{Condvar, Mutex, RwLock};
 
-use crate::batch::{
-    self, BATCH_HEADER_BYTES, BatchHeader, LOG_OVERHEAD_BYTES, NO_TIMESTAMP, known_timestamp,
-};
-use crate::checkpoint::{self, CHECKPOINT_TMP_FILE, Checkpoint};
-use crate::config::{BATCH_BYTES_MAX, Compression, FlushPolicy, LogConfig, TimestampType};
+use crate::batch::{self, BATCH_HEADER_BYTES, BatchHeader, NO_TIMESTAMP};
+use crate::checkpoint::{self, Checkpoint};
+use crate::config::{Compression, FlushPolicy, LogConfig, TimestampType};
 use crate::env::{DirLock, Env, StorageFile, read_exact_at};
 use crate::error::{
     AppendError, ConfigError, DeleteRecordsError, FlushError, MaintainError, OpenError, ReadError,
 };
-use crate::index::{self, ActiveIndex, OFFSET_ENTRY_BYTES, TIME_ENTRY_BYTES};
+use crate::index::{self, ActiveIndex};
 use crate::producer::{Check, ProducerState};
 use crate::records;
+
+mod recovery;
 
 /// What an append did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,13 +190,13 @@ pub struct PartitionLog {
     _dir_lock: DirLock,
 }
 
-/// When `file` last changed, for the retention of batches without timestamps across a
-/// reopen (as Kafka ages such a segment by its file's time); `now` if the file cannot say.
-fn modified_or(file: &dyn StorageFile, now: i64) -> i64 {
-    file.modified_ms()
-        .ok()
-        .flatten()
-        .map_or(now, |t| t.min(now))
+/// Maps an I/O failure on `path` while opening to [`OpenError::Io`].
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> OpenError + use<> {
+    let path = path.to_path_buf();
+    move |source| OpenError::Io {
+        path: path.clone(),
+        source,
+    }
 }
 
 /// The parts of the config an append reads before taking the write lock.
@@ -251,84 +251,6 @@ fn segment_bases(names: &[String]) -> Vec<u64> {
     bases
 }
 
-/// Batches found by scanning a segment file from some position.
-struct Scan {
-    end_pos: u64,
-    next_offset: u64,
-    max_timestamp: i64,
-    first_max_timestamp: Option<i64>,
-    /// Stopped before the end of the file (torn or corrupt tail).
-    truncated: bool,
-}
-
-/// Reads a segment sequentially in large chunks, validating every batch.
-struct Scanner<'a> {
-    file: &'a dyn StorageFile,
-    file_len: u64,
-    buf: Vec<u8>,
-    buf_pos: u64,
-}
-
-const SCAN_CHUNK_BYTES: usize = 1 << 20;
-
-impl<'a> Scanner<'a> {
-    fn new(file: &'a dyn StorageFile, file_len: u64) -> Self {
-        Scanner {
-            file,
-            file_len,
-            buf: Vec::new(),
-            buf_pos: 0,
-        }
-    }
-
-    /// The bytes `[pos, pos + len)` if the file holds them.
-    fn bytes(&mut self, pos: u64, len: usize) -> std::io::Result<Option<&[u8]>> {
-        if pos + len as u64 > self.file_len {
-            return Ok(None);
-        }
-        let have = pos >= self.buf_pos && pos + len as u64 <= self.buf_pos + self.buf.len() as u64;
-        if !have {
-            let want = len
-                .max(SCAN_CHUNK_BYTES)
-                .min((self.file_len - pos) as usize);
-            self.buf.resize(want, 0);
-            let n = self.file.read_at(&mut self.buf, pos)?;
-            self.buf.truncate(n);
-            self.buf_pos = pos;
-            if n < len {
-                return Ok(None);
-            }
-        }
-        let start = (pos - self.buf_pos) as usize;
-        Ok(Some(&self.buf[start..start + len]))
-    }
-
-    /// The valid batch at `pos` expected to start at `offset`, or `None` at a torn/corrupt point.
-    fn batch(&mut self, pos: u64, offset: u64) -> std::io::Result<Option<(BatchHeader, &[u8])>> {
-        let len = match self.bytes(pos, LOG_OVERHEAD_BYTES)? {
-            Some(head) => match batch::announced_len(head) {
-                Some(len) if len <= BATCH_BYTES_MAX as usize => len,
-                _ => return Ok(None),
-            },
-            None => return Ok(None),
-        };
-        let Some(bytes) = self.bytes(pos, len)? else {
-            return Ok(None);
-        };
-        match batch::check_batch(bytes, BATCH_BYTES_MAX as usize) {
-            // The log writes leader epoch 0; anything else there is damage the CRC cannot see.
-            Ok(h)
-                if h.base_offset >= 0
-                    && h.base_offset as u64 == offset
-                    && bytes[12..16] == [0; 4] =>
-            {
-                Ok(Some((h, bytes)))
-            }
-            _ => Ok(None),
-        }
-    }
-}
-
 impl PartitionLog {
     /// Opens (creating if missing, recovering if needed) the log in `dir` on the real machine.
     pub fn open(dir: &Path, config: LogConfig) -> Result<PartitionLog, OpenError> {
@@ -338,16 +260,8 @@ impl PartitionLog {
     /// Opens the log with an injected file system and clock (tests use [`crate::SimFs`]).
     pub fn open_with(dir: &Path, config: LogConfig, env: Env) -> Result<PartitionLog, OpenError> {
         config.validate()?;
-        let io_err = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| OpenError::Io {
-                path: path.clone(),
-                source,
-            }
-        };
-        let fs = env.fs.clone();
-        fs.create_dir_all(dir).map_err(io_err(dir))?;
-        let dir_lock = fs.lock_dir(dir).map_err(|e| {
+        env.fs.create_dir_all(dir).map_err(io_err(dir))?;
+        let dir_lock = env.fs.lock_dir(dir).map_err(|e| {
             if e.kind() == std::io::ErrorKind::WouldBlock {
                 OpenError::Locked {
                     path: dir.to_path_buf(),
@@ -356,265 +270,15 @@ impl PartitionLog {
                 io_err(dir)(e)
             }
         })?;
-        let names = fs.list_dir(dir).map_err(io_err(dir))?;
-        if names.iter().any(|n| n == CHECKPOINT_TMP_FILE) {
-            // A checkpoint write that did not reach its rename; the previous one stands.
-            let tmp = dir.join(CHECKPOINT_TMP_FILE);
-            fs.remove_file(&tmp).map_err(io_err(&tmp))?;
-        }
-        let bases = segment_bases(&names);
-        let mut cp = checkpoint::read(fs.as_ref(), dir).map_err(io_err(dir))?;
-        // A checkpoint is only usable if its segment is still there.
-        if let Some(c) = &cp {
-            if !bases.contains(&c.segment_base) {
-                tracing::warn!(dir = %dir.display(), "checkpoint names a missing segment; scanning every segment");
-                cp = None;
-            }
-        }
         let now = env.clock.now_ms();
-        let interval = u64::from(config.index_interval_bytes);
-        let producers_max = config.producers_max as usize;
-        let mut producers = cp.as_ref().map(|c| c.producers.clone()).unwrap_or_default();
-        let replay_from = cp.as_ref().map_or(0, |c| c.next_offset);
-        let mut segments: Vec<Segment> = Vec::new();
-        let mut damaged = false;
-
-        for (i, &base) in bases.iter().enumerate() {
-            let lp = log_path(dir, base);
-            let ip = index_path(dir, base);
-            let tp = time_path(dir, base);
-            if damaged {
-                // Everything after a torn or corrupt point goes: the log never has a gap.
-                for p in [&lp, &ip, &tp] {
-                    match fs.remove_file(p) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(io_err(p)(e)),
-                    }
-                }
-                continue;
-            }
-            if let Some(prev) = segments.last() {
-                if prev.next_offset != base {
-                    tracing::warn!(dir = %dir.display(), base, expected = prev.next_offset, "segment does not continue its predecessor; dropping it and everything after");
-                    damaged = true;
-                    for p in [&lp, &ip, &tp] {
-                        let _ = fs.remove_file(p);
-                    }
-                    continue;
-                }
-            }
-            let log = fs.open(&lp, false).map_err(io_err(&lp))?;
-            let index_file = fs.open(&ip, true).map_err(io_err(&ip))?;
-            let time_file = fs.open(&tp, true).map_err(io_err(&tp))?;
-            let file_len = log.len().map_err(io_err(&lp))?;
-            let is_last = i + 1 == bases.len();
-            let trusted_closed = match &cp {
-                Some(c) => base < c.segment_base && !is_last,
-                None => false,
-            };
-            if trusted_closed {
-                // Fsynced before the checkpoint was written: trust it without reading its data.
-                let idx_len = index_file.len().map_err(io_err(&ip))?;
-                let time_len = time_file.len().map_err(io_err(&tp))?;
-                // Every closed non-empty segment ends its time index with its largest timestamp;
-                // without it (or with torn entries) the segment is scanned and re-indexed.
-                let time_ok = time_len % TIME_ENTRY_BYTES == 0 && (time_len > 0 || file_len == 0);
-                if idx_len % OFFSET_ENTRY_BYTES == 0 && time_ok {
-                    let max_timestamp = index::last_time(time_file.as_ref())
-                        .map_err(io_err(&tp))?
-                        .map_or(NO_TIMESTAMP, |e| known_timestamp(e.ts));
-                    segments.push(Segment {
-                        base,
-                        files: None,
-                        size: file_len,
-                        next_offset: bases[i + 1],
-                        max_timestamp,
-                        roll_base_ms: None,
-                        touched_ms: modified_or(log.as_ref(), now),
-                        active: None,
-                        offset_entries: idx_len / OFFSET_ENTRY_BYTES,
-                        time_entries: time_len / TIME_ENTRY_BYTES,
-                    });
-                    continue;
-                }
-            }
-            // Scan from the recovery point (or the start) and rebuild the indexes behind it.
-            let (start_pos, start_offset) = match &cp {
-                Some(c) if c.segment_base == base && c.position <= file_len => {
-                    (c.position, c.next_offset)
-                }
-                _ => (0, base),
-            };
-            let rel_end = start_offset - base;
-            let mut idx = ActiveIndex {
-                interval_bytes: interval,
-                ..ActiveIndex::default()
-            };
-            if start_pos > 0 {
-                idx.offsets = index::load_offsets(
-                    index_file.as_ref(),
-                    rel_end,
-                    start_pos,
-                    start_pos / OFFSET_ENTRY_BYTES + 1,
-                )
-                .map_err(io_err(&ip))?;
-                idx.times = index::load_times(
-                    time_file.as_ref(),
-                    rel_end,
-                    start_pos / TIME_ENTRY_BYTES + 1,
-                )
-                .map_err(io_err(&tp))?;
-            }
-            // Entries past the recovery point may describe batches that are gone.
-            index_file
-                .set_len(idx.offsets.len() as u64 * OFFSET_ENTRY_BYTES)
-                .map_err(io_err(&ip))?;
-            time_file
-                .set_len(idx.times.len() as u64 * TIME_ENTRY_BYTES)
-                .map_err(io_err(&tp))?;
-            idx.offsets_written = idx.offsets.len();
-            idx.times_written = idx.times.len();
-            let mut max_ts = idx
-                .times
-                .last()
-                .map_or(NO_TIMESTAMP, |t| known_timestamp(t.ts));
-            if start_pos > 0 {
-                // The sparse time index may miss the newest batches before the recovery point.
-                max_ts = max_ts.max(
-                    cp.as_ref()
-                        .map_or(NO_TIMESTAMP, |c| known_timestamp(c.max_timestamp)),
-                );
-            }
-            let scan = {
-                let mut scanner = Scanner::new(log.as_ref(), file_len);
-                let mut pos = start_pos;
-                let mut offset = start_offset;
-                let mut first_max_timestamp = None;
-                loop {
-                    if pos >= file_len {
-                        break;
-                    }
-                    let rel = offset - base;
-                    let Some((h, _)) = scanner.batch(pos, offset).map_err(io_err(&lp))? else {
-                        break;
-                    };
-                    let next = h.last_offset() as u64 + 1;
-                    if next - base > u64::from(u32::MAX) || pos > u64::from(u32::MAX) {
-                        break;
-                    }
-                    if pos == 0 {
-                        first_max_timestamp = Some(h.max_timestamp_known());
-                    }
-                    max_ts = max_ts.max(h.max_timestamp_known());
-                    idx.on_batch(rel as u32, pos as u32, h.total_bytes as u64, max_ts);
-                    if offset >= replay_from {
-                        producers.replay(&h, producers_max);
-                    }
-                    pos += h.total_bytes as u64;
-                    offset = next;
-                }
-                Scan {
-                    end_pos: pos,
-                    next_offset: offset,
-                    max_timestamp: max_ts,
-                    first_max_timestamp,
-                    truncated: pos < file_len,
-                }
-            };
-            if scan.truncated {
-                tracing::warn!(dir = %dir.display(), base, valid_bytes = scan.end_pos, file_bytes = file_len, "truncating torn or corrupt segment tail");
-                log.set_len(scan.end_pos).map_err(io_err(&lp))?;
-                damaged = true;
-            }
-            let first_ts = if start_pos == 0 {
-                scan.first_max_timestamp
-            } else {
-                let mut head = [0u8; BATCH_HEADER_BYTES];
-                read_exact_at(log.as_ref(), &mut head, 0)
-                    .ok()
-                    .and_then(|()| batch::parse_header(&head))
-                    .map(|h| h.max_timestamp_known())
-            };
-            let roll_base_ms =
-                (scan.end_pos > 0).then(|| first_ts.filter(|t| *t >= 0).unwrap_or(now));
-            let touched_ms = modified_or(log.as_ref(), now);
-            let mut seg = Segment {
-                base,
-                files: Some(SegFiles {
-                    log,
-                    index: index_file,
-                    time: time_file,
-                }),
-                size: scan.end_pos,
-                next_offset: scan.next_offset,
-                max_timestamp: scan.max_timestamp,
-                roll_base_ms,
-                touched_ms,
-                active: Some(idx),
-                offset_entries: 0,
-                time_entries: 0,
-            };
-            let last_here = is_last || damaged;
-            if !last_here {
-                close_segment(&mut seg).map_err(io_err(&ip))?;
-            }
-            segments.push(seg);
-        }
-
-        // A closed segment left last by a dropped successor becomes active again.
-        if let Some(seg) = segments.last_mut() {
-            if seg.active.is_none() {
-                let ip = index_path(dir, seg.base);
-                let files = SegFiles::open(&env, dir, seg.base, false).map_err(io_err(&ip))?;
-                let rel_end = seg.next_offset - seg.base;
-                let mut idx = ActiveIndex {
-                    interval_bytes: interval,
-                    ..ActiveIndex::default()
-                };
-                idx.offsets = index::load_offsets(
-                    files.index.as_ref(),
-                    rel_end,
-                    seg.size,
-                    seg.offset_entries,
-                )
-                .map_err(io_err(&ip))?;
-                idx.times = index::load_times(files.time.as_ref(), rel_end, seg.time_entries)
-                    .map_err(io_err(&ip))?;
-                files
-                    .index
-                    .set_len(idx.offsets.len() as u64 * OFFSET_ENTRY_BYTES)
-                    .map_err(io_err(&ip))?;
-                files
-                    .time
-                    .set_len(idx.times.len() as u64 * TIME_ENTRY_BYTES)
-                    .map_err(io_err(&ip))?;
-                idx.offsets_written = idx.offsets.len();
-                idx.times_written = idx.times.len();
-                seg.roll_base_ms = (seg.size > 0).then_some(now);
-                seg.active = Some(idx);
-                seg.files = Some(files);
-            }
-        }
-        if segments.is_empty() {
-            let base = cp.as_ref().map_or(0, |c| c.next_offset.max(c.log_start));
-            segments.push(create_segment(&env, dir, base, interval).map_err(io_err(dir))?);
-        }
-        let next_offset = segments.last().map_or(0, |s| s.next_offset);
-        producers.truncate_tail(next_offset);
-        let first_base = segments.first().map_or(0, |s| s.base);
-        let log_start = cp
-            .as_ref()
-            .map_or(first_base, |c| c.log_start.max(first_base))
-            .min(next_offset);
-        producers.truncate_head(log_start);
+        let recovered = recovery::recover(dir, &config, &env, now)?;
         let state = State {
             config,
-            segments,
-            log_start,
-            next_offset,
-            producers,
-            last_checkpoint: cp.unwrap_or_default(),
+            segments: recovered.segments,
+            log_start: recovered.log_start,
+            next_offset: recovered.next_offset,
+            producers: recovered.producers,
+            last_checkpoint: recovered.checkpoint.unwrap_or_default(),
             last_checkpoint_ms: now,
         };
         let log = PartitionLog {
