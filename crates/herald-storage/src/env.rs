@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
+use crate::files::{DEFAULT_OPEN_FILES_MAX, FileCache};
+
 /// An open file, read and written at explicit positions so readers never contend with the writer.
 pub trait StorageFile: Send + Sync + fmt::Debug {
     /// Reads up to `buf.len()` bytes at `pos`; fewer only at end of file.
@@ -66,21 +68,51 @@ pub trait Clock: Send + Sync + fmt::Debug {
     fn now_ms(&self) -> i64;
 }
 
-/// Reads and writes files and the clock; [`Env::default`] is the real machine.
+/// Reads and writes files and the clock; [`Env::default`] is the real machine. Every log opened
+/// with clones of one `Env` shares its open-file cache (and its directory lock, if it has one).
 #[derive(Debug, Clone)]
 pub struct Env {
     /// File access.
     pub fs: Arc<dyn FileSystem>,
     /// Time source for rolls, retention and interval flushes.
     pub clock: Arc<dyn Clock>,
+    /// Segment files open now, bounded by its `open_files_max`.
+    pub files: FileCache,
+    /// A lock this process holds on a directory above every log opened with this `Env` (a
+    /// broker's data directory); when set, logs take no lock of their own, which would cost a
+    /// descriptor per partition.
+    pub held_lock: Option<Arc<DirLock>>,
 }
 
 impl Default for Env {
     fn default() -> Self {
+        Env::new(Arc::new(OsFileSystem), Arc::new(SystemClock))
+    }
+}
+
+impl Env {
+    /// An `Env` over `fs` and `clock` with a cache of [`DEFAULT_OPEN_FILES_MAX`] files.
+    pub fn new(fs: Arc<dyn FileSystem>, clock: Arc<dyn Clock>) -> Env {
         Env {
-            fs: Arc::new(OsFileSystem),
-            clock: Arc::new(SystemClock),
+            files: FileCache::new(fs.clone(), DEFAULT_OPEN_FILES_MAX),
+            fs,
+            clock,
+            held_lock: None,
         }
+    }
+
+    /// The same, with a new cache keeping at most `open_files_max` files open.
+    pub fn with_open_files_max(mut self, open_files_max: usize) -> Env {
+        self.files = FileCache::new(self.fs.clone(), open_files_max);
+        self
+    }
+
+    /// Takes the lock on `dir` (through [`FileSystem::lock_dir`]) and holds it for every log
+    /// opened with this `Env`, instead of one lock per log directory; fails with `WouldBlock` if
+    /// another process holds it.
+    pub fn with_dir_lock(mut self, dir: &Path) -> io::Result<Env> {
+        self.held_lock = Some(Arc::new(self.fs.lock_dir(dir)?));
+        Ok(self)
     }
 }
 
@@ -310,12 +342,62 @@ impl StorageFile for SimFile {
 /// let log = PartitionLog::open_with(Path::new("/p"), LogConfig::default(), image.env()).unwrap();
 /// assert_eq!(log.offsets().high_watermark, 0);
 /// ```
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct SimFs {
     files: Arc<Mutex<BTreeMap<PathBuf, Arc<SimFile>>>>,
     fail_syncs: Arc<AtomicBool>,
     bytes_read: Arc<AtomicU64>,
     clock: Arc<ManualClock>,
+    /// Handles handed out by `open` and not yet dropped.
+    open_files: Arc<AtomicU64>,
+    open_files_limit: Arc<AtomicU64>,
+}
+
+impl Default for SimFs {
+    fn default() -> Self {
+        SimFs {
+            files: Arc::default(),
+            fail_syncs: Arc::default(),
+            bytes_read: Arc::default(),
+            clock: Arc::default(),
+            open_files: Arc::default(),
+            open_files_limit: Arc::new(AtomicU64::new(u64::MAX)),
+        }
+    }
+}
+
+/// One open handle of a simulated file: counted while alive, like a descriptor.
+#[derive(Debug)]
+struct SimHandle {
+    file: Arc<SimFile>,
+    open_files: Arc<AtomicU64>,
+}
+
+impl Drop for SimHandle {
+    fn drop(&mut self) {
+        self.open_files.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl StorageFile for SimHandle {
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+        self.file.read_at(buf, pos)
+    }
+    fn write_all_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
+        self.file.write_all_at(buf, pos)
+    }
+    fn len(&self) -> io::Result<u64> {
+        self.file.len()
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+    fn modified_ms(&self) -> io::Result<Option<i64>> {
+        self.file.modified_ms()
+    }
 }
 
 impl SimFs {
@@ -328,10 +410,18 @@ impl SimFs {
     }
     /// An [`Env`] over this file system and its manual clock.
     pub fn env(&self) -> Env {
-        Env {
-            fs: Arc::new(self.clone()),
-            clock: self.clock.clone(),
-        }
+        Env::new(Arc::new(self.clone()), self.clock.clone())
+    }
+    /// Files open now through this file system (handles not yet dropped), like a process's
+    /// descriptor count.
+    pub fn open_files(&self) -> u64 {
+        self.open_files.load(Ordering::SeqCst)
+    }
+    /// Makes `open` fail with `EMFILE` while `limit` handles are open, like a process at its
+    /// `RLIMIT_NOFILE`; `None` removes the limit.
+    pub fn set_open_files_limit(&self, limit: Option<u64>) {
+        self.open_files_limit
+            .store(limit.unwrap_or(u64::MAX), Ordering::SeqCst);
     }
     /// The clock handed out by [`SimFs::env`].
     pub fn clock(&self) -> &Arc<ManualClock> {
@@ -374,6 +464,7 @@ impl SimFs {
             fail_syncs,
             bytes_read,
             clock,
+            ..SimFs::default()
         }
     }
     /// A copy holding only what was fsynced: the disk after a power loss.
@@ -437,23 +528,33 @@ impl FileSystem for SimFs {
     }
     fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn StorageFile>> {
         let mut files = self.files.lock();
-        if let Some(f) = files.get(path) {
-            return Ok(f.clone());
+        if self.open_files.load(Ordering::SeqCst) >= self.open_files_limit.load(Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(libc::EMFILE));
         }
-        if !create {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("{} not found", path.display()),
-            ));
-        }
-        let f = Arc::new(SimFile {
-            data: Mutex::new(SimData::default()),
-            clock: self.clock.clone(),
-            fail_syncs: self.fail_syncs.clone(),
-            bytes_read: self.bytes_read.clone(),
-        });
-        files.insert(path.to_path_buf(), f.clone());
-        Ok(f)
+        let file = match files.get(path) {
+            Some(f) => f.clone(),
+            None if !create => {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("{} not found", path.display()),
+                ));
+            }
+            None => {
+                let f = Arc::new(SimFile {
+                    data: Mutex::new(SimData::default()),
+                    clock: self.clock.clone(),
+                    fail_syncs: self.fail_syncs.clone(),
+                    bytes_read: self.bytes_read.clone(),
+                });
+                files.insert(path.to_path_buf(), f.clone());
+                f
+            }
+        };
+        self.open_files.fetch_add(1, Ordering::SeqCst);
+        Ok(Arc::new(SimHandle {
+            file,
+            open_files: self.open_files.clone(),
+        }))
     }
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         match self.files.lock().remove(path) {

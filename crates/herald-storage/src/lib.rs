@@ -11,6 +11,7 @@ mod checkpoint;
 mod config;
 mod env;
 mod error;
+mod files;
 pub mod fuzzing;
 mod index;
 mod log;
@@ -29,6 +30,9 @@ pub use env::{
 pub use error::{
     AppendError, ConfigError, DeleteRecordsError, FlushError, MaintainError, OpenError, ReadError,
     StorageError,
+};
+pub use files::{
+    DEFAULT_OPEN_FILES_MAX, FileCache, FileCacheStats, is_disk_full, is_open_files_limit,
 };
 pub use log::{
     AppendInfo, CHECKPOINT_LAG_BYTES_MAX, LogStats, MaintainOutcome, Offsets, PartitionLog,

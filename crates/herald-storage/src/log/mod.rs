@@ -20,6 +20,7 @@ use crate::env::{DirLock, Env, StorageFile, read_exact_at};
 use crate::error::{
     AppendError, ConfigError, DeleteRecordsError, FlushError, MaintainError, OpenError, ReadError,
 };
+use crate::files::{FileKey, FileKind};
 use crate::index::{self, ActiveIndex};
 use crate::producer::{Check, ProducerState};
 use crate::records;
@@ -85,8 +86,8 @@ pub struct MaintainOutcome {
     pub checkpointed: bool,
 }
 
-/// A segment's open files. Only the active segment keeps them open; closed segments are opened
-/// per read, so a partition holds three descriptors however many segments it has.
+/// A segment's three files, from the shared cache ([`crate::FileCache`]) or, during recovery,
+/// opened directly.
 #[derive(Debug, Clone)]
 struct SegFiles {
     log: Arc<dyn StorageFile>,
@@ -107,8 +108,6 @@ impl SegFiles {
 #[derive(Debug)]
 struct Segment {
     base: u64,
-    /// `Some` only for the active (last) segment.
-    files: Option<SegFiles>,
     /// Bytes of whole, valid batches.
     size: u64,
     /// Offset after the segment's last record.
@@ -127,12 +126,6 @@ struct Segment {
 }
 
 impl Segment {
-    fn files(&self) -> std::io::Result<&SegFiles> {
-        self.files
-            .as_ref()
-            .ok_or_else(|| std::io::Error::other("closed segment used as the active one"))
-    }
-
     fn retention_ts(&self) -> i64 {
         if self.max_timestamp >= 0 {
             self.max_timestamp
@@ -186,8 +179,11 @@ pub struct PartitionLog {
     retired: AtomicBool,
     appends: AtomicU64,
     group_commits: AtomicU64,
-    /// Released last, after `Drop` has written the final checkpoint.
-    _dir_lock: DirLock,
+    /// This log's id in the file cache.
+    owner: u64,
+    /// Released last, after `Drop` has written the final checkpoint (shared when the caller
+    /// locked a directory above, see [`Env::held_lock`]).
+    _dir_lock: Arc<DirLock>,
 }
 
 /// Maps an I/O failure on `path` while opening to [`OpenError::Io`].
@@ -236,6 +232,13 @@ fn index_path(dir: &Path, base: u64) -> PathBuf {
 fn time_path(dir: &Path, base: u64) -> PathBuf {
     dir.join(format!("{base:020}.timeindex"))
 }
+fn seg_path(dir: &Path, base: u64, kind: FileKind) -> PathBuf {
+    match kind {
+        FileKind::Log => log_path(dir, base),
+        FileKind::Index => index_path(dir, base),
+        FileKind::Time => time_path(dir, base),
+    }
+}
 
 /// Segment base offsets found in a directory listing, sorted.
 fn segment_bases(names: &[String]) -> Vec<u64> {
@@ -261,17 +264,35 @@ impl PartitionLog {
     pub fn open_with(dir: &Path, config: LogConfig, env: Env) -> Result<PartitionLog, OpenError> {
         config.validate()?;
         env.fs.create_dir_all(dir).map_err(io_err(dir))?;
-        let dir_lock = env.fs.lock_dir(dir).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::WouldBlock {
-                OpenError::Locked {
-                    path: dir.to_path_buf(),
+        let dir_lock = match &env.held_lock {
+            Some(lock) => lock.clone(),
+            None => Arc::new(env.fs.lock_dir(dir).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::WouldBlock {
+                    OpenError::Locked {
+                        path: dir.to_path_buf(),
+                    }
+                } else {
+                    io_err(dir)(e)
                 }
-            } else {
-                io_err(dir)(e)
-            }
-        })?;
+            })?),
+        };
         let now = env.clock.now_ms();
         let recovered = recovery::recover(dir, &config, &env, now)?;
+        let owner = env.files.new_owner();
+        let changed = recovered.changed;
+        if let Some((base, files)) = recovered.active_files {
+            // Recovery's handles carry its unsynced truncations until the checkpoint below
+            // fsyncs them; a clean open drops them and opens files when first used.
+            if changed {
+                for (kind, file) in [
+                    (FileKind::Log, files.log),
+                    (FileKind::Index, files.index),
+                    (FileKind::Time, files.time),
+                ] {
+                    env.files.adopt(FileKey { owner, base, kind }, file, true);
+                }
+            }
+        }
         let state = State {
             config,
             segments: recovered.segments,
@@ -293,29 +314,55 @@ impl PartitionLog {
             retired: AtomicBool::new(false),
             appends: AtomicU64::new(0),
             group_commits: AtomicU64::new(0),
+            owner,
             _dir_lock: dir_lock,
         };
         // Make what recovery kept durable and record it, so the next open reads nothing of it.
-        {
+        // After a clean close the checkpoint already says exactly that: nothing to write.
+        if changed {
             let mut st = log.state.write();
             log.checkpoint_locked(&mut st).map_err(io_err(dir))?;
         }
         Ok(log)
     }
 
-    /// Opens a closed segment's files for one read. A segment deleted by retention since the
-    /// caller looked is reported as the offset being out of range, as Kafka does.
-    fn open_closed(&self, base: u64) -> Result<SegFiles, ReadError> {
-        let open = |path: PathBuf| self.env.fs.open(&path, false);
-        let opened = open(log_path(&self.dir, base)).and_then(|log| {
-            Ok(SegFiles {
-                log,
-                index: open(index_path(&self.dir, base))?,
-                time: open(time_path(&self.dir, base))?,
-            })
-        });
-        match opened {
-            Ok(files) => Ok(files),
+    /// One of a segment's files, from the shared cache (opened if it is not there).
+    fn file(&self, base: u64, kind: FileKind) -> std::io::Result<Arc<dyn StorageFile>> {
+        let key = FileKey {
+            owner: self.owner,
+            base,
+            kind,
+        };
+        self.env
+            .files
+            .get(key, || seg_path(&self.dir, base, kind), false)
+    }
+
+    /// All three files of a segment.
+    fn seg_files(&self, base: u64) -> std::io::Result<SegFiles> {
+        Ok(SegFiles {
+            log: self.file(base, FileKind::Log)?,
+            index: self.file(base, FileKind::Index)?,
+            time: self.file(base, FileKind::Time)?,
+        })
+    }
+
+    /// Drops the cache's handles of a segment's files (deleted, or the log closing).
+    fn forget_segment(&self, base: u64) {
+        for kind in [FileKind::Log, FileKind::Index, FileKind::Time] {
+            self.env.files.forget(FileKey {
+                owner: self.owner,
+                base,
+                kind,
+            });
+        }
+    }
+
+    /// A file of a segment for one read. A segment deleted by retention since the caller
+    /// looked is reported as the offset being out of range, as Kafka does.
+    fn read_file(&self, base: u64, kind: FileKind) -> Result<Arc<dyn StorageFile>, ReadError> {
+        match self.file(base, kind) {
+            Ok(file) => Ok(file),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let o = self.offsets();
                 Err(ReadError::OffsetOutOfRange {
@@ -404,8 +451,9 @@ impl PartitionLog {
                 }
                 let st = &mut *st;
                 let seg = st.segments.last_mut().ok_or(AppendError::Poisoned)?;
-                let written = seg.files().and_then(|f| f.log.write_all_at(&buf, seg.size));
-                if let Err(e) = written {
+                // Failing to get the file (no descriptor left) wrote nothing: no poisoning.
+                let file = self.file(seg.base, FileKind::Log)?;
+                if let Err(e) = file.write_all_at(&buf, seg.size) {
                     self.poison("segment write", &e);
                     return Err(AppendError::Io(e));
                 }
@@ -555,10 +603,7 @@ impl PartitionLog {
         let (file, target) = {
             let st = self.state.read();
             match st.segments.last() {
-                Some(Segment {
-                    files: Some(files), ..
-                }) => (files.log.clone(), st.next_offset),
-                Some(_) => return Err(FlushError::Io(std::io::Error::other("no active segment"))),
+                Some(seg) => (self.file(seg.base, FileKind::Log)?, st.next_offset),
                 None => return Ok(()),
             }
         };
@@ -587,7 +632,7 @@ impl PartitionLog {
         max_bytes: usize,
         at_least_one: bool,
     ) -> Result<ReadOutcome, ReadError> {
-        let (seg_base, files, size, start_pos, offset_entries, hw, log_start) = {
+        let (seg_base, size, start_pos, offset_entries, hw, log_start) = {
             let st = self.state.read();
             let (hw, log_start) = (st.next_offset, st.log_start);
             if offset < log_start || offset > hw {
@@ -608,26 +653,13 @@ impl PartitionLog {
             let rel = (offset - seg.base) as u32;
             let start = seg.active.as_ref().map(|idx| idx.lookup(rel));
             let start = start.ok_or(rel);
-            let files = seg.files.clone();
-            (
-                seg.base,
-                files,
-                seg.size,
-                start,
-                seg.offset_entries,
-                hw,
-                log_start,
-            )
+            (seg.base, seg.size, start, seg.offset_entries, hw, log_start)
         };
-        let files = match files {
-            Some(f) => f,
-            None => self.open_closed(seg_base)?,
-        };
-        let file = files.log;
+        let file = self.read_file(seg_base, FileKind::Log)?;
         let start_pos = match start_pos {
             Ok(pos) => u64::from(pos),
             Err(rel) => u64::from(index::file_lookup(
-                files.index.as_ref(),
+                self.read_file(seg_base, FileKind::Index)?.as_ref(),
                 offset_entries,
                 rel,
                 size,
@@ -699,8 +731,6 @@ impl PartitionLog {
     pub fn offset_for_timestamp(&self, ts_ms: i64) -> Result<Option<(u64, i64)>, ReadError> {
         struct Candidate {
             base: u64,
-            /// Open files of the active segment; closed ones are opened when reached.
-            files: Option<SegFiles>,
             size: u64,
             /// Known start position (active segment) or to be looked up in the index files.
             start: Option<u32>,
@@ -722,7 +752,6 @@ impl PartitionLog {
                 });
                 out.push(Candidate {
                     base: seg.base,
-                    files: seg.files.clone(),
                     size: seg.size,
                     start,
                     time_entries: seg.time_entries,
@@ -732,17 +761,15 @@ impl PartitionLog {
             (out, log_start)
         };
         for c in candidates {
-            let files = match c.files {
-                Some(f) => f,
-                None => self.open_closed(c.base)?,
-            };
+            let log = self.read_file(c.base, FileKind::Log)?;
             let mut pos = match c.start {
                 Some(p) => u64::from(p),
                 None => {
-                    let rel = index::file_lookup_time(files.time.as_ref(), c.time_entries, ts_ms)?;
+                    let time = self.read_file(c.base, FileKind::Time)?;
+                    let rel = index::file_lookup_time(time.as_ref(), c.time_entries, ts_ms)?;
                     let min_rel = log_start.saturating_sub(c.base) as u32;
                     u64::from(index::file_lookup(
-                        files.index.as_ref(),
+                        self.read_file(c.base, FileKind::Index)?.as_ref(),
                         c.offset_entries,
                         rel.max(min_rel),
                         c.size,
@@ -751,7 +778,7 @@ impl PartitionLog {
             };
             let mut head = [0u8; BATCH_HEADER_BYTES];
             while pos + BATCH_HEADER_BYTES as u64 <= c.size {
-                read_exact_at(files.log.as_ref(), &mut head, pos)?;
+                read_exact_at(log.as_ref(), &mut head, pos)?;
                 let Some(h) = batch::parse_header(&head) else {
                     return Err(ReadError::Corrupt {
                         segment_base: c.base,
@@ -769,7 +796,7 @@ impl PartitionLog {
                 let last = h.last_offset();
                 if h.max_timestamp_known() >= ts_ms && last >= 0 && last as u64 >= log_start {
                     let mut whole = vec![0u8; h.total_bytes];
-                    read_exact_at(files.log.as_ref(), &mut whole, pos)?;
+                    read_exact_at(log.as_ref(), &mut whole, pos)?;
                     match records::first_at_or_after(&whole, &h, ts_ms, log_start) {
                         Ok(Some(found)) => return Ok(Some(found)),
                         Ok(None) => {}
@@ -1026,6 +1053,7 @@ impl PartitionLog {
         }
         // Open readers keep their file handles; removing the names frees the space after them.
         for seg in gone {
+            self.forget_segment(seg.base);
             for p in [
                 log_path(&self.dir, seg.base),
                 index_path(&self.dir, seg.base),
@@ -1053,9 +1081,18 @@ impl PartitionLog {
             if seg.size == 0 {
                 return Ok(());
             }
-            close_segment(seg)?;
+            let base = seg.base;
+            let files = self.seg_files(base)?;
+            close_segment(seg, &files)?;
         }
-        let seg = create_segment(&self.env, &self.dir, next, interval)?;
+        let seg = create_segment(&self.env, &self.dir, next, interval, |kind, path| {
+            let key = FileKey {
+                owner: self.owner,
+                base: next,
+                kind,
+            };
+            self.env.files.get(key, || path.to_path_buf(), true)
+        })?;
         st.segments.push(seg);
         self.durable_end.fetch_max(next, Ordering::SeqCst);
         self.checkpoint_locked(st)
@@ -1066,7 +1103,7 @@ impl PartitionLog {
         let Some(seg) = st.segments.last_mut() else {
             return Ok(());
         };
-        let files = seg.files()?.clone();
+        let files = self.seg_files(seg.base)?;
         if let Some(idx) = seg.active.as_mut() {
             idx.write_pending(files.index.as_ref(), files.time.as_ref())?;
         }
@@ -1094,31 +1131,49 @@ impl Drop for PartitionLog {
         if let Err(e) = self.close_inner() {
             tracing::warn!(dir = %self.dir.display(), error = %e, "log closed without a final checkpoint; the next open will scan its tail");
         }
+        let bases: Vec<u64> = self
+            .state
+            .get_mut()
+            .segments
+            .iter()
+            .map(|s| s.base)
+            .collect();
+        for base in bases {
+            self.forget_segment(base);
+        }
     }
 }
 
 /// Turns the active segment into a closed one: final time entry, indexes written, all fsynced.
-fn close_segment(seg: &mut Segment) -> std::io::Result<()> {
+fn close_segment(seg: &mut Segment, files: &SegFiles) -> std::io::Result<()> {
     if let Some(mut idx) = seg.active.take() {
         if seg.size > 0 {
             let last_rel = (seg.next_offset - 1 - seg.base) as u32;
             idx.push_time(seg.max_timestamp, last_rel);
         }
-        let files = seg.files()?;
         idx.write_pending(files.index.as_ref(), files.time.as_ref())?;
         seg.offset_entries = idx.offsets.len() as u64;
         seg.time_entries = idx.times.len() as u64;
     }
-    if let Some(files) = seg.files.take() {
-        files.log.sync_data()?;
-        files.index.sync_data()?;
-        files.time.sync_data()?;
-    }
+    files.log.sync_data()?;
+    files.index.sync_data()?;
+    files.time.sync_data()?;
     Ok(())
 }
 
-fn create_segment(env: &Env, dir: &Path, base: u64, interval: u64) -> std::io::Result<Segment> {
-    let files = SegFiles::open(env, dir, base, true)?;
+/// Creates a segment's three files (opened by `open`) empty, and makes them durable in `dir`.
+fn create_segment(
+    env: &Env,
+    dir: &Path,
+    base: u64,
+    interval: u64,
+    open: impl Fn(FileKind, &Path) -> std::io::Result<Arc<dyn StorageFile>>,
+) -> std::io::Result<Segment> {
+    let files = SegFiles {
+        log: open(FileKind::Log, &log_path(dir, base))?,
+        index: open(FileKind::Index, &index_path(dir, base))?,
+        time: open(FileKind::Time, &time_path(dir, base))?,
+    };
     // A leftover file of the same name (from a log truncated below it) must not leak bytes in.
     files.log.set_len(0)?;
     files.index.set_len(0)?;
@@ -1135,7 +1190,6 @@ fn create_segment(env: &Env, dir: &Path, base: u64, interval: u64) -> std::io::R
             interval_bytes: interval,
             ..ActiveIndex::default()
         }),
-        files: Some(files),
         offset_entries: 0,
         time_entries: 0,
     })

@@ -30,6 +30,12 @@ pub(super) struct Recovered {
     pub(super) producers: ProducerState,
     /// The checkpoint read at the start, if it was usable.
     pub(super) checkpoint: Option<Checkpoint>,
+    /// The active segment's base and the handles recovery used on it (which may hold unsynced
+    /// truncations), if it opened them.
+    pub(super) active_files: Option<(u64, SegFiles)>,
+    /// Recovery changed a file, or the checkpoint does not describe the log's end: a new
+    /// checkpoint must make the state durable. `false` after a clean close.
+    pub(super) changed: bool,
 }
 
 /// Recovers the log in `dir` (which the caller has created and locked).
@@ -42,6 +48,7 @@ pub(super) fn recover(
     let fs = env.fs.as_ref();
     let names = fs.list_dir(dir).map_err(io_err(dir))?;
     let bases = segment_bases(&names);
+    let left_tmp = names.iter().any(|n| n == CHECKPOINT_TMP_FILE);
     let cp = read_checkpoint(fs, dir, &names, &bases)?;
     let mut scan = SegmentScan {
         dir,
@@ -53,18 +60,31 @@ pub(super) fn recover(
         producers: cp.as_ref().map(|c| c.producers.clone()).unwrap_or_default(),
         replay_from: cp.as_ref().map_or(0, |c| c.next_offset),
         segments: Vec::new(),
+        active_files: None,
+        changed: left_tmp,
     };
     scan_segments(&mut scan, &bases)?;
+    reactivate_last(&mut scan)?;
     let SegmentScan {
         mut segments,
         mut producers,
+        mut active_files,
+        mut changed,
         interval,
         ..
     } = scan;
-    reactivate_last(dir, env, &mut segments, interval, now)?;
     if segments.is_empty() {
         let base = cp.as_ref().map_or(0, |c| c.next_offset.max(c.log_start));
-        segments.push(super::create_segment(env, dir, base, interval).map_err(io_err(dir))?);
+        let mut files = None;
+        let seg =
+            super::create_segment(env, dir, base, interval, |_, path| env.fs.open(path, true))
+                .map_err(io_err(dir))?;
+        if let Ok(opened) = SegFiles::open(env, dir, base, false) {
+            files = Some((base, opened));
+        }
+        active_files = files;
+        segments.push(seg);
+        changed = true;
     }
     let next_offset = segments.last().map_or(0, |s| s.next_offset);
     producers.truncate_tail(next_offset);
@@ -74,12 +94,23 @@ pub(super) fn recover(
         .map_or(first_base, |c| c.log_start.max(first_base))
         .min(next_offset);
     producers.truncate_head(log_start);
+    let at_end = match (&cp, segments.last()) {
+        (Some(c), Some(last)) => {
+            c.segment_base == last.base
+                && c.position == last.size
+                && c.next_offset == next_offset
+                && c.log_start == log_start
+        }
+        _ => false,
+    };
     Ok(Recovered {
         segments,
         log_start,
         next_offset,
         producers,
         checkpoint: cp,
+        active_files,
+        changed: changed || !at_end,
     })
 }
 
@@ -118,6 +149,10 @@ struct SegmentScan<'a> {
     producers: ProducerState,
     replay_from: u64,
     segments: Vec<Segment>,
+    /// Handles of the segment left active, see [`Recovered::active_files`].
+    active_files: Option<(u64, SegFiles)>,
+    /// See [`Recovered::changed`].
+    changed: bool,
 }
 
 /// Step 2: every segment in order. Closed segments below the recovery point are trusted; the
@@ -132,6 +167,7 @@ fn scan_segments(scan: &mut SegmentScan<'_>, bases: &[u64]) -> Result<(), OpenEr
         let ip = index_path(dir, base);
         let tp = time_path(dir, base);
         if damaged {
+            scan.changed = true;
             for p in [&lp, &ip, &tp] {
                 match fs.remove_file(p) {
                     Ok(()) => {}
@@ -145,6 +181,7 @@ fn scan_segments(scan: &mut SegmentScan<'_>, bases: &[u64]) -> Result<(), OpenEr
             if prev.next_offset != base {
                 tracing::warn!(dir = %dir.display(), base, expected = prev.next_offset, "segment does not continue its predecessor; dropping it and everything after");
                 damaged = true;
+                scan.changed = true;
                 for p in [&lp, &ip, &tp] {
                     let _ = fs.remove_file(p);
                 }
@@ -165,12 +202,15 @@ fn scan_segments(scan: &mut SegmentScan<'_>, bases: &[u64]) -> Result<(), OpenEr
                 continue;
             }
         }
-        let mut seg = recover_tail(scan, base, files, file_len)?;
+        let mut seg = recover_tail(scan, base, &files, file_len)?;
         if seg.size < file_len {
             damaged = true;
         }
-        if !(is_last || damaged) {
-            super::close_segment(&mut seg).map_err(io_err(&ip))?;
+        if is_last || damaged {
+            scan.active_files = Some((base, files));
+        } else {
+            super::close_segment(&mut seg, &files).map_err(io_err(&ip))?;
+            scan.changed = true;
         }
         scan.segments.push(seg);
     }
@@ -202,7 +242,6 @@ fn trust_closed(
         .map_or(NO_TIMESTAMP, |e| known_timestamp(e.ts));
     Ok(Some(Segment {
         base,
-        files: None,
         size: file_len,
         next_offset: next_base,
         max_timestamp,
@@ -221,7 +260,7 @@ fn trust_closed(
 fn recover_tail(
     scan: &mut SegmentScan<'_>,
     base: u64,
-    files: SegFiles,
+    files: &SegFiles,
     file_len: u64,
 ) -> Result<Segment, OpenError> {
     let dir = scan.dir;
@@ -240,10 +279,9 @@ fn recover_tail(
         (0, 0)
     };
     let mut idx = reload_index(
-        dir,
+        scan,
         base,
-        &files,
-        scan.interval,
+        files,
         start_offset - base,
         start_pos,
         offset_entries_max,
@@ -287,6 +325,10 @@ fn recover_tail(
     if pos < file_len {
         tracing::warn!(dir = %dir.display(), base, valid_bytes = pos, file_bytes = file_len, "truncating torn or corrupt segment tail");
         files.log.set_len(pos).map_err(io_err(&lp))?;
+        scan.changed = true;
+    } else if pos > start_pos {
+        // Batches past the checkpoint: the checkpoint must move over them.
+        scan.changed = true;
     }
     let first_ts = if start_pos == 0 {
         first_max_timestamp
@@ -301,7 +343,6 @@ fn recover_tail(
     let touched_ms = modified_or(files.log.as_ref(), scan.now);
     Ok(Segment {
         base,
-        files: Some(files),
         size: pos,
         next_offset: offset,
         max_timestamp: max_ts,
@@ -315,55 +356,52 @@ fn recover_tail(
 
 /// Step 3: a closed segment left last (its successors were dropped) becomes active again, its
 /// index reloaded from its files.
-fn reactivate_last(
-    dir: &Path,
-    env: &Env,
-    segments: &mut [Segment],
-    interval: u64,
-    now: i64,
-) -> Result<(), OpenError> {
-    let Some(seg) = segments.last_mut() else {
+fn reactivate_last(scan: &mut SegmentScan<'_>) -> Result<(), OpenError> {
+    let (dir, env, now) = (scan.dir, scan.env, scan.now);
+    let Some(seg) = scan.segments.last() else {
         return Ok(());
     };
     if seg.active.is_some() {
         return Ok(());
     }
-    let ip = index_path(dir, seg.base);
-    let files = SegFiles::open(env, dir, seg.base, false).map_err(io_err(&ip))?;
+    let (base, next_offset, size) = (seg.base, seg.next_offset, seg.size);
+    let (offset_entries, time_entries) = (seg.offset_entries, seg.time_entries);
+    let ip = index_path(dir, base);
+    let files = SegFiles::open(env, dir, base, false).map_err(io_err(&ip))?;
     let idx = reload_index(
-        dir,
-        seg.base,
+        scan,
+        base,
         &files,
-        interval,
-        seg.next_offset - seg.base,
-        seg.size,
-        seg.offset_entries,
-        seg.time_entries,
+        next_offset - base,
+        size,
+        offset_entries,
+        time_entries,
     )?;
-    seg.roll_base_ms = (seg.size > 0).then_some(now);
-    seg.active = Some(idx);
-    seg.files = Some(files);
+    scan.changed = true;
+    scan.active_files = Some((base, files));
+    if let Some(seg) = scan.segments.last_mut() {
+        seg.roll_base_ms = (size > 0).then_some(now);
+        seg.active = Some(idx);
+    }
     Ok(())
 }
 
 /// Loads the valid prefix of a segment's index files (entries below `rel_end` and `pos_end`,
 /// at most the given counts) as an active in-memory index, and cuts the files to what was kept,
 /// since entries past it may describe batches that are gone.
-#[allow(clippy::too_many_arguments)]
 fn reload_index(
-    dir: &Path,
+    scan: &mut SegmentScan<'_>,
     base: u64,
     files: &SegFiles,
-    interval: u64,
     rel_end: u64,
     pos_end: u64,
     offset_entries_max: u64,
     time_entries_max: u64,
 ) -> Result<ActiveIndex, OpenError> {
-    let ip = index_path(dir, base);
-    let tp = time_path(dir, base);
+    let ip = index_path(scan.dir, base);
+    let tp = time_path(scan.dir, base);
     let mut idx = ActiveIndex {
-        interval_bytes: interval,
+        interval_bytes: scan.interval,
         ..ActiveIndex::default()
     };
     if offset_entries_max > 0 {
@@ -375,14 +413,20 @@ fn reload_index(
         idx.times = index::load_times(files.time.as_ref(), rel_end, time_entries_max)
             .map_err(io_err(&tp))?;
     }
-    files
-        .index
-        .set_len(idx.offsets.len() as u64 * OFFSET_ENTRY_BYTES)
-        .map_err(io_err(&ip))?;
-    files
-        .time
-        .set_len(idx.times.len() as u64 * TIME_ENTRY_BYTES)
-        .map_err(io_err(&tp))?;
+    // Cut only what differs: an unchanged file is not written (and a clean open writes nothing).
+    for (file, len, path) in [
+        (
+            &files.index,
+            idx.offsets.len() as u64 * OFFSET_ENTRY_BYTES,
+            &ip,
+        ),
+        (&files.time, idx.times.len() as u64 * TIME_ENTRY_BYTES, &tp),
+    ] {
+        if file.len().map_err(io_err(path))? != len {
+            file.set_len(len).map_err(io_err(path))?;
+            scan.changed = true;
+        }
+    }
     idx.offsets_written = idx.offsets.len();
     idx.times_written = idx.times.len();
     Ok(idx)

@@ -4,6 +4,7 @@
 mod append_read;
 mod crash;
 mod fuzz_open;
+mod many_partitions;
 mod model;
 mod retention;
 mod sigkill;
