@@ -45,6 +45,14 @@ pub struct BrokerConfig {
     /// Largest partition count a topic may have; bounds the files and memory one request
     /// can make the broker create.
     pub partitions_per_topic_max: u32,
+    /// Largest number of partitions this broker holds over all topics; a CreateTopics or
+    /// CreatePartitions that would exceed it is refused with POLICY_VIOLATION naming this
+    /// setting. Bounds memory, startup work and what one client can make the broker create.
+    pub partitions_max: u32,
+    /// Segment files the storage keeps open at once over all partitions (the rest are opened
+    /// on demand, least recently used closed first). Unset: the process's open-file limit less
+    /// `connections_max` and a reserve of 256 (at least a quarter of the limit).
+    pub open_files_max: Option<u64>,
     /// Largest request frame accepted, in bytes (Kafka `socket.request.max.bytes`); a
     /// larger frame closes the connection.
     pub request_bytes_max: u32,
@@ -94,6 +102,8 @@ impl Default for BrokerConfig {
             auto_create_topics_enable: true,
             num_partitions: 1,
             partitions_per_topic_max: 10_000,
+            partitions_max: 100_000,
+            open_files_max: None,
             request_bytes_max: 100 * 1024 * 1024,
             connections_max: 1024,
             connection_requests_in_flight_max: 64,

@@ -22,6 +22,7 @@ mod config;
 pub mod group;
 mod group_commit;
 pub mod http;
+pub mod limits;
 pub mod metrics;
 mod problem;
 mod producer_ids;
@@ -216,6 +217,20 @@ impl Broker {
         stats.topics = topics;
         stats.partitions = partitions;
         stats.disk_bytes = disk_bytes;
+        let files = self.core.topics.file_stats();
+        stats.open_files = files.open_files;
+        stats.open_files_max = files.open_files_max;
+        stats.open_files_hits_total = files.hits;
+        stats.open_files_misses_total = files.misses;
+        stats.open_files_evictions_total = files.evictions;
+        stats.limit_refusals_total = self
+            .core
+            .topics
+            .limits
+            .snapshot()
+            .into_iter()
+            .map(|(limit, count)| (limit.to_string(), count))
+            .collect();
         stats
     }
 

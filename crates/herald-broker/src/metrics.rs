@@ -81,7 +81,17 @@ impl Exposition {
 /// Renders a stats snapshot, plus this process's resident memory, as one exposition.
 pub fn render(stats: &BrokerStats) -> String {
     let mut text = Exposition::default();
-    let gauges: [(&str, &str, u64); 4] = [
+    let gauges: [(&str, &str, u64); 6] = [
+        (
+            "herald_open_files",
+            "Segment files the storage holds open now.",
+            stats.open_files,
+        ),
+        (
+            "herald_open_files_max",
+            "The storage's open_files_max: segment files kept open at most.",
+            stats.open_files_max,
+        ),
         ("herald_topics", "Topics on this broker.", stats.topics),
         (
             "herald_partitions",
@@ -103,7 +113,22 @@ pub fn render(stats: &BrokerStats) -> String {
         text.family(name, help, Kind::Gauge);
         text.sample(name, &[], value);
     }
-    let counters: [(&str, &str, u64); 11] = [
+    let counters: [(&str, &str, u64); 14] = [
+        (
+            "herald_open_files_hits_total",
+            "Segment-file lookups served by an open file.",
+            stats.open_files_hits_total,
+        ),
+        (
+            "herald_open_files_misses_total",
+            "Segment-file lookups that had to open the file.",
+            stats.open_files_misses_total,
+        ),
+        (
+            "herald_open_files_evictions_total",
+            "Segment files closed to stay within open_files_max.",
+            stats.open_files_evictions_total,
+        ),
         (
             "herald_connections_accepted_total",
             "Client connections accepted since start.",
@@ -171,6 +196,14 @@ pub fn render(stats: &BrokerStats) -> String {
     );
     for (api, count) in &stats.requests_total {
         text.sample("herald_requests_total", &[("api", api)], *count);
+    }
+    text.family(
+        "herald_limit_refusals_total",
+        "Operations refused by a broker-wide limit (open_files, partitions, disk_space).",
+        Kind::Counter,
+    );
+    for (limit, count) in &stats.limit_refusals_total {
+        text.sample("herald_limit_refusals_total", &[("limit", limit)], *count);
     }
     if let Some(rss) = process_rss_bytes() {
         text.family(

@@ -34,6 +34,9 @@ pub(crate) enum Problem {
     OffsetOutOfRange,
     /// The log failed on disk and refuses writes until the broker restarts.
     StorageError,
+    /// A broker-wide limit (open files, partitions, disk space) refused the operation; the
+    /// error message names the limit and the setting.
+    ResourceLimit,
     /// A well-formed request this broker will not serve (transactions, for example).
     Unsupported,
 }

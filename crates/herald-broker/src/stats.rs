@@ -102,6 +102,20 @@ pub struct BrokerStats {
     pub maintenance_passes_total: u64,
     /// Segments deleted by time or size retention.
     pub retention_segments_deleted_total: u64,
+    /// Segment files the storage holds open now (its cache; a read in progress may hold a few
+    /// more).
+    pub open_files: u64,
+    /// The storage's `open_files_max`.
+    pub open_files_max: u64,
+    /// Segment-file lookups served by an open file.
+    pub open_files_hits_total: u64,
+    /// Segment-file lookups that had to open the file.
+    pub open_files_misses_total: u64,
+    /// Segment files closed to stay within `open_files_max`.
+    pub open_files_evictions_total: u64,
+    /// Operations refused by a broker-wide limit, by limit (`open_files`, `partitions`,
+    /// `disk_space`).
+    pub limit_refusals_total: BTreeMap<String, u64>,
 }
 
 impl Counters {
@@ -137,6 +151,7 @@ impl Counters {
             fetched_records_total: load(&self.fetched_records),
             maintenance_passes_total: load(&self.maintenance_passes),
             retention_segments_deleted_total: load(&self.retention_segments_deleted),
+            ..BrokerStats::default()
         }
     }
 }

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use herald_storage::{AppendError, AppendInfo, LogConfig, PartitionLog};
+use herald_storage::{AppendError, AppendInfo, Env, LogConfig, OpenError, PartitionLog};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 use crate::BrokerConfig;
 use crate::group_commit::GroupCommit;
+use crate::limits::{self, Limit, LimitCounters};
 use crate::problem::Problem;
 use crate::topic_config::{self, InvalidConfig, Overrides};
 
@@ -38,6 +39,8 @@ pub(crate) struct Partition {
     appended: watch::Sender<u64>,
     /// Producers waiting for `acks=all` (see [`crate::group_commit`]).
     pub(crate) group_commit: GroupCommit,
+    /// Where an append refused by a resource limit is counted.
+    limits: Arc<LimitCounters>,
 }
 
 impl Partition {
@@ -45,20 +48,30 @@ impl Partition {
         dir: &Path,
         index: i32,
         config: LogConfig,
-    ) -> Result<Partition, herald_storage::OpenError> {
-        let log = PartitionLog::open(dir, config)?;
+        env: &Env,
+        limits: &Arc<LimitCounters>,
+    ) -> Result<Partition, OpenError> {
+        let log = PartitionLog::open_with(dir, config, env.clone())?;
         let high_watermark = log.offsets().high_watermark;
         Ok(Partition {
             index,
             log,
             appended: watch::channel(high_watermark).0,
             group_commit: GroupCommit::default(),
+            limits: limits.clone(),
         })
     }
 
     /// Appends producer batches and wakes fetchers waiting on this partition.
     pub(crate) fn append(&self, batches: &[u8]) -> Result<AppendInfo, AppendError> {
-        let info = self.log.append(batches)?;
+        let info = self.log.append(batches).inspect_err(|error| {
+            if let AppendError::Io(io) = error {
+                if let Some(limit) = limits::limit_of(io) {
+                    let text = limits::message(limit, self.limits.open_files_max, (0, 0));
+                    self.limits.hit(limit, &format!("append refused: {text}"));
+                }
+            }
+        })?;
         if !info.duplicate {
             self.appended.send_replace(info.last_offset + 1);
         }
@@ -118,6 +131,11 @@ const TOPICS_FILE_FORMAT: u32 = 1;
 /// Every topic of the broker.
 pub(crate) struct Topics {
     broker: BrokerConfig,
+    /// The storage environment every partition shares: one open-file cache bounded by
+    /// `open_files_max`, and one lock on the data directory instead of one per partition.
+    env: Env,
+    /// Refusals by a resource limit, for `/metrics`.
+    pub(crate) limits: Arc<LimitCounters>,
     map: RwLock<BTreeMap<String, Arc<Topic>>>,
     /// Serialises changes (create, delete, grow, alter) so that each one's metadata write
     /// reflects exactly the changes before it.
@@ -135,6 +153,14 @@ pub enum TopicsOpenError {
         path: PathBuf,
         /// What went wrong.
         message: String,
+    },
+    /// Another process (a second broker) has the data directory open.
+    #[error("data directory {path} is in use by another process: {source}")]
+    Locked {
+        /// The data directory.
+        path: PathBuf,
+        /// The operating system's reason.
+        source: std::io::Error,
     },
     /// A partition log could not be opened.
     #[error("cannot open partition {topic}-{partition}: {source}")]
@@ -170,6 +196,8 @@ pub(crate) enum CreateTopicError {
     ReplicationFactor(i16),
     #[error(transparent)]
     Config(#[from] InvalidConfig),
+    #[error("{message}")]
+    Limit { limit: Limit, message: String },
     #[error("storage failed: {0}")]
     Storage(String),
 }
@@ -182,6 +210,7 @@ impl CreateTopicError {
             CreateTopicError::Partitions { .. } => Problem::InvalidPartitions,
             CreateTopicError::ReplicationFactor(_) => Problem::InvalidReplicationFactor,
             CreateTopicError::Config(error) => error.problem(),
+            CreateTopicError::Limit { .. } => Problem::ResourceLimit,
             CreateTopicError::Storage(_) => Problem::StorageError,
         }
     }
@@ -220,6 +249,8 @@ pub(crate) enum CreatePartitionsError {
         requested: i64,
         max: u32,
     },
+    #[error("{message}")]
+    Limit { limit: Limit, message: String },
     #[error("storage failed: {0}")]
     Storage(String),
 }
@@ -229,6 +260,7 @@ impl CreatePartitionsError {
         match self {
             CreatePartitionsError::Unknown(_) => Problem::UnknownTopicOrPartition,
             CreatePartitionsError::Count { .. } => Problem::InvalidPartitions,
+            CreatePartitionsError::Limit { .. } => Problem::ResourceLimit,
             CreatePartitionsError::Storage(_) => Problem::StorageError,
         }
     }
@@ -306,26 +338,47 @@ impl Topics {
                 message: format!("format {} is newer than this broker's", file.format),
             });
         }
+        let env = storage_env(broker).map_err(|source| TopicsOpenError::Locked {
+            path: broker.data_dir.clone(),
+            source,
+        })?;
+        let limits = Arc::new(LimitCounters::new(env.files.open_files_max() as u64));
         remove_deleted_dirs(&broker.data_dir);
-        let mut map = BTreeMap::new();
-        for record in file.topics {
+        // Every partition of every topic is opened at once, in parallel: after a clean
+        // shutdown each open reads a few small files; after a crash only partitions written
+        // since their last checkpoint scan anything.
+        let mut jobs = Vec::new();
+        for record in &file.topics {
             let config = topic_config::log_config(broker, &record.configs).map_err(|error| {
                 TopicsOpenError::Config {
                     topic: record.name.clone(),
                     message: error.message,
                 }
             })?;
-            let mut partitions = Vec::new();
             for index in 0..record.partitions {
                 let index = i32::try_from(index).unwrap_or(i32::MAX);
                 let dir = partition_dir(&broker.data_dir, &record.name, index);
-                let partition = Partition::open(&dir, index, config.clone()).map_err(|source| {
-                    TopicsOpenError::Partition {
+                jobs.push((dir, index, config.clone()));
+            }
+        }
+        let started = std::time::Instant::now();
+        let mut opened = open_partitions(jobs, &env, &limits).into_iter();
+        let mut map = BTreeMap::new();
+        for record in file.topics {
+            let mut partitions = Vec::new();
+            for index in 0..record.partitions {
+                let index = i32::try_from(index).unwrap_or(i32::MAX);
+                let partition = opened
+                    .next()
+                    .ok_or_else(|| TopicsOpenError::Metadata {
+                        path: path.clone(),
+                        message: "partition count changed while loading".to_string(),
+                    })?
+                    .map_err(|source| TopicsOpenError::Partition {
                         topic: record.name.clone(),
                         partition: index,
                         source,
-                    }
-                })?;
+                    })?;
                 partitions.push(Arc::new(partition));
             }
             map.insert(
@@ -338,11 +391,92 @@ impl Topics {
                 }),
             );
         }
+        let partitions: usize = map.values().map(|t: &Arc<Topic>| t.partition_count()).sum();
+        info!(
+            topics = map.len(),
+            partitions,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            open_files_max = env.files.open_files_max(),
+            "opened partitions"
+        );
         Ok(Topics {
             broker: broker.clone(),
+            env,
+            limits,
             map: RwLock::new(map),
             change: Mutex::new(()),
         })
+    }
+
+    /// Partitions over all topics.
+    pub(crate) fn partition_total(&self) -> u64 {
+        self.map
+            .read()
+            .values()
+            .map(|topic| topic.partition_count() as u64)
+            .sum()
+    }
+
+    /// Refuses adding `adding` partitions beyond `partitions_max`, as a limit hit.
+    fn check_partitions_max(&self, adding: u64) -> Result<(), (Limit, String)> {
+        let total = self.partition_total() + adding;
+        let max = u64::from(self.broker.partitions_max);
+        if total <= max {
+            return Ok(());
+        }
+        let message = limits::message(
+            Limit::Partitions,
+            self.env.files.open_files_max() as u64,
+            (total, max),
+        );
+        self.limits.hit(Limit::Partitions, &message);
+        Err((Limit::Partitions, message))
+    }
+
+    /// Opens new partitions of `topic` in parallel; a resource limit comes back as what it is.
+    fn create_partitions(
+        &self,
+        topic: &str,
+        indexes: std::ops::Range<usize>,
+        config: &LogConfig,
+    ) -> Result<Vec<Arc<Partition>>, (Option<Limit>, String)> {
+        let jobs = indexes
+            .map(|index| {
+                let index = i32::try_from(index).unwrap_or(i32::MAX);
+                let dir = partition_dir(&self.broker.data_dir, topic, index);
+                (dir, index, config.clone())
+            })
+            .collect();
+        let mut partitions = Vec::new();
+        for result in open_partitions(jobs, &self.env, &self.limits) {
+            match result {
+                Ok(partition) => partitions.push(Arc::new(partition)),
+                Err(error) => {
+                    let limit = match &error {
+                        OpenError::Io { source, .. } => limits::limit_of(source),
+                        _ => None,
+                    };
+                    return Err(match limit {
+                        Some(limit) => {
+                            let message = limits::message(
+                                limit,
+                                self.env.files.open_files_max() as u64,
+                                (0, 0),
+                            );
+                            self.limits.hit(limit, &message);
+                            (Some(limit), message)
+                        }
+                        None => (None, error.to_string()),
+                    });
+                }
+            }
+        }
+        Ok(partitions)
+    }
+
+    /// The open-file cache's counters, for `/metrics`.
+    pub(crate) fn file_stats(&self) -> herald_storage::FileCacheStats {
+        self.env.files.stats()
     }
 
     pub(crate) fn get(&self, name: &str) -> Option<Arc<Topic>> {
@@ -418,17 +552,17 @@ impl Topics {
             overrides: RwLock::new(overrides),
             partitions: RwLock::new(Vec::new()),
         });
+        self.check_partitions_max(u64::from(count))
+            .map_err(|(limit, message)| CreateTopicError::Limit { limit, message })?;
         if validate_only {
             return Ok(topic);
         }
-        let mut partitions = Vec::new();
-        for index in 0..count {
-            let index = i32::try_from(index).unwrap_or(i32::MAX);
-            let dir = partition_dir(&self.broker.data_dir, name, index);
-            let partition = Partition::open(&dir, index, config.clone())
-                .map_err(|error| CreateTopicError::Storage(error.to_string()))?;
-            partitions.push(Arc::new(partition));
-        }
+        let partitions = self
+            .create_partitions(name, 0..count as usize, &config)
+            .map_err(|error| match error {
+                (Some(limit), message) => CreateTopicError::Limit { limit, message },
+                (None, message) => CreateTopicError::Storage(message),
+            })?;
         *topic.partitions.write() = partitions;
         let mut next = self.map.read().clone();
         next.insert(name.to_string(), topic.clone());
@@ -488,19 +622,19 @@ impl Topics {
                 max,
             });
         }
+        self.check_partitions_max((requested - current) as u64)
+            .map_err(|(limit, message)| CreatePartitionsError::Limit { limit, message })?;
         if validate_only {
             return Ok(());
         }
         let config = topic_config::log_config(&self.broker, &topic.overrides())
             .map_err(|error| CreatePartitionsError::Storage(error.to_string()))?;
-        let mut added = Vec::new();
-        for index in current..requested {
-            let index = i32::try_from(index).unwrap_or(i32::MAX);
-            let dir = partition_dir(&self.broker.data_dir, name, index);
-            let partition = Partition::open(&dir, index, config.clone())
-                .map_err(|error| CreatePartitionsError::Storage(error.to_string()))?;
-            added.push(Arc::new(partition));
-        }
+        let added = self
+            .create_partitions(name, current..requested, &config)
+            .map_err(|error| match error {
+                (Some(limit), message) => CreatePartitionsError::Limit { limit, message },
+                (None, message) => CreatePartitionsError::Storage(message),
+            })?;
         topic.partitions.write().extend(added);
         let map = self.map.read().clone();
         self.persist(&map)
@@ -622,6 +756,70 @@ impl crate::group::TopicCatalog for Topics {
         topic_config::value(&self.broker, &topic.overrides(), topic_config::RETENTION_MS)
             .and_then(|value| value.parse().ok())
     }
+}
+
+/// The storage environment of a broker: one open-file cache of `open_files_max` files (derived
+/// from the process limit when unset) and one lock on the data directory, held by every
+/// partition, instead of a lock file (and descriptor) per partition.
+fn storage_env(broker: &BrokerConfig) -> std::io::Result<Env> {
+    let open_files_max = broker
+        .open_files_max
+        .unwrap_or_else(|| limits::derived_open_files_max(broker.connections_max));
+    Env::default()
+        .with_open_files_max(usize::try_from(open_files_max).unwrap_or(usize::MAX))
+        .with_dir_lock(&broker.data_dir)
+}
+
+/// Threads opening partitions at once: opening waits mostly on the disk, so more than the
+/// cores, but few enough not to starve the rest of the broker.
+const OPEN_THREADS_MAX: usize = 8;
+
+/// Opens partitions in parallel, results in the order of `jobs`.
+fn open_partitions(
+    jobs: Vec<(PathBuf, i32, LogConfig)>,
+    env: &Env,
+    limits: &Arc<LimitCounters>,
+) -> Vec<Result<Partition, OpenError>> {
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get() * 2)
+        .min(OPEN_THREADS_MAX)
+        .min(jobs.len());
+    if threads <= 1 {
+        return jobs
+            .iter()
+            .map(|(dir, index, config)| Partition::open(dir, *index, config.clone(), env, limits))
+            .collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut results: Vec<Option<Result<Partition, OpenError>>> = Vec::new();
+    results.resize_with(jobs.len(), || None);
+    let results = Mutex::new(results);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some((dir, index, config)) = jobs.get(i) else {
+                        break;
+                    };
+                    let result = Partition::open(dir, *index, config.clone(), env, limits);
+                    results.lock()[i] = Some(result);
+                }
+            });
+        }
+    });
+    results
+        .into_inner()
+        .into_iter()
+        .map(|result| {
+            result.unwrap_or_else(|| {
+                Err(OpenError::Io {
+                    path: PathBuf::new(),
+                    source: std::io::Error::other("partition open did not run"),
+                })
+            })
+        })
+        .collect()
 }
 
 /// `<data_dir>/<topic>-<partition>`.

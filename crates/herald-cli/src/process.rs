@@ -1,5 +1,6 @@
 //! What every long-running command sets up around its work, once for all of them: the tracing
-//! subscriber on stderr and the SIGTERM/SIGINT handlers that stop it cleanly.
+//! subscriber on stderr, the SIGTERM/SIGINT handlers that stop it cleanly, and for the broker
+//! the open-file limit raised to what the system allows.
 
 use std::io::IsTerminal as _;
 
@@ -52,4 +53,17 @@ pub fn stop_signal() -> Result<impl Future<Output = &'static str>, std::io::Erro
             _ = interrupt.recv() => "SIGINT",
         }
     })
+}
+
+/// Raises the soft open-file limit (`RLIMIT_NOFILE`) to the hard one and logs both: a broker
+/// holding thousands of partitions and connections needs descriptors, and the soft limit is
+/// only a default any process may lift up to the hard one.
+pub fn raise_open_files_limit() {
+    match herald_broker::limits::raise_open_files_limit() {
+        Ok(((soft_before, hard), (soft, _))) if soft_before != soft => {
+            tracing::info!(soft, hard, soft_before, "raised the open-file limit");
+        }
+        Ok((_, (soft, hard))) => tracing::info!(soft, hard, "open-file limit"),
+        Err(error) => tracing::warn!(%error, "could not raise the open-file limit"),
+    }
 }

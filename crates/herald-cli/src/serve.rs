@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 use crate::CliError;
-use crate::process::{LogFormat, init_logging, log_filter, stop_signal};
+use crate::process::{LogFormat, init_logging, log_filter, raise_open_files_limit, stop_signal};
 use crate::settings::{ConfigError, help_lines, layer, read_config_file};
 use toml::Value;
 
@@ -96,6 +96,7 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
     let (process, broker_config) =
         settings(&args).map_err(|error| CliError::Usage(error.to_string()))?;
     init_logging(log_filter(&process.log)?, process.log_format)?;
+    raise_open_files_limit();
     use_one_malloc_arena();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

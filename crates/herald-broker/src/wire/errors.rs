@@ -43,6 +43,9 @@ pub(crate) const INVALID_PRODUCER_EPOCH: i16 = ResponseError::InvalidProducerEpo
 pub(crate) const INVALID_CONFIG: i16 = ResponseError::InvalidConfig.code();
 /// Kafka `KAFKA_STORAGE_ERROR`.
 pub(crate) const KAFKA_STORAGE_ERROR: i16 = ResponseError::KafkaStorageError.code();
+/// Kafka `POLICY_VIOLATION`: what a broker limit (open files, partitions, disk space) refuses
+/// with, as Kafka's create-topic policies do; clients show the message, which names the limit.
+pub(crate) const POLICY_VIOLATION: i16 = ResponseError::PolicyViolation.code();
 /// Kafka `UNKNOWN_PRODUCER_ID`.
 pub(crate) const UNKNOWN_PRODUCER_ID: i16 = ResponseError::UnknownProducerId.code();
 /// Kafka `TRANSACTIONAL_ID_AUTHORIZATION_FAILED`, the refusal of a transactional producer
@@ -69,6 +72,7 @@ pub(crate) fn code(problem: Problem) -> i16 {
         Problem::UnknownProducerId => UNKNOWN_PRODUCER_ID,
         Problem::OffsetOutOfRange => OFFSET_OUT_OF_RANGE,
         Problem::StorageError => KAFKA_STORAGE_ERROR,
+        Problem::ResourceLimit => POLICY_VIOLATION,
         Problem::Unsupported => UNSUPPORTED_VERSION,
     }
 }

@@ -12,6 +12,7 @@ mod group_support;
 mod group_wire;
 mod idempotence;
 mod log_dirs;
+mod many_partitions;
 mod metadata_offsets;
 mod produce_consume;
 mod request_order;

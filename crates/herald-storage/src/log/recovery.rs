@@ -84,7 +84,22 @@ pub(super) fn recover(
         }
         active_files = files;
         segments.push(seg);
-        changed = true;
+        // A brand-new log needs no checkpoint: without one it recovers to the same empty log
+        // at offset 0 (creating its segment fsynced the directory). That keeps creating many
+        // partitions at one directory fsync each.
+        let fresh = bases.is_empty() && cp.is_none() && !left_tmp;
+        changed = !fresh;
+        if fresh {
+            return Ok(Recovered {
+                segments,
+                log_start: 0,
+                next_offset: 0,
+                producers,
+                checkpoint: None,
+                active_files,
+                changed: false,
+            });
+        }
     }
     let next_offset = segments.last().map_or(0, |s| s.next_offset);
     producers.truncate_tail(next_offset);
