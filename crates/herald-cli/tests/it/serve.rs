@@ -243,6 +243,33 @@ fn sigkill_keeps_acknowledged_data() {
     );
 }
 
+#[test]
+fn sigkill_with_more_partitions_than_open_files_keeps_every_acknowledged_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("herald.toml");
+    // Far fewer files than the partitions need: the storage must evict and reopen throughout.
+    std::fs::write(&config, "open_files_max = 24\n").unwrap();
+    let config = config.display().to_string();
+    let mut broker = ServeProcess::start_with(
+        &dir.path().join("data"),
+        free_addr(),
+        &["--config", config.as_str()],
+    );
+    create_topic(broker.kafka_addr, "wide", 300, &[]);
+    let records = sample_records(3000);
+    produce_all(broker.kafka_addr, "wide", &records);
+
+    broker.sigkill();
+    broker.restart();
+
+    assert_eq!(
+        sorted(consume_all(broker.kafka_addr, "wide", records.len())),
+        sorted(records)
+    );
+    let metrics = http_get(broker.http_addr, "/metrics").unwrap().body;
+    assert!(metrics.contains("herald_open_files_max 24\n"), "{metrics}");
+}
+
 /// Records which message indexes the broker acknowledged, and the first failure.
 struct Acks {
     acked: Mutex<Vec<usize>>,

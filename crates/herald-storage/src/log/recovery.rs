@@ -75,14 +75,12 @@ pub(super) fn recover(
     } = scan;
     if segments.is_empty() {
         let base = cp.as_ref().map_or(0, |c| c.next_offset.max(c.log_start));
-        let mut files = None;
+        // Its handles close at once: the new files are empty, and a checkpoint (if one is
+        // needed) opens them through the cache.
         let seg =
             super::create_segment(env, dir, base, interval, |_, path| env.fs.open(path, true))
                 .map_err(io_err(dir))?;
-        if let Ok(opened) = SegFiles::open(env, dir, base, false) {
-            files = Some((base, opened));
-        }
-        active_files = files;
+        active_files = None;
         segments.push(seg);
         // A brand-new log needs no checkpoint: without one it recovers to the same empty log
         // at offset 0 (creating its segment fsynced the directory). That keeps creating many
@@ -116,6 +114,8 @@ pub(super) fn recover(
                 && c.next_offset == next_offset
                 && c.log_start == log_start
         }
+        // Never written and never checkpointed (a fresh log reopened): nothing to record.
+        (None, Some(last)) => segments.len() == 1 && last.base == 0 && last.size == 0,
         _ => false,
     };
     Ok(Recovered {

@@ -174,7 +174,8 @@ fn a_clean_reopen_of_many_partitions_writes_nothing_and_opens_no_segment() {
     let env = fs.env().with_open_files_max(16);
     let config = LogConfig::default();
     let logs = open_all(PARTITIONS, &config, &env);
-    for (p, log) in logs.iter().enumerate() {
+    // Half are written, half never: neither kind may be rewritten by a clean reopen.
+    for (p, log) in logs.iter().enumerate().filter(|(p, _)| p % 2 == 0) {
         log.append(&batch(p as u64, 2, 1_000)).unwrap();
     }
     drop(logs);
@@ -193,6 +194,7 @@ fn a_clean_reopen_of_many_partitions_writes_nothing_and_opens_no_segment() {
     assert_eq!(before, after, "a clean reopen changed files");
     assert_eq!(env.files.stats().open_files, 0, "no segment file kept open");
     for (p, log) in logs.iter().enumerate() {
-        assert_eq!(log.offsets().high_watermark, 2, "partition {p}");
+        let expected = if p % 2 == 0 { 2 } else { 0 };
+        assert_eq!(log.offsets().high_watermark, expected, "partition {p}");
     }
 }
