@@ -217,6 +217,7 @@ impl Broker {
         stats.topics = topics;
         stats.partitions = partitions;
         stats.disk_bytes = disk_bytes;
+        stats.partitions_loading = self.core.topics.partitions_loading();
         let files = self.core.topics.file_stats();
         stats.open_files = files.open_files;
         stats.open_files_max = files.open_files_max;

@@ -81,7 +81,12 @@ impl Exposition {
 /// Renders a stats snapshot, plus this process's resident memory, as one exposition.
 pub fn render(stats: &BrokerStats) -> String {
     let mut text = Exposition::default();
-    let gauges: [(&str, &str, u64); 6] = [
+    let gauges: [(&str, &str, u64); 7] = [
+        (
+            "herald_partitions_loading",
+            "Partitions whose logs are still being opened after a start.",
+            stats.partitions_loading,
+        ),
         (
             "herald_open_files",
             "Segment files the storage holds open now.",

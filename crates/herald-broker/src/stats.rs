@@ -74,6 +74,9 @@ pub struct BrokerStats {
     pub topics: u64,
     /// Partitions over all topics.
     pub partitions: u64,
+    /// Partitions whose logs are still being opened (recovered) in the background after a
+    /// start; a request for one opens it first.
+    pub partitions_loading: u64,
     /// Bytes the partition logs occupy on disk.
     pub disk_bytes: u64,
     /// Client connections open now.

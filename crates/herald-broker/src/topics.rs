@@ -84,22 +84,133 @@ impl Partition {
     }
 }
 
+/// What opening a partition needs, shared by every slot of the broker.
+struct Opener {
+    env: Env,
+    limits: Arc<LimitCounters>,
+}
+
+/// A partition as the broker knows it before and after its log is open. After a restart the
+/// logs are opened in the background, so the broker serves at once; a request for a partition
+/// not open yet opens it itself (or waits for the opener already at it), so it waits at most
+/// for that one partition's recovery.
+pub(crate) struct PartitionSlot {
+    index: i32,
+    dir: PathBuf,
+    opener: Arc<Opener>,
+    /// The config the log opens with; AlterConfigs keeps it current until then.
+    config: Mutex<LogConfig>,
+    loaded: std::sync::OnceLock<Arc<Partition>>,
+    /// Held while opening, so one caller recovers the log and the others wait for it; `true`
+    /// once the partition is deleted, after which it is never opened.
+    opening: Mutex<bool>,
+}
+
+impl PartitionSlot {
+    fn new(index: i32, dir: PathBuf, opener: &Arc<Opener>, config: LogConfig) -> PartitionSlot {
+        PartitionSlot {
+            index,
+            dir,
+            opener: opener.clone(),
+            config: Mutex::new(config),
+            loaded: std::sync::OnceLock::new(),
+            opening: Mutex::new(false),
+        }
+    }
+
+    fn with(partition: Partition, dir: PathBuf, opener: &Arc<Opener>, config: LogConfig) -> Self {
+        let slot = PartitionSlot::new(partition.index, dir, opener, config);
+        let _ = slot.loaded.set(Arc::new(partition));
+        slot
+    }
+
+    /// The partition if its log is open.
+    fn if_loaded(&self) -> Option<Arc<Partition>> {
+        self.loaded.get().cloned()
+    }
+
+    /// The partition, opening (recovering) its log first if no one has yet.
+    fn get(&self) -> Result<Arc<Partition>, OpenError> {
+        if let Some(partition) = self.loaded.get() {
+            return Ok(partition.clone());
+        }
+        let deleted = self.opening.lock();
+        if let Some(partition) = self.loaded.get() {
+            return Ok(partition.clone());
+        }
+        if *deleted {
+            return Err(OpenError::Io {
+                path: self.dir.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "partition deleted"),
+            });
+        }
+        let config = self.config.lock().clone();
+        let partition = Arc::new(Partition::open(
+            &self.dir,
+            self.index,
+            config,
+            &self.opener.env,
+            &self.opener.limits,
+        )?);
+        let _ = self.loaded.set(partition.clone());
+        Ok(partition)
+    }
+
+    /// Marks the partition deleted: never opened from now on, its log retired if open.
+    fn retire(&self) {
+        let mut deleted = self.opening.lock();
+        *deleted = true;
+        if let Some(partition) = self.loaded.get() {
+            partition.log.retire();
+        }
+    }
+}
+
 /// A topic: name, id, config overrides and partitions.
 pub(crate) struct Topic {
     pub(crate) name: String,
     pub(crate) id: Uuid,
     overrides: RwLock<Overrides>,
-    partitions: RwLock<Vec<Arc<Partition>>>,
+    partitions: RwLock<Vec<Arc<PartitionSlot>>>,
 }
 
 impl Topic {
+    /// The partition, its log opened first if the background opening has not reached it.
     pub(crate) fn partition(&self, index: i32) -> Option<Arc<Partition>> {
         let index = usize::try_from(index).ok()?;
-        self.partitions.read().get(index).cloned()
+        let slot = self.partitions.read().get(index).cloned()?;
+        match slot.get() {
+            Ok(partition) => Some(partition),
+            Err(error) => {
+                warn!(topic = %self.name, partition = index, %error, "cannot open partition");
+                None
+            }
+        }
     }
 
+    /// Every partition, each log opened first if needed.
     pub(crate) fn partitions(&self) -> Vec<Arc<Partition>> {
-        self.partitions.read().clone()
+        (0..self.partition_count())
+            .filter_map(|index| self.partition(i32::try_from(index).unwrap_or(i32::MAX)))
+            .collect()
+    }
+
+    /// The partitions whose logs are open; housekeeping and flushing need no others.
+    pub(crate) fn loaded_partitions(&self) -> Vec<Arc<Partition>> {
+        self.partitions
+            .read()
+            .iter()
+            .filter_map(|slot| slot.if_loaded())
+            .collect()
+    }
+
+    /// Partitions not opened yet (still to be recovered after a restart).
+    pub(crate) fn partitions_loading(&self) -> usize {
+        self.partitions
+            .read()
+            .iter()
+            .filter(|slot| slot.loaded.get().is_none())
+            .count()
     }
 
     pub(crate) fn partition_count(&self) -> usize {
@@ -136,6 +247,10 @@ pub(crate) struct Topics {
     env: Env,
     /// Refusals by a resource limit, for `/metrics`.
     pub(crate) limits: Arc<LimitCounters>,
+    opener: Arc<Opener>,
+    /// The background opening of the partitions found at start, stopped at shutdown.
+    loader: Mutex<Option<std::thread::JoinHandle<()>>>,
+    stop_loading: Arc<std::sync::atomic::AtomicBool>,
     map: RwLock<BTreeMap<String, Arc<Topic>>>,
     /// Serialises changes (create, delete, grow, alter) so that each one's metadata write
     /// reflects exactly the changes before it.
@@ -344,42 +459,29 @@ impl Topics {
         })?;
         let limits = Arc::new(LimitCounters::new(env.files.open_files_max() as u64));
         remove_deleted_dirs(&broker.data_dir);
-        // Every partition of every topic is opened at once, in parallel: after a clean
-        // shutdown each open reads a few small files; after a crash only partitions written
-        // since their last checkpoint scan anything.
-        let mut jobs = Vec::new();
-        for record in &file.topics {
+        let opener = Arc::new(Opener {
+            env: env.clone(),
+            limits: limits.clone(),
+        });
+        // No partition is opened here: the broker serves at once and the logs are opened in
+        // the background, in parallel (after a clean shutdown each reads a few small files;
+        // after a crash only partitions written since their last checkpoint scan anything).
+        let mut map = BTreeMap::new();
+        let mut slots = Vec::new();
+        for record in file.topics {
             let config = topic_config::log_config(broker, &record.configs).map_err(|error| {
                 TopicsOpenError::Config {
                     topic: record.name.clone(),
                     message: error.message,
                 }
             })?;
-            for index in 0..record.partitions {
-                let index = i32::try_from(index).unwrap_or(i32::MAX);
-                let dir = partition_dir(&broker.data_dir, &record.name, index);
-                jobs.push((dir, index, config.clone()));
-            }
-        }
-        let started = std::time::Instant::now();
-        let mut opened = open_partitions(jobs, &env, &limits).into_iter();
-        let mut map = BTreeMap::new();
-        for record in file.topics {
             let mut partitions = Vec::new();
             for index in 0..record.partitions {
                 let index = i32::try_from(index).unwrap_or(i32::MAX);
-                let partition = opened
-                    .next()
-                    .ok_or_else(|| TopicsOpenError::Metadata {
-                        path: path.clone(),
-                        message: "partition count changed while loading".to_string(),
-                    })?
-                    .map_err(|source| TopicsOpenError::Partition {
-                        topic: record.name.clone(),
-                        partition: index,
-                        source,
-                    })?;
-                partitions.push(Arc::new(partition));
+                let dir = partition_dir(&broker.data_dir, &record.name, index);
+                let slot = Arc::new(PartitionSlot::new(index, dir, &opener, config.clone()));
+                slots.push(slot.clone());
+                partitions.push(slot);
             }
             map.insert(
                 record.name.clone(),
@@ -391,21 +493,37 @@ impl Topics {
                 }),
             );
         }
-        let partitions: usize = map.values().map(|t: &Arc<Topic>| t.partition_count()).sum();
-        info!(
-            topics = map.len(),
-            partitions,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            open_files_max = env.files.open_files_max(),
-            "opened partitions"
-        );
+        let stop_loading = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let loader = {
+            let stop = stop_loading.clone();
+            let topics = map.len();
+            std::thread::Builder::new()
+                .name("herald-open".to_string())
+                .spawn(move || load_in_background(slots, topics, &stop))
+                .map_err(|error| TopicsOpenError::Metadata {
+                    path: path.clone(),
+                    message: format!("cannot start the partition opener: {error}"),
+                })?
+        };
         Ok(Topics {
             broker: broker.clone(),
             env,
             limits,
+            opener,
+            loader: Mutex::new(Some(loader)),
+            stop_loading,
             map: RwLock::new(map),
             change: Mutex::new(()),
         })
+    }
+
+    /// Stops the background opening of partitions and waits for the opens in progress.
+    pub(crate) fn stop_loading(&self) {
+        self.stop_loading
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(loader) = self.loader.lock().take() {
+            let _ = loader.join();
+        }
     }
 
     /// Partitions over all topics.
@@ -439,8 +557,8 @@ impl Topics {
         topic: &str,
         indexes: std::ops::Range<usize>,
         config: &LogConfig,
-    ) -> Result<Vec<Arc<Partition>>, (Option<Limit>, String)> {
-        let jobs = indexes
+    ) -> Result<Vec<Arc<PartitionSlot>>, (Option<Limit>, String)> {
+        let jobs: Vec<_> = indexes
             .map(|index| {
                 let index = i32::try_from(index).unwrap_or(i32::MAX);
                 let dir = partition_dir(&self.broker.data_dir, topic, index);
@@ -448,9 +566,18 @@ impl Topics {
             })
             .collect();
         let mut partitions = Vec::new();
-        for result in open_partitions(jobs, &self.env, &self.limits) {
+        let dirs: Vec<PathBuf> = jobs.iter().map(|(dir, _, _)| dir.clone()).collect();
+        for (result, dir) in open_partitions(jobs, &self.env, &self.limits)
+            .into_iter()
+            .zip(dirs)
+        {
             match result {
-                Ok(partition) => partitions.push(Arc::new(partition)),
+                Ok(partition) => partitions.push(Arc::new(PartitionSlot::with(
+                    partition,
+                    dir,
+                    &self.opener,
+                    config.clone(),
+                ))),
                 Err(error) => {
                     let limit = match &error {
                         OpenError::Io { source, .. } => limits::limit_of(source),
@@ -585,11 +712,12 @@ impl Topics {
         // Rename first so that a topic of the same name can be created at once; the logs may
         // still be open in requests in flight, which is fine for unlinked files.
         let suffix = format!(".{}{DELETED_SUFFIX}", topic.id.simple());
-        for partition in topic.partitions() {
+        let slots = topic.partitions.read().clone();
+        for slot in slots {
             // Housekeeping that already holds the partition must not write into a directory
-            // that is going away.
-            partition.log.retire();
-            let dir = partition_dir(&self.broker.data_dir, name, partition.index);
+            // that is going away, and a partition not open yet must not be opened any more.
+            slot.retire();
+            let dir = partition_dir(&self.broker.data_dir, name, slot.index);
             let mut target = dir.clone().into_os_string();
             target.push(&suffix);
             if let Err(error) = std::fs::rename(&dir, &target) {
@@ -663,11 +791,17 @@ impl Topics {
             *topic.overrides.write() = previous;
             return Err(AlterConfigError::Storage(error.to_string()));
         }
-        for partition in topic.partitions() {
-            partition
-                .log
-                .set_config(config.clone())
-                .map_err(|error| AlterConfigError::Storage(error.to_string()))?;
+        let slots = topic.partitions.read().clone();
+        for slot in slots {
+            // Under the opening lock, so a log being opened meanwhile gets the new config.
+            let _opening = slot.opening.lock();
+            *slot.config.lock() = config.clone();
+            if let Some(partition) = slot.if_loaded() {
+                partition
+                    .log
+                    .set_config(config.clone())
+                    .map_err(|error| AlterConfigError::Storage(error.to_string()))?;
+            }
         }
         Ok(())
     }
@@ -692,9 +826,10 @@ impl Topics {
 
     /// fsyncs every partition; used at shutdown.
     pub(crate) fn flush_all(&self) -> usize {
+        self.stop_loading();
         let mut failures = 0;
         for topic in self.list() {
-            for partition in topic.partitions() {
+            for partition in topic.loaded_partitions() {
                 if let Err(error) = partition.log.flush() {
                     failures += 1;
                     warn!(topic = %topic.name, partition = partition.index, %error, "flush failed");
@@ -708,7 +843,7 @@ impl Topics {
     pub(crate) fn maintain_all(&self) -> u64 {
         let mut deleted = 0;
         for topic in self.list() {
-            for partition in topic.partitions() {
+            for partition in topic.loaded_partitions() {
                 match partition.log.maintain() {
                     Ok(outcome) if outcome.segments_deleted > 0 => {
                         deleted += outcome.segments_deleted as u64;
@@ -730,18 +865,26 @@ impl Topics {
         deleted
     }
 
-    /// (topics, partitions, bytes on disk).
+    /// (topics, partitions, bytes on disk of the partitions open).
     pub(crate) fn totals(&self) -> (u64, u64, u64) {
         let topics = self.list();
         let mut partitions = 0u64;
         let mut bytes = 0u64;
         for topic in &topics {
-            for partition in topic.partitions() {
-                partitions += 1;
+            partitions += topic.partition_count() as u64;
+            for partition in topic.loaded_partitions() {
                 bytes += partition.log.size_bytes();
             }
         }
         (topics.len() as u64, partitions, bytes)
+    }
+
+    /// Partitions whose logs are not open yet (being opened in the background after a start).
+    pub(crate) fn partitions_loading(&self) -> u64 {
+        self.list()
+            .iter()
+            .map(|topic| topic.partitions_loading() as u64)
+            .sum()
     }
 }
 
@@ -773,6 +916,48 @@ fn storage_env(broker: &BrokerConfig) -> std::io::Result<Env> {
 /// Threads opening partitions at once: opening waits mostly on the disk, so more than the
 /// cores, but few enough not to starve the rest of the broker.
 const OPEN_THREADS_MAX: usize = 8;
+
+/// Opens every partition found at start, in parallel, until done or told to stop; a partition
+/// that fails to open is logged and left to the first request for it to try again.
+fn load_in_background(
+    slots: Vec<Arc<PartitionSlot>>,
+    topics: usize,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    use std::sync::atomic::Ordering;
+    let started = std::time::Instant::now();
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get() * 2)
+        .min(OPEN_THREADS_MAX)
+        .min(slots.len())
+        .max(1);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failed = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                while !stop.load(Ordering::SeqCst) {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(slot) = slots.get(i) else {
+                        break;
+                    };
+                    if let Err(error) = slot.get() {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(dir = %slot.dir.display(), %error, "cannot open partition; requests for it will try again");
+                    }
+                }
+            });
+        }
+    });
+    info!(
+        topics,
+        partitions = slots.len(),
+        failed = failed.load(Ordering::Relaxed),
+        stopped = stop.load(Ordering::SeqCst),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "opened partitions"
+    );
+}
 
 /// Opens partitions in parallel, results in the order of `jobs`.
 fn open_partitions(

@@ -78,12 +78,12 @@ fn named_topic(core: &Core, node: i32, name: &str, allow_create: bool) -> Metada
 }
 
 fn topic_entry(topic: &Topic, node: i32) -> MetadataResponseTopic {
-    let partitions = topic
-        .partitions()
-        .iter()
-        .map(|partition| {
+    // Every partition, open or still being opened after a restart (a request for one of
+    // those waits for its log): listing never opens a log.
+    let partitions = (0..topic.partition_count())
+        .map(|index| {
             MetadataResponsePartition::default()
-                .with_partition_index(partition.index)
+                .with_partition_index(i32::try_from(index).unwrap_or(i32::MAX))
                 .with_leader_id(BrokerId(node))
                 .with_leader_epoch(0)
                 .with_replica_nodes(vec![BrokerId(node)])

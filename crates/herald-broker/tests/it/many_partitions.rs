@@ -161,9 +161,14 @@ async fn produce_and_consume_across_more_partitions_than_open_files_and_a_restar
     broker.shutdown().await.unwrap();
     drop(broker);
 
+    // Serving starts before the logs are open: requests for a partition not open yet open it.
     let broker = support::start_with(config).await;
     let bootstrap = broker.kafka_addr().to_string();
     produce_and_read_all(&bootstrap, "wide", PARTITIONS, 1).await;
+    support::eventually("every partition opened", || {
+        (broker.stats().partitions_loading == 0).then_some(())
+    })
+    .await;
     assert!(broker.stats().open_files <= OPEN_FILES_MAX);
     broker.shutdown().await.unwrap();
 }
