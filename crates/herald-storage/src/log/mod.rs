@@ -383,6 +383,17 @@ impl PartitionLog {
         self.poisoned.store(true, Ordering::SeqCst);
     }
 
+    /// A failed checkpoint poisons the log, unless it failed for want of a file descriptor:
+    /// that can only happen while opening a file, before anything was written, and the next
+    /// `maintain` or close tries again.
+    fn poison_checkpoint(&self, e: &std::io::Error) {
+        if crate::files::is_open_files_limit(e) {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "checkpoint postponed: no file descriptor left");
+        } else {
+            self.poison("checkpoint", e);
+        }
+    }
+
     /// Appends one or more concatenated Kafka RecordBatch v2, assigning offsets.
     ///
     /// All batches are validated (length, magic, CRC-32C, `batch_bytes_max`) and checked against
@@ -996,7 +1007,7 @@ impl PartitionLog {
             || lag_bytes >= CHECKPOINT_LAG_BYTES_MAX;
         if behind && due {
             if let Err(e) = self.checkpoint_locked(&mut st) {
-                self.poison("checkpoint", &e);
+                self.poison_checkpoint(&e);
                 return Err(MaintainError::Io(e));
             }
             out.checkpointed = true;
@@ -1034,7 +1045,7 @@ impl PartitionLog {
         });
         if behind {
             if let Err(e) = self.checkpoint_locked(&mut st) {
-                self.poison("checkpoint", &e);
+                self.poison_checkpoint(&e);
                 return Err(FlushError::Io(e));
             }
         }

@@ -198,3 +198,22 @@ fn a_clean_reopen_of_many_partitions_writes_nothing_and_opens_no_segment() {
         assert_eq!(log.offsets().high_watermark, expected, "partition {p}");
     }
 }
+
+#[test]
+fn a_checkpoint_without_a_descriptor_is_postponed_not_poisoning() {
+    let fs = SimFs::default();
+    let env = fs.env().with_open_files_max(1);
+    let logs = open_all(2, &LogConfig::default(), &env);
+    logs[0].append(&batch(1, 1, 1_000)).unwrap();
+    logs[1].append(&batch(1, 1, 1_000)).unwrap();
+    // The other log's unsynced file holds the only descriptor the process has.
+    fs.set_open_files_limit(Some(fs.open_files()));
+    fs.clock()
+        .advance_ms(LogConfig::default().checkpoint_interval_ms as i64 + 1);
+    logs[0].flush().unwrap();
+    assert!(logs[1].maintain().is_err());
+    fs.set_open_files_limit(None);
+    let outcome = logs[1].maintain().unwrap();
+    assert!(outcome.checkpointed);
+    logs[1].append(&batch(2, 1, 1_000)).unwrap();
+}
