@@ -270,12 +270,12 @@ pub enum TopicsOpenError {
         message: String,
     },
     /// Another process (a second broker) has the data directory open.
-    #[error("data directory {path} is in use by another process: {source}")]
+    #[error(
+        "data directory {path} is in use by another process (is another broker running on it?)"
+    )]
     Locked {
         /// The data directory.
         path: PathBuf,
-        /// The operating system's reason.
-        source: std::io::Error,
     },
     /// A partition log could not be opened.
     #[error("cannot open partition {topic}-{partition}: {source}")]
@@ -453,9 +453,17 @@ impl Topics {
                 message: format!("format {} is newer than this broker's", file.format),
             });
         }
-        let env = storage_env(broker).map_err(|source| TopicsOpenError::Locked {
-            path: broker.data_dir.clone(),
-            source,
+        let env = storage_env(broker).map_err(|error| {
+            if error.kind() == std::io::ErrorKind::WouldBlock {
+                TopicsOpenError::Locked {
+                    path: broker.data_dir.clone(),
+                }
+            } else {
+                TopicsOpenError::Metadata {
+                    path: broker.data_dir.join(herald_storage::LOCK_FILE),
+                    message: error.to_string(),
+                }
+            }
         })?;
         let limits = Arc::new(LimitCounters::new(env.files.open_files_max() as u64));
         remove_deleted_dirs(&broker.data_dir);
@@ -941,6 +949,10 @@ fn load_in_background(
                     let Some(slot) = slots.get(i) else {
                         break;
                     };
+                    // A topic deleted since the start is not opened (nor reported).
+                    if *slot.opening.lock() {
+                        continue;
+                    }
                     if let Err(error) = slot.get() {
                         failed.fetch_add(1, Ordering::Relaxed);
                         tracing::error!(dir = %slot.dir.display(), %error, "cannot open partition; requests for it will try again");

@@ -189,6 +189,40 @@ fn address_in_use_is_a_clear_error() {
 }
 
 #[test]
+fn a_second_broker_on_the_same_data_directory_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let first = ServeProcess::start(&data);
+    create_topic(first.kafka_addr, "held", 3, &[]);
+    let mut child = herald()
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--kafka-addr", &free_addr().to_string()])
+        .args(["--http-addr", &free_addr().to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_exit(&mut child, Duration::from_secs(30)).expect("serve kept running");
+    assert!(!status.success());
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error:") && last.contains("in use by another process"),
+        "{stderr}"
+    );
+    // One lock for the whole directory: no partition holds a lock file (or descriptor) of its own.
+    assert!(!data.join("held-0").join("lock").exists());
+}
+
+#[test]
 fn sigterm_exits_0_and_data_and_topic_configs_survive() {
     let dir = tempfile::tempdir().unwrap();
     let mut broker = ServeProcess::start(&dir.path().join("data"));
