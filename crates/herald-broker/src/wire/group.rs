@@ -598,7 +598,11 @@ pub fn describe_groups(
             group.group_state = s(d.state.as_str());
             group.protocol_type = s(&d.protocol_type);
             group.protocol_data = s(&d.protocol_name);
-            group.authorized_operations = i32::MIN;
+            group.authorized_operations = if request.include_authorized_operations {
+                super::metadata::GROUP_OPERATIONS
+            } else {
+                super::metadata::OPERATIONS_NOT_ASKED
+            };
             group.members = d
                 .members
                 .into_iter()

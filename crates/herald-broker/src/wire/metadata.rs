@@ -14,6 +14,61 @@ use super::{str_bytes, topic_name};
 use crate::Core;
 use crate::topics::Topic;
 
+/// Kafka's ACL operation codes, as bit positions of an `authorized_operations` field.
+mod operation {
+    pub(super) const READ: i32 = 3;
+    pub(super) const WRITE: i32 = 4;
+    pub(super) const CREATE: i32 = 5;
+    pub(super) const DELETE: i32 = 6;
+    pub(super) const ALTER: i32 = 7;
+    pub(super) const DESCRIBE: i32 = 8;
+    pub(super) const CLUSTER_ACTION: i32 = 9;
+    pub(super) const DESCRIBE_CONFIGS: i32 = 10;
+    pub(super) const ALTER_CONFIGS: i32 = 11;
+    pub(super) const IDEMPOTENT_WRITE: i32 = 12;
+}
+
+/// An `authorized_operations` field that was not asked for.
+pub(crate) const OPERATIONS_NOT_ASKED: i32 = i32::MIN;
+
+const fn bits(operations: &[i32]) -> i32 {
+    let mut field = 0;
+    let mut i = 0;
+    while i < operations.len() {
+        field |= 1 << operations[i];
+        i += 1;
+    }
+    field
+}
+
+/// Every operation a topic supports: with no ACL in the way, a client may do all of them, and
+/// Kafka says so when asked (`include_topic_authorized_operations`).
+pub(crate) const TOPIC_OPERATIONS: i32 = bits(&[
+    operation::READ,
+    operation::WRITE,
+    operation::CREATE,
+    operation::DELETE,
+    operation::ALTER,
+    operation::DESCRIBE,
+    operation::DESCRIBE_CONFIGS,
+    operation::ALTER_CONFIGS,
+]);
+
+/// Every operation the cluster supports.
+pub(crate) const CLUSTER_OPERATIONS: i32 = bits(&[
+    operation::CREATE,
+    operation::ALTER,
+    operation::DESCRIBE,
+    operation::CLUSTER_ACTION,
+    operation::DESCRIBE_CONFIGS,
+    operation::ALTER_CONFIGS,
+    operation::IDEMPOTENT_WRITE,
+]);
+
+/// Every operation a consumer group supports.
+pub(crate) const GROUP_OPERATIONS: i32 =
+    bits(&[operation::READ, operation::DELETE, operation::DESCRIBE]);
+
 pub(crate) fn metadata(core: &Core, request: MetadataRequest, version: i16) -> MetadataResponse {
     let node = core.config.node_id;
     let (host, port) = core.advertised.clone();
@@ -45,11 +100,32 @@ pub(crate) fn metadata(core: &Core, request: MetadataRequest, version: i16) -> M
             })
             .collect(),
     };
+    let topics = if request.include_topic_authorized_operations {
+        topics
+            .into_iter()
+            .map(|topic| {
+                let operations = if topic.error_code == errors::NONE {
+                    TOPIC_OPERATIONS
+                } else {
+                    OPERATIONS_NOT_ASKED
+                };
+                topic.with_topic_authorized_operations(operations)
+            })
+            .collect()
+    } else {
+        topics
+    };
+    let cluster_operations = if request.include_cluster_authorized_operations {
+        CLUSTER_OPERATIONS
+    } else {
+        OPERATIONS_NOT_ASKED
+    };
     MetadataResponse::default()
         .with_brokers(brokers)
         .with_cluster_id(Some(str_bytes(&core.config.cluster_id)))
         .with_controller_id(BrokerId(node))
         .with_topics(topics)
+        .with_cluster_authorized_operations(cluster_operations)
 }
 
 fn all_topics(core: &Core, node: i32) -> Vec<MetadataResponseTopic> {
@@ -99,10 +175,16 @@ fn topic_entry(topic: &Topic, node: i32) -> MetadataResponseTopic {
 
 pub(crate) fn describe_cluster(
     core: &Core,
-    _request: DescribeClusterRequest,
+    request: DescribeClusterRequest,
 ) -> DescribeClusterResponse {
     let (host, port) = core.advertised.clone();
+    let operations = if request.include_cluster_authorized_operations {
+        CLUSTER_OPERATIONS
+    } else {
+        OPERATIONS_NOT_ASKED
+    };
     DescribeClusterResponse::default()
+        .with_cluster_authorized_operations(operations)
         .with_cluster_id(str_bytes(&core.config.cluster_id))
         .with_controller_id(BrokerId(core.config.node_id))
         .with_brokers(vec![

@@ -188,3 +188,38 @@ async fn list_offsets_by_earliest_latest_and_timestamp() {
     let p = &answer.topics[0].partitions[0];
     assert_eq!((p.error_code, p.offset, p.timestamp), (0, 9, 10_000));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorized_operations_are_reported_when_asked() {
+    use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+    use kafka_protocol::messages::{
+        DescribeClusterRequest, DescribeClusterResponse, MetadataRequest, MetadataResponse,
+    };
+    let broker = support::start().await;
+    support::create_topic(&broker.bootstrap, "ops", 1).await;
+    let mut raw = RawClient::connect(broker.broker.kafka_addr()).await;
+    let ask = |include: bool| {
+        MetadataRequest::default()
+            .with_topics(Some(vec![
+                MetadataRequestTopic::default()
+                    .with_name(Some(TopicName(StrBytes::from_static_str("ops")))),
+            ]))
+            .with_include_cluster_authorized_operations(include)
+            .with_include_topic_authorized_operations(include)
+    };
+    let answer: MetadataResponse = raw.request(ApiKey::Metadata, 10, &ask(true)).await;
+    // No ACL stands in the way: every operation of a topic (8) and of the cluster (7), as Kafka
+    // answers without an authorizer.
+    assert_eq!(answer.topics[0].topic_authorized_operations.count_ones(), 8);
+    assert_eq!(answer.cluster_authorized_operations.count_ones(), 7);
+    let answer: MetadataResponse = raw.request(ApiKey::Metadata, 10, &ask(false)).await;
+    assert_eq!(answer.topics[0].topic_authorized_operations, i32::MIN);
+    let cluster: DescribeClusterResponse = raw
+        .request(
+            ApiKey::DescribeCluster,
+            0,
+            &DescribeClusterRequest::default().with_include_cluster_authorized_operations(true),
+        )
+        .await;
+    assert_eq!(cluster.cluster_authorized_operations.count_ones(), 7);
+}
