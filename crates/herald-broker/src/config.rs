@@ -61,8 +61,12 @@ pub struct BrokerConfig {
     /// Requests one connection may have in flight (decoded, not yet answered); bounds
     /// per-connection memory while keeping librdkafka's pipelining fast.
     pub connection_requests_in_flight_max: u32,
-    /// How often every partition's housekeeping runs (interval flush, roll, retention).
+    /// How often every partition's housekeeping runs (interval flush, roll, checkpoint).
     pub maintenance_interval_ms: u64,
+    /// How often that housekeeping also applies retention (Kafka
+    /// `log.retention.check.interval.ms`, 5 minutes): records whose timestamps put them past
+    /// `retention.ms` as they arrive stay readable until then, as on Kafka.
+    pub log_retention_check_interval_ms: u64,
     /// Longest a Fetch request may wait for data, whatever the client asks.
     pub fetch_wait_ms_max: u64,
     /// Largest response a Fetch builds, in bytes, whatever the client asks
@@ -108,6 +112,7 @@ impl Default for BrokerConfig {
             connections_max: 1024,
             connection_requests_in_flight_max: 64,
             maintenance_interval_ms: 1000,
+            log_retention_check_interval_ms: 300_000,
             fetch_wait_ms_max: 30_000,
             fetch_response_bytes_max: 55 * 1024 * 1024,
             log_retention_ms: (14 * DAY_MS) as i64,

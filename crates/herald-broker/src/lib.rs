@@ -314,11 +314,15 @@ async fn accept_loop(core: Arc<Core>, listener: TcpListener) {
     while connections.join_next().await.is_some() {}
 }
 
-/// Runs every partition's housekeeping (interval flush, roll, retention, checkpoint) every
-/// `maintenance_interval_ms` until the broker stops.
+/// Runs every partition's housekeeping (interval flush, roll, checkpoint) every
+/// `maintenance_interval_ms`, with retention every `log_retention_check_interval_ms`, until
+/// the broker stops.
 async fn maintenance_loop(core: Arc<Core>) {
     let mut stopping = core.stopping.clone();
     let period = std::time::Duration::from_millis(core.config.maintenance_interval_ms.max(1));
+    let retention_period =
+        std::time::Duration::from_millis(core.config.log_retention_check_interval_ms.max(1));
+    let mut last_retention = tokio::time::Instant::now();
     let mut interval = tokio::time::interval(period);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut quiet = QuietPeriods::new(activity(&core));
@@ -328,9 +332,13 @@ async fn maintenance_loop(core: Arc<Core>) {
             _ = interval.tick() => {}
         }
         let trim = quiet.tick(activity(&core));
+        let retention = last_retention.elapsed() >= retention_period;
+        if retention {
+            last_retention = tokio::time::Instant::now();
+        }
         let core = core.clone();
         let done = tokio::task::spawn_blocking(move || {
-            let deleted = core.topics.maintain_all();
+            let deleted = core.topics.maintain_all(retention);
             Counters::add(&core.counters.retention_segments_deleted, deleted);
             Counters::add(&core.counters.maintenance_passes, 1);
             if trim {

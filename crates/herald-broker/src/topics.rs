@@ -847,12 +847,13 @@ impl Topics {
         failures
     }
 
-    /// Runs every partition's housekeeping once; returns the segments retention deleted.
-    pub(crate) fn maintain_all(&self) -> u64 {
+    /// Runs every partition's housekeeping once, retention included when `retention`; returns
+    /// the segments retention deleted.
+    pub(crate) fn maintain_all(&self, retention: bool) -> u64 {
         let mut deleted = 0;
         for topic in self.list() {
             for partition in topic.loaded_partitions() {
-                match partition.log.maintain() {
+                match partition.log.maintain_with(retention) {
                     Ok(outcome) if outcome.segments_deleted > 0 => {
                         deleted += outcome.segments_deleted as u64;
                         info!(

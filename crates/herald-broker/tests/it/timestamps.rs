@@ -27,6 +27,7 @@ async fn broker_with_fast_maintenance() -> support::TestBroker {
     let broker = support::start_with(BrokerConfig {
         data_dir: dir.path().to_path_buf(),
         maintenance_interval_ms: 10,
+        log_retention_check_interval_ms: 10,
         ..support::test_config()
     })
     .await;

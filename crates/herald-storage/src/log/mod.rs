@@ -923,6 +923,13 @@ impl PartitionLog {
     /// Housekeeping to call periodically (e.g. every second): interval flush when due, time-based
     /// roll, retention by time and size (whole closed segments), and the recovery checkpoint.
     pub fn maintain(&self) -> Result<MaintainOutcome, MaintainError> {
+        self.maintain_with(true)
+    }
+
+    /// [`PartitionLog::maintain`], with retention only when `retention` is true: a caller can
+    /// keep the tight beat flushes and checkpoints need and check retention less often, as
+    /// Kafka does (`log.retention.check.interval.ms`, 5 minutes by default).
+    pub fn maintain_with(&self, retention: bool) -> Result<MaintainOutcome, MaintainError> {
         if self.is_poisoned() {
             return Err(MaintainError::Poisoned);
         }
@@ -948,9 +955,10 @@ impl PartitionLog {
             let aged = active
                 .roll_base_ms
                 .is_some_and(|t| elapsed_ms(now, t) >= cfg.segment_ms);
-            let expired = cfg
-                .retention_ms
-                .is_some_and(|r| elapsed_ms(now, active.retention_ts()) > r);
+            let expired = retention
+                && cfg
+                    .retention_ms
+                    .is_some_and(|r| elapsed_ms(now, active.retention_ts()) > r);
             if active.size > 0 && (aged || expired) {
                 if let Err(e) = self.roll_locked(&mut st) {
                     self.poison("segment roll", &e);
@@ -960,7 +968,7 @@ impl PartitionLog {
             }
         }
         // Retention: a prefix of closed segments, oldest first.
-        let closed = st.segments.len() - 1;
+        let closed = if retention { st.segments.len() - 1 } else { 0 };
         let mut total: u64 = st.segments.iter().map(|s| s.size).sum();
         let mut n = 0;
         while n < closed {
