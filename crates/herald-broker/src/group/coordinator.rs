@@ -684,9 +684,9 @@ impl Coordinator {
                     if req.generation_id != group.generation {
                         return Err(GroupError::IllegalGeneration);
                     }
-                    if let Some(member) = group.members.get_mut(&req.member_id) {
-                        member.last_heartbeat_ms = now;
-                    }
+                    // A commit does not extend the member's session, as in Kafka's current
+                    // group coordinator: a static member that commits on close and stops
+                    // heartbeating leaves one session timeout after its last heartbeat.
                 }
             }
         }

@@ -667,3 +667,37 @@ async fn a_static_member_that_stops_heartbeating_expires_at_its_session_timeout(
     assert_eq!(f.c.describe_group("g").state, GroupState::Empty);
     assert_eq!(f.c.delete_groups(&["g".to_string()]).await, vec![Ok(())]);
 }
+
+#[tokio::test]
+async fn a_commit_does_not_extend_the_session() {
+    let f = fixture();
+    let joined =
+        f.c.join(join_req("", Some("i-1"), &["range"]))
+            .await
+            .unwrap();
+    let mut sync = sync_req(&joined.member_id, 1, vec![]);
+    sync.group_instance_id = Some("i-1".into());
+    f.c.sync(sync).await.unwrap();
+    // The member's last word before it closes is a commit, not a heartbeat.
+    f.clock.advance_ms(9_000);
+    let results =
+        f.c.commit(CommitRequest {
+            group_id: "g".into(),
+            generation_id: 1,
+            member_id: joined.member_id.clone(),
+            group_instance_id: Some("i-1".into()),
+            partitions: vec![CommitPartition {
+                topic: "t".into(),
+                partition: 0,
+                offset: 3,
+                leader_epoch: -1,
+                metadata: None,
+            }],
+        })
+        .await
+        .unwrap();
+    assert_eq!(results, vec![Ok(())]);
+    f.clock.advance_ms(1_000);
+    f.c.tick();
+    assert_eq!(f.c.describe_group("g").state, GroupState::Empty);
+}
