@@ -71,7 +71,16 @@ async fn health(State(broker): State<Arc<Broker>>) -> Response {
         let body = serde_json::json!({ "status": "stopping", "kafka_addr": kafka_addr });
         return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
     }
-    let body = serde_json::json!({ "status": "ok", "kafka_addr": kafka_addr });
+    let insecure = broker.insecure_listeners();
+    let mut body = serde_json::json!({ "status": "ok", "kafka_addr": kafka_addr });
+    if !insecure.is_empty() {
+        // Still healthy, but an operator reading this should know.
+        body["warnings"] = serde_json::json!([format!(
+            "unauthenticated PLAINTEXT listeners reachable from the network: {}",
+            insecure.join(", ")
+        )]);
+        body["insecure_listeners"] = serde_json::json!(insecure);
+    }
     (StatusCode::OK, axum::Json(body)).into_response()
 }
 

@@ -81,7 +81,7 @@ impl Exposition {
 /// Renders a stats snapshot, plus this process's resident memory, as one exposition.
 pub fn render(stats: &BrokerStats) -> String {
     let mut text = Exposition::default();
-    let gauges: [(&str, &str, u64); 4] = [
+    let gauges: [(&str, &str, u64); 5] = [
         ("herald_topics", "Topics on this broker.", stats.topics),
         (
             "herald_partitions",
@@ -98,12 +98,27 @@ pub fn render(stats: &BrokerStats) -> String {
             "Client connections open now.",
             stats.connections_open,
         ),
+        (
+            "herald_listeners_insecure",
+            "Listeners anyone on the network can use unauthenticated (PLAINTEXT, not loopback).",
+            stats.listeners_insecure,
+        ),
     ];
     for (name, help, value) in gauges {
         text.family(name, help, Kind::Gauge);
         text.sample(name, &[], value);
     }
-    let counters: [(&str, &str, u64); 11] = [
+    let counters: [(&str, &str, u64); 13] = [
+        (
+            "herald_authentication_failures_total",
+            "Failed SASL authentications and TLS handshakes.",
+            stats.authentication_failures_total,
+        ),
+        (
+            "herald_authorization_failures_total",
+            "Requests, or parts of them, refused by the ACLs.",
+            stats.authorization_failures_total,
+        ),
         (
             "herald_connections_accepted_total",
             "Client connections accepted since start.",

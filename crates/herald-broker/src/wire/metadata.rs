@@ -12,11 +12,19 @@ use kafka_protocol::messages::{
 use super::errors::{self, code};
 use super::{str_bytes, topic_name};
 use crate::Core;
+use crate::auth::Listener;
 use crate::topics::Topic;
 
-pub(crate) fn metadata(core: &Core, request: MetadataRequest, version: i16) -> MetadataResponse {
+/// The Metadata response; the broker's address is the one advertised for `listener`, the
+/// listener the client came in on.
+pub(crate) fn metadata(
+    core: &Core,
+    listener: &Listener,
+    request: MetadataRequest,
+    version: i16,
+) -> MetadataResponse {
     let node = core.config.node_id;
-    let (host, port) = core.advertised.clone();
+    let (host, port) = listener.advertised.clone();
     let brokers = vec![
         MetadataResponseBroker::default()
             .with_node_id(BrokerId(node))
@@ -99,9 +107,10 @@ fn topic_entry(topic: &Topic, node: i32) -> MetadataResponseTopic {
 
 pub(crate) fn describe_cluster(
     core: &Core,
+    listener: &Listener,
     _request: DescribeClusterRequest,
 ) -> DescribeClusterResponse {
-    let (host, port) = core.advertised.clone();
+    let (host, port) = listener.advertised.clone();
     DescribeClusterResponse::default()
         .with_cluster_id(str_bytes(&core.config.cluster_id))
         .with_controller_id(BrokerId(core.config.node_id))
