@@ -27,6 +27,10 @@ pub struct ServeArgs {
     /// Address the Kafka protocol listens on [default: 127.0.0.1:9092] [env: HERALD_KAFKA_ADDR]
     #[arg(long, value_name = "HOST:PORT")]
     pub kafka_addr: Option<SocketAddr>,
+    /// Kafka listeners, `PROTOCOL://HOST:PORT,...` with PLAINTEXT, SSL, SASL_PLAINTEXT or
+    /// SASL_SSL; replaces --kafka-addr [env: HERALD_LISTENERS]
+    #[arg(long, value_name = "LISTENERS")]
+    pub listeners: Option<String>,
     /// Address of the HTTP side: /health and /metrics [default: 127.0.0.1:8092]
     /// [env: HERALD_HTTP_ADDR]
     #[arg(long, value_name = "HOST:PORT")]
@@ -75,6 +79,11 @@ fn settings_help() -> String {
   json; http_addr serves /health and /metrics; advertised_host (unset: the bound IP) is the host
   name clients are told in Metadata responses.
 
+  Security (docs/security.md): listeners (unset: PLAINTEXT on kafka_addr),
+  advertised_listeners, listener_security_protocol_map, ssl_certificate_path, ssl_key_path,
+  ssl_client_ca_path, ssl_client_auth, ssl_principal_mapping_rules, sasl_enabled_mechanisms,
+  super_users, authorizer. Users and ACLs: `herald user`, `herald acl`.
+
   setting = default                                   environment variable
 ",
     );
@@ -86,7 +95,8 @@ fn settings_help() -> String {
         "
 Signals:
   SIGTERM or SIGINT stops accepting connections, finishes requests in flight, flushes the logs
-  to disk and exits 0.",
+  to disk and exits 0. SIGHUP reads the TLS certificate, key and client CA files again: new
+  connections use them, open ones are not dropped.",
     );
     help
 }
@@ -161,6 +171,9 @@ fn settings_from(
     if let Some(addr) = args.http_addr {
         flags.push(("--http-addr", "http_addr", Value::String(addr.to_string())));
     }
+    if let Some(listeners) = &args.listeners {
+        flags.push(("--listeners", "listeners", Value::String(listeners.clone())));
+    }
     if let Some(format) = args.log_format {
         let name = match format {
             LogFormat::Human => "human",
@@ -196,11 +209,22 @@ async fn serve(process: ProcessSettings, config: BrokerConfig) -> Result<(), Cli
         error => CliError::Other(error.into()),
     })?;
     let broker = Arc::new(broker);
+    let listeners: Vec<String> = broker
+        .listeners()
+        .iter()
+        .map(|(name, _, addr)| format!("{name}://{addr}"))
+        .collect();
     tracing::info!(
         kafka_addr = %broker.local_addr(),
+        listeners = %listeners.join(","),
         http_addr = %process.http_addr,
+        acls_enforced = broker.acls_enforced(),
         "herald broker ready"
     );
+    for listener in broker.insecure_listeners() {
+        tracing::warn!(%listener, "unauthenticated PLAINTEXT listener reachable from the network");
+    }
+    let reload_task = tokio::spawn(reload_on_sighup(broker.clone()));
     let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let http_task = tokio::spawn(http::serve(http_listener, broker.clone(), async move {
         let _ = http_stopped.await;
@@ -214,6 +238,7 @@ async fn serve(process: ProcessSettings, config: BrokerConfig) -> Result<(), Cli
         .shutdown()
         .await
         .map_err(|error| CliError::Other(anyhow::anyhow!("shutting down: {error}")))?;
+    reload_task.abort();
     let _ = http_stop.send(());
     match http_task.await {
         Ok(Ok(())) => {}
@@ -222,6 +247,23 @@ async fn serve(process: ProcessSettings, config: BrokerConfig) -> Result<(), Cli
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Re-reads the TLS files on every SIGHUP; a failure keeps the configuration in use.
+async fn reload_on_sighup(broker: Arc<Broker>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot watch SIGHUP; TLS files are read at start only");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        match broker.reload_tls() {
+            Ok(()) => tracing::info!("SIGHUP: TLS certificate, key and client CA reloaded"),
+            Err(error) => {
+                tracing::warn!(%error, "SIGHUP: TLS files not reloaded; keeping the current ones")
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -249,6 +291,7 @@ mod tests {
             &ServeArgs {
                 data_dir: None,
                 kafka_addr: None,
+                listeners: None,
                 http_addr: None,
                 config: None,
                 log_format: None,

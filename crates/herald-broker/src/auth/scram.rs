@@ -374,7 +374,10 @@ impl ScramServer {
     ) -> ScramServer {
         let mut ours = [0u8; 24];
         rand::rng().fill_bytes(&mut ours);
-        let nonce = format!("{}{}", first.nonce, BASE64.encode(ours));
+        // Hex, like Kafka's alphanumeric nonces: librdkafka 2.0 mangles a nonce with `/`, `+`
+        // or `=` in it and then fails its own proof.
+        let ours: String = ours.iter().map(|byte| format!("{byte:02x}")).collect();
+        let nonce = format!("{}{ours}", first.nonce);
         let (salt, iterations) = match &credential {
             Some(credential) => (credential.salt.clone(), credential.iterations),
             None => {
@@ -413,7 +416,9 @@ impl ScramServer {
                 "channel binding differs from the GS2 header",
             ));
         }
-        if last.nonce != self.nonce {
+        // Kafka accepts a nonce that ends with the agreed one, and librdkafka 2.0 relies on it:
+        // it sends its own nonce in front of the combined one. The proof covers what was sent.
+        if !last.nonce.ends_with(&self.nonce) {
             return Err(malformed(mechanism, "nonce differs from the one agreed"));
         }
         let invalid = || SaslError::InvalidCredentials {

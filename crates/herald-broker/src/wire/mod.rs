@@ -196,6 +196,19 @@ async fn serve_connection<R, W>(
                 break;
             }
         };
+        if session.raw_tokens && !session.authenticated() {
+            match sasl::raw_token(&core, &mut session, frame).await {
+                Some(token) => {
+                    let size = u32::try_from(token.len()).unwrap_or(u32::MAX).to_be_bytes();
+                    let parts = vec![Bytes::copy_from_slice(&size), Bytes::from(token)];
+                    if outgoing.send(Outgoing::Ready(parts)).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+                None => break,
+            }
+        }
         match handle_frame(&core, frame, &mut session).await {
             Ok(Some(response)) => {
                 if outgoing.send(response).await.is_err() {
@@ -305,7 +318,7 @@ async fn handle_frame(
     // The SASL exchange changes the session, so it is served here, in order, by the reader.
     match request.body {
         RequestKind::SaslHandshake(body) => {
-            let body = ResponseKind::SaslHandshake(sasl::handshake(core, session, body));
+            let body = ResponseKind::SaslHandshake(sasl::handshake(core, session, body, version));
             return encode(api_key, version, correlation_id, &body).map(Some);
         }
         RequestKind::SaslAuthenticate(body) => {

@@ -43,6 +43,9 @@ pub(crate) struct Session {
     pub(crate) sasl: SaslState,
     /// Set when the response being sent is the last: the connection closes after it.
     pub(crate) close_after_reply: bool,
+    /// After a SaslHandshake v0 the SASL tokens come as bare size-prefixed frames, without
+    /// Kafka headers, until authentication ends.
+    pub(crate) raw_tokens: bool,
 }
 
 impl Session {
@@ -58,6 +61,7 @@ impl Session {
             principal,
             sasl,
             close_after_reply: false,
+            raw_tokens: false,
         }
     }
 
@@ -75,6 +79,7 @@ pub(crate) fn handshake(
     core: &Core,
     session: &mut Session,
     request: SaslHandshakeRequest,
+    version: i16,
 ) -> SaslHandshakeResponse {
     let mechanisms = core
         .security
@@ -95,7 +100,26 @@ pub(crate) fn handshake(
         return response.with_error_code(UNSUPPORTED_SASL_MECHANISM);
     }
     session.sasl = SaslState::Authenticate(wanted);
+    session.raw_tokens = version == 0;
     response
+}
+
+/// One bare SASL token after a SaslHandshake v0: the answer token, or `None` when
+/// authentication failed (the connection is then closed, as Kafka does in this mode).
+pub(crate) async fn raw_token(
+    core: &Arc<Core>,
+    session: &mut Session,
+    token: bytes::Bytes,
+) -> Option<Vec<u8>> {
+    let request = SaslAuthenticateRequest::default().with_auth_bytes(token);
+    let response = authenticate(core, session, request).await;
+    if response.error_code != 0 {
+        return None;
+    }
+    if session.authenticated() {
+        session.raw_tokens = false;
+    }
+    Some(response.auth_bytes.to_vec())
 }
 
 pub(crate) async fn authenticate(

@@ -60,10 +60,9 @@ pub(crate) const SERVED: &[Served] = &[
     served_api(ApiKey::DescribeGroups, 0, 5),
     served_api(ApiKey::DeleteGroups, 0, 2),
     served_api(ApiKey::OffsetDelete, 0, 0),
-    // Security (handlers in `sasl.rs` and `acls.rs`). SaslHandshake v0 is followed by raw SASL
-    // tokens outside Kafka framing, which is not served; every client of the last years uses
-    // v1 with SaslAuthenticate.
-    served_api(ApiKey::SaslHandshake, 1, 1),
+    // Security (handlers in `sasl.rs` and `acls.rs`). After SaslHandshake v0 the tokens come
+    // as bare frames; librdkafka before 2.1 also refuses SASL unless the range includes v0.
+    served_api(ApiKey::SaslHandshake, 0, 1),
     served_api(ApiKey::SaslAuthenticate, 0, 2),
     served_api(ApiKey::CreateAcls, 1, 3),
     served_api(ApiKey::DescribeAcls, 1, 3),
