@@ -345,6 +345,30 @@ async fn misconfigured_clients_fail_clearly_and_the_broker_serves_others() {
             .contains("Invalid username or password")
     );
     assert!(raw.is_closed().await);
+    // SaslHandshake v0: the tokens follow as bare frames, then Kafka framing resumes.
+    let mut raw = RawClient::connect(addr).await;
+    let handshake: SaslHandshakeResponse = raw
+        .request(
+            ApiKey::SaslHandshake,
+            0,
+            &SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN")),
+        )
+        .await;
+    assert_eq!(handshake.error_code, 0);
+    raw.send_frame(b"\0alice\0alice-pw").await;
+    assert_eq!(
+        raw.read_frame().await.unwrap().len(),
+        0,
+        "PLAIN's empty answer"
+    );
+    let seen: MetadataResponse = raw
+        .request(
+            ApiKey::Metadata,
+            12,
+            &MetadataRequest::default().with_topics(None),
+        )
+        .await;
+    assert_eq!(seen.brokers.len(), 1);
     // Nothing but ApiVersions and the SASL requests before authentication.
     let mut raw = RawClient::connect(addr).await;
     let _ = raw
