@@ -274,8 +274,24 @@ pub(crate) fn gate(core: &Arc<Core>, session: &Session, request: &mut Request) -
                 Some((name, code))
             })
             .collect();
-            patch_if(denied, |response, denied| {
+            // Topics named by id only (v10+) are checked once the handler has found their name.
+            let by_id = topics.iter().any(|topic| topic.name.is_none());
+            if denied.is_empty() && !by_id {
+                return Gate::Pass(None);
+            }
+            patch(move |response| {
                 if let ResponseKind::Metadata(response) = response {
+                    for topic in &mut response.topics {
+                        let visible = topic.name.as_ref().is_none_or(|name| {
+                            asker.topic(Operation::Describe, name.as_str())
+                        });
+                        if !visible {
+                            *topic = MetadataResponseTopic::default()
+                                .with_name(None)
+                                .with_topic_id(topic.topic_id)
+                                .with_error_code(TOPIC_DENIED);
+                        }
+                    }
                     for (name, code) in denied {
                         response.topics.push(
                             MetadataResponseTopic::default()

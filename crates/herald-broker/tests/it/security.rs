@@ -541,6 +541,30 @@ async fn acl_matrix_each_api_family_allows_and_refuses_with_kafkas_codes() {
         )
         .await;
     assert_eq!(named.topics[0].error_code, topic_denied);
+    // Nor by its id.
+    let id = {
+        let all: MetadataResponse = alice
+            .request(
+                ApiKey::Metadata,
+                12,
+                &MetadataRequest::default().with_topics(None),
+            )
+            .await;
+        all.topics[0].topic_id
+    };
+    let by_id: MetadataResponse = bob
+        .request(
+            ApiKey::Metadata,
+            12,
+            &MetadataRequest::default().with_topics(Some(vec![
+                kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
+                    .with_name(None)
+                    .with_topic_id(id),
+            ])),
+        )
+        .await;
+    assert_eq!(by_id.topics[0].error_code, topic_denied);
+    assert!(by_id.topics[0].name.is_none() && by_id.topics[0].partitions.is_empty());
 
     // Produce.
     let batch = bytes::Bytes::from(herald_storage::build_batch(1_000, &[], &[b"v"], None));
