@@ -273,6 +273,23 @@ impl Broker {
             .collect()
     }
 
+    /// Whether `password` is `user`'s, checked against the user's stored SCRAM credential as
+    /// SASL PLAIN is; runs PBKDF2, so call it off the async threads.
+    pub fn check_password(&self, user: &str, password: &str) -> bool {
+        [auth::Mechanism::Sha512, auth::Mechanism::Sha256]
+            .into_iter()
+            .find_map(|mechanism| {
+                let credential = self
+                    .core
+                    .security
+                    .users
+                    .credential(user, mechanism)
+                    .ok()??;
+                Some(credential.matches_password(mechanism, password))
+            })
+            .unwrap_or(false)
+    }
+
     /// Whether ACLs are checked on this broker.
     pub fn acls_enforced(&self) -> bool {
         self.core.security.enforce

@@ -49,6 +49,15 @@ pub struct ServeArgs {
 #[serde(deny_unknown_fields)]
 struct ProcessSettings {
     http_addr: SocketAddr,
+    /// Serve HTTP over TLS with the broker's `ssl_certificate_path` and `ssl_key_path`.
+    http_tls: bool,
+    /// A bearer token for everything on the HTTP side but /health; set it from the file or
+    /// the environment, never a flag.
+    http_admin_token: Option<String>,
+    /// Accept the broker's SASL users by HTTP basic auth as well.
+    http_basic_auth: bool,
+    /// Protect /metrics too (it is open by default so scrapers need no secret).
+    http_metrics_auth: bool,
     log_format: LogFormat,
     /// A `RUST_LOG`-style filter, e.g. `info` or `herald_broker=debug,info`.
     log: String,
@@ -58,6 +67,10 @@ impl Default for ProcessSettings {
     fn default() -> Self {
         ProcessSettings {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8092)),
+            http_tls: false,
+            http_admin_token: None,
+            http_basic_auth: false,
+            http_metrics_auth: false,
             log_format: LogFormat::Human,
             log: "info".to_string(),
         }
@@ -82,7 +95,9 @@ fn settings_help() -> String {
   Security (docs/security.md): listeners (unset: PLAINTEXT on kafka_addr),
   advertised_listeners, listener_security_protocol_map, ssl_certificate_path, ssl_key_path,
   ssl_client_ca_path, ssl_client_auth, ssl_principal_mapping_rules, sasl_enabled_mechanisms,
-  super_users, authorizer. Users and ACLs: `herald user`, `herald acl`.
+  super_users, authorizer. Users and ACLs: `herald user`, `herald acl`. The HTTP side:
+  http_tls (with the same certificate), http_admin_token (a bearer token for all but /health),
+  http_basic_auth (SASL users by basic auth), http_metrics_auth (protect /metrics too).
 
   setting = default                                   environment variable
 ",
@@ -201,6 +216,31 @@ struct Combined {
 async fn serve(process: ProcessSettings, config: BrokerConfig) -> Result<(), CliError> {
     // Signal handlers go in first, so a SIGTERM during start-up is not the default "die now".
     let signal = stop_signal().context("installing signal handlers")?;
+    let http_tls = if process.http_tls {
+        let (Some(certificate), Some(key)) = (&config.ssl_certificate_path, &config.ssl_key_path)
+        else {
+            return Err(CliError::Usage(
+                "http_tls needs ssl_certificate_path and ssl_key_path".to_string(),
+            ));
+        };
+        let paths = herald_broker::auth::TlsPaths {
+            certificate: certificate.clone(),
+            key: key.clone(),
+            client_ca: None,
+            client_auth: herald_broker::auth::ClientAuth::None,
+        };
+        Some(Arc::new(
+            herald_broker::auth::TlsConfig::load(paths)
+                .map_err(|error| CliError::Usage(format!("http_tls: {error}")))?,
+        ))
+    } else {
+        None
+    };
+    let access = http::HttpAccess {
+        admin_token: process.http_admin_token.clone(),
+        basic_auth_users: process.http_basic_auth,
+        metrics_protected: process.http_metrics_auth,
+    };
     let http_listener = http::bind(process.http_addr)
         .await
         .map_err(|error| CliError::Other(error.into()))?;
@@ -224,11 +264,17 @@ async fn serve(process: ProcessSettings, config: BrokerConfig) -> Result<(), Cli
     for listener in broker.insecure_listeners() {
         tracing::warn!(%listener, "unauthenticated PLAINTEXT listener reachable from the network");
     }
-    let reload_task = tokio::spawn(reload_on_sighup(broker.clone()));
+    let reload_task = tokio::spawn(reload_on_sighup(broker.clone(), http_tls.clone()));
     let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let http_task = tokio::spawn(http::serve(http_listener, broker.clone(), async move {
-        let _ = http_stopped.await;
-    }));
+    let http_task = tokio::spawn(http::serve_with(
+        http_listener,
+        broker.clone(),
+        access,
+        http_tls,
+        async move {
+            let _ = http_stopped.await;
+        },
+    ));
     let which = signal.await;
     tracing::info!(
         signal = which,
@@ -250,14 +296,18 @@ async fn serve(process: ProcessSettings, config: BrokerConfig) -> Result<(), Cli
 }
 
 /// Re-reads the TLS files on every SIGHUP; a failure keeps the configuration in use.
-async fn reload_on_sighup(broker: Arc<Broker>) {
+async fn reload_on_sighup(
+    broker: Arc<Broker>,
+    http_tls: Option<Arc<herald_broker::auth::TlsConfig>>,
+) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hangups) = signal(SignalKind::hangup()) else {
         tracing::warn!("cannot watch SIGHUP; TLS files are read at start only");
         return;
     };
     while hangups.recv().await.is_some() {
-        match broker.reload_tls() {
+        let http = http_tls.as_ref().map_or(Ok(()), |tls| tls.reload());
+        match broker.reload_tls().and(http) {
             Ok(()) => tracing::info!("SIGHUP: TLS certificate, key and client CA reloaded"),
             Err(error) => {
                 tracing::warn!(%error, "SIGHUP: TLS files not reloaded; keeping the current ones")

@@ -3,6 +3,7 @@
 //! codes of each API family. Certificates are made here with rcgen, in a temporary directory.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use herald_broker::auth::{
@@ -939,4 +940,116 @@ fn the_tls_handshake_never_panics_on_arbitrary_client_bytes() {
             },
         )
         .unwrap();
+}
+
+/// A GET over TLS trusting `ca`, with an optional `Authorization` header; the status code.
+async fn https_get(
+    addr: std::net::SocketAddr,
+    ca: &Path,
+    path: &str,
+    authorization: Option<&str>,
+) -> u16 {
+    use rustls_pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in rustls_pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(certificate.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut stream = connector.connect(name, tcp).await.unwrap();
+    let header = authorization
+        .map(|value| format!("Authorization: {value}\r\n"))
+        .unwrap_or_default();
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{header}Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response).await;
+    let text = String::from_utf8_lossy(&response);
+    text[9..12].parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_side_serves_tls_and_asks_for_a_token_or_a_user() {
+    use base64::Engine as _;
+    let pki = Pki::new();
+    let data = tempfile::tempdir().unwrap();
+    let broker = Arc::new(
+        secure_broker(
+            &pki,
+            "SASL_PLAINTEXT://127.0.0.1:0",
+            ClientAuth::None,
+            &["alice"],
+            data.path(),
+        )
+        .await,
+    );
+    let tls = herald_broker::auth::TlsConfig::load(herald_broker::auth::TlsPaths {
+        certificate: pki.path("server.pem"),
+        key: pki.path("server.key"),
+        client_ca: None,
+        client_auth: ClientAuth::None,
+    })
+    .unwrap();
+    let listener = herald_broker::http::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let access = herald_broker::http::HttpAccess {
+        admin_token: Some("t0ken".to_string()),
+        basic_auth_users: true,
+        metrics_protected: true,
+    };
+    let server = tokio::spawn(herald_broker::http::serve_with(
+        listener,
+        broker.clone(),
+        access,
+        Some(Arc::new(tls)),
+        std::future::pending(),
+    ));
+    let ca = pki.path("ca.pem");
+    let basic = |credentials: &str| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(credentials)
+        )
+    };
+    assert_eq!(https_get(addr, &ca, "/health", None).await, 200);
+    assert_eq!(https_get(addr, &ca, "/metrics", None).await, 401);
+    assert_eq!(
+        https_get(addr, &ca, "/metrics", Some("Bearer wrong")).await,
+        401
+    );
+    assert_eq!(
+        https_get(addr, &ca, "/metrics", Some("Bearer t0ken")).await,
+        200
+    );
+    assert_eq!(
+        https_get(addr, &ca, "/metrics", Some(&basic("alice:alice-pw"))).await,
+        200
+    );
+    assert_eq!(
+        https_get(addr, &ca, "/metrics", Some(&basic("alice:nope"))).await,
+        401
+    );
+    // A plaintext request on the TLS port gets no answer, and the server goes on.
+    let mut plain = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut plain, b"GET /health HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::io::AsyncReadExt::read_to_end(&mut plain, &mut answer).await;
+    assert!(!String::from_utf8_lossy(&answer).contains("200 OK"));
+    assert_eq!(https_get(addr, &ca, "/health", None).await, 200);
+    server.abort();
+    broker.shutdown().await.unwrap();
 }

@@ -135,6 +135,9 @@ ssl_client_auth = "required"
 ssl_principal_mapping_rules = "RULE:^CN=([^,]+),.*$/$1/,DEFAULT"
 sasl_enabled_mechanisms = "SCRAM-SHA-512,SCRAM-SHA-256"
 super_users = "User:admin"
+http_admin_token = "admin-t0ken"
+http_basic_auth = true
+http_metrics_auth = true
 "#,
             path("server.pem"),
             path("server.key"),
@@ -345,10 +348,39 @@ fn herald_clients_take_librdkafka_security_settings_and_sighup_reloads_tls() {
             .contains("TLS certificate, key and client CA reloaded")
     });
     assert_eq!(ok(herald_with(&consume, "")), "one\ntwo\n");
-    // A loopback-only broker has nothing to warn about.
+    // A loopback-only broker has nothing to warn about; /health is open, /metrics asks.
     let health = http_get(broker.serve.http_addr, "/health").unwrap();
     assert!(!health.body.contains("warnings"), "{}", health.body);
+    let http = broker.serve.http_addr;
+    assert_eq!(get_with(http, "/metrics", None), 401);
+    assert_eq!(get_with(http, "/metrics", Some("Bearer admin-t0ken")), 200);
+    // alice:alice-pw
+    assert_eq!(
+        get_with(http, "/metrics", Some("Basic YWxpY2U6YWxpY2UtcHc=")),
+        200
+    );
+    assert_eq!(
+        get_with(http, "/metrics", Some("Basic YWxpY2U6Z3Vlc3M=")),
+        401
+    );
     assert_eq!(broker.serve.sigterm().code(), Some(0));
+}
+
+/// The status of a plain HTTP GET with an optional `Authorization` header.
+fn get_with(addr: SocketAddr, path: &str, authorization: Option<&str>) -> u16 {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    let header = authorization
+        .map(|value| format!("Authorization: {value}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{header}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response[9..12].parse().unwrap()
 }
 
 #[test]
