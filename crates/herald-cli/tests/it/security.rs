@@ -133,7 +133,7 @@ ssl_key_path = "{}"
 ssl_client_ca_path = "{}"
 ssl_client_auth = "required"
 ssl_principal_mapping_rules = "RULE:^CN=([^,]+),.*$/$1/,DEFAULT"
-sasl_enabled_mechanisms = "SCRAM-SHA-512,SCRAM-SHA-256"
+sasl_enabled_mechanisms = "SCRAM-SHA-512,SCRAM-SHA-256,PLAIN"
 super_users = "User:admin"
 http_admin_token = "admin-t0ken"
 http_basic_auth = true
@@ -292,6 +292,37 @@ fn python_confluent_kafka_over_sasl_ssl_and_mtls_with_the_admin_apis() {
     assert!(
         output.status.success(),
         "python security checks failed:\n{stdout}\n{stderr}\nbroker log:\n{}",
+        broker.serve.log()
+    );
+    assert_eq!(stdout.trim(), "ok");
+}
+
+#[test]
+fn kafka_python_a_client_without_librdkafka_over_sasl_ssl_and_mtls() {
+    let broker = secure_broker();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/kafka_python_security.py"
+    );
+    let output = Command::new("python3")
+        .arg(script)
+        .args([
+            &broker.sasl_ssl.to_string(),
+            &broker.ssl.to_string(),
+            broker.pki.to_str().unwrap(),
+        ])
+        .output()
+        .expect("python3 is not installed");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_ne!(
+        output.status.code(),
+        Some(3),
+        "kafka-python is missing: scripts/install-test-deps installs it ({stdout})"
+    );
+    assert!(
+        output.status.success(),
+        "kafka-python checks failed:\n{stdout}\n{stderr}\nbroker log:\n{}",
         broker.serve.log()
     );
     assert_eq!(stdout.trim(), "ok");
