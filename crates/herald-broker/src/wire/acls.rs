@@ -24,7 +24,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 
 use super::sasl::Session;
-use super::{Reply, str_bytes};
+use super::{Reply, blocking, str_bytes};
 use crate::Core;
 use crate::auth::{
     AclBinding, AclFilter, CLUSTER_RESOURCE, Mechanism, Operation, PatternFilter, PatternType,
@@ -55,14 +55,6 @@ fn cluster_allows(core: &Core, session: &Session, operation: Operation) -> bool 
         Counters::add(&core.counters.authorization_failures, 1);
     }
     allowed
-}
-
-/// Runs a file-touching handler on the blocking pool; the connection waits for it.
-fn blocking(
-    core: &Arc<Core>,
-    handler: impl FnOnce(Arc<Core>) -> ResponseKind + Send + 'static,
-) -> Reply {
-    super::blocking(core, handler)
 }
 
 pub(crate) fn create_acls(

@@ -395,7 +395,7 @@ pub(crate) fn gate(core: &Arc<Core>, session: &Session, request: &mut Request) -
                 ) != 0
             })
             .into_iter()
-            .map(|resource| denied_resource(&asker, resource.resource_type, resource.resource_name.as_str()))
+            .map(|resource| denied_resource(resource.resource_type, resource.resource_name.as_str()))
             .collect();
             patch_if(denied, |response, denied| {
                 if let ResponseKind::AlterConfigs(response) = response {
@@ -420,7 +420,7 @@ pub(crate) fn gate(core: &Arc<Core>, session: &Session, request: &mut Request) -
                 ) != 0
             })
             .into_iter()
-            .map(|resource| denied_resource(&asker, resource.resource_type, resource.resource_name.as_str()))
+            .map(|resource| denied_resource(resource.resource_type, resource.resource_name.as_str()))
             .collect();
             patch_if(denied, |response, denied| {
                 if let ResponseKind::IncrementalAlterConfigs(response) = response {
@@ -749,7 +749,7 @@ fn config_resource_denied(
     }
 }
 
-fn denied_resource(_asker: &Asker, resource_type: i8, name: &str) -> (i8, String, i16) {
+fn denied_resource(resource_type: i8, name: &str) -> (i8, String, i16) {
     let code = if resource_type == 2 {
         TOPIC_DENIED
     } else {

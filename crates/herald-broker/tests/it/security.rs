@@ -900,6 +900,14 @@ async fn scram_credentials_are_managed_over_the_wire_and_tls_reloads() {
     let bootstrap = broker.listener_addr("SASL_SSL").unwrap().to_string();
     metadata(&sasl_ssl_client(&pki, &bootstrap, "carol", "carol-pw")).unwrap();
 
+    // A connection open before the reload keeps working after it.
+    let mut open = TlsRaw::connect(
+        broker.listener_addr("SASL_SSL").unwrap(),
+        &pki.path("ca.pem"),
+    )
+    .await;
+    open.api_versions().await;
+
     // A new certificate from another CA: new connections get it after a reload.
     let next = Pki::new();
     std::fs::copy(next.path("server.pem"), pki.path("server.pem")).unwrap();
@@ -909,6 +917,7 @@ async fn scram_credentials_are_managed_over_the_wire_and_tls_reloads() {
     let mut trusting_next = sasl_ssl_client(&pki, &bootstrap, "carol", "carol-pw");
     trusting_next.set("ssl.ca.location", next.path("ca.pem").to_str().unwrap());
     metadata(&trusting_next).unwrap();
+    open.api_versions().await;
     // A broken file leaves the working configuration in place.
     std::fs::write(pki.path("server.key"), "not a key").unwrap();
     assert!(broker.reload_tls().is_err());
@@ -1052,4 +1061,67 @@ async fn the_http_side_serves_tls_and_asks_for_a_token_or_a_user() {
     assert_eq!(https_get(addr, &ca, "/health", None).await, 200);
     server.abort();
     broker.shutdown().await.unwrap();
+}
+
+/// A raw Kafka connection over TLS, for what must hold of one connection across a reload.
+struct TlsRaw {
+    stream: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    correlation_id: i32,
+}
+
+impl TlsRaw {
+    async fn connect(addr: std::net::SocketAddr, ca: &Path) -> TlsRaw {
+        use rustls_pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for certificate in rustls_pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+            roots.add(certificate.unwrap()).unwrap();
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        TlsRaw {
+            stream,
+            correlation_id: 0,
+        }
+    }
+
+    /// Sends ApiVersions v3 and checks the answer.
+    async fn api_versions(&mut self) {
+        use bytes::{BufMut, BytesMut};
+        use kafka_protocol::protocol::{Decodable, Encodable};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        self.correlation_id += 1;
+        let header = RequestHeader::default()
+            .with_request_api_key(ApiKey::ApiVersions as i16)
+            .with_request_api_version(3)
+            .with_correlation_id(self.correlation_id);
+        let mut body = BytesMut::new();
+        header
+            .encode(&mut body, ApiKey::ApiVersions.request_header_version(3))
+            .unwrap();
+        ApiVersionsRequest::default().encode(&mut body, 3).unwrap();
+        let mut frame = BytesMut::new();
+        frame.put_i32(i32::try_from(body.len()).unwrap());
+        frame.put_slice(&body);
+        self.stream.write_all(&frame).await.unwrap();
+        let mut size = [0u8; 4];
+        self.stream.read_exact(&mut size).await.unwrap();
+        let mut response = vec![0u8; usize::try_from(i32::from_be_bytes(size)).unwrap()];
+        self.stream.read_exact(&mut response).await.unwrap();
+        let mut response = bytes::Bytes::from(response);
+        let header = ResponseHeader::decode(&mut response, 0).unwrap();
+        assert_eq!(header.correlation_id, self.correlation_id);
+        let versions = ApiVersionsResponse::decode(&mut response, 3).unwrap();
+        assert_eq!(versions.error_code, 0);
+    }
 }
