@@ -93,6 +93,41 @@ pub struct BrokerConfig {
     /// Consumer groups: session timeout bounds, group limits and committed-offset retention
     /// (`[groups]` in the config file; see [`crate::group::GroupConfig`]).
     pub groups: crate::group::GroupConfig,
+    /// Kafka `listeners`: `PROTOCOL://HOST:PORT` (or `NAME://HOST:PORT` with the name in
+    /// `listener_security_protocol_map`), comma-separated; protocols are PLAINTEXT, SSL,
+    /// SASL_PLAINTEXT and SASL_SSL. Unset: one PLAINTEXT listener on `kafka_addr`.
+    pub listeners: Option<String>,
+    /// Kafka `advertised.listeners`: `NAME://HOST:PORT` per listener that clients reach under
+    /// another address; Metadata tells each client the address of the listener it came in on.
+    pub advertised_listeners: Option<String>,
+    /// Kafka `listener.security.protocol.map`: `NAME:PROTOCOL,...` for named listeners.
+    pub listener_security_protocol_map: Option<String>,
+    /// PEM certificate chain (leaf first) of the TLS listeners.
+    pub ssl_certificate_path: Option<PathBuf>,
+    /// PEM private key of the TLS listeners.
+    pub ssl_key_path: Option<PathBuf>,
+    /// PEM CA bundle client certificates are checked against (mTLS).
+    pub ssl_client_ca_path: Option<PathBuf>,
+    /// Kafka `ssl.client.auth`: `none`, `requested` or `required`.
+    pub ssl_client_auth: crate::auth::ClientAuth,
+    /// Kafka `ssl.principal.mapping.rules`: how a client certificate's subject becomes the
+    /// user name, e.g. `RULE:^CN=([^,]+).*$/$1/,DEFAULT`.
+    pub ssl_principal_mapping_rules: String,
+    /// Kafka `sasl.enabled.mechanisms`: the SASL mechanisms offered, comma-separated
+    /// (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512).
+    pub sasl_enabled_mechanisms: String,
+    /// Kafka `super.users`: principals allowed everything, separated by `;` or `,`
+    /// (`User:admin;User:ops`).
+    pub super_users: String,
+    /// Whether ACLs are checked: `auto` (when any listener authenticates clients), `acls`
+    /// (always) or `none`.
+    pub authorizer: crate::auth::AuthorizerMode,
+    /// Longest delay before a failed authentication is answered; the delay doubles per
+    /// failure from the same address up to this.
+    pub sasl_failure_delay_ms_max: u64,
+    /// Longest time a connection may take to finish its TLS handshake and SASL
+    /// authentication before it is closed.
+    pub authentication_ms_max: u64,
 }
 
 impl Default for BrokerConfig {
@@ -122,6 +157,19 @@ impl Default for BrokerConfig {
             log_flush_ms: 0,
             message_bytes_max: 1_048_588,
             groups: crate::group::GroupConfig::default(),
+            listeners: None,
+            advertised_listeners: None,
+            listener_security_protocol_map: None,
+            ssl_certificate_path: None,
+            ssl_key_path: None,
+            ssl_client_ca_path: None,
+            ssl_client_auth: crate::auth::ClientAuth::None,
+            ssl_principal_mapping_rules: "DEFAULT".to_string(),
+            sasl_enabled_mechanisms: "SCRAM-SHA-256,SCRAM-SHA-512,PLAIN".to_string(),
+            super_users: String::new(),
+            authorizer: crate::auth::AuthorizerMode::Auto,
+            sasl_failure_delay_ms_max: 5_000,
+            authentication_ms_max: 10_000,
         }
     }
 }

@@ -1,17 +1,27 @@
 //! The broker's HTTP side: `GET /health` for orchestrators and `GET /metrics` for Prometheus.
 //!
 //! It is a library function rather than part of the `herald` binary so that applications that
-//! embed a broker get the same endpoints with one call.
+//! embed a broker get the same endpoints with one call. [`HttpAccess`] protects everything but
+//! `/health` (and `/metrics` unless asked) with an admin token or the broker's SASL users by
+//! HTTP basic auth; [`serve_with`] can serve it over TLS.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use base64::Engine as _;
+use parking_lot::Mutex;
+use sha2::Digest as _;
+use subtle::ConstantTimeEq as _;
 
 use crate::Broker;
 use crate::metrics;
@@ -63,6 +73,226 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .with_state(broker)
 }
 
+/// Who may use the HTTP side. `/health` is always open; with neither a token nor basic auth
+/// configured everything is open, as before.
+///
+/// ```
+/// let access = herald_broker::http::HttpAccess {
+///     admin_token: Some("a long random string".to_string()),
+///     basic_auth_users: true,
+///     metrics_protected: false,
+/// };
+/// assert!(access.protects("/api/v1/topics") && !access.protects("/metrics"));
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct HttpAccess {
+    /// `Authorization: Bearer <token>` grants access.
+    pub admin_token: Option<String>,
+    /// `Authorization: Basic` with a SASL user's name and password grants access.
+    pub basic_auth_users: bool,
+    /// Whether `/metrics` needs the token or a user too.
+    pub metrics_protected: bool,
+}
+
+impl HttpAccess {
+    /// Whether a request for `path` must prove who it is.
+    pub fn protects(&self, path: &str) -> bool {
+        let configured = self.admin_token.is_some() || self.basic_auth_users;
+        configured && path != "/health" && (path != "/metrics" || self.metrics_protected)
+    }
+}
+
+/// How long a checked user and password stay accepted without PBKDF2 again; a scraper sends
+/// the same credentials every few seconds.
+const BASIC_AUTH_CACHE: Duration = Duration::from_secs(300);
+/// Credentials remembered at once.
+const BASIC_AUTH_CACHE_ENTRIES_MAX: usize = 1024;
+
+#[derive(Clone)]
+struct Guard {
+    broker: Arc<Broker>,
+    access: Arc<HttpAccess>,
+    /// SHA-256 of `user:password` that passed, with when.
+    checked: Arc<Mutex<HashMap<[u8; 32], Instant>>>,
+}
+
+/// [`router`] behind [`HttpAccess`].
+pub fn router_with(broker: Arc<Broker>, access: HttpAccess) -> Router {
+    let guard = Guard {
+        broker: broker.clone(),
+        access: Arc::new(access),
+        checked: Arc::new(Mutex::new(HashMap::new())),
+    };
+    router(broker).layer(axum::middleware::from_fn_with_state(guard, authorize))
+}
+
+async fn authorize(State(guard): State<Guard>, request: Request, next: Next) -> Response {
+    if !guard.access.protects(request.uri().path()) {
+        return next.run(request).await;
+    }
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_string);
+    if let Some(presented) = presented {
+        if allowed(&guard, &presented).await {
+            return next.run(request).await;
+        }
+    }
+    let mut response = StatusCode::UNAUTHORIZED.into_response();
+    if guard.access.basic_auth_users {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Basic realm=\"herald\""),
+        );
+    }
+    response
+}
+
+async fn allowed(guard: &Guard, presented: &str) -> bool {
+    if let (Some(token), Some(given)) =
+        (&guard.access.admin_token, presented.strip_prefix("Bearer "))
+    {
+        return bool::from(token.as_bytes().ct_eq(given.trim().as_bytes()));
+    }
+    let Some(encoded) = presented.strip_prefix("Basic ") else {
+        return false;
+    };
+    if !guard.access.basic_auth_users {
+        return false;
+    }
+    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded.trim()) else {
+        return false;
+    };
+    let key: [u8; 32] = sha2::Sha256::digest(&decoded).into();
+    let now = Instant::now();
+    if guard
+        .checked
+        .lock()
+        .get(&key)
+        .is_some_and(|at| now.duration_since(*at) < BASIC_AUTH_CACHE)
+    {
+        return true;
+    }
+    let Ok(text) = String::from_utf8(decoded) else {
+        return false;
+    };
+    let Some((user, password)) = text
+        .split_once(':')
+        .map(|(u, p)| (u.to_string(), p.to_string()))
+    else {
+        return false;
+    };
+    let broker = guard.broker.clone();
+    let ok = tokio::task::spawn_blocking(move || broker.check_password(&user, &password))
+        .await
+        .unwrap_or(false);
+    if ok {
+        let mut checked = guard.checked.lock();
+        if checked.len() >= BASIC_AUTH_CACHE_ENTRIES_MAX {
+            checked.retain(|_, at| now.duration_since(*at) < BASIC_AUTH_CACHE);
+            if checked.len() >= BASIC_AUTH_CACHE_ENTRIES_MAX {
+                checked.clear();
+            }
+        }
+        checked.insert(key, now);
+    }
+    ok
+}
+
+/// Longest a TLS client may take to finish its handshake with the HTTP side.
+const HTTP_TLS_HANDSHAKE_MS_MAX: u64 = 10_000;
+/// Handshaken connections waiting for the server to take them.
+const HTTP_TLS_QUEUE_MAX: usize = 64;
+
+/// Serves [`router_with`] on `listener` until `shutdown` completes, over TLS when `tls` is
+/// given (handshakes run on their own tasks, so a slow client holds up no one).
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    broker: Arc<Broker>,
+    access: HttpAccess,
+    tls: Option<Arc<crate::auth::TlsConfig>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), HttpError> {
+    let app = router_with(broker, access);
+    let Some(tls) = tls else {
+        return axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(HttpError::Serve);
+    };
+    let local_addr = listener.local_addr().map_err(HttpError::Serve)?;
+    let (sender, receiver) = tokio::sync::mpsc::channel(HTTP_TLS_QUEUE_MAX);
+    let acceptor = tokio::spawn(accept_tls(listener, tls, sender));
+    let result = axum::serve(
+        TlsListener {
+            receiver,
+            local_addr,
+        },
+        app,
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+    .map_err(HttpError::Serve);
+    acceptor.abort();
+    result
+}
+
+type HttpTlsStream = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+
+async fn accept_tls(
+    listener: tokio::net::TcpListener,
+    tls: Arc<crate::auth::TlsConfig>,
+    sender: tokio::sync::mpsc::Sender<(HttpTlsStream, SocketAddr)>,
+) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "HTTP accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let acceptor = tls.acceptor(false);
+        let sender = sender.clone();
+        tokio::spawn(async move {
+            let timeout = Duration::from_millis(HTTP_TLS_HANDSHAKE_MS_MAX);
+            match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => {
+                    let _ = sender.send((stream, peer)).await;
+                }
+                Ok(Err(error)) => tracing::debug!(%peer, %error, "HTTP TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "HTTP TLS handshake timed out"),
+            }
+        });
+    }
+}
+
+/// The TLS connections [`accept_tls`] handshook, as an axum listener.
+struct TlsListener {
+    receiver: tokio::sync::mpsc::Receiver<(HttpTlsStream, SocketAddr)>,
+    local_addr: SocketAddr,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = HttpTlsStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.receiver.recv().await {
+            Some(accepted) => accepted,
+            // The acceptor only stops with the server; wait for the shutdown to end us.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local_addr)
+    }
+}
+
 async fn health(State(broker): State<Arc<Broker>>) -> Response {
     let kafka_addr = broker.local_addr().to_string();
     // Once shutdown has begun the Kafka listener is closed, so orchestrators must stop routing
@@ -71,7 +301,16 @@ async fn health(State(broker): State<Arc<Broker>>) -> Response {
         let body = serde_json::json!({ "status": "stopping", "kafka_addr": kafka_addr });
         return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
     }
-    let body = serde_json::json!({ "status": "ok", "kafka_addr": kafka_addr });
+    let insecure = broker.insecure_listeners();
+    let mut body = serde_json::json!({ "status": "ok", "kafka_addr": kafka_addr });
+    if !insecure.is_empty() {
+        // Still healthy, but an operator reading this should know.
+        body["warnings"] = serde_json::json!([format!(
+            "unauthenticated PLAINTEXT listeners reachable from the network: {}",
+            insecure.join(", ")
+        )]);
+        body["insecure_listeners"] = serde_json::json!(insecure);
+    }
     (StatusCode::OK, axum::Json(body)).into_response()
 }
 

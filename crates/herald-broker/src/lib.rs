@@ -18,6 +18,7 @@
 //! # }
 //! ```
 
+pub mod auth;
 mod config;
 pub mod group;
 mod group_commit;
@@ -64,8 +65,8 @@ pub(crate) struct Core {
     /// Consumer groups and their committed offsets.
     pub(crate) groups: group::Coordinator,
     pub(crate) producer_ids: ProducerIds,
-    /// Host and port given to clients in Metadata responses.
-    pub(crate) advertised: (String, i32),
+    /// Listeners, TLS, SASL users, ACLs.
+    pub(crate) security: auth::Security,
     /// Flips to `true` when the broker starts stopping.
     pub(crate) stopping: watch::Receiver<bool>,
 }
@@ -74,7 +75,7 @@ pub(crate) struct Core {
 /// connections but does not wait for in-flight requests or flush the logs.
 pub struct Broker {
     core: Arc<Core>,
-    local_addr: SocketAddr,
+    listeners: Vec<Arc<auth::Listener>>,
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -142,40 +143,64 @@ impl Broker {
             path: config.data_dir.clone(),
             source,
         })?;
+        let security_setup = auth::Setup::from_config(&config).map_err(StartError::Config)?;
         // Opening logs recovers them, which reads files: keep it off the async threads.
-        let (topics, producer_ids, groups, config) = tokio::task::spawn_blocking(move || {
-            let topics = Arc::new(Topics::open(&config)?);
-            let producer_ids = ProducerIds::open(&config.data_dir)?;
-            let groups = group::Coordinator::open(
-                &config.data_dir.join(GROUPS_DIR),
-                config.groups.clone(),
-                Arc::new(group::SystemClock),
-                topics.clone(),
-            )?;
-            Ok::<_, StartError>((topics, producer_ids, groups, config))
-        })
-        .await
-        .map_err(|error| StartError::Config(format!("start-up task failed: {error}")))??;
-        let listener = TcpListener::bind(config.kafka_addr)
+        let setup = security_setup.clone();
+        let (topics, producer_ids, groups, security, config) =
+            tokio::task::spawn_blocking(move || {
+                let topics = Arc::new(Topics::open(&config)?);
+                let producer_ids = ProducerIds::open(&config.data_dir)?;
+                let groups = group::Coordinator::open(
+                    &config.data_dir.join(GROUPS_DIR),
+                    config.groups.clone(),
+                    Arc::new(group::SystemClock),
+                    topics.clone(),
+                )?;
+                let security = setup.open(&config.data_dir).map_err(StartError::Config)?;
+                Ok::<_, StartError>((topics, producer_ids, groups, security, config))
+            })
             .await
-            .map_err(|source| StartError::Bind {
-                addr: config.kafka_addr,
+            .map_err(|error| StartError::Config(format!("start-up task failed: {error}")))??;
+        let mut listeners = Vec::new();
+        for spec in &security_setup.specs {
+            let listener =
+                TcpListener::bind(spec.addr)
+                    .await
+                    .map_err(|source| StartError::Bind {
+                        addr: spec.addr,
+                        source,
+                    })?;
+            let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+                addr: spec.addr,
                 source,
             })?;
-        let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
-            addr: config.kafka_addr,
-            source,
-        })?;
-        let host = match &config.advertised_host {
-            Some(host) => host.clone(),
-            // A wildcard address cannot be connected to; clients on this machine can use the
-            // loopback name, others need `advertised_host`.
-            None if local_addr.ip().is_unspecified() => {
-                warn!(kafka_addr = %local_addr, "listening on a wildcard address without advertised_host; advertising localhost");
-                "localhost".to_string()
+            let advertised = match &spec.advertised {
+                Some((host, port)) => (host.clone(), i32::from(*port)),
+                None => {
+                    let host = match &config.advertised_host {
+                        Some(host) => host.clone(),
+                        // A wildcard address cannot be connected to; clients on this machine can
+                        // use the loopback name, others need `advertised_host`.
+                        None if local_addr.ip().is_unspecified() => {
+                            warn!(listener = %spec.name, addr = %local_addr, "listening on a wildcard address without an advertised address; advertising localhost");
+                            "localhost".to_string()
+                        }
+                        None => local_addr.ip().to_string(),
+                    };
+                    (host, i32::from(local_addr.port()))
+                }
+            };
+            let info = Arc::new(auth::Listener {
+                name: spec.name.clone(),
+                protocol: spec.protocol,
+                local_addr,
+                advertised,
+            });
+            if info.insecure() {
+                warn!(listener = %info.name, addr = %local_addr, "a PLAINTEXT listener on a non-loopback address: anyone who can reach it can read, write and delete every topic; use SASL_SSL or SSL with client certificates");
             }
-            None => local_addr.ip().to_string(),
-        };
+            listeners.push((info, listener));
+        }
         let (stop, stopping) = watch::channel(false);
         let core = Arc::new(Core {
             config,
@@ -183,31 +208,101 @@ impl Broker {
             topics,
             producer_ids,
             groups,
-            advertised: (host, i32::from(local_addr.port())),
+            security,
             stopping,
         });
         // The group timer ends by itself once the last reference to the coordinator is gone.
         drop(core.groups.spawn_timer());
-        let accept = tokio::spawn(accept_loop(core.clone(), listener));
-        let maintenance = tokio::spawn(maintenance_loop(core.clone()));
+        let mut tasks = Vec::new();
+        let mut infos = Vec::new();
+        for (info, listener) in listeners {
+            info!(listener = %info.name, protocol = %info.protocol, addr = %info.local_addr, "listening");
+            infos.push(info.clone());
+            tasks.push(tokio::spawn(accept_loop(core.clone(), listener, info)));
+        }
+        tasks.push(tokio::spawn(maintenance_loop(core.clone())));
         let (topic_count, partition_count, _) = core.topics.totals();
-        info!(kafka_addr = %local_addr, topics = topic_count, partitions = partition_count, "broker listening");
+        info!(kafka_addr = %infos[0].local_addr, topics = topic_count, partitions = partition_count, acls_enforced = core.security.enforce, "broker listening");
         Ok(Broker {
             core,
-            local_addr,
+            listeners: infos,
             stop,
-            tasks: Mutex::new(vec![accept, maintenance]),
+            tasks: Mutex::new(tasks),
         })
     }
 
-    /// The address the Kafka listener is bound to (with the actual port when 0 was asked).
+    /// The address the first Kafka listener is bound to (with the actual port when 0 was
+    /// asked).
     pub fn kafka_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.listeners[0].local_addr
     }
 
     /// Same as [`kafka_addr`](Self::kafka_addr).
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.kafka_addr()
+    }
+
+    /// Every listener: its name, protocol and bound address, in configuration order.
+    pub fn listeners(&self) -> Vec<(String, auth::SecurityProtocol, SocketAddr)> {
+        self.listeners
+            .iter()
+            .map(|listener| {
+                (
+                    listener.name.clone(),
+                    listener.protocol,
+                    listener.local_addr,
+                )
+            })
+            .collect()
+    }
+
+    /// The bound address of the listener with this name (`SASL_SSL`, or a mapped name).
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|listener| listener.name.eq_ignore_ascii_case(name))
+            .map(|listener| listener.local_addr)
+    }
+
+    /// Listeners anyone can use unauthenticated from another machine (PLAINTEXT on a
+    /// non-loopback address), as `NAME://ADDR`; `/health` and `/metrics` report them.
+    pub fn insecure_listeners(&self) -> Vec<String> {
+        self.listeners
+            .iter()
+            .filter(|listener| listener.insecure())
+            .map(|listener| format!("{}://{}", listener.name, listener.local_addr))
+            .collect()
+    }
+
+    /// Whether `password` is `user`'s, checked against the user's stored SCRAM credential as
+    /// SASL PLAIN is; runs PBKDF2, so call it off the async threads.
+    pub fn check_password(&self, user: &str, password: &str) -> bool {
+        [auth::Mechanism::Sha512, auth::Mechanism::Sha256]
+            .into_iter()
+            .find_map(|mechanism| {
+                let credential = self
+                    .core
+                    .security
+                    .users
+                    .credential(user, mechanism)
+                    .ok()??;
+                Some(credential.matches_password(mechanism, password))
+            })
+            .unwrap_or(false)
+    }
+
+    /// Whether ACLs are checked on this broker.
+    pub fn acls_enforced(&self) -> bool {
+        self.core.security.enforce
+    }
+
+    /// Reads the TLS certificate, key and client CA files again; connections accepted from
+    /// now on use them, open ones keep theirs. Without TLS listeners it does nothing.
+    pub fn reload_tls(&self) -> Result<(), auth::TlsError> {
+        match &self.core.security.tls {
+            Some(tls) => tls.reload(),
+            None => Ok(()),
+        }
     }
 
     /// A snapshot of the broker's counters and sizes; cheap enough to call per scrape.
@@ -232,6 +327,7 @@ impl Broker {
             .into_iter()
             .map(|(limit, count)| (limit.to_string(), count))
             .collect();
+        stats.listeners_insecure = self.insecure_listeners().len() as u64;
         stats
     }
 
@@ -268,7 +364,7 @@ impl Drop for Broker {
 }
 
 /// Accepts connections until the broker stops, then waits for every connection to finish.
-async fn accept_loop(core: Arc<Core>, listener: TcpListener) {
+async fn accept_loop(core: Arc<Core>, listener: TcpListener, info: Arc<auth::Listener>) {
     let mut stopping = core.stopping.clone();
     let mut connections = tokio::task::JoinSet::new();
     loop {
@@ -302,8 +398,9 @@ async fn accept_loop(core: Arc<Core>, listener: TcpListener) {
             .fetch_add(1, Ordering::Relaxed);
         let connection_core = core.clone();
         let stop = core.stopping.clone();
+        let info = info.clone();
         connections.spawn(async move {
-            wire::serve_connection(connection_core.clone(), stream, peer, stop).await;
+            wire::accept_connection(connection_core.clone(), stream, peer, info, stop).await;
             connection_core
                 .counters
                 .connections_open
@@ -338,6 +435,10 @@ async fn maintenance_loop(core: Arc<Core>) {
         }
         let core = core.clone();
         let done = tokio::task::spawn_blocking(move || {
+            // ACLs changed by `herald acl` in another process take effect here.
+            if let Err(error) = core.security.acls.refresh() {
+                warn!(%error, "could not re-read the ACLs; keeping the ones loaded");
+            }
             let deleted = core.topics.maintain_all(retention);
             Counters::add(&core.counters.retention_segments_deleted, deleted);
             Counters::add(&core.counters.maintenance_passes, 1);

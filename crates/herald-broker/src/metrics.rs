@@ -81,7 +81,7 @@ impl Exposition {
 /// Renders a stats snapshot, plus this process's resident memory, as one exposition.
 pub fn render(stats: &BrokerStats) -> String {
     let mut text = Exposition::default();
-    let gauges: [(&str, &str, u64); 7] = [
+    let gauges: [(&str, &str, u64); 8] = [
         (
             "herald_partitions_loading",
             "Partitions whose logs are still being opened after a start.",
@@ -113,12 +113,17 @@ pub fn render(stats: &BrokerStats) -> String {
             "Client connections open now.",
             stats.connections_open,
         ),
+        (
+            "herald_listeners_insecure",
+            "Listeners anyone on the network can use unauthenticated (PLAINTEXT, not loopback).",
+            stats.listeners_insecure,
+        ),
     ];
     for (name, help, value) in gauges {
         text.family(name, help, Kind::Gauge);
         text.sample(name, &[], value);
     }
-    let counters: [(&str, &str, u64); 14] = [
+    let counters: [(&str, &str, u64); 16] = [
         (
             "herald_open_files_hits_total",
             "Segment-file lookups served by an open file.",
@@ -133,6 +138,16 @@ pub fn render(stats: &BrokerStats) -> String {
             "herald_open_files_evictions_total",
             "Segment files closed to stay within open_files_max.",
             stats.open_files_evictions_total,
+        ),
+        (
+            "herald_authentication_failures_total",
+            "Failed SASL authentications and TLS handshakes.",
+            stats.authentication_failures_total,
+        ),
+        (
+            "herald_authorization_failures_total",
+            "Requests, or parts of them, refused by the ACLs.",
+            stats.authorization_failures_total,
         ),
         (
             "herald_connections_accepted_total",

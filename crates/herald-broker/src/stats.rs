@@ -23,6 +23,8 @@ pub(crate) struct Counters {
     pub(crate) fetched_records: AtomicU64,
     pub(crate) maintenance_passes: AtomicU64,
     pub(crate) retention_segments_deleted: AtomicU64,
+    pub(crate) authentication_failures: AtomicU64,
+    pub(crate) authorization_failures: AtomicU64,
 }
 
 impl Default for Counters {
@@ -41,6 +43,8 @@ impl Default for Counters {
             fetched_records: AtomicU64::new(0),
             maintenance_passes: AtomicU64::new(0),
             retention_segments_deleted: AtomicU64::new(0),
+            authentication_failures: AtomicU64::new(0),
+            authorization_failures: AtomicU64::new(0),
         }
     }
 }
@@ -119,6 +123,13 @@ pub struct BrokerStats {
     /// Operations refused by a broker-wide limit, by limit (`open_files`, `partitions`,
     /// `disk_space`).
     pub limit_refusals_total: BTreeMap<String, u64>,
+    /// Failed SASL authentications and TLS handshakes.
+    pub authentication_failures_total: u64,
+    /// Requests, or parts of them, refused by the ACLs.
+    pub authorization_failures_total: u64,
+    /// Listeners anyone on the network can use without authenticating (PLAINTEXT on a
+    /// non-loopback address).
+    pub listeners_insecure: u64,
 }
 
 impl Counters {
@@ -154,6 +165,9 @@ impl Counters {
             fetched_records_total: load(&self.fetched_records),
             maintenance_passes_total: load(&self.maintenance_passes),
             retention_segments_deleted_total: load(&self.retention_segments_deleted),
+            authentication_failures_total: load(&self.authentication_failures),
+            authorization_failures_total: load(&self.authorization_failures),
+            listeners_insecure: 0,
             ..BrokerStats::default()
         }
     }

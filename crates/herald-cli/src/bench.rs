@@ -220,10 +220,11 @@ fn progress(total: u64, quiet: bool, what: &str) -> ProgressBar {
 }
 
 fn create_topic(global: &Global, topic: &str, partitions: i32) -> Result<(), CliError> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &global.bootstrap)
-        .create()
-        .context("creating the admin client")?;
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &global.bootstrap);
+    crate::client::apply_client_properties(global, &mut config);
+    let admin: AdminClient<DefaultClientContext> =
+        config.create().context("creating the admin client")?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -295,13 +296,16 @@ fn produce(global: &Global, args: &ProduceArgs) -> Result<Report, CliError> {
             failed: failed.clone(),
             first_error: Mutex::new(None),
         };
-        let producer: BaseProducer<Deliveries> = ClientConfig::new()
+        let mut config = ClientConfig::new();
+        config
             .set("bootstrap.servers", &global.bootstrap)
             .set("linger.ms", args.linger_ms.to_string())
             .set("acks", &args.acks)
             .set("compression.type", &args.compression)
             .set("queue.buffering.max.kbytes", "262144")
-            .set("message.max.bytes", (VALUE_BYTES_MAX + 4096).to_string())
+            .set("message.max.bytes", (VALUE_BYTES_MAX + 4096).to_string());
+        crate::client::apply_client_properties(global, &mut config);
+        let producer: BaseProducer<Deliveries> = config
             .create_with_context(context)
             .context("creating a producer")?;
         let topic = args.topic.clone();
@@ -412,7 +416,8 @@ fn produce_loop(
 }
 
 fn consume(global: &Global, args: &ConsumeArgs) -> Result<Report, CliError> {
-    let consumer: BaseConsumer = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", &global.bootstrap)
         // Partitions are assigned directly; the group id only satisfies librdkafka.
         .set("group.id", "herald-bench")
@@ -420,9 +425,9 @@ fn consume(global: &Global, args: &ConsumeArgs) -> Result<Report, CliError> {
         .set("enable.partition.eof", "false")
         .set("fetch.max.bytes", "52428800")
         .set("max.partition.fetch.bytes", "8388608")
-        .set("queued.max.messages.kbytes", "262144")
-        .create()
-        .context("creating a consumer")?;
+        .set("queued.max.messages.kbytes", "262144");
+    crate::client::apply_client_properties(global, &mut config);
+    let consumer: BaseConsumer = config.create().context("creating a consumer")?;
     let timeout = Duration::from_secs(10);
     let metadata = consumer
         .fetch_metadata(Some(&args.topic), timeout)

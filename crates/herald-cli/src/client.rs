@@ -42,7 +42,33 @@ pub fn base_config(global: &Global) -> ClientConfig {
         // Never create topics as a side effect of reading or writing: a typo should be reported
         // as a missing topic, not become a new one.
         .set("allow.auto.create.topics", "false");
+    apply_client_properties(global, &mut config);
     config
+}
+
+/// Adds the user's librdkafka properties (`--client-config` file, then `-X`), such as the
+/// security settings, to a client's config; they win over the command's own choices.
+pub fn apply_client_properties(global: &Global, config: &mut ClientConfig) {
+    if let Some(path) = &global.client_config {
+        // A file that cannot be read leaves the defaults, and librdkafka's first error says
+        // why the broker refused; reading it is reported here too.
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                for line in text.lines().map(str::trim) {
+                    if line.is_empty() || line.starts_with('#') {
+                        continue;
+                    }
+                    if let Ok((key, value)) = parse_key_value(line) {
+                        config.set(key.trim(), value.trim());
+                    }
+                }
+            }
+            Err(error) => eprintln!("herald: cannot read {}: {error}", path.display()),
+        }
+    }
+    for (key, value) in &global.client_properties {
+        config.set(key, value);
+    }
 }
 
 /// Creates any librdkafka client from a config, mapping the (configuration) error.

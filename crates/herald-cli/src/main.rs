@@ -14,6 +14,7 @@ mod output;
 mod peer;
 mod process;
 mod produce;
+mod security;
 mod serve;
 mod settings;
 mod topic;
@@ -38,6 +39,14 @@ pub struct Global {
     /// (one document for listings, one object per line for streams).
     #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
+    /// A librdkafka property for the client, like kcat's: `-X security.protocol=SASL_SSL`
+    /// (repeatable; later ones win over --client-config).
+    #[arg(short = 'X', long = "client-property", global = true, value_name = "KEY=VALUE", value_parser = client::parse_key_value)]
+    pub client_properties: Vec<(String, String)>,
+    /// A file of librdkafka properties, one `key=value` per line (`#` comments), for settings
+    /// that should not be on the command line such as `sasl.password`.
+    #[arg(long, global = true, value_name = "FILE", env = "HERALD_CLIENT_CONFIG")]
+    pub client_config: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Parser)]
@@ -76,6 +85,12 @@ enum Command {
     /// request/response, and a benchmark against bare sockets.
     #[command(subcommand)]
     Peer(peer::PeerCommand),
+    /// SASL users of a broker, in its data directory: create, set-password, list, delete.
+    #[command(subcommand)]
+    User(security::UserCommand),
+    /// ACLs of a broker, in its data directory: add, list, remove.
+    #[command(subcommand)]
+    Acl(security::AclCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -88,6 +103,8 @@ fn main() -> std::process::ExitCode {
         Command::Group(command) => group::run(&cli.global, command),
         Command::Bench(command) => bench::run(&cli.global, command),
         Command::Peer(command) => peer::run(&cli.global, command),
+        Command::User(command) => security::run_user(&cli.global, command),
+        Command::Acl(command) => security::run_acl(&cli.global, command),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -27,6 +27,10 @@ pub struct ServeArgs {
     /// Address the Kafka protocol listens on [default: 127.0.0.1:9092] [env: HERALD_KAFKA_ADDR]
     #[arg(long, value_name = "HOST:PORT")]
     pub kafka_addr: Option<SocketAddr>,
+    /// Kafka listeners, `PROTOCOL://HOST:PORT,...` with PLAINTEXT, SSL, SASL_PLAINTEXT or
+    /// SASL_SSL; replaces --kafka-addr [env: HERALD_LISTENERS]
+    #[arg(long, value_name = "LISTENERS")]
+    pub listeners: Option<String>,
     /// Address of the HTTP side: /health and /metrics [default: 127.0.0.1:8092]
     /// [env: HERALD_HTTP_ADDR]
     #[arg(long, value_name = "HOST:PORT")]
@@ -45,6 +49,15 @@ pub struct ServeArgs {
 #[serde(deny_unknown_fields)]
 struct ProcessSettings {
     http_addr: SocketAddr,
+    /// Serve HTTP over TLS with the broker's `ssl_certificate_path` and `ssl_key_path`.
+    http_tls: bool,
+    /// A bearer token for everything on the HTTP side but /health; set it from the file or
+    /// the environment, never a flag.
+    http_admin_token: Option<String>,
+    /// Accept the broker's SASL users by HTTP basic auth as well.
+    http_basic_auth: bool,
+    /// Protect /metrics too (it is open by default so scrapers need no secret).
+    http_metrics_auth: bool,
     log_format: LogFormat,
     /// A `RUST_LOG`-style filter, e.g. `info` or `herald_broker=debug,info`.
     log: String,
@@ -54,6 +67,10 @@ impl Default for ProcessSettings {
     fn default() -> Self {
         ProcessSettings {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8092)),
+            http_tls: false,
+            http_admin_token: None,
+            http_basic_auth: false,
+            http_metrics_auth: false,
             log_format: LogFormat::Human,
             log: "info".to_string(),
         }
@@ -75,6 +92,13 @@ fn settings_help() -> String {
   json; http_addr serves /health and /metrics; advertised_host (unset: the bound IP) is the host
   name clients are told in Metadata responses.
 
+  Security (docs/security.md): listeners (unset: PLAINTEXT on kafka_addr),
+  advertised_listeners, listener_security_protocol_map, ssl_certificate_path, ssl_key_path,
+  ssl_client_ca_path, ssl_client_auth, ssl_principal_mapping_rules, sasl_enabled_mechanisms,
+  super_users, authorizer. Users and ACLs: `herald user`, `herald acl`. The HTTP side:
+  http_tls (with the same certificate), http_admin_token (a bearer token for all but /health),
+  http_basic_auth (SASL users by basic auth), http_metrics_auth (protect /metrics too).
+
   setting = default                                   environment variable
 ",
     );
@@ -86,7 +110,8 @@ fn settings_help() -> String {
         "
 Signals:
   SIGTERM or SIGINT stops accepting connections, finishes requests in flight, flushes the logs
-  to disk and exits 0.",
+  to disk and exits 0. SIGHUP reads the TLS certificate, key and client CA files again: new
+  connections use them, open ones are not dropped.",
     );
     help
 }
@@ -162,6 +187,9 @@ fn settings_from(
     if let Some(addr) = args.http_addr {
         flags.push(("--http-addr", "http_addr", Value::String(addr.to_string())));
     }
+    if let Some(listeners) = &args.listeners {
+        flags.push(("--listeners", "listeners", Value::String(listeners.clone())));
+    }
     if let Some(format) = args.log_format {
         let name = match format {
             LogFormat::Human => "human",
@@ -189,6 +217,31 @@ struct Combined {
 async fn serve(process: ProcessSettings, config: BrokerConfig) -> Result<(), CliError> {
     // Signal handlers go in first, so a SIGTERM during start-up is not the default "die now".
     let signal = stop_signal().context("installing signal handlers")?;
+    let http_tls = if process.http_tls {
+        let (Some(certificate), Some(key)) = (&config.ssl_certificate_path, &config.ssl_key_path)
+        else {
+            return Err(CliError::Usage(
+                "http_tls needs ssl_certificate_path and ssl_key_path".to_string(),
+            ));
+        };
+        let paths = herald_broker::auth::TlsPaths {
+            certificate: certificate.clone(),
+            key: key.clone(),
+            client_ca: None,
+            client_auth: herald_broker::auth::ClientAuth::None,
+        };
+        Some(Arc::new(
+            herald_broker::auth::TlsConfig::load(paths)
+                .map_err(|error| CliError::Usage(format!("http_tls: {error}")))?,
+        ))
+    } else {
+        None
+    };
+    let access = http::HttpAccess {
+        admin_token: process.http_admin_token.clone(),
+        basic_auth_users: process.http_basic_auth,
+        metrics_protected: process.http_metrics_auth,
+    };
     let http_listener = http::bind(process.http_addr)
         .await
         .map_err(|error| CliError::Other(error.into()))?;
@@ -197,15 +250,32 @@ async fn serve(process: ProcessSettings, config: BrokerConfig) -> Result<(), Cli
         error => CliError::Other(error.into()),
     })?;
     let broker = Arc::new(broker);
+    let listeners: Vec<String> = broker
+        .listeners()
+        .iter()
+        .map(|(name, _, addr)| format!("{name}://{addr}"))
+        .collect();
     tracing::info!(
         kafka_addr = %broker.local_addr(),
+        listeners = %listeners.join(","),
         http_addr = %process.http_addr,
+        acls_enforced = broker.acls_enforced(),
         "herald broker ready"
     );
+    for listener in broker.insecure_listeners() {
+        tracing::warn!(%listener, "unauthenticated PLAINTEXT listener reachable from the network");
+    }
+    let reload_task = tokio::spawn(reload_on_sighup(broker.clone(), http_tls.clone()));
     let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let http_task = tokio::spawn(http::serve(http_listener, broker.clone(), async move {
-        let _ = http_stopped.await;
-    }));
+    let http_task = tokio::spawn(http::serve_with(
+        http_listener,
+        broker.clone(),
+        access,
+        http_tls,
+        async move {
+            let _ = http_stopped.await;
+        },
+    ));
     let which = signal.await;
     tracing::info!(
         signal = which,
@@ -215,6 +285,7 @@ async fn serve(process: ProcessSettings, config: BrokerConfig) -> Result<(), Cli
         .shutdown()
         .await
         .map_err(|error| CliError::Other(anyhow::anyhow!("shutting down: {error}")))?;
+    reload_task.abort();
     let _ = http_stop.send(());
     match http_task.await {
         Ok(Ok(())) => {}
@@ -223,6 +294,27 @@ async fn serve(process: ProcessSettings, config: BrokerConfig) -> Result<(), Cli
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Re-reads the TLS files on every SIGHUP; a failure keeps the configuration in use.
+async fn reload_on_sighup(
+    broker: Arc<Broker>,
+    http_tls: Option<Arc<herald_broker::auth::TlsConfig>>,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot watch SIGHUP; TLS files are read at start only");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        let http = http_tls.as_ref().map_or(Ok(()), |tls| tls.reload());
+        match broker.reload_tls().and(http) {
+            Ok(()) => tracing::info!("SIGHUP: TLS certificate, key and client CA reloaded"),
+            Err(error) => {
+                tracing::warn!(%error, "SIGHUP: TLS files not reloaded; keeping the current ones")
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -250,6 +342,7 @@ mod tests {
             &ServeArgs {
                 data_dir: None,
                 kafka_addr: None,
+                listeners: None,
                 http_addr: None,
                 config: None,
                 log_format: None,

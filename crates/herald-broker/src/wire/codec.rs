@@ -187,6 +187,17 @@ fn decode_kind<B: ByteBuf>(
         ApiKey::DescribeGroups => RequestKind::DescribeGroups(body(buf, version)?),
         ApiKey::DeleteGroups => RequestKind::DeleteGroups(body(buf, version)?),
         ApiKey::OffsetDelete => RequestKind::OffsetDelete(body(buf, version)?),
+        ApiKey::SaslHandshake => RequestKind::SaslHandshake(body(buf, version)?),
+        ApiKey::SaslAuthenticate => RequestKind::SaslAuthenticate(body(buf, version)?),
+        ApiKey::CreateAcls => RequestKind::CreateAcls(body(buf, version)?),
+        ApiKey::DescribeAcls => RequestKind::DescribeAcls(body(buf, version)?),
+        ApiKey::DeleteAcls => RequestKind::DeleteAcls(body(buf, version)?),
+        ApiKey::DescribeUserScramCredentials => {
+            RequestKind::DescribeUserScramCredentials(body(buf, version)?)
+        }
+        ApiKey::AlterUserScramCredentials => {
+            RequestKind::AlterUserScramCredentials(body(buf, version)?)
+        }
         other => return Err(format!("API {other:?} has no decoder here")),
     })
 }

@@ -95,7 +95,12 @@ pub(crate) fn handles(api_key: ApiKey) -> bool {
 /// applied (or queued, for offsets) before this returns, so one connection's requests take
 /// effect in the order it sent them, as Kafka applies them; only the waiting runs on its own
 /// task. An OffsetFetch waits for the commits queued before it, so it sees them.
-pub(crate) async fn dispatch(core: &Arc<Core>, request: Request, peer: SocketAddr) -> Reply {
+pub(crate) async fn dispatch(
+    core: &Arc<Core>,
+    request: Request,
+    peer: SocketAddr,
+    listener: &crate::auth::Listener,
+) -> Reply {
     let version = request.header.request_api_version;
     let coordinator = core.groups.clone();
     let ready = |body: ResponseKind| Reply::Ready(Box::new(body));
@@ -103,8 +108,8 @@ pub(crate) async fn dispatch(core: &Arc<Core>, request: Request, peer: SocketAdd
         RequestKind::FindCoordinator(req) => {
             let node = NodeInfo {
                 node_id: core.config.node_id,
-                host: core.advertised.0.clone(),
-                port: core.advertised.1,
+                host: listener.advertised.0.clone(),
+                port: listener.advertised.1,
             };
             ready(ResponseKind::FindCoordinator(find_coordinator(
                 &node, version, req,

@@ -10,8 +10,10 @@ use kafka_protocol::messages::{
 };
 
 use super::errors::{self, code};
+use super::sasl::Session;
 use super::{str_bytes, topic_name};
 use crate::Core;
+use crate::auth::acl::{Operation, ResourceType};
 use crate::topics::Topic;
 
 /// Kafka's ACL operation codes, as bit positions of an `authorized_operations` field.
@@ -42,8 +44,9 @@ const fn bits(operations: &[i32]) -> i32 {
 }
 
 /// Every operation a topic supports: with no ACL in the way, a client may do all of them, and
-/// Kafka says so when asked (`include_topic_authorized_operations`).
-pub(crate) const TOPIC_OPERATIONS: i32 = bits(&[
+/// Kafka says so when asked (`include_topic_authorized_operations`); with ACLs, the ones the
+/// principal is allowed.
+const TOPIC_OPERATION_LIST: [i32; 8] = [
     operation::READ,
     operation::WRITE,
     operation::CREATE,
@@ -52,10 +55,10 @@ pub(crate) const TOPIC_OPERATIONS: i32 = bits(&[
     operation::DESCRIBE,
     operation::DESCRIBE_CONFIGS,
     operation::ALTER_CONFIGS,
-]);
+];
 
 /// Every operation the cluster supports.
-pub(crate) const CLUSTER_OPERATIONS: i32 = bits(&[
+const CLUSTER_OPERATION_LIST: [i32; 7] = [
     operation::CREATE,
     operation::ALTER,
     operation::DESCRIBE,
@@ -63,15 +66,61 @@ pub(crate) const CLUSTER_OPERATIONS: i32 = bits(&[
     operation::DESCRIBE_CONFIGS,
     operation::ALTER_CONFIGS,
     operation::IDEMPOTENT_WRITE,
-]);
+];
+
+/// The cluster operations the session's principal may do (Kafka names the cluster
+/// `kafka-cluster` in ACLs).
+fn cluster_operations(core: &Core, session: &Session) -> i32 {
+    authorized(
+        core,
+        session,
+        ResourceType::Cluster,
+        "kafka-cluster",
+        &CLUSTER_OPERATION_LIST,
+    )
+}
+
+/// The operations of `list` that the session's principal may do on the resource, as an
+/// `authorized_operations` field: all of them when no ACL is enforced.
+fn authorized(
+    core: &Core,
+    session: &Session,
+    resource_type: ResourceType,
+    name: &str,
+    list: &[i32],
+) -> i32 {
+    list.iter()
+        .filter(|code| {
+            i8::try_from(**code)
+                .ok()
+                .and_then(Operation::from_code)
+                .is_some_and(|operation| {
+                    core.security.allows(
+                        &session.principal,
+                        session.peer.ip(),
+                        operation,
+                        resource_type,
+                        name,
+                    )
+                })
+        })
+        .fold(0, |field, code| field | 1 << code)
+}
 
 /// Every operation a consumer group supports.
 pub(crate) const GROUP_OPERATIONS: i32 =
     bits(&[operation::READ, operation::DELETE, operation::DESCRIBE]);
 
-pub(crate) fn metadata(core: &Core, request: MetadataRequest, version: i16) -> MetadataResponse {
+/// The Metadata response; the broker's address is the one advertised for `listener`, the
+/// listener the client came in on.
+pub(crate) fn metadata(
+    core: &Core,
+    session: &Session,
+    request: MetadataRequest,
+    version: i16,
+) -> MetadataResponse {
     let node = core.config.node_id;
-    let (host, port) = core.advertised.clone();
+    let (host, port) = session.listener.advertised.clone();
     let brokers = vec![
         MetadataResponseBroker::default()
             .with_node_id(BrokerId(node))
@@ -104,10 +153,15 @@ pub(crate) fn metadata(core: &Core, request: MetadataRequest, version: i16) -> M
         topics
             .into_iter()
             .map(|topic| {
-                let operations = if topic.error_code == errors::NONE {
-                    TOPIC_OPERATIONS
-                } else {
-                    OPERATIONS_NOT_ASKED
+                let operations = match &topic.name {
+                    Some(name) if topic.error_code == errors::NONE => authorized(
+                        core,
+                        session,
+                        ResourceType::Topic,
+                        name.as_str(),
+                        &TOPIC_OPERATION_LIST,
+                    ),
+                    _ => OPERATIONS_NOT_ASKED,
                 };
                 topic.with_topic_authorized_operations(operations)
             })
@@ -116,7 +170,7 @@ pub(crate) fn metadata(core: &Core, request: MetadataRequest, version: i16) -> M
         topics
     };
     let cluster_operations = if request.include_cluster_authorized_operations {
-        CLUSTER_OPERATIONS
+        cluster_operations(core, session)
     } else {
         OPERATIONS_NOT_ASKED
     };
@@ -175,11 +229,12 @@ fn topic_entry(topic: &Topic, node: i32) -> MetadataResponseTopic {
 
 pub(crate) fn describe_cluster(
     core: &Core,
+    session: &Session,
     request: DescribeClusterRequest,
 ) -> DescribeClusterResponse {
-    let (host, port) = core.advertised.clone();
+    let (host, port) = session.listener.advertised.clone();
     let operations = if request.include_cluster_authorized_operations {
-        CLUSTER_OPERATIONS
+        cluster_operations(core, session)
     } else {
         OPERATIONS_NOT_ASKED
     };

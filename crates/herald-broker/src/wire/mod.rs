@@ -13,8 +13,10 @@
 //! reads what earlier ones wrote waits for them first (an OffsetFetch for the commits queued
 //! before it).
 
+mod acls;
 mod admin;
 mod api_versions;
+mod authorize;
 pub(crate) mod codec;
 mod configs;
 pub(crate) mod errors;
@@ -25,6 +27,7 @@ mod metadata;
 mod offsets;
 mod produce;
 mod producer_id;
+mod sasl;
 mod segmented;
 pub(crate) mod versions;
 
@@ -36,15 +39,17 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind, TopicName};
 use kafka_protocol::protocol::StrBytes;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::Core;
+use crate::auth::{Listener, Principal};
 use crate::stats::Counters;
+use authorize::Gate;
 use codec::{DecodeError, Request};
+use sasl::Session;
 
 /// What a handler hands back for one request.
 pub(crate) enum Reply {
@@ -89,26 +94,98 @@ enum CloseReason {
     Encode { api: &'static str, message: String },
 }
 
-/// Serves one client connection until it closes, fails, or the broker stops.
-pub(crate) async fn serve_connection(
+/// Bytes read from the socket at once under a TLS connection.
+const TLS_READ_BUFFER_BYTES: usize = 64 * 1024;
+
+/// Serves one accepted connection: the TLS handshake first on a TLS listener (bounded by
+/// `authentication_ms_max`), then requests until it closes, fails, or the broker stops.
+pub(crate) async fn accept_connection(
     core: Arc<Core>,
     stream: TcpStream,
     peer: SocketAddr,
-    mut stop: watch::Receiver<bool>,
+    listener: Arc<Listener>,
+    stop: watch::Receiver<bool>,
 ) {
     // Responses are small and latency matters more than packet count.
     if let Err(error) = stream.set_nodelay(true) {
         debug!(%peer, %error, "could not set TCP_NODELAY");
     }
-    let (mut reader, writer) = stream.into_split();
+    let deadline = tokio::time::Instant::now()
+        + std::time::Duration::from_millis(core.config.authentication_ms_max);
+    let Some(tls) = listener
+        .protocol
+        .tls()
+        .then(|| core.security.tls.clone())
+        .flatten()
+    else {
+        let session = Session::new(listener, peer, Principal::anonymous());
+        let (reader, writer) = stream.into_split();
+        serve_connection(core, reader, writer, session, deadline, stop).await;
+        return;
+    };
+    let client_certificates = listener.protocol == crate::auth::SecurityProtocol::Ssl;
+    let acceptor = tls.acceptor(client_certificates);
+    // rustls pulls TLS records off the socket 4 KiB per read; a buffer under it turns the
+    // hundreds of reads a large produce request would cost into a few.
+    let stream = tokio::io::BufReader::with_capacity(TLS_READ_BUFFER_BYTES, stream);
+    let handshake = tokio::time::timeout_at(deadline, acceptor.accept(stream)).await;
+    let stream = match handshake {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            // rustls has already sent the client an alert saying why (unknown CA, expired
+            // certificate, not TLS at all).
+            Counters::add(&core.counters.authentication_failures, 1);
+            info!(%peer, listener = %listener.name, %error, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            Counters::add(&core.counters.authentication_failures, 1);
+            info!(%peer, listener = %listener.name, "TLS handshake timed out");
+            return;
+        }
+    };
+    let principal = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|leaf| crate::auth::certificate_subject(leaf))
+        .map(|subject| Principal::user(&core.security.mapping.map(&subject)))
+        .unwrap_or_else(Principal::anonymous);
+    debug!(%peer, %principal, listener = %listener.name, "TLS established");
+    let session = Session::new(listener, peer, principal);
+    let (reader, writer) = tokio::io::split(stream);
+    serve_connection(core, reader, writer, session, deadline, stop).await;
+}
+
+/// Serves one client connection until it closes, fails, or the broker stops; a SASL listener's
+/// client that has not authenticated by `deadline` is closed.
+async fn serve_connection<R, W>(
+    core: Arc<Core>,
+    mut reader: R,
+    writer: W,
+    mut session: Session,
+    deadline: tokio::time::Instant,
+    mut stop: watch::Receiver<bool>,
+) where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = session.peer;
     let in_flight =
         usize::try_from(core.config.connection_requests_in_flight_max.max(1)).unwrap_or(usize::MAX);
     let (outgoing, queue) = mpsc::channel::<Outgoing>(in_flight);
     let writer_task = tokio::spawn(write_responses(writer, queue, peer));
     loop {
+        let authenticated = session.authenticated();
         let frame = tokio::select! {
             biased;
             _ = stop.wait_for(|stopping| *stopping) => break,
+            _ = tokio::time::sleep_until(deadline), if !authenticated => {
+                Counters::add(&core.counters.authentication_failures, 1);
+                info!(%peer, listener = %session.listener.name, "closing connection: not authenticated within authentication_ms_max");
+                break;
+            }
             frame = read_frame(&mut reader, core.config.request_bytes_max) => frame,
         };
         let frame = match frame {
@@ -125,7 +202,20 @@ pub(crate) async fn serve_connection(
                 break;
             }
         };
-        match handle_frame(&core, frame, peer).await {
+        if session.raw_tokens && !session.authenticated() {
+            match sasl::raw_token(&core, &mut session, frame).await {
+                Some(token) => {
+                    let size = u32::try_from(token.len()).unwrap_or(u32::MAX).to_be_bytes();
+                    let parts = vec![Bytes::copy_from_slice(&size), Bytes::from(token)];
+                    if outgoing.send(Outgoing::Ready(parts)).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+                None => break,
+            }
+        }
+        match handle_frame(&core, frame, &mut session).await {
             Ok(Some(response)) => {
                 if outgoing.send(response).await.is_err() {
                     // The writer stopped (the peer went away); nothing more to answer.
@@ -141,6 +231,9 @@ pub(crate) async fn serve_connection(
                 break;
             }
         }
+        if session.close_after_reply {
+            break;
+        }
     }
     // Dropping the sender lets the writer finish the responses already queued, then stop.
     drop(outgoing);
@@ -150,12 +243,22 @@ pub(crate) async fn serve_connection(
 }
 
 /// Reads one size-prefixed frame; `None` on a clean end of stream between frames.
-async fn read_frame(reader: &mut OwnedReadHalf, limit: u32) -> Result<Option<Bytes>, CloseReason> {
+async fn read_frame<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    limit: u32,
+) -> Result<Option<Bytes>, CloseReason> {
     let mut size = [0u8; 4];
     match reader.read_exact(&mut size).await {
         Ok(_) => {}
         Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(error) => return Err(CloseReason::Read(error)),
+    }
+    // A TLS record (handshake type 22, version 3.x) where a Kafka frame should be: say so
+    // rather than report a frame of 369 MB.
+    if size[0] == 0x16 && size[1] == 0x03 {
+        return Err(CloseReason::Refused(
+            "a TLS handshake on a listener without TLS (client uses SSL/SASL_SSL on a plaintext port?)".to_string(),
+        ));
     }
     let frame_bytes = i32::from_be_bytes(size);
     // The size is checked before anything is allocated for it.
@@ -183,7 +286,7 @@ async fn read_frame(reader: &mut OwnedReadHalf, limit: u32) -> Result<Option<Byt
 async fn handle_frame(
     core: &Arc<Core>,
     frame: Bytes,
-    peer: SocketAddr,
+    session: &mut Session,
 ) -> Result<Option<Outgoing>, CloseReason> {
     let request = match codec::decode_request(frame) {
         Ok(request) => request,
@@ -218,7 +321,36 @@ async fn handle_frame(
         client_id = codec::client_id(&request.header),
         "request"
     );
-    match dispatch(core, request, peer).await {
+    // The SASL exchange changes the session, so it is served here, in order, by the reader.
+    match request.body {
+        RequestKind::SaslHandshake(body) => {
+            let body = ResponseKind::SaslHandshake(sasl::handshake(core, session, body, version));
+            return encode(api_key, version, correlation_id, &body).map(Some);
+        }
+        RequestKind::SaslAuthenticate(body) => {
+            let body =
+                ResponseKind::SaslAuthenticate(sasl::authenticate(core, session, body).await);
+            return encode(api_key, version, correlation_id, &body).map(Some);
+        }
+        _ if !session.authenticated() && api_key != ApiKey::ApiVersions => {
+            return Err(CloseReason::Refused(format!(
+                "{} before SASL authentication",
+                versions::name(api_key)
+            )));
+        }
+        _ => {}
+    }
+    let mut request = request;
+    let patch = match authorize::gate(core, session, &mut request) {
+        Gate::Pass(patch) => patch,
+        Gate::Refuse(body) => return encode(api_key, version, correlation_id, &body).map(Some),
+    };
+    let reply = dispatch(core, request, session).await;
+    let reply = match patch {
+        None => reply,
+        Some(patch) => patched(reply, patch),
+    };
+    match reply {
         Reply::Ready(body) => encode(api_key, version, correlation_id, &body).map(Some),
         Reply::Later(future) => Ok(Some(Outgoing::Later(tokio::spawn(async move {
             let body = future.await;
@@ -242,6 +374,27 @@ async fn handle_frame(
     }
 }
 
+/// The same reply with `patch` applied to its response once there is one.
+fn patched(reply: Reply, patch: authorize::Patch) -> Reply {
+    match reply {
+        Reply::Ready(mut body) => {
+            patch(&mut body);
+            Reply::Ready(body)
+        }
+        Reply::Later(future) => Reply::Later(Box::pin(async move {
+            let mut body = future.await;
+            patch(&mut body);
+            body
+        })),
+        Reply::Serial(future) => Reply::Serial(Box::pin(async move {
+            let mut body = future.await?;
+            patch(&mut body);
+            Some(body)
+        })),
+        other => other,
+    }
+}
+
 fn encode(
     api_key: ApiKey,
     version: i16,
@@ -257,9 +410,9 @@ fn encode(
 }
 
 /// Sends a request to its API family's handler.
-async fn dispatch(core: &Arc<Core>, request: Request, peer: SocketAddr) -> Reply {
+async fn dispatch(core: &Arc<Core>, request: Request, session: &Session) -> Reply {
     if group::handles(request.api_key) {
-        return group::dispatch(core, request, peer).await;
+        return group::dispatch(core, request, session.peer, &session.listener).await;
     }
     let version = request.header.request_api_version;
     let ready = |body: ResponseKind| Reply::Ready(Box::new(body));
@@ -268,11 +421,24 @@ async fn dispatch(core: &Arc<Core>, request: Request, peer: SocketAddr) -> Reply
             api_versions::error_for(version),
         ))),
         RequestKind::Metadata(body) => ready(ResponseKind::Metadata(metadata::metadata(
-            core, body, version,
+            core, session, body, version,
         ))),
         RequestKind::DescribeCluster(body) => ready(ResponseKind::DescribeCluster(
-            metadata::describe_cluster(core, body),
+            metadata::describe_cluster(core, session, body),
         )),
+        RequestKind::CreateAcls(body) => acls::create_acls(core, session, body),
+        RequestKind::DescribeAcls(body) => ready(ResponseKind::DescribeAcls(acls::describe_acls(
+            core, session, body,
+        ))),
+        RequestKind::DeleteAcls(body) => acls::delete_acls(core, session, body),
+        RequestKind::DescribeUserScramCredentials(body) => {
+            ready(ResponseKind::DescribeUserScramCredentials(
+                acls::describe_user_scram_credentials(core, session, body),
+            ))
+        }
+        RequestKind::AlterUserScramCredentials(body) => {
+            acls::alter_user_scram_credentials(core, session, body)
+        }
         RequestKind::Produce(body) => produce::produce(core, body, version),
         RequestKind::Fetch(body) => fetch::fetch(core, body, version),
         RequestKind::ListOffsets(body) => ready(ResponseKind::ListOffsets(offsets::list_offsets(
@@ -337,8 +503,8 @@ fn topic_name(text: &str) -> TopicName {
 }
 
 /// Writes responses in request order, waiting for pending ones in turn.
-async fn write_responses(
-    writer: OwnedWriteHalf,
+async fn write_responses<W: AsyncWrite + Unpin + Send>(
+    writer: W,
     mut queue: mpsc::Receiver<Outgoing>,
     peer: SocketAddr,
 ) {

@@ -60,6 +60,15 @@ pub(crate) const SERVED: &[Served] = &[
     served_api(ApiKey::DescribeGroups, 0, 5),
     served_api(ApiKey::DeleteGroups, 0, 2),
     served_api(ApiKey::OffsetDelete, 0, 0),
+    // Security (handlers in `sasl.rs` and `acls.rs`). After SaslHandshake v0 the tokens come
+    // as bare frames; librdkafka before 2.1 also refuses SASL unless the range includes v0.
+    served_api(ApiKey::SaslHandshake, 0, 1),
+    served_api(ApiKey::SaslAuthenticate, 0, 2),
+    served_api(ApiKey::CreateAcls, 1, 3),
+    served_api(ApiKey::DescribeAcls, 1, 3),
+    served_api(ApiKey::DeleteAcls, 1, 3),
+    served_api(ApiKey::DescribeUserScramCredentials, 0, 0),
+    served_api(ApiKey::AlterUserScramCredentials, 0, 0),
 ];
 
 /// Lowest Produce version actually decoded (record batch v2).
@@ -109,6 +118,13 @@ pub(crate) fn name(api_key: ApiKey) -> &'static str {
         ApiKey::DescribeGroups => "DescribeGroups",
         ApiKey::DeleteGroups => "DeleteGroups",
         ApiKey::OffsetDelete => "OffsetDelete",
+        ApiKey::SaslHandshake => "SaslHandshake",
+        ApiKey::SaslAuthenticate => "SaslAuthenticate",
+        ApiKey::CreateAcls => "CreateAcls",
+        ApiKey::DescribeAcls => "DescribeAcls",
+        ApiKey::DeleteAcls => "DeleteAcls",
+        ApiKey::DescribeUserScramCredentials => "DescribeUserScramCredentials",
+        ApiKey::AlterUserScramCredentials => "AlterUserScramCredentials",
         _ => "Other",
     }
 }

@@ -17,5 +17,6 @@ mod metadata_offsets;
 mod produce_consume;
 mod request_order;
 mod restart;
+mod security;
 mod support;
 mod timestamps;

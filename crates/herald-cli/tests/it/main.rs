@@ -4,5 +4,6 @@
 mod client;
 mod group;
 mod peer;
+mod security;
 mod serve;
 mod support;

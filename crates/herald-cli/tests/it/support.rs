@@ -223,3 +223,12 @@ impl Drop for ServeProcess {
         }
     }
 }
+
+/// Polls `check` until it holds, or panics after [`READY_TIMEOUT`].
+pub fn eventually_true(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
