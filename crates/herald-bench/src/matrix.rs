@@ -32,6 +32,8 @@ pub const SCHEMA: &str = "herald-bench-matrix/1";
 const KEYS: u64 = 16;
 /// Deadline of each direct publish and request; a member that is down fails it after this.
 const DIRECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// Fences sent at most after the datagram row to make its last losses visible.
+const FENCES_MAX: u64 = 20;
 /// Deadline of each request over the broker.
 const BROKER_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -262,6 +264,8 @@ pub struct WayProperties {
     pub survives_producer_crash: Property,
     pub needs_broker: Property,
     pub ordering_per_key: Property,
+    /// The counts behind `survives_consumer_down`, where the run measured it.
+    pub consumer_down: Option<ConsumerDown>,
 }
 
 /// A whole run: what `herald bench matrix --output json` prints and `herald advise` reads.
@@ -490,16 +494,18 @@ fn limit_rows(
     ])
 }
 
-/// What the consumer-down checks saw, per way.
-#[derive(Debug, Clone, Copy, Default)]
-struct Down {
-    /// Publishes reported done while the consumer was down.
-    published_ok: u64,
+/// What the consumer-down check of one way saw: events offered while the consumer was stopped,
+/// what the producer was told, and what arrived once the consumer was back.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct ConsumerDown {
+    /// Publishes (or sends) reported done while the consumer was down.
+    pub published_ok: u64,
     /// Publishes that failed meanwhile.
-    failed: u64,
-    /// Of the published, delivered after the consumer returned.
-    delivered_after: u64,
-    offered: u64,
+    pub failed: u64,
+    /// Delivered after the consumer returned.
+    pub delivered_after: u64,
+    /// Events offered while it was down.
+    pub offered: u64,
 }
 
 /// A brokered producer row: id, acks, label, topic configs, the limit it is compared with.
@@ -510,7 +516,7 @@ fn brokered_rows(
     size: usize,
     schedules: &[Schedule],
     progress: &mut dyn FnMut(&str),
-) -> Result<(Vec<Row>, Down), BenchError> {
+) -> Result<(Vec<Row>, ConsumerDown), BenchError> {
     let data_dir = config.work_dir.join(format!("serve-data-{size}"));
     let _ = std::fs::remove_dir_all(&data_dir);
     let serve = ServeChild::start(
@@ -635,7 +641,7 @@ fn brokered_rows(
     serve.stop();
     Ok((
         rows,
-        Down {
+        ConsumerDown {
             published_ok: down.published_ok,
             failed: 0,
             delivered_after: down.delivered_after,
@@ -760,7 +766,7 @@ fn brokerless_rows(
     size: usize,
     schedules: &[Schedule],
     progress: &mut dyn FnMut(&str),
-) -> Result<(Vec<Row>, (Down, Down)), BenchError> {
+) -> Result<(Vec<Row>, (ConsumerDown, ConsumerDown)), BenchError> {
     let exe = &config.herald_exe;
     let mut rows = Vec::new();
     let spec = |id, way, label: &str, completion, limit| RowSpec {
@@ -843,8 +849,10 @@ fn brokerless_rows(
     )?;
     let sender = DirectClient::start(vec![receiver.addr], "datagram")?;
     let mut cells = Vec::new();
+    // Each cell counts from the previous cell's last report, so a datagram arriving between
+    // two cells is counted in one of them.
+    let mut before = receiver.report()?;
     for &s in schedules {
-        let before = receiver.report()?;
         let mut c = {
             let involved = Involved {
                 bench: true,
@@ -867,6 +875,29 @@ fn brokerless_rows(
             .note
             .or_else(|| Some(format!("received {received} of {} sent", c.generator.sent)));
         cells.push(c);
+        before = after;
+    }
+    // A receiver sees a datagram lost only when a later one arrives, so the last cell's tail
+    // would go uncounted: fences are sent until one arrives, and what the receiver counted
+    // until then (less the fences it missed itself) is added to the last cell's counted loss.
+    let last = before;
+    let fence = Schedule {
+        rate: 0,
+        duration: Duration::ZERO,
+        count_max: 1,
+    };
+    let mut fences = 0;
+    let mut now = last.clone();
+    while now.datagrams == last.datagrams && fences < FENCES_MAX {
+        sender.run(Send::Datagram, "datagram", size, fence, DIRECT_TIMEOUT)?;
+        fences += 1;
+        std::thread::sleep(Duration::from_millis(5));
+        now = receiver.report()?;
+    }
+    let fences_missed = fences - (now.datagrams - last.datagrams).min(fences);
+    if let Some(c) = cells.last_mut() {
+        let tail = (now.lost - last.lost).saturating_sub(fences_missed);
+        c.lost_counted = c.lost_counted.map(|l| l + tail);
     }
     rows.push(row(
         spec(
@@ -976,7 +1007,7 @@ fn brokerless_rows(
         },
     )?;
     std::thread::sleep(Duration::from_millis(200));
-    let direct_down = Down {
+    let direct_down = ConsumerDown {
         published_ok: outcome.delivered,
         failed: outcome.failed,
         delivered_after: back.report()?.direct,
@@ -1009,7 +1040,7 @@ fn brokerless_rows(
         },
     )?;
     std::thread::sleep(Duration::from_millis(200));
-    let datagram_down = Down {
+    let datagram_down = ConsumerDown {
         published_ok: outcome.delivered,
         failed: outcome.failed,
         delivered_after: back.report()?.datagrams,
@@ -1029,8 +1060,8 @@ fn prop(value: bool, measured: bool, detail: impl Into<String>) -> Property {
 
 fn way_properties(
     rows: &[Row],
-    brokered: Down,
-    (direct, datagram): (Down, Down),
+    brokered: ConsumerDown,
+    (direct, datagram): (ConsumerDown, ConsumerDown),
 ) -> Vec<WayProperties> {
     let reorders = |id: &str| -> u64 {
         rows.iter()
@@ -1042,6 +1073,7 @@ fn way_properties(
     vec![
         WayProperties {
             way: "brokered".into(),
+            consumer_down: Some(brokered),
             survives_consumer_down: prop(
                 brokered.delivered_after == brokered.published_ok && brokered.published_ok > 0,
                 true,
@@ -1067,6 +1099,7 @@ fn way_properties(
         },
         WayProperties {
             way: "direct".into(),
+            consumer_down: Some(direct),
             survives_consumer_down: prop(
                 false,
                 true,
@@ -1092,6 +1125,7 @@ fn way_properties(
         },
         WayProperties {
             way: "datagram".into(),
+            consumer_down: Some(datagram),
             survives_consumer_down: prop(
                 false,
                 true,
@@ -1113,6 +1147,7 @@ fn way_properties(
         },
         WayProperties {
             way: "request".into(),
+            consumer_down: None,
             survives_consumer_down: prop(
                 false,
                 false,

@@ -331,24 +331,35 @@ pub fn rerank(ranked: &mut [Ranked], priorities: &Priorities) {
         } else {
             "ranks in between"
         };
+        let strength = |c: &Criterion| {
+            if c.score > 0.5 {
+                "is strong"
+            } else {
+                "does best"
+            }
+        };
         r.reason = match (best, worst) {
-            (Some(b), Some(w)) if b.0.name != w.0.name && lost(w.0, w.1) > 0.0 => format!(
+            (Some(b), Some(w)) if b.0.score == 0.0 => format!(
+                "{} {verdict} ({:.2}): it has nothing on what you weighted: {} ({}).",
+                r.way, r.score, w.0.name, w.0.fact
+            ),
+            (Some(b), Some(w)) if b.0.name != w.0.name && w.0.score < 1.0 => format!(
                 "{} {verdict} ({:.2}): it {} on {} ({}), and it gives up {} ({}).",
                 r.way,
                 r.score,
-                if b.0.score >= 0.5 {
-                    "is strong"
-                } else {
-                    "does best"
-                },
+                strength(b.0),
                 b.0.name,
                 b.0.fact,
                 w.0.name,
                 w.0.fact
             ),
             (Some(b), _) => format!(
-                "{} {verdict} ({:.2}): it is strong on {} ({}).",
-                r.way, r.score, b.0.name, b.0.fact
+                "{} {verdict} ({:.2}): it {} on {} ({}).",
+                r.way,
+                r.score,
+                strength(b.0),
+                b.0.name,
+                b.0.fact
             ),
             _ => format!("{} {verdict} ({:.2}).", r.way, r.score),
         };
