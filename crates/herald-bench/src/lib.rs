@@ -1,7 +1,7 @@
 //! Herald's measuring code, shared by `herald bench` and `herald advise` (thin shells in
 //! `herald-cli`): open-loop load generators that record latency from each event's scheduled time
 //! ([`pace`]), the machine's own limits measured in the same run ([`baseline`], [`limits`]), the
-//! brokered load through librdkafka ([`kafka`]), brokerless load through `herald-direct`
+//! brokered load through librdkafka ([`kafka`]) and a raw Fetch loop ([`fetch`]), brokerless load through `herald-direct`
 //! ([`direct`]), the child processes a run starts ([`procs`], [`member`]), the trade-off matrix
 //! ([`matrix`]), the priority ranking ([`score`]) and the self-contained HTML report ([`html`]).
 //!
@@ -21,6 +21,7 @@ pub mod baseline;
 pub mod clock;
 pub mod direct;
 mod error;
+pub mod fetch;
 pub mod html;
 pub mod kafka;
 pub mod limits;

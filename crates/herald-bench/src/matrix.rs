@@ -32,6 +32,8 @@ pub const SCHEMA: &str = "herald-bench-matrix/1";
 const KEYS: u64 = 16;
 /// Deadline of each direct publish and request; a member that is down fails it after this.
 const DIRECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// Reads of a receiver's count, 10 ms apart, before a datagram cell is closed anyway.
+const SETTLE_ROUNDS_MAX: u32 = 100;
 /// Fences sent at most after the datagram row to make its last losses visible.
 const FENCES_MAX: u64 = 20;
 /// Deadline of each request over the broker.
@@ -333,20 +335,25 @@ fn cell(
 fn from_outcome(schedule: Schedule, outcome: Outcome, processes: Vec<ProcCost>) -> Cell {
     let offered = outcome.generated.offered;
     let behind = outcome.generated.behind;
-    let note = if behind {
-        Some(format!(
-            "the load generator fell behind its schedule (lag p99 {} µs): latency not reported",
-            outcome.generated.lag.map_or(0, |l| l.p99_us)
-        ))
-    } else if outcome.failed > 0 {
-        Some(format!(
+    let lag_p99 = outcome.generated.lag.map_or(0, |l| l.p99_us);
+    let mut notes = Vec::new();
+    if behind {
+        notes.push(format!(
+            "the load generator fell behind its schedule (lag p99 {lag_p99} µs): latency not reported"
+        ));
+    } else if schedule.rate > 0 && lag_p99 > crate::pace::LAG_NOTE_US {
+        notes.push(format!(
+            "the load generator lagged {lag_p99} µs at p99 (included in the latency)"
+        ));
+    }
+    if outcome.failed > 0 {
+        notes.push(format!(
             "{} failed: {}",
             outcome.failed,
             outcome.first_error.clone().unwrap_or_default()
-        ))
-    } else {
-        None
-    };
+        ));
+    }
+    let note = (!notes.is_empty()).then(|| notes.join("; "));
     Cell {
         offered_per_s: (schedule.rate > 0).then_some(schedule.rate),
         delivered: outcome.delivered,
@@ -863,9 +870,7 @@ fn brokerless_rows(
                 sender.run(Send::Datagram, "datagram", size, s, DIRECT_TIMEOUT)
             })?
         };
-        // Whatever is still in flight arrives within milliseconds on loopback.
-        std::thread::sleep(Duration::from_millis(50));
-        let after = receiver.report()?;
+        let after = settled(&mut receiver)?;
         let received = after.datagrams - before.datagrams;
         c.loss = c.generator.sent.saturating_sub(received);
         c.lost_counted = Some(after.lost - before.lost);
@@ -1048,6 +1053,28 @@ fn brokerless_rows(
     };
     back.stop();
     Ok((rows, (direct_down, datagram_down)))
+}
+
+/// The receiver's report once its datagram count stopped moving: what is still in flight on
+/// loopback arrives within milliseconds, and a datagram counted in the next cell would make
+/// this one's loss look larger and the next one's smaller.
+fn settled(receiver: &mut MemberChild) -> Result<crate::member::MemberReport, BenchError> {
+    let mut last = receiver.report()?;
+    for _ in 0..SETTLE_ROUNDS_MAX {
+        std::thread::sleep(Duration::from_millis(10));
+        let now = receiver.report()?;
+        let moved = now.datagrams != last.datagrams;
+        // Latency is per report: keep what the earlier reads took.
+        let latency = match (last.latency, now.latency) {
+            (Some(a), Some(b)) if a.count >= b.count => Some(a),
+            (a, b) => b.or(a),
+        };
+        last = crate::member::MemberReport { latency, ..now };
+        if !moved {
+            break;
+        }
+    }
+    Ok(last)
 }
 
 fn prop(value: bool, measured: bool, detail: impl Into<String>) -> Property {

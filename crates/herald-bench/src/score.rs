@@ -110,28 +110,38 @@ fn log_score(v: f64, best: f64, worst: f64) -> f64 {
     (1.0 - (v.ln() - best.ln()) / (worst.ln() - best.ln())).clamp(0.0, 1.0)
 }
 
-/// The cell every way is compared at: the highest offered rate at which each way reported a
-/// latency, or the lowest rate when there is none.
+/// The rate every way is compared at: the fixed rate at which the most ways reported a latency
+/// (the higher one of a tie).
 fn reference_rate(rows: &[&Row]) -> Option<u64> {
     let mut rates: Vec<u64> = rows
-        .first()?
-        .cells
         .iter()
-        .filter_map(|c| c.offered_per_s)
+        .flat_map(|r| r.cells.iter().filter_map(|c| c.offered_per_s))
         .collect();
     rates.sort_unstable();
-    rates
-        .iter()
-        .rev()
-        .copied()
-        .find(|&rate| {
-            rows.iter().all(|r| {
+    rates.dedup();
+    rates.into_iter().max_by_key(|&rate| {
+        let with = rows
+            .iter()
+            .filter(|r| {
                 r.cells
                     .iter()
                     .any(|c| c.offered_per_s == Some(rate) && c.latency.is_some())
             })
+            .count();
+        (with, rate)
+    })
+}
+
+/// A way's p99 at `rate`, or else at the fixed rate nearest to it (log scale) with a figure.
+fn p99_near(row: &Row, rate: Option<u64>) -> Option<(u64, u64)> {
+    let rate = rate?;
+    row.cells
+        .iter()
+        .filter_map(|c| Some((c.offered_per_s?, c.latency?.p99_us)))
+        .min_by(|a, b| {
+            let d = |r: u64| ((r as f64).ln() - (rate as f64).ln()).abs();
+            d(a.0).total_cmp(&d(b.0))
         })
-        .or_else(|| rates.first().copied())
 }
 
 fn cell_at(row: &Row, rate: Option<u64>) -> Option<&Cell> {
@@ -160,10 +170,8 @@ pub fn rank(m: &Matrix, priorities: &Priorities) -> Result<Vec<Ranked>, BenchErr
         rows.push((way, label, row));
     }
     let rate = reference_rate(&rows.iter().map(|r| r.2).collect::<Vec<_>>());
-    let p99: Vec<Option<u64>> = rows
-        .iter()
-        .map(|(_, _, r)| cell_at(r, rate).and_then(|c| c.latency).map(|l| l.p99_us))
-        .collect();
+    let near: Vec<Option<(u64, u64)>> = rows.iter().map(|(_, _, r)| p99_near(r, rate)).collect();
+    let p99: Vec<Option<u64>> = near.iter().map(|n| n.map(|(_, p)| p)).collect();
     let peak: Vec<f64> = rows
         .iter()
         .map(|(_, _, r)| {
@@ -219,10 +227,11 @@ pub fn rank(m: &Matrix, priorities: &Priorities) -> Result<Vec<Ranked>, BenchErr
         let criteria = vec![
             Criterion {
                 name: "latency".into(),
-                score: p99[i].map_or(0.0, |v| log_score(v as f64, p99_best, p99_worst)),
-                fact: match (p99[i], rate) {
-                    (Some(v), Some(r)) => format!("p99 {} at {r}/s", fmt_us(v)),
-                    _ => "no latency figure at the common rate".into(),
+                // A way without any latency figure is neither rewarded nor punished.
+                score: p99[i].map_or(0.5, |v| log_score(v as f64, p99_best, p99_worst)),
+                fact: match near[i] {
+                    Some((r, v)) => format!("p99 {} at {r}/s", fmt_us(v)),
+                    None => "no latency figure in this run".into(),
                 },
             },
             Criterion {
@@ -340,7 +349,7 @@ pub fn rerank(ranked: &mut [Ranked], priorities: &Priorities) {
         };
         r.reason = match (best, worst) {
             (Some(b), Some(w)) if b.0.score == 0.0 => format!(
-                "{} {verdict} ({:.2}): it has nothing on what you weighted: {} ({}).",
+                "{} {verdict} ({:.2}): it scores lowest on what you weighted: {} ({}).",
                 r.way, r.score, w.0.name, w.0.fact
             ),
             (Some(b), Some(w)) if b.0.name != w.0.name && w.0.score < 1.0 => format!(

@@ -120,6 +120,13 @@ pub struct ConsumeArgs {
     /// Hide the progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Send raw Fetch requests that never decode a record (what the broker alone serves)
+    /// instead of reading through librdkafka's consumer.
+    #[arg(long)]
+    pub raw: bool,
+    /// With --raw: the broker's process id on this machine, to report its CPU seconds per GiB.
+    #[arg(long, requires = "raw")]
+    pub broker_pid: Option<u32>,
 }
 
 /// Options of `herald bench end-to-end`.
@@ -208,6 +215,9 @@ pub struct Report {
     pub generator_cpu_s: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_error: Option<String>,
+    /// Raw consume: the broker's CPU seconds per GiB it served.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broker_cpu_s_per_gib: Option<f64>,
 }
 
 /// Runs a bench subcommand.
@@ -266,6 +276,9 @@ fn print_report(output: Output, report: &Report) -> Result<(), CliError> {
                 ]);
             }
             output::print_table(&headers, &[row]);
+            if let Some(cpu) = report.broker_cpu_s_per_gib {
+                println!("broker: {cpu:.2} CPU s per GiB served");
+            }
             if let Some(producer) = &report.producer {
                 println!("producer: {}", producer.describe());
             }
@@ -351,6 +364,7 @@ fn produce(global: &Global, args: &ProduceArgs) -> Result<Report, CliError> {
         generator_behind: outcome.generated.behind,
         generator_cpu_s: outcome.generated.cpu_s,
         first_error: outcome.first_error,
+        broker_cpu_s_per_gib: None,
     })
 }
 
@@ -393,6 +407,7 @@ fn end_to_end(global: &Global, args: &EndToEndArgs) -> Result<Report, CliError> 
         generator_behind: outcome.generated.behind,
         generator_cpu_s: outcome.generated.cpu_s,
         first_error: outcome.first_error,
+        broker_cpu_s_per_gib: None,
     })
 }
 
@@ -508,11 +523,13 @@ fn consume(global: &Global, args: &ConsumeArgs) -> Result<Report, CliError> {
     }
     let mut assignment = TopicPartitionList::new();
     let mut available: u64 = 0;
+    let mut ranges = Vec::new();
     for &partition in &partitions {
         let (low, high) = consumer
             .fetch_watermarks(&args.topic, partition, timeout)
             .map_err(|error| CliError::Unreachable(format!("listing offsets: {error}")))?;
         available += u64::try_from(high - low).unwrap_or(0);
+        ranges.push((partition, low, high));
         assignment
             .add_partition_offset(&args.topic, partition, Offset::Beginning)
             .context("building the assignment")?;
@@ -522,6 +539,31 @@ fn consume(global: &Global, args: &ConsumeArgs) -> Result<Report, CliError> {
     } else {
         args.count.min(available)
     };
+    if args.raw {
+        let leader = metadata
+            .brokers()
+            .first()
+            .map(|b| format!("{}:{}", b.host(), b.port()))
+            .unwrap_or_else(|| global.bootstrap.clone());
+        let raw = herald_bench::fetch::raw_fetch(&leader, &args.topic, &ranges, args.broker_pid)?;
+        return Ok(Report {
+            mode: "consume-raw",
+            topic: args.topic.clone(),
+            producer: None,
+            messages: raw.records,
+            failed: 0,
+            value_bytes: raw.bytes,
+            seconds: raw.seconds,
+            msgs_per_s: raw.records as f64 / raw.seconds.max(1e-9),
+            mib_per_s: raw.mib_per_s,
+            latency: None,
+            generator_lag: None,
+            generator_behind: false,
+            generator_cpu_s: 0.0,
+            first_error: None,
+            broker_cpu_s_per_gib: raw.broker_cpu_s_per_gib,
+        });
+    }
     consumer
         .assign(&assignment)
         .context("assigning partitions")?;
@@ -571,5 +613,6 @@ fn consume(global: &Global, args: &ConsumeArgs) -> Result<Report, CliError> {
         generator_behind: false,
         generator_cpu_s: 0.0,
         first_error: None,
+        broker_cpu_s_per_gib: None,
     })
 }

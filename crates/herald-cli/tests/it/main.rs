@@ -3,6 +3,7 @@
 
 mod client;
 mod group;
+mod matrix;
 mod peer;
 mod serve;
 mod support;
