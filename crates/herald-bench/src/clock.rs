@@ -93,14 +93,7 @@ pub fn proc_usage(pid: &str) -> ProcUsage {
             Some((utime + stime) / ticks)
         })
         .unwrap_or(0.0);
-    let rss_peak_bytes = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-            Some(kib * 1024)
-        })
-        .unwrap_or(0);
+    let rss_peak_bytes = vm_hwm(pid).unwrap_or(0);
     ProcUsage {
         cpu_s,
         rss_peak_bytes,
@@ -116,8 +109,23 @@ fn own_usage() -> ProcUsage {
     let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     ProcUsage {
         cpu_s: secs(usage.ru_utime) + secs(usage.ru_stime),
-        rss_peak_bytes: usage.ru_maxrss as u64 * 1024,
+        // `VmHWM` rather than `ru_maxrss`: only the former can be reset between cells.
+        rss_peak_bytes: vm_hwm("self").unwrap_or(usage.ru_maxrss as u64 * 1024),
     }
+}
+
+fn vm_hwm(pid: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Resets a process's peak RSS (`VmHWM`) to its current RSS, so the next reading is the peak
+/// of what happened since (Linux 4.0+: writing 5 to `clear_refs`). Best effort: a process that
+/// is gone or not ours keeps its lifetime peak.
+pub fn reset_peak_rss(pid: &str) {
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
 }
 
 /// The bytes at the head of every bench payload: the event's scheduled time (`mono_ns`) and its

@@ -28,6 +28,9 @@ use crate::score;
 
 /// The schema name and version of [`Matrix`] JSON.
 pub const SCHEMA: &str = "herald-bench-matrix/1";
+/// The name of the bench's own process in a cell's costs (the client library and the
+/// receivers it runs, less the load generator's thread).
+const BENCH_CLIENT: &str = "herald bench (client)";
 /// Distinct keys of brokered events, so per-key order can be checked.
 const KEYS: u64 = 16;
 /// Deadline of each direct publish and request; a member that is down fails it after this.
@@ -56,7 +59,7 @@ pub struct MatrixConfig {
     pub rates: Vec<u64>,
     /// Also measure the maximum each row sustains (a closed window instead of a schedule).
     pub include_max: bool,
-    /// Events in a maximum-rate cell.
+    /// Events in a maximum-rate cell at most (it also ends after `cell_ms`).
     pub max_events: u64,
     /// Length of each fixed-rate cell.
     pub cell_ms: u64,
@@ -292,13 +295,23 @@ struct Involved<'a> {
 }
 
 impl Involved<'_> {
+    /// Starts a new peak-RSS window in every process, so each cell reports its own peak.
+    fn reset_peak_rss(&self) {
+        if self.bench {
+            crate::clock::reset_peak_rss("self");
+        }
+        if let Some(serve) = self.serve {
+            serve.reset_peak_rss();
+        }
+        for m in &self.members {
+            m.reset_peak_rss();
+        }
+    }
+
     fn read(&self) -> Vec<(String, ProcUsage)> {
         let mut all = Vec::new();
         if self.bench {
-            all.push((
-                "herald bench (load generator and client)".to_string(),
-                proc_usage("self"),
-            ));
+            all.push((BENCH_CLIENT.to_string(), proc_usage("self")));
         }
         if let Some(serve) = self.serve {
             all.push((serve.name().to_string(), serve.usage()));
@@ -316,19 +329,40 @@ fn cell(
     involved: &Involved<'_>,
     f: impl FnOnce(Schedule) -> Result<Outcome, BenchError>,
 ) -> Result<Cell, BenchError> {
+    involved.reset_peak_rss();
     let before = involved.read();
     let outcome = f(schedule)?;
     let after = involved.read();
-    let processes = before
+    let per_100k = |cpu_s: f64| {
+        (outcome.delivered > 0).then(|| cpu_s.max(0.0) / outcome.delivered as f64 * 100_000.0)
+    };
+    let generator_cpu_s = outcome.generated.cpu_s;
+    let mut processes: Vec<ProcCost> = before
         .iter()
         .zip(&after)
         .map(|((name, b), (_, a))| ProcCost {
             name: name.clone(),
-            cpu_s_per_100k: (outcome.delivered > 0)
-                .then(|| (a.cpu_s - b.cpu_s).max(0.0) / outcome.delivered as f64 * 100_000.0),
+            // The bench's own process is reported without its load generator's thread, which
+            // gets a line of its own: the client's cost is the way's, the generator's is not.
+            cpu_s_per_100k: per_100k(
+                a.cpu_s
+                    - b.cpu_s
+                    - if name == BENCH_CLIENT {
+                        generator_cpu_s
+                    } else {
+                        0.0
+                    },
+            ),
             rss_peak_bytes: a.rss_peak_bytes,
         })
         .collect();
+    if involved.bench {
+        processes.push(ProcCost {
+            name: "load generator (thread of herald bench)".into(),
+            cpu_s_per_100k: per_100k(generator_cpu_s),
+            rss_peak_bytes: 0,
+        });
+    }
     Ok(from_outcome(schedule, outcome, processes))
 }
 
@@ -888,7 +922,7 @@ fn brokerless_rows(
     let last = before;
     let fence = Schedule {
         rate: 0,
-        duration: Duration::ZERO,
+        duration: Duration::from_secs(1),
         count_max: 1,
     };
     let mut fences = 0;
@@ -1249,7 +1283,7 @@ pub fn markdown(m: &Matrix) -> String {
         m.config.cell_ms as f64 / 1000.0,
         if m.config.quick { " (quick)" } else { "" }
     ));
-    out.push_str("| way | size | offered/s | delivered/s | p50 | p99 | p99.9 | completes when | loss | CPU s/100k (bench; others) | peak RSS MiB | x limit p50 / p99 | note |\n");
+    out.push_str("| way | size | offered/s | delivered/s | p50 | p99 | p99.9 | completes when | loss | CPU s/100k (bench client; broker or members; load generator) | peak RSS MiB (bench; broker or members) | x limit p50 / p99 | note |\n");
     out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for r in &m.rows {
         for c in &r.cells {
@@ -1265,6 +1299,7 @@ pub fn markdown(m: &Matrix) -> String {
             let rss: Vec<String> = c
                 .processes
                 .iter()
+                .filter(|p| p.rss_peak_bytes > 0)
                 .map(|p| format!("{:.0}", p.rss_peak_bytes as f64 / (1u64 << 20) as f64))
                 .collect();
             let ratio = match (c.ratio_p50, c.ratio_p99) {

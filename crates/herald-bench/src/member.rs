@@ -27,6 +27,9 @@ use crate::clock::{Latency, ProcUsage, histogram, mono_ns, proc_usage, read_stam
 
 /// How long a forwarded event of an event-driven chain may wait for the next hop's ack.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Forwards of an event-driven chain in flight at once; beyond it the hop waits before acking,
+/// which pushes back on the hop before it.
+const FORWARDS_IN_FLIGHT_MAX: usize = 1024;
 /// Keys whose order the member tracks; more keys than this are not checked.
 const ORDER_KEYS_MAX: usize = 65_536;
 
@@ -79,6 +82,7 @@ struct Stamps {
 
 struct BenchHandler {
     stamps: Arc<Stamps>,
+    forwards: Arc<tokio::sync::Semaphore>,
     next: Option<(Publisher, String)>,
     chain: Chain,
     delay: Duration,
@@ -112,13 +116,18 @@ impl Handler for BenchHandler {
             _ => None,
         };
         let stamps = self.stamps.clone();
+        let forwards = self.forwards.clone();
         Box::pin(async move {
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
             if let Some((publisher, topic)) = forward {
+                let Ok(permit) = forwards.acquire_owned().await else {
+                    return Err(HandlerError::failed("the member is stopping"));
+                };
                 // Acked first: this hop is closed once the next one is called.
                 tokio::spawn(async move {
+                    let _permit = permit;
                     let message = Message::new(topic, event.value);
                     if publisher.publish(message, FORWARD_TIMEOUT).await.is_err() {
                         stamps.forward_failures.fetch_add(1, Ordering::Relaxed);
@@ -189,6 +198,7 @@ pub async fn run(args: MemberArgs) -> Result<(), BenchError> {
     };
     let handler = Arc::new(BenchHandler {
         stamps: stamps.clone(),
+        forwards: Arc::new(tokio::sync::Semaphore::new(FORWARDS_IN_FLIGHT_MAX)),
         next,
         chain: args.chain,
         delay: args.delay,

@@ -46,7 +46,8 @@ pub struct Generated {
 }
 
 /// The offered load: `rate` events per second for `duration`, or with `rate` 0 as fast as the
-/// `room` callback allows (a closed window: the "maximum it sustains" cell).
+/// `room` callback allows (a closed window: the "maximum it sustains" cell) for `count_max`
+/// events or `duration`, whichever ends first.
 #[derive(Debug, Clone, Copy)]
 pub struct Schedule {
     pub rate: u64,
@@ -80,7 +81,13 @@ pub fn run(
     let start = mono_ns();
     let mut sent = 0;
     let mut final_lag_ns = 0;
+    let mut offered = 0;
     for i in 0..count {
+        // The maximum-rate cell lasts the cell's duration at most, however slow the system.
+        if schedule.rate == 0 && mono_ns() - start > schedule.duration.as_nanos() as u64 {
+            break;
+        }
+        offered += 1;
         let due = if schedule.rate == 0 {
             while !room() {
                 std::thread::yield_now();
@@ -113,7 +120,7 @@ pub fn run(
     let allowed_ns = (FINAL_LAG_US_MAX * 1_000).max(schedule.duration.as_nanos() as u64 / 10);
     let behind = schedule.rate > 0 && final_lag_ns > allowed_ns;
     Ok(Generated {
-        offered: count,
+        offered,
         sent,
         seconds,
         lag,

@@ -52,6 +52,10 @@ impl Proc {
         proc_usage(&self.pid().to_string())
     }
 
+    fn reset_peak_rss(&self) {
+        crate::clock::reset_peak_rss(&self.pid().to_string());
+    }
+
     fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child
             .as_mut()
@@ -152,6 +156,11 @@ impl ServeChild {
 
     pub fn usage(&self) -> ProcUsage {
         self.proc.usage()
+    }
+
+    /// Starts a new peak-RSS window (see [`crate::clock::reset_peak_rss`]).
+    pub fn reset_peak_rss(&self) {
+        self.proc.reset_peak_rss();
     }
 
     pub fn name(&self) -> &str {
@@ -307,6 +316,11 @@ impl MemberChild {
 
     pub fn usage(&self) -> ProcUsage {
         self.proc.usage()
+    }
+
+    /// Starts a new peak-RSS window (see [`crate::clock::reset_peak_rss`]).
+    pub fn reset_peak_rss(&self) {
+        self.proc.reset_peak_rss();
     }
 
     pub fn name(&self) -> &str {

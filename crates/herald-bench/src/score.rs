@@ -187,14 +187,19 @@ pub fn rank(m: &Matrix, priorities: &Priorities) -> Result<Vec<Ranked>, BenchErr
         .iter()
         .map(|(_, _, r)| {
             let c = cell_at(r, rate);
+            // The load generator is the bench's, not the way's: its line (the last) is left out.
+            let way_processes = |c: &Cell| {
+                let n = c.processes.len().saturating_sub(1);
+                c.processes[..n].to_vec()
+            };
             let cpu = c.map_or(0.0, |c| {
-                c.processes
+                way_processes(c)
                     .iter()
                     .filter_map(|p| p.cpu_s_per_100k)
                     .sum::<f64>()
             });
             let rss = c.map_or(0.0, |c| {
-                c.processes
+                way_processes(c)
                     .iter()
                     .skip(1)
                     .map(|p| p.rss_peak_bytes as f64 / (1u64 << 20) as f64)
