@@ -172,10 +172,6 @@ pub fn create_topic(
     Ok(())
 }
 
-/// The opaque of the warm-up message each producer sends (and waits for) before its schedule, so
-/// connecting, fetching metadata and InitProducerId are not measured.
-const WARM_UP: u64 = 0;
-
 /// Hands delivery reports to the run's recorder; each message's opaque is its due time.
 struct Deliveries {
     recorder: Arc<Recorder>,
@@ -187,9 +183,6 @@ impl ProducerContext for Deliveries {
     type DeliveryOpaque = Box<u64>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, due_ns: Box<u64>) {
-        if *due_ns == WARM_UP {
-            return;
-        }
         match result {
             Ok(_) => self.recorder.ok(*due_ns),
             Err((error, _)) => self.recorder.fail(error),
@@ -269,13 +262,12 @@ pub fn produce(spec: &ProduceSpec, recorder: &Arc<Recorder>) -> Result<Outcome, 
 }
 
 fn warm_up(producer: &ThreadedProducer<Deliveries>, topic: &str) -> Result<(), BenchError> {
-    let record: BaseRecord<'_, [u8; 8], [u8], Box<u64>> =
-        BaseRecord::with_opaque_to(topic, Box::new(WARM_UP)).payload(&b"warm-up"[..]);
+    // Metadata for the topic opens the connection to its leader; nothing is written, so the
+    // topic holds exactly what the schedule produced.
     producer
-        .send(record)
-        .map_err(|(e, _)| BenchError::Kafka(format!("warming up the producer: {e}")))?;
-    producer
-        .flush(DRAIN_TIMEOUT)
+        .client()
+        .fetch_metadata(Some(topic), DRAIN_TIMEOUT)
+        .map(|_| ())
         .map_err(|e| BenchError::Kafka(format!("warming up the producer: {e}")))
 }
 

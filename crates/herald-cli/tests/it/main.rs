@@ -1,6 +1,7 @@
 //! End-to-end tests of the `herald` binary: each module starts the processes it needs on loopback.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod bench;
 mod client;
 mod group;
 mod matrix;
