@@ -172,6 +172,11 @@ pub fn create_topic(
     Ok(())
 }
 
+/// Where each producer sends one record (and waits for it) before its schedule.
+pub const WARM_UP_TOPIC: &str = "herald-bench-warm-up";
+/// The opaque of that record, whose report is not counted.
+const WARM_UP: u64 = 0;
+
 /// Hands delivery reports to the run's recorder; each message's opaque is its due time.
 struct Deliveries {
     recorder: Arc<Recorder>,
@@ -183,6 +188,9 @@ impl ProducerContext for Deliveries {
     type DeliveryOpaque = Box<u64>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, due_ns: Box<u64>) {
+        if *due_ns == WARM_UP {
+            return;
+        }
         match result {
             Ok(_) => self.recorder.ok(*due_ns),
             Err((error, _)) => self.recorder.fail(error),
@@ -215,6 +223,7 @@ pub fn produce(spec: &ProduceSpec, recorder: &Arc<Recorder>) -> Result<Outcome, 
         )));
     }
     let producers = spec.producers.max(1) as u64;
+    create_topic(&spec.bootstrap, WARM_UP_TOPIC, 1, &[])?;
     let start = mono_ns();
     let mut threads = Vec::new();
     for index in 0..producers {
@@ -225,7 +234,7 @@ pub fn produce(spec: &ProduceSpec, recorder: &Arc<Recorder>) -> Result<Outcome, 
                 recorder: recorder.clone(),
             })
             .map_err(|e| BenchError::Kafka(format!("creating a producer: {e}")))?;
-        warm_up(&producer, &spec.topic)?;
+        warm_up(&producer)?;
         let mut schedule = spec.schedule;
         schedule.rate /= producers;
         schedule.count_max = spec.schedule.count_max / producers
@@ -261,13 +270,17 @@ pub fn produce(spec: &ProduceSpec, recorder: &Arc<Recorder>) -> Result<Outcome, 
     Ok(recorder.outcome(generated, start))
 }
 
-fn warm_up(producer: &ThreadedProducer<Deliveries>, topic: &str) -> Result<(), BenchError> {
-    // Metadata for the topic opens the connection to its leader; nothing is written, so the
-    // topic holds exactly what the schedule produced.
+fn warm_up(producer: &ThreadedProducer<Deliveries>) -> Result<(), BenchError> {
+    // One record, to a topic of its own so the measured topic holds exactly what the schedule
+    // produced; waiting for its report means the connection is up and an idempotent producer
+    // has its producer id, neither of which the first scheduled events should wait for.
+    let record: BaseRecord<'_, [u8; 8], [u8], Box<u64>> =
+        BaseRecord::with_opaque_to(WARM_UP_TOPIC, Box::new(WARM_UP)).payload(&b"warm-up"[..]);
     producer
-        .client()
-        .fetch_metadata(Some(topic), DRAIN_TIMEOUT)
-        .map(|_| ())
+        .send(record)
+        .map_err(|(e, _)| BenchError::Kafka(format!("warming up the producer: {e}")))?;
+    producer
+        .flush(DRAIN_TIMEOUT)
         .map_err(|e| BenchError::Kafka(format!("warming up the producer: {e}")))
 }
 
