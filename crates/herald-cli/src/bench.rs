@@ -1,40 +1,80 @@
-//! `herald bench produce|consume`: whole-system load against any Kafka-protocol broker through
-//! librdkafka, with HdrHistogram latencies and throughput, so figures compare with other brokers.
+//! `herald bench`: the shell over `herald-bench`. `produce`, `consume` and `end-to-end` load any
+//! Kafka-protocol broker through librdkafka; `disk` measures the disk's ideal group commit;
+//! `matrix` measures every way of delivery against the machine's limits and ranks them;
+//! `member` is the receiving process the matrix starts (hidden).
 //!
 //! Producing is open-loop when `--rate` is set: message `i` is due at `start + i / rate` and its
 //! latency counts from that due time, so a stalled broker shows up as latency instead of silently
-//! lowering the offered load (coordinated omission).
+//! lowering the offered load (coordinated omission). The producer's configuration (acks,
+//! idempotence, requests in flight, linger) is set by flags and printed with the figures.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use hdrhistogram::Histogram;
+use herald_bench::clock::Latency;
+use herald_bench::kafka::{self, ProduceSpec, ProducerSettings};
+use herald_bench::pace::{Recorder, Schedule};
 use indicatif::{ProgressBar, ProgressStyle};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
 use crate::{CliError, Global, Output, output};
 
-/// Largest value a benchmark message may carry; larger values belong to a different test.
-const VALUE_BYTES_MAX: usize = 16 * 1024 * 1024;
-/// Highest latency the histograms record (one minute); slower deliveries are clamped to it.
-const LATENCY_US_MAX: u64 = 60_000_000;
-
-/// `herald bench`: load generators for the broker.
+/// `herald bench`: load generators and the trade-off matrix.
 #[derive(Debug, clap::Subcommand)]
 pub enum BenchCommand {
     /// Produce `--count` messages of `--size` bytes and report throughput and ack latency.
     Produce(ProduceArgs),
     /// Read a topic from its earliest offsets to its current end and report throughput.
     Consume(ConsumeArgs),
+    /// Open-loop produce while a consumer group member polls: latency from each message's due
+    /// time until the consumer's poll returned it.
+    EndToEnd(EndToEndArgs),
+    /// The disk's ideal group commit: events arrive at --rate, each round writes all that
+    /// arrived to one file and calls fdatasync once; latency from arrival to that fsync.
+    Disk(DiskArgs),
+    /// Measure every way of delivery (brokered, direct, datagram, request/response, chains)
+    /// against this machine's limits, print the table and rank the ways.
+    Matrix(Box<crate::matrix::MatrixArgs>),
+    /// The receiving process the matrix starts: a direct member that timestamps arrivals.
+    #[command(hide = true)]
+    Member(MemberArgs),
+}
+
+/// The producer's configuration, shared by every producing bench.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProducerArgs {
+    /// `acks`: 0, 1 or all.
+    #[arg(long, default_value = "all")]
+    pub acks: String,
+    /// librdkafka `enable.idempotence` (only with acks=all; off otherwise).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub idempotent: bool,
+    /// librdkafka `max.in.flight.requests.per.connection` (at most 5 when idempotent).
+    #[arg(long, default_value_t = 5)]
+    pub in_flight_max: u32,
+    /// librdkafka `linger.ms`.
+    #[arg(long, default_value_t = 5)]
+    pub linger_ms: u64,
+    /// librdkafka `compression.type`: none, gzip, snappy, lz4, zstd.
+    #[arg(long, default_value = "none")]
+    pub compression: String,
+}
+
+impl ProducerArgs {
+    pub fn settings(&self) -> ProducerSettings {
+        ProducerSettings {
+            acks: self.acks.clone(),
+            idempotent: self.idempotent && matches!(self.acks.as_str(), "all" | "-1"),
+            in_flight_max: self.in_flight_max,
+            linger_ms: self.linger_ms,
+            compression: self.compression.clone(),
+        }
+    }
 }
 
 /// Options of `herald bench produce`.
@@ -58,15 +98,8 @@ pub struct ProduceArgs {
     /// Offered load in messages per second across all producers; 0 sends as fast as possible.
     #[arg(long, default_value_t = 0)]
     pub rate: u64,
-    /// librdkafka `linger.ms`.
-    #[arg(long, default_value_t = 5)]
-    pub linger_ms: u64,
-    /// `acks`: 0, 1 or all.
-    #[arg(long, default_value = "all")]
-    pub acks: String,
-    /// librdkafka `compression.type`: none, gzip, snappy, lz4, zstd.
-    #[arg(long, default_value = "none")]
-    pub compression: String,
+    #[command(flatten)]
+    pub producer: ProducerArgs,
     /// Hide the progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -87,15 +120,75 @@ pub struct ConsumeArgs {
     /// Hide the progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Send raw Fetch requests that never decode a record (what the broker alone serves)
+    /// instead of reading through librdkafka's consumer.
+    #[arg(long)]
+    pub raw: bool,
+    /// With --raw: the broker's process id on this machine, to report its CPU seconds per GiB.
+    #[arg(long, requires = "raw")]
+    pub broker_pid: Option<u32>,
 }
 
-/// Latency percentiles in microseconds.
-#[derive(Debug, Serialize)]
-pub struct Latency {
-    pub p50_us: u64,
-    pub p99_us: u64,
-    pub p999_us: u64,
-    pub max_us: u64,
+/// Options of `herald bench end-to-end`.
+#[derive(Debug, clap::Args)]
+pub struct EndToEndArgs {
+    /// Topic to use; created with one partition if it does not exist.
+    #[arg(long, default_value = "herald-bench-e2e")]
+    pub topic: String,
+    /// Offered load, messages per second.
+    #[arg(long, default_value_t = 1_000)]
+    pub rate: u64,
+    /// How long to produce.
+    #[arg(long, default_value_t = 5_000)]
+    pub duration_ms: u64,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    pub size: usize,
+    #[command(flatten)]
+    pub producer: ProducerArgs,
+}
+
+/// Options of `herald bench disk`.
+#[derive(Debug, clap::Args)]
+pub struct DiskArgs {
+    /// Directory on the filesystem to measure (the broker's data directory's, typically).
+    #[arg(long, default_value = ".")]
+    pub dir: PathBuf,
+    /// Events arriving per second.
+    #[arg(long, default_value_t = 10_000)]
+    pub rate: u64,
+    /// Bytes per event.
+    #[arg(long, default_value_t = 1024)]
+    pub size: usize,
+    /// How long events arrive.
+    #[arg(long, default_value_t = 5_000)]
+    pub duration_ms: u64,
+}
+
+/// Options of the hidden `herald bench member`.
+#[derive(Debug, clap::Args)]
+pub struct MemberArgs {
+    #[arg(long)]
+    pub topic: String,
+    #[arg(long)]
+    pub group: String,
+    #[arg(long)]
+    pub bind: std::net::SocketAddr,
+    #[arg(long, default_value_t = 1024)]
+    pub capacity: u32,
+    /// The next service of a chain.
+    #[arg(long, requires = "next_topic")]
+    pub next: Option<std::net::SocketAddr>,
+    #[arg(long)]
+    pub next_topic: Option<String>,
+    /// How this service calls the next: event (ack, then publish) or request (answer after it).
+    #[arg(long, default_value = "event")]
+    pub chain: String,
+    /// Handling time of each event or request, microseconds.
+    #[arg(long, default_value_t = 0)]
+    pub delay_us: u64,
+    #[arg(long)]
+    pub drop_every: Option<u64>,
 }
 
 /// What one bench run measured; printed as text or JSON.
@@ -103,6 +196,9 @@ pub struct Latency {
 pub struct Report {
     pub mode: &'static str,
     pub topic: String,
+    /// The producer's configuration, for runs that produce.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub producer: Option<ProducerSettings>,
     pub messages: u64,
     pub failed: u64,
     pub value_bytes: u64,
@@ -111,15 +207,38 @@ pub struct Report {
     pub mib_per_s: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency: Option<Latency>,
+    /// How late the load generator handed messages over (open-loop runs) and whether it kept
+    /// its schedule; a run that fell behind measured the tool, not the broker.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generator_lag: Option<Latency>,
+    pub generator_behind: bool,
+    pub generator_cpu_s: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_error: Option<String>,
+    /// Raw consume: the broker's CPU seconds per GiB it served.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broker_cpu_s_per_gib: Option<f64>,
 }
 
 /// Runs a bench subcommand.
 pub fn run(global: &Global, command: BenchCommand) -> Result<(), CliError> {
+    // `-X` and `--client-config` (security settings) reach every client the benches make.
+    let mut properties = ClientConfig::new();
+    crate::client::apply_client_properties(global, &mut properties);
+    herald_bench::kafka::set_client_properties(
+        properties
+            .config_map()
+            .into_iter()
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect(),
+    );
     let report = match command {
         BenchCommand::Produce(args) => produce(global, &args)?,
         BenchCommand::Consume(args) => consume(global, &args)?,
+        BenchCommand::EndToEnd(args) => end_to_end(global, &args)?,
+        BenchCommand::Disk(args) => return disk(global.output, &args),
+        BenchCommand::Matrix(args) => return crate::matrix::run(global, *args),
+        BenchCommand::Member(args) => return member(args),
     };
     print_report(global.output, &report)?;
     if report.failed > 0 {
@@ -167,44 +286,28 @@ fn print_report(output: Output, report: &Report) -> Result<(), CliError> {
                 ]);
             }
             output::print_table(&headers, &[row]);
+            if let Some(cpu) = report.broker_cpu_s_per_gib {
+                println!("broker: {cpu:.2} CPU s per GiB served");
+            }
+            if let Some(producer) = &report.producer {
+                println!("producer: {}", producer.describe());
+            }
+            if let Some(lag) = report.generator_lag {
+                println!(
+                    "load generator: lag p50 {} µs p99 {} µs, {:.2} CPU s{}",
+                    lag.p50_us,
+                    lag.p99_us,
+                    report.generator_cpu_s,
+                    if report.generator_behind {
+                        "; FELL BEHIND its schedule: the latency above measures the tool"
+                    } else {
+                        ""
+                    }
+                );
+            }
         }
     }
     Ok(())
-}
-
-/// Collects delivery reports of one producer: its latency histogram and the shared counters.
-struct Deliveries {
-    /// The bench's time origin; each message's opaque is its due time in ns after it.
-    start: Instant,
-    histogram: Mutex<Histogram<u64>>,
-    acked: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    first_error: Mutex<Option<String>>,
-}
-
-impl ClientContext for Deliveries {}
-
-impl ProducerContext for Deliveries {
-    type DeliveryOpaque = usize;
-
-    fn delivery(&self, result: &DeliveryResult<'_>, due_ns: usize) {
-        match result {
-            Ok(_) => {
-                let due = self.start + Duration::from_nanos(due_ns as u64);
-                let latency_us = Instant::now().saturating_duration_since(due).as_micros() as u64;
-                if let Ok(mut histogram) = self.histogram.lock() {
-                    histogram.saturating_record(latency_us.min(LATENCY_US_MAX));
-                }
-                self.acked.fetch_add(1, Ordering::Relaxed);
-            }
-            Err((error, _)) => {
-                if let Ok(mut first) = self.first_error.lock() {
-                    first.get_or_insert_with(|| error.to_string());
-                }
-                self.failed.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
 }
 
 fn progress(total: u64, quiet: bool, what: &str) -> ProgressBar {
@@ -219,215 +322,199 @@ fn progress(total: u64, quiet: bool, what: &str) -> ProgressBar {
     bar
 }
 
-fn create_topic(global: &Global, topic: &str, partitions: i32) -> Result<(), CliError> {
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", &global.bootstrap);
-    crate::client::apply_client_properties(global, &mut config);
-    let admin: AdminClient<DefaultClientContext> =
-        config.create().context("creating the admin client")?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting a runtime for the admin client")?;
-    let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
-    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
-    let results = runtime
-        .block_on(admin.create_topics([&new_topic], &options))
-        .map_err(|error| {
-            CliError::Unreachable(format!(
-                "cannot create topic {topic} on {}: {error}",
-                global.bootstrap
-            ))
-        })?;
-    for result in results {
-        match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((name, code)) => {
-                return Err(CliError::Refused(format!(
-                    "cannot create topic {name}: {code}"
-                )));
+fn produce(global: &Global, args: &ProduceArgs) -> Result<Report, CliError> {
+    if args.producers == 0 {
+        return Err(CliError::Usage("--producers must be at least 1".into()));
+    }
+    let settings = args.producer.settings();
+    settings.check()?;
+    kafka::create_topic(&global.bootstrap, &args.topic, args.partitions, &[])
+        .map_err(|e| CliError::Unreachable(format!("cannot create topic {}: {e}", args.topic)))?;
+    let rate_schedule = Schedule {
+        rate: args.rate,
+        duration: Duration::from_secs_f64(args.count as f64 / args.rate.max(1) as f64),
+        count_max: args.count,
+    };
+    let spec = ProduceSpec {
+        bootstrap: global.bootstrap.clone(),
+        topic: args.topic.clone(),
+        settings: settings.clone(),
+        value_bytes: args.size,
+        producers: args.producers,
+        schedule: rate_schedule,
+        keys: 0,
+    };
+    let recorder = Arc::new(Recorder::new()?);
+    let bar = progress(args.count, args.quiet, "produce");
+    // The bar follows acknowledgements, not sends: an unacknowledged message is not done.
+    let outcome = std::thread::scope(|scope| {
+        let run = scope.spawn(|| kafka::produce(&spec, &recorder));
+        while !run.is_finished() {
+            bar.set_position(recorder.finished());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        run.join()
+            .map_err(|_| CliError::Other(anyhow::anyhow!("the producer panicked")))
+    })??;
+    bar.finish_and_clear();
+    let messages = outcome.delivered;
+    let value_bytes = messages * args.size as u64;
+    Ok(Report {
+        mode: "produce",
+        topic: args.topic.clone(),
+        producer: Some(settings),
+        messages,
+        failed: outcome.failed,
+        value_bytes,
+        seconds: outcome.seconds,
+        msgs_per_s: outcome.per_s(),
+        mib_per_s: value_bytes as f64 / outcome.seconds.max(1e-9) / (1024.0 * 1024.0),
+        latency: outcome.latency,
+        generator_lag: (args.rate > 0).then_some(outcome.generated.lag).flatten(),
+        generator_behind: outcome.generated.behind,
+        generator_cpu_s: outcome.generated.cpu_s,
+        first_error: outcome.first_error,
+        broker_cpu_s_per_gib: None,
+    })
+}
+
+fn end_to_end(global: &Global, args: &EndToEndArgs) -> Result<Report, CliError> {
+    let settings = args.producer.settings();
+    settings.check()?;
+    kafka::create_topic(&global.bootstrap, &args.topic, 1, &[])?;
+    let consumer = kafka::GroupConsumer::start(
+        &global.bootstrap,
+        &args.topic,
+        &format!("{}-group", args.topic),
+    )?;
+    let spec = ProduceSpec {
+        bootstrap: global.bootstrap.clone(),
+        topic: args.topic.clone(),
+        settings: settings.clone(),
+        value_bytes: args.size,
+        producers: 1,
+        schedule: Schedule {
+            rate: args.rate,
+            duration: Duration::from_millis(args.duration_ms),
+            count_max: 0,
+        },
+        keys: 16,
+    };
+    let outcome = kafka::end_to_end(&spec, &consumer)?;
+    let value_bytes = outcome.delivered * args.size as u64;
+    Ok(Report {
+        mode: "end-to-end",
+        topic: args.topic.clone(),
+        producer: Some(settings),
+        messages: outcome.delivered,
+        failed: outcome.failed,
+        value_bytes,
+        seconds: outcome.seconds,
+        msgs_per_s: outcome.per_s(),
+        mib_per_s: value_bytes as f64 / outcome.seconds.max(1e-9) / (1024.0 * 1024.0),
+        latency: outcome.latency,
+        generator_lag: outcome.generated.lag,
+        generator_behind: outcome.generated.behind,
+        generator_cpu_s: outcome.generated.cpu_s,
+        first_error: outcome.first_error,
+        broker_cpu_s_per_gib: None,
+    })
+}
+
+fn disk(output: Output, args: &DiskArgs) -> Result<(), CliError> {
+    let report = herald_bench::limits::disk_group_commit(
+        &args.dir,
+        args.size,
+        args.rate,
+        Duration::from_millis(args.duration_ms),
+    )?;
+    match output {
+        Output::Json => output::print_json(&report, false).context("printing the report")?,
+        Output::Table => {
+            let l = report.latency;
+            output::print_table(
+                &[
+                    "rate",
+                    "size",
+                    "events",
+                    "fsyncs",
+                    "events/fsync",
+                    "p50_us",
+                    "p99_us",
+                    "p99.9_us",
+                    "max_us",
+                    "fsync_p50_us",
+                    "fsync_p99_us",
+                ],
+                &[vec![
+                    report.rate.to_string(),
+                    report.event_bytes.to_string(),
+                    report.events.to_string(),
+                    report.fsyncs.to_string(),
+                    format!("{:.1}", report.events_per_fsync),
+                    l.p50_us.to_string(),
+                    l.p99_us.to_string(),
+                    l.p999_us.to_string(),
+                    l.max_us.to_string(),
+                    report.fsync.p50_us.to_string(),
+                    report.fsync.p99_us.to_string(),
+                ]],
+            );
+            if report.generator_behind {
+                println!("the load generator fell behind its schedule: latency measures the tool");
             }
         }
     }
     Ok(())
 }
 
-fn produce(global: &Global, args: &ProduceArgs) -> Result<Report, CliError> {
-    if args.size > VALUE_BYTES_MAX {
-        return Err(CliError::Usage(format!(
-            "--size {} is larger than the bench's limit of {VALUE_BYTES_MAX} bytes",
-            args.size
-        )));
-    }
-    if args.producers == 0 {
-        return Err(CliError::Usage("--producers must be at least 1".into()));
-    }
-    create_topic(global, &args.topic, args.partitions)?;
-
-    // Pseudo-random bytes so that compressed runs compress like real payloads rather than zeros.
-    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
-    let value: Arc<Vec<u8>> = Arc::new(
-        (0..args.size)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state & 0xff) as u8
-            })
-            .collect(),
-    );
-
-    let acked = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let bar = progress(args.count, args.quiet, "produce");
-    let start = Instant::now();
-    let producers = u64::from(args.producers);
-    let mut threads = Vec::new();
-    for index in 0..producers {
-        // Spread the remainder so that the counts add up to exactly `--count`.
-        let count = args.count / producers + u64::from(index < args.count % producers);
-        let rate = args.rate as f64 / producers as f64;
-        let context = Deliveries {
-            start,
-            histogram: Mutex::new(
-                Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).context("latency histogram")?,
-            ),
-            acked: acked.clone(),
-            failed: failed.clone(),
-            first_error: Mutex::new(None),
-        };
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", &global.bootstrap)
-            .set("linger.ms", args.linger_ms.to_string())
-            .set("acks", &args.acks)
-            .set("compression.type", &args.compression)
-            .set("queue.buffering.max.kbytes", "262144")
-            .set("message.max.bytes", (VALUE_BYTES_MAX + 4096).to_string());
-        crate::client::apply_client_properties(global, &mut config);
-        let producer: BaseProducer<Deliveries> = config
-            .create_with_context(context)
-            .context("creating a producer")?;
-        let topic = args.topic.clone();
-        let value = value.clone();
-        threads.push(
-            std::thread::Builder::new()
-                .name(format!("bench-producer-{index}"))
-                .spawn(move || produce_loop(producer, &topic, &value, count, rate, start))
-                .context("starting a producer thread")?,
-        );
-    }
-
-    // The bar follows acknowledgements, not sends: an unacknowledged message is not done.
-    while threads.iter().any(|thread| !thread.is_finished()) {
-        bar.set_position(acked.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed));
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let elapsed = start.elapsed();
-    bar.finish_and_clear();
-
-    let mut histogram =
-        Histogram::<u64>::new_with_bounds(1, LATENCY_US_MAX, 3).context("latency histogram")?;
-    let mut first_error = None;
-    for thread in threads {
-        let context = thread
-            .join()
-            .map_err(|_| anyhow::anyhow!("a producer thread panicked"))??;
-        if let Ok(own) = context.histogram.lock() {
-            histogram.add(&*own).context("merging latency histograms")?;
+fn member(args: MemberArgs) -> Result<(), CliError> {
+    let chain = match args.chain.as_str() {
+        "event" => herald_bench::member::Chain::Event,
+        "request" => herald_bench::member::Chain::Request,
+        other => {
+            return Err(CliError::Usage(format!(
+                "--chain is event or request, not {other:?}"
+            )));
         }
-        if first_error.is_none() {
-            first_error = context.first_error.lock().ok().and_then(|e| e.clone());
-        }
-    }
-    let messages = acked.load(Ordering::Relaxed);
-    let value_bytes = messages * args.size as u64;
-    let seconds = elapsed.as_secs_f64();
-    Ok(Report {
-        mode: "produce",
-        topic: args.topic.clone(),
-        messages,
-        failed: failed.load(Ordering::Relaxed),
-        value_bytes,
-        seconds,
-        msgs_per_s: messages as f64 / seconds,
-        mib_per_s: value_bytes as f64 / seconds / (1024.0 * 1024.0),
-        latency: Some(Latency {
-            p50_us: histogram.value_at_quantile(0.5),
-            p99_us: histogram.value_at_quantile(0.99),
-            p999_us: histogram.value_at_quantile(0.999),
-            max_us: histogram.max(),
-        }),
-        first_error,
-    })
-}
-
-/// Sends `count` messages from one producer, paced to `rate` msgs/s when it is positive, then
-/// waits for every delivery report and hands back the context holding them.
-fn produce_loop(
-    producer: BaseProducer<Deliveries>,
-    topic: &str,
-    value: &[u8],
-    count: u64,
-    rate: f64,
-    start: Instant,
-) -> Result<Arc<Deliveries>, CliError> {
-    let mut sent: u64 = 0;
-    while sent < count {
-        let now = start.elapsed();
-        let due_ns = if rate > 0.0 {
-            // Send everything that is due by now; sleep briefly when nothing is.
-            let due = Duration::from_secs_f64(sent as f64 / rate);
-            if due > now {
-                producer.poll(Duration::ZERO);
-                std::thread::sleep((due - now).min(Duration::from_millis(1)));
-                continue;
-            }
-            due.as_nanos() as usize
-        } else {
-            now.as_nanos() as usize
-        };
-        let mut record: BaseRecord<'_, (), [u8], usize> =
-            BaseRecord::with_opaque_to(topic, due_ns).payload(value);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    // The local queue is full: serve delivery reports until there is room.
-                    record = back;
-                    producer.poll(Duration::from_millis(1));
-                }
-                Err((error, _)) => {
-                    return Err(CliError::Refused(format!("cannot produce: {error}")));
-                }
-            }
-        }
-        sent += 1;
-        if sent % 64 == 0 {
-            producer.poll(Duration::ZERO);
-        }
-    }
-    // Flush waits for every outstanding delivery report (acked or failed after the message
-    // timeout), so the counters are final afterwards.
-    producer
-        .flush(Duration::from_secs(600))
-        .map_err(|error| CliError::TimedOut(format!("waiting for acknowledgements: {error}")))?;
-    Ok(producer.context().clone())
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let result = runtime.block_on(herald_bench::member::run(
+        herald_bench::member::MemberArgs {
+            topic: args.topic,
+            group: args.group,
+            bind: args.bind,
+            capacity: args.capacity,
+            next: args.next,
+            next_topic: args.next_topic,
+            chain,
+            delay: Duration::from_micros(args.delay_us),
+            drop_every: args.drop_every,
+        },
+    ));
+    // The stdin reader blocks in a thread of the runtime's pool until a line or the end of
+    // input; waiting for it would keep a member stopped by SIGTERM alive.
+    runtime.shutdown_background();
+    result.map_err(CliError::from)
 }
 
 fn consume(global: &Global, args: &ConsumeArgs) -> Result<Report, CliError> {
     let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", &global.bootstrap)
+    config.set("bootstrap.servers", &global.bootstrap);
+    crate::client::apply_client_properties(global, &mut config);
+    let consumer: BaseConsumer = config
         // Partitions are assigned directly; the group id only satisfies librdkafka.
         .set("group.id", "herald-bench")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
         .set("fetch.max.bytes", "52428800")
         .set("max.partition.fetch.bytes", "8388608")
-        .set("queued.max.messages.kbytes", "262144");
-    crate::client::apply_client_properties(global, &mut config);
-    let consumer: BaseConsumer = config.create().context("creating a consumer")?;
+        .set("queued.max.messages.kbytes", "262144")
+        .create()
+        .context("creating a consumer")?;
     let timeout = Duration::from_secs(10);
     let metadata = consumer
         .fetch_metadata(Some(&args.topic), timeout)
@@ -448,11 +535,13 @@ fn consume(global: &Global, args: &ConsumeArgs) -> Result<Report, CliError> {
     }
     let mut assignment = TopicPartitionList::new();
     let mut available: u64 = 0;
+    let mut ranges = Vec::new();
     for &partition in &partitions {
         let (low, high) = consumer
             .fetch_watermarks(&args.topic, partition, timeout)
             .map_err(|error| CliError::Unreachable(format!("listing offsets: {error}")))?;
         available += u64::try_from(high - low).unwrap_or(0);
+        ranges.push((partition, low, high));
         assignment
             .add_partition_offset(&args.topic, partition, Offset::Beginning)
             .context("building the assignment")?;
@@ -462,6 +551,31 @@ fn consume(global: &Global, args: &ConsumeArgs) -> Result<Report, CliError> {
     } else {
         args.count.min(available)
     };
+    if args.raw {
+        let leader = metadata
+            .brokers()
+            .first()
+            .map(|b| format!("{}:{}", b.host(), b.port()))
+            .unwrap_or_else(|| global.bootstrap.clone());
+        let raw = herald_bench::fetch::raw_fetch(&leader, &args.topic, &ranges, args.broker_pid)?;
+        return Ok(Report {
+            mode: "consume-raw",
+            topic: args.topic.clone(),
+            producer: None,
+            messages: raw.records,
+            failed: 0,
+            value_bytes: raw.bytes,
+            seconds: raw.seconds,
+            msgs_per_s: raw.records as f64 / raw.seconds.max(1e-9),
+            mib_per_s: raw.mib_per_s,
+            latency: None,
+            generator_lag: None,
+            generator_behind: false,
+            generator_cpu_s: 0.0,
+            first_error: None,
+            broker_cpu_s_per_gib: raw.broker_cpu_s_per_gib,
+        });
+    }
     consumer
         .assign(&assignment)
         .context("assigning partitions")?;
@@ -499,6 +613,7 @@ fn consume(global: &Global, args: &ConsumeArgs) -> Result<Report, CliError> {
     Ok(Report {
         mode: "consume",
         topic: args.topic.clone(),
+        producer: None,
         messages,
         failed: 0,
         value_bytes,
@@ -506,6 +621,10 @@ fn consume(global: &Global, args: &ConsumeArgs) -> Result<Report, CliError> {
         msgs_per_s: messages as f64 / seconds,
         mib_per_s: value_bytes as f64 / seconds / (1024.0 * 1024.0),
         latency: None,
+        generator_lag: None,
+        generator_behind: false,
+        generator_cpu_s: 0.0,
         first_error: None,
+        broker_cpu_s_per_gib: None,
     })
 }

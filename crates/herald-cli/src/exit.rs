@@ -36,6 +36,15 @@ pub enum CliError {
     Other(#[from] anyhow::Error),
 }
 
+impl From<herald_bench::BenchError> for CliError {
+    fn from(error: herald_bench::BenchError) -> Self {
+        match error {
+            herald_bench::BenchError::Usage(message) => CliError::Usage(message),
+            other => CliError::Other(other.into()),
+        }
+    }
+}
+
 impl CliError {
     /// The process exit code for this error (see [`HELP`]).
     pub fn code(&self) -> u8 {

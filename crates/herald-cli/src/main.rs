@@ -10,6 +10,7 @@ mod consume;
 mod exit;
 mod group;
 mod logdirs;
+mod matrix;
 mod output;
 mod peer;
 mod process;
@@ -78,9 +79,13 @@ enum Command {
     /// Consumer groups: list, describe (members, committed offsets, lag), reset offsets, delete.
     #[command(subcommand)]
     Group(group::GroupCommand),
-    /// Load generators: produce or consume through librdkafka and report throughput and latency.
+    /// Load generators and the trade-off matrix: produce, consume, end to end, the disk's group
+    /// commit, and every way of delivery measured against this machine's limits.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Rank the ways of delivery for your priorities (weights 0 to 5) from the last matrix run,
+    /// or from the reference figures shipped with Herald.
+    Advise(matrix::AdviseArgs),
     /// Brokerless events: serve a topic as a group member, publish direct or datagram events,
     /// request/response, and a benchmark against bare sockets.
     #[command(subcommand)]
@@ -102,6 +107,7 @@ fn main() -> std::process::ExitCode {
         Command::Consume(args) => consume::run(&cli.global, args),
         Command::Group(command) => group::run(&cli.global, command),
         Command::Bench(command) => bench::run(&cli.global, command),
+        Command::Advise(args) => matrix::advise(&cli.global, args),
         Command::Peer(command) => peer::run(&cli.global, command),
         Command::User(command) => security::run_user(&cli.global, command),
         Command::Acl(command) => security::run_acl(&cli.global, command),

@@ -20,10 +20,9 @@
 //! run one after the other: this shared virtual machine drifts (other processes, CPU frequency,
 //! the host) over seconds, and with sequential phases that drift landed entirely in the ratio.
 //! Both phases get the same pacing thread, runtimes, warm-up, slices and measurement points.//!
-//! `baseline` holds the bare-socket measurements (reusable by other benchmarks), `slices` the
+//! `herald_bench::baseline` holds the bare-socket measurements (shared with the matrix), `slices` the
 //! interleaving of the echo and direct latency phases, `report` the output.
 
-mod baseline;
 mod report;
 mod slices;
 
@@ -36,7 +35,7 @@ use bytes::Bytes;
 use herald_direct::{FnHandler, Member, MemberConfig, Message, Publisher, PublisherConfig};
 
 use crate::{CliError, Output};
-use baseline::{Driven, bare_tcp, bare_udp};
+use herald_bench::baseline::{Driven, bare_tcp, bare_udp};
 use report::{Latency, Report, print_table};
 use slices::{latency_interleaved, median};
 

@@ -12,8 +12,8 @@ use parking_lot::{Condvar, Mutex};
 use serde::Serialize;
 
 use super::Setup;
-use super::baseline::{Echo, EchoAnswers, histogram, record};
 use crate::CliError;
+use herald_bench::baseline::{Echo, EchoAnswers, histogram, record};
 
 /// Longest wait for the last answers of one slice before the run is declared broken.
 pub(super) const SLICE_DRAIN_MS_MAX: u64 = 10_000;

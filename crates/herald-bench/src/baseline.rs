@@ -1,7 +1,7 @@
 //! The machine's own limits, measured in the same run as what is compared with them: bare TCP
 //! and UDP ping-pong of one payload on loopback between two blocking threads, and a bare TCP
 //! echo driven the way the direct path runs (two single-threaded runtimes, sends spawned by a
-//! pacing thread). Other benchmarks reuse them.
+//! pacing thread). `herald peer bench` and the matrix use them.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
@@ -9,29 +9,27 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use hdrhistogram::Histogram;
 
-use crate::CliError;
+use crate::BenchError;
 
 /// Highest latency recorded (10 s); slower samples are clamped.
-pub(crate) const LATENCY_US_MAX: u64 = 10_000_000;
+pub const LATENCY_US_MAX: u64 = 10_000_000;
 
 /// A latency histogram in microseconds, 1 µs to [`LATENCY_US_MAX`], three significant digits.
-pub(crate) fn histogram() -> Result<Histogram<u64>, CliError> {
+pub fn histogram() -> Result<Histogram<u64>, BenchError> {
     Histogram::new_with_bounds(1, LATENCY_US_MAX, 3)
-        .context("creating a histogram")
-        .map_err(CliError::Other)
+        .map_err(|e| BenchError::Histogram(e.to_string()))
 }
 
 /// Records `elapsed` in `h`, clamped to the histogram's range.
-pub(crate) fn record(h: &mut Histogram<u64>, elapsed: Duration) {
+pub fn record(h: &mut Histogram<u64>, elapsed: Duration) {
     let us = (elapsed.as_micros() as u64).clamp(1, LATENCY_US_MAX);
     let _ = h.record(us);
 }
 
 /// Round trips of `payload` bytes over loopback TCP between two blocking threads.
-pub(crate) fn bare_tcp(payload: usize, round_trips: u64) -> Result<Histogram<u64>, CliError> {
+pub fn bare_tcp(payload: usize, round_trips: u64) -> Result<Histogram<u64>, BenchError> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     let server = std::thread::spawn(move || -> std::io::Result<()> {
@@ -62,7 +60,7 @@ pub(crate) fn bare_tcp(payload: usize, round_trips: u64) -> Result<Histogram<u64
 }
 
 /// Round trips of `payload` bytes over loopback UDP between two blocking threads.
-pub(crate) fn bare_udp(payload: usize, round_trips: u64) -> Result<Histogram<u64>, CliError> {
+pub fn bare_udp(payload: usize, round_trips: u64) -> Result<Histogram<u64>, BenchError> {
     let server = UdpSocket::bind("127.0.0.1:0")?;
     let addr = server.local_addr()?;
     server.set_read_timeout(Some(Duration::from_millis(500)))?;
@@ -98,18 +96,18 @@ pub(crate) fn bare_udp(payload: usize, round_trips: u64) -> Result<Histogram<u64
 
 /// A single-threaded runtime driven by a thread of its own, so producer and consumer each own
 /// one thread (as two processes would) and each parks directly on its own I/O driver.
-pub(crate) struct Driven {
+pub struct Driven {
     handle: tokio::runtime::Handle,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Driven {
-    pub(crate) fn start(name: &str) -> Result<Driven, CliError> {
+    pub fn start(name: &str) -> Result<Driven, BenchError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .context("starting a runtime")?;
+            .map_err(BenchError::io("starting a runtime"))?;
         let handle = runtime.handle().clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -117,7 +115,7 @@ impl Driven {
             .spawn(move || {
                 let _ = runtime.block_on(stopped);
             })
-            .context("starting a runtime thread")?;
+            .map_err(BenchError::io("starting a runtime thread"))?;
         Ok(Driven {
             handle,
             stop: Some(stop),
@@ -125,11 +123,11 @@ impl Driven {
         })
     }
 
-    pub(crate) fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+    pub fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
         self.handle.block_on(future)
     }
 
-    pub(crate) fn handle(&self) -> &tokio::runtime::Handle {
+    pub fn handle(&self) -> &tokio::runtime::Handle {
         &self.handle
     }
 }
@@ -147,20 +145,20 @@ impl Drop for Driven {
 
 /// Where the echo reports each message: answered (with when it was answered, called and
 /// scheduled) or failed to send.
-pub(crate) trait EchoAnswers: Send + Sync + 'static {
+pub trait EchoAnswers: Send + Sync + 'static {
     fn answered(&self, at: Instant, called: Instant, due: Instant);
     fn failed(&self);
 }
 
 /// Bytes at the head of each echo message: its scheduled time and its call time, each in
 /// nanoseconds since the echo's origin, so the reader needs no table of send times.
-pub(crate) const ECHO_HEADER_BYTES: usize = 16;
+pub const ECHO_HEADER_BYTES: usize = 16;
 
 /// The bare TCP baseline set up the way the direct path runs: the client on the publisher's
 /// runtime (each send a task the pacing thread spawns there) and an echo task on the member's
 /// runtime, so both pay the same runtime wake-ups. A reader task on the publisher's runtime
 /// records each echo.
-pub(crate) struct Echo {
+pub struct Echo {
     writer: Arc<tokio::sync::Mutex<tokio::net::tcp::OwnedWriteHalf>>,
     reader: tokio::task::JoinHandle<()>,
     origin: Instant,
@@ -170,12 +168,12 @@ pub(crate) struct Echo {
 impl Echo {
     /// Starts the echo task on `server_rt` and the client's reader task on `client_rt`, which
     /// reports each echoed message to `answers`.
-    pub(crate) fn start<A: EchoAnswers>(
+    pub fn start<A: EchoAnswers>(
         server_rt: &Driven,
         client_rt: &Driven,
         payload_bytes: usize,
         answers: Arc<A>,
-    ) -> Result<Echo, CliError> {
+    ) -> Result<Echo, BenchError> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let payload_bytes = payload_bytes.max(ECHO_HEADER_BYTES);
         let listener = server_rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
@@ -217,7 +215,7 @@ impl Echo {
     }
 
     /// Spawns the sending of one message scheduled for `due` onto the publisher's runtime.
-    pub(crate) fn send<A: EchoAnswers>(
+    pub fn send<A: EchoAnswers>(
         &self,
         handle: &tokio::runtime::Handle,
         answers: &Arc<A>,
@@ -251,7 +249,7 @@ impl Drop for Echo {
     }
 }
 /// The little-endian u64 at `offset` in `buf`.
-pub(crate) fn ns_at(buf: &[u8], offset: usize) -> u64 {
+pub fn ns_at(buf: &[u8], offset: usize) -> u64 {
     let mut b = [0u8; 8];
     b.copy_from_slice(&buf[offset..offset + 8]);
     u64::from_le_bytes(b)
