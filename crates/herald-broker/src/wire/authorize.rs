@@ -114,6 +114,37 @@ fn patch(f: impl FnOnce(&mut ResponseKind) + Send + 'static) -> Gate {
     Gate::Pass(Some(Box::new(f)))
 }
 
+/// AlterConfigs and IncrementalAlterConfigs alike: the resources the asker may not alter are
+/// taken out of the request and answered with the refusal (the two responses have the same
+/// shape under different types).
+macro_rules! deny_config_changes {
+    ($asker:expr, $body:expr, $kind:ident, $entry:ty) => {{
+        let denied: Vec<(i8, String, i16)> = take(&mut $body.resources, |resource| {
+            config_resource_denied(
+                &$asker,
+                Operation::AlterConfigs,
+                resource.resource_type,
+                resource.resource_name.as_str(),
+            ) != 0
+        })
+        .into_iter()
+        .map(|resource| denied_resource(resource.resource_type, resource.resource_name.as_str()))
+        .collect();
+        patch_if(denied, |response, denied| {
+            if let ResponseKind::$kind(response) = response {
+                for (resource_type, name, code) in denied {
+                    response.responses.push(
+                        <$entry>::default()
+                            .with_resource_type(resource_type)
+                            .with_resource_name(str_bytes(&name))
+                            .with_error_code(code),
+                    );
+                }
+            }
+        })
+    }};
+}
+
 /// Checks `request` for `session`'s principal; see the module docs.
 pub(crate) fn gate(core: &Arc<Core>, session: &Session, request: &mut Request) -> Gate {
     if !core.security.enforce {
@@ -385,56 +416,18 @@ pub(crate) fn gate(core: &Arc<Core>, session: &Session, request: &mut Request) -
                 }
             }
         }),
-        RequestKind::AlterConfigs(body) => {
-            let denied: Vec<(i8, String, i16)> = take(&mut body.resources, |resource| {
-                config_resource_denied(
-                    &asker,
-                    Operation::AlterConfigs,
-                    resource.resource_type,
-                    resource.resource_name.as_str(),
-                ) != 0
-            })
-            .into_iter()
-            .map(|resource| denied_resource(resource.resource_type, resource.resource_name.as_str()))
-            .collect();
-            patch_if(denied, |response, denied| {
-                if let ResponseKind::AlterConfigs(response) = response {
-                    for (resource_type, name, code) in denied {
-                        response.responses.push(
-                            kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse::default()
-                                .with_resource_type(resource_type)
-                                .with_resource_name(str_bytes(&name))
-                                .with_error_code(code),
-                        );
-                    }
-                }
-            })
-        }
-        RequestKind::IncrementalAlterConfigs(body) => {
-            let denied: Vec<(i8, String, i16)> = take(&mut body.resources, |resource| {
-                config_resource_denied(
-                    &asker,
-                    Operation::AlterConfigs,
-                    resource.resource_type,
-                    resource.resource_name.as_str(),
-                ) != 0
-            })
-            .into_iter()
-            .map(|resource| denied_resource(resource.resource_type, resource.resource_name.as_str()))
-            .collect();
-            patch_if(denied, |response, denied| {
-                if let ResponseKind::IncrementalAlterConfigs(response) = response {
-                    for (resource_type, name, code) in denied {
-                        response.responses.push(
-                            kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse::default()
-                                .with_resource_type(resource_type)
-                                .with_resource_name(str_bytes(&name))
-                                .with_error_code(code),
-                        );
-                    }
-                }
-            })
-        }
+        RequestKind::AlterConfigs(body) => deny_config_changes!(
+            asker,
+            body,
+            AlterConfigs,
+            kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse
+        ),
+        RequestKind::IncrementalAlterConfigs(body) => deny_config_changes!(
+            asker,
+            body,
+            IncrementalAlterConfigs,
+            kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse
+        ),
         RequestKind::DescribeCluster(_) => {
             if asker.cluster(Operation::Describe) {
                 Gate::Pass(None)
