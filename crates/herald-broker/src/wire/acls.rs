@@ -321,7 +321,9 @@ pub(crate) fn describe_user_scram_credentials(
                     .collect(),
             )
     };
-    let results = match request.users {
+    // Kafka describes every user for a null list and for an empty one (librdkafka sends the
+    // latter).
+    let results = match request.users.filter(|wanted| !wanted.is_empty()) {
         None => users.iter().map(result).collect(),
         Some(wanted) => wanted
             .iter()
