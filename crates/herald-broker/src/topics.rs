@@ -78,6 +78,23 @@ impl Partition {
         Ok(info)
     }
 
+    /// What a client is told when `error` is a resource limit (descriptors, disk space)
+    /// rather than a failing disk: the limit and the setting that raises it.
+    pub(crate) fn limit_message(&self, error: &std::io::Error) -> Option<String> {
+        limits::limit_of(error)
+            .map(|limit| limits::message(limit, self.limits.open_files_max, (0, 0)))
+    }
+
+    /// Counts and logs a read refused by a resource limit; `true` if `error` was one.
+    pub(crate) fn read_hit_limit(&self, error: &std::io::Error) -> bool {
+        let Some(limit) = limits::limit_of(error) else {
+            return false;
+        };
+        let text = limits::message(limit, self.limits.open_files_max, (0, 0));
+        self.limits.hit(limit, &format!("read refused: {text}"));
+        true
+    }
+
     /// A receiver that sees the next append (subscribe before reading to miss none).
     pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
         self.appended.subscribe()

@@ -218,7 +218,14 @@ fn read_all(topics: &[WantedTopic], limits: Limits, version: i16) -> (FetchRespo
                 }
                 Err(error) => {
                     any_error = true;
-                    warn!(topic = %topic.name, partition = wanted.index, %error, "read failed");
+                    // A resource limit is logged and counted as one (the consumer retries
+                    // KAFKA_STORAGE_ERROR, which suits a limit that may clear); anything else
+                    // is a failing read.
+                    let limited =
+                        matches!(&error, ReadError::Io(io) if partition.read_hit_limit(io));
+                    if !limited {
+                        warn!(topic = %topic.name, partition = wanted.index, %error, "read failed");
+                    }
                     data = data.with_error_code(code(Problem::StorageError));
                 }
             }

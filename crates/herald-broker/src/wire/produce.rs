@@ -135,11 +135,20 @@ pub(crate) fn produce(core: &Arc<Core>, request: ProduceRequest, version: i16) -
                                 }
                                 Err(error) => {
                                     debug!(topic = %name, partition = data.index, %error, "append refused");
+                                    // A limit (descriptors, disk space) is said as what it is.
+                                    let limit = match &error {
+                                        AppendError::Io(io) => partition.limit_message(io),
+                                        _ => None,
+                                    };
                                     if version >= 8 {
-                                        response.error_message =
-                                            Some(str_bytes(&error.to_string()));
+                                        let message =
+                                            limit.clone().unwrap_or_else(|| error.to_string());
+                                        response.error_message = Some(str_bytes(&message));
                                     }
-                                    code(append_problem(&error))
+                                    match limit {
+                                        Some(_) => code(Problem::ResourceLimit),
+                                        None => code(append_problem(&error)),
+                                    }
                                 }
                             }
                         }
