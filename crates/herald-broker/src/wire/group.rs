@@ -29,12 +29,12 @@ use kafka_protocol::messages::{
     OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::Reply;
 use super::codec::{self, Request};
 use super::errors::{self, group_code};
+use super::sasl::Session;
 use crate::Core;
 
 use crate::group::{
@@ -95,12 +95,8 @@ pub(crate) fn handles(api_key: ApiKey) -> bool {
 /// applied (or queued, for offsets) before this returns, so one connection's requests take
 /// effect in the order it sent them, as Kafka applies them; only the waiting runs on its own
 /// task. An OffsetFetch waits for the commits queued before it, so it sees them.
-pub(crate) async fn dispatch(
-    core: &Arc<Core>,
-    request: Request,
-    peer: SocketAddr,
-    listener: &crate::auth::Listener,
-) -> Reply {
+pub(crate) async fn dispatch(core: &Arc<Core>, request: Request, session: &Session) -> Reply {
+    let (peer, listener) = (session.peer, &*session.listener);
     let version = request.header.request_api_version;
     let coordinator = core.groups.clone();
     let ready = |body: ResponseKind| Reply::Ready(Box::new(body));
@@ -159,6 +155,7 @@ pub(crate) async fn dispatch(
         RequestKind::DescribeGroups(req) => ready(ResponseKind::DescribeGroups(describe_groups(
             &coordinator,
             req,
+            |group| super::metadata::group_operations(core, session, group),
         ))),
         RequestKind::DeleteGroups(req) => Reply::Later(Box::pin(async move {
             ResponseKind::DeleteGroups(delete_groups(&coordinator, req).await)
@@ -591,6 +588,7 @@ pub fn list_groups(coordinator: &Coordinator, request: ListGroupsRequest) -> Lis
 pub fn describe_groups(
     coordinator: &Coordinator,
     request: DescribeGroupsRequest,
+    operations: impl Fn(&str) -> i32,
 ) -> DescribeGroupsResponse {
     let mut response = DescribeGroupsResponse::default();
     response.groups = request
@@ -604,7 +602,7 @@ pub fn describe_groups(
             group.protocol_type = s(&d.protocol_type);
             group.protocol_data = s(&d.protocol_name);
             group.authorized_operations = if request.include_authorized_operations {
-                super::metadata::GROUP_OPERATIONS
+                operations(id.as_str())
             } else {
                 super::metadata::OPERATIONS_NOT_ASKED
             };

@@ -33,16 +33,6 @@ mod operation {
 /// An `authorized_operations` field that was not asked for.
 pub(crate) const OPERATIONS_NOT_ASKED: i32 = i32::MIN;
 
-const fn bits(operations: &[i32]) -> i32 {
-    let mut field = 0;
-    let mut i = 0;
-    while i < operations.len() {
-        field |= 1 << operations[i];
-        i += 1;
-    }
-    field
-}
-
 /// Every operation a topic supports: with no ACL in the way, a client may do all of them, and
 /// Kafka says so when asked (`include_topic_authorized_operations`); with ACLs, the ones the
 /// principal is allowed.
@@ -108,8 +98,18 @@ fn authorized(
 }
 
 /// Every operation a consumer group supports.
-pub(crate) const GROUP_OPERATIONS: i32 =
-    bits(&[operation::READ, operation::DELETE, operation::DESCRIBE]);
+const GROUP_OPERATION_LIST: [i32; 3] = [operation::READ, operation::DELETE, operation::DESCRIBE];
+
+/// The group operations the session's principal may do on `group`, for DescribeGroups.
+pub(crate) fn group_operations(core: &Core, session: &Session, group: &str) -> i32 {
+    authorized(
+        core,
+        session,
+        ResourceType::Group,
+        group,
+        &GROUP_OPERATION_LIST,
+    )
+}
 
 /// The Metadata response; the broker's address is the one advertised for `listener`, the
 /// listener the client came in on.

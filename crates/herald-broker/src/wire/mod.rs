@@ -412,7 +412,7 @@ fn encode(
 /// Sends a request to its API family's handler.
 async fn dispatch(core: &Arc<Core>, request: Request, session: &Session) -> Reply {
     if group::handles(request.api_key) {
-        return group::dispatch(core, request, session.peer, &session.listener).await;
+        return group::dispatch(core, request, session).await;
     }
     let version = request.header.request_api_version;
     let ready = |body: ResponseKind| Reply::Ready(Box::new(body));

@@ -222,4 +222,17 @@ async fn authorized_operations_are_reported_when_asked() {
         )
         .await;
     assert_eq!(cluster.cluster_authorized_operations.count_ones(), 7);
+    let groups: kafka_protocol::messages::DescribeGroupsResponse = raw
+        .request(
+            ApiKey::DescribeGroups,
+            3,
+            &kafka_protocol::messages::DescribeGroupsRequest::default()
+                .with_groups(vec![kafka_protocol::messages::GroupId(
+                    StrBytes::from_static_str("any-group"),
+                )])
+                .with_include_authorized_operations(true),
+        )
+        .await;
+    // A group's READ, DELETE and DESCRIBE.
+    assert_eq!(groups.groups[0].authorized_operations.count_ones(), 3);
 }
