@@ -10,7 +10,7 @@ use std::process::{Command, Output, Stdio};
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
 
-use crate::support::{ServeProcess, free_addr, herald, http_get};
+use crate::support::{ServeProcess, free_addr, herald, http_get, kafkajs_check};
 
 /// A CA with `ca.pem`, a server certificate for localhost and 127.0.0.1, a client certificate
 /// for alice, and `other-ca.pem` from a CA that signed nothing here.
@@ -326,6 +326,20 @@ fn kafka_python_a_client_without_librdkafka_over_sasl_ssl_and_mtls() {
         broker.serve.log()
     );
     assert_eq!(stdout.trim(), "ok");
+}
+
+#[test]
+fn kafkajs_a_javascript_client_over_sasl_ssl_and_mtls() {
+    let broker = secure_broker();
+    kafkajs_check(
+        "security.js",
+        &[
+            &broker.sasl_ssl.to_string(),
+            &broker.ssl.to_string(),
+            broker.pki.to_str().unwrap(),
+        ],
+        || broker.serve.log(),
+    );
 }
 
 #[test]

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext};
 
-use crate::support::{ServeProcess, free_addr, herald, http_get, wait_exit, wait_healthy};
+use crate::support::{
+    ServeProcess, free_addr, herald, http_get, kafkajs_check, wait_exit, wait_healthy,
+};
 use client::{Record, consume_all, create_topic, produce_all, sample_records, topic_configs};
 
 fn sorted(mut records: Vec<Record>) -> Vec<Record> {
@@ -509,6 +511,15 @@ fn python_confluent_kafka_round_trip() {
         broker.log()
     );
     assert_eq!(stdout.trim(), "ok 200");
+}
+
+#[test]
+fn kafkajs_admin_idempotent_produce_and_a_consumer_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = ServeProcess::start(&dir.path().join("data"));
+    kafkajs_check("roundtrip.js", &[&broker.kafka_addr.to_string()], || {
+        broker.log()
+    });
 }
 
 /// Sends `bytes` on a fresh connection and waits (bounded) for the broker to answer or close.

@@ -232,3 +232,27 @@ pub fn eventually_true(what: &str, mut check: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Runs one of the kafkajs checks in `tests/js` with `args`,
+/// failing with its output and `broker_log` unless it exits 0 having printed `ok`.
+pub fn kafkajs_check(script: &str, args: &[&str], broker_log: impl Fn() -> String) {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/js");
+    let output = Command::new("node")
+        .arg(format!("{dir}/{script}"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("node is not installed: scripts/install-test-deps installs it");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_ne!(
+        output.status.code(),
+        Some(3),
+        "kafkajs is missing: scripts/install-test-deps installs it ({stdout})"
+    );
+    assert!(
+        output.status.success() && stdout.trim() == "ok",
+        "kafkajs {script} failed:\n{stdout}\n{stderr}\nbroker log:\n{}",
+        broker_log()
+    );
+}
