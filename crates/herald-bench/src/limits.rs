@@ -221,6 +221,55 @@ pub fn disk_group_commit(
     })
 }
 
+/// What `herald bench disk --sequential-mib` measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SequentialReport {
+    pub bytes: u64,
+    pub write_bytes: usize,
+    pub seconds: f64,
+    /// Bytes written and made durable by the final `fdatasync`, per second, in MiB.
+    pub mib_per_s: f64,
+}
+
+/// Bytes per `write` of the sequential measurement: large enough that system calls cost
+/// nothing beside the copy, as a broker appending batches of a linger-filled producer.
+const SEQUENTIAL_WRITE_BYTES: usize = 1024 * 1024;
+
+/// The disk's sequential write bandwidth on the filesystem of `dir`, as `dd conv=fdatasync`
+/// measures it: `bytes` written in 1 MiB writes to a new file, then one `fdatasync`; the time
+/// runs until that returns. The ceiling of a durable produce throughput.
+pub fn disk_sequential(dir: &Path, bytes: u64) -> Result<SequentialReport, BenchError> {
+    use std::io::Write as _;
+    if bytes == 0 {
+        return Err(BenchError::Usage(
+            "the sequential disk bench needs more than 0 bytes".into(),
+        ));
+    }
+    let mut scratch = tempfile_in(dir)?;
+    let block = crate::clock::filler(SEQUENTIAL_WRITE_BYTES);
+    let start = mono_ns();
+    let mut written = 0u64;
+    while written < bytes {
+        let n = (bytes - written).min(block.len() as u64) as usize;
+        scratch
+            .file
+            .write_all(&block[..n])
+            .map_err(BenchError::io("writing the sequential scratch file"))?;
+        written += n as u64;
+    }
+    scratch
+        .file
+        .sync_data()
+        .map_err(BenchError::io("fdatasync of the sequential scratch file"))?;
+    let seconds = (mono_ns() - start) as f64 / 1e9;
+    Ok(SequentialReport {
+        bytes: written,
+        write_bytes: SEQUENTIAL_WRITE_BYTES,
+        seconds,
+        mib_per_s: written as f64 / (1024.0 * 1024.0) / seconds.max(1e-9),
+    })
+}
+
 /// A file in `dir` removed on drop, so an interrupted run leaves nothing behind but a name.
 struct ScratchFile {
     file: std::fs::File,

@@ -163,6 +163,10 @@ pub struct DiskArgs {
     /// How long events arrive.
     #[arg(long, default_value_t = 5_000)]
     pub duration_ms: u64,
+    /// Instead of the group commit, the sequential write bandwidth: this many MiB in 1 MiB
+    /// writes to a new file and one final `fdatasync` (what `dd conv=fdatasync` measures).
+    #[arg(long)]
+    pub sequential_mib: Option<u64>,
 }
 
 /// Options of the hidden `herald bench member`.
@@ -422,6 +426,22 @@ fn end_to_end(global: &Global, args: &EndToEndArgs) -> Result<Report, CliError> 
 }
 
 fn disk(output: Output, args: &DiskArgs) -> Result<(), CliError> {
+    if let Some(mib) = args.sequential_mib {
+        let report = herald_bench::limits::disk_sequential(&args.dir, mib * 1024 * 1024)?;
+        match output {
+            Output::Json => output::print_json(&report, false).context("printing the report")?,
+            Output::Table => output::print_table(
+                &["bytes", "write_bytes", "seconds", "MiB/s"],
+                &[vec![
+                    report.bytes.to_string(),
+                    report.write_bytes.to_string(),
+                    format!("{:.3}", report.seconds),
+                    format!("{:.1}", report.mib_per_s),
+                ]],
+            ),
+        }
+        return Ok(());
+    }
     let report = herald_bench::limits::disk_group_commit(
         &args.dir,
         args.size,

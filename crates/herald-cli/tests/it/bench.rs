@@ -119,3 +119,32 @@ fn disk_group_commit_covers_every_event() {
     // The bench cleans up after itself.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+#[test]
+fn disk_sequential_writes_what_it_was_asked_and_cleans_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = herald()
+        .args(["--output", "json", "bench", "disk", "--sequential-mib", "3"])
+        .arg("--dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["bytes"], 3 * 1024 * 1024);
+    assert!(report["mib_per_s"].as_f64().unwrap() > 0.0, "{report}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+
+    let zero = herald()
+        .args(["bench", "disk", "--sequential-mib", "0"])
+        .arg("--dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!zero.status.success());
+    assert!(String::from_utf8_lossy(&zero.stderr).contains("more than 0 bytes"));
+}
