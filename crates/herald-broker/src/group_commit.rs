@@ -61,6 +61,8 @@ fn flush_rounds(partition: &Partition) {
                 false
             }
         };
+        // What the fsync covered may now be read: consumers see nothing a crash could take back.
+        partition.wake_readers();
         let mut state = partition.group_commit.state.lock();
         let waiters = std::mem::take(&mut state.waiters);
         for (end, tx) in waiters {

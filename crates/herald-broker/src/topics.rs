@@ -35,8 +35,10 @@ const DELETED_SUFFIX: &str = ".deleted";
 pub(crate) struct Partition {
     pub(crate) index: i32,
     pub(crate) log: PartitionLog,
-    /// The high watermark after the latest append; long-polling fetchers wait on changes.
-    appended: watch::Sender<u64>,
+    /// The end of what readers may see ([`herald_storage::Offsets::visible_end`]): after an
+    /// append, or after the fsync that covers it when the log fsyncs before acknowledging.
+    /// Long-polling fetchers wait on changes.
+    visible: watch::Sender<u64>,
     /// Producers waiting for `acks=all` (see [`crate::group_commit`]).
     pub(crate) group_commit: GroupCommit,
     /// Where an append refused by a resource limit is counted.
@@ -52,11 +54,11 @@ impl Partition {
         limits: &Arc<LimitCounters>,
     ) -> Result<Partition, OpenError> {
         let log = PartitionLog::open_with(dir, config, env.clone())?;
-        let high_watermark = log.offsets().high_watermark;
+        let visible_end = log.offsets().visible_end;
         Ok(Partition {
             index,
             log,
-            appended: watch::channel(high_watermark).0,
+            visible: watch::channel(visible_end).0,
             group_commit: GroupCommit::default(),
             limits: limits.clone(),
         })
@@ -73,9 +75,19 @@ impl Partition {
             }
         })?;
         if !info.duplicate {
-            self.appended.send_replace(info.last_offset + 1);
+            self.wake_readers();
         }
         Ok(info)
+    }
+
+    /// Wakes the fetchers waiting on this partition if the end of what they may read moved.
+    pub(crate) fn wake_readers(&self) {
+        let visible_end = self.log.offsets().visible_end;
+        self.visible.send_if_modified(|seen| {
+            let moved = visible_end != *seen;
+            *seen = visible_end;
+            moved
+        });
     }
 
     /// What a client is told when `error` is a resource limit (descriptors, disk space)
@@ -95,9 +107,10 @@ impl Partition {
         true
     }
 
-    /// A receiver that sees the next append (subscribe before reading to miss none).
+    /// A receiver that sees the next move of the visible end (subscribe before reading to miss
+    /// none).
     pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
-        self.appended.subscribe()
+        self.visible.subscribe()
     }
 }
 

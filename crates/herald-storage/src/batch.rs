@@ -97,6 +97,17 @@ pub(crate) fn announced_len(buf: &[u8]) -> Option<usize> {
     Some(len as usize + LOG_OVERHEAD_BYTES)
 }
 
+/// The last offset of the batch at the start of `buf` (base offset plus last offset delta), for
+/// a buffer [`announced_len`] accepted; a header too short to say reads as the largest offset.
+pub(crate) fn announced_last_offset(buf: &[u8]) -> u64 {
+    const LAST_OFFSET_DELTA_AT: usize = 23;
+    if buf.len() < LAST_OFFSET_DELTA_AT + 4 {
+        return u64::MAX;
+    }
+    let last = i64_at(buf, 0).saturating_add(i64::from(i32_at(buf, LAST_OFFSET_DELTA_AT)));
+    u64::try_from(last).unwrap_or(u64::MAX)
+}
+
 /// Parses the header fields of a buffer holding at least [`BATCH_HEADER_BYTES`].
 pub(crate) fn parse_header(buf: &[u8]) -> Option<BatchHeader> {
     if buf.len() < BATCH_HEADER_BYTES {

@@ -173,8 +173,8 @@ fn read_all(topics: &[WantedTopic], limits: Limits, version: i16) -> (FetchRespo
                 let offsets = partition.log.offsets();
                 partitions.push(
                     data.with_error_code(code(Problem::OffsetOutOfRange))
-                        .with_high_watermark(as_i64(offsets.high_watermark))
-                        .with_last_stable_offset(as_i64(offsets.high_watermark))
+                        .with_high_watermark(as_i64(offsets.visible_end))
+                        .with_last_stable_offset(as_i64(offsets.visible_end))
                         .with_log_start_offset(as_i64(offsets.log_start)),
                 );
                 continue;
@@ -184,15 +184,11 @@ fn read_all(topics: &[WantedTopic], limits: Limits, version: i16) -> (FetchRespo
             let at_least_one = bytes == 0;
             let outcome = if max == 0 && !at_least_one {
                 let offsets = partition.log.offsets();
-                Ok((
-                    bytes::Bytes::new(),
-                    offsets.high_watermark,
-                    offsets.log_start,
-                ))
+                Ok((bytes::Bytes::new(), offsets.visible_end, offsets.log_start))
             } else {
                 partition
                     .log
-                    .read(offset, max, at_least_one)
+                    .read_visible(offset, max, at_least_one)
                     .map(|read| (read.batches, read.high_watermark, read.log_start))
             };
             match outcome {

@@ -55,7 +55,7 @@ pub(crate) fn list_offsets(
                     };
                     let offsets = partition.log.offsets();
                     match asked.timestamp {
-                        LATEST => response.with_offset(as_i64(offsets.high_watermark)),
+                        LATEST => response.with_offset(as_i64(offsets.visible_end)),
                         EARLIEST => response.with_offset(as_i64(offsets.log_start)),
                         timestamp if timestamp >= 0 || (timestamp == MAX_TIMESTAMP && version >= 7) => {
                             let found = if timestamp == MAX_TIMESTAMP {
@@ -117,7 +117,7 @@ pub(crate) fn delete_records(core: &Core, request: DeleteRecordsRequest) -> Dele
                     };
                     // -1 means "up to the high watermark", as in Kafka.
                     let offset = if asked.offset == -1 {
-                        partition.log.offsets().high_watermark
+                        partition.log.offsets().visible_end
                     } else {
                         match u64::try_from(asked.offset) {
                             Ok(offset) => offset,

@@ -121,15 +121,21 @@ pub(crate) fn produce(core: &Arc<Core>, request: ProduceRequest, version: i16) -
                                         response.log_start_offset =
                                             i64::try_from(info.log_start).unwrap_or(i64::MAX);
                                     }
-                                    if acks == ACKS_ALL
-                                        && partition.log.config().flush == FlushPolicy::Always
-                                    {
-                                        durable.push(Durable {
-                                            partition: partition.clone(),
-                                            end_offset: info.last_offset + 1,
-                                            topic_at,
-                                            partition_at,
-                                        });
+                                    if partition.log.config().flush == FlushPolicy::Always {
+                                        let end_offset = info.last_offset + 1;
+                                        if acks == ACKS_ALL {
+                                            durable.push(Durable {
+                                                partition: partition.clone(),
+                                                end_offset,
+                                                topic_at,
+                                                partition_at,
+                                            });
+                                        } else {
+                                            // Consumers see only what is durable: the append
+                                            // of a producer that does not wait is fsynced in
+                                            // the next round all the same.
+                                            drop(group_commit::durable(&partition, end_offset));
+                                        }
                                     }
                                     errors::NONE
                                 }

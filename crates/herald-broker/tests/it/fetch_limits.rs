@@ -17,9 +17,19 @@ fn name(topic: &'static str) -> TopicName {
 }
 
 async fn produce_batch(client: &mut RawClient, topic: &'static str, partition: i32, value: &[u8]) {
+    produce_batch_acks(client, topic, partition, value, -1).await;
+}
+
+async fn produce_batch_acks(
+    client: &mut RawClient,
+    topic: &'static str,
+    partition: i32,
+    value: &[u8],
+    acks: i16,
+) {
     let batch = herald_storage::build_batch(1_000, &[], &[value], None);
     let request = ProduceRequest::default()
-        .with_acks(1)
+        .with_acks(acks)
         .with_timeout_ms(10_000)
         .with_topic_data(vec![
             TopicProduceData::default()
@@ -140,4 +150,39 @@ async fn fetch_honours_partition_and_response_limits() {
         .await;
     assert_eq!(empty.responses[0].partitions[0].error_code, 0);
     assert!(records(&empty, 0).is_empty());
+}
+
+/// A topic that fsyncs before acknowledging shows consumers only what is durable (a consumer
+/// that committed past a record a crash took back would skip the one sent again in its
+/// place); a producer with acks=1 does not wait for the fsync, but its records are fsynced in
+/// the next round all the same, and a long-polling fetch wakes when they become visible.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_acknowledged_before_their_fsync_reach_a_waiting_fetch_once_durable() {
+    let broker = support::start().await;
+    support::create_topic(&broker.bootstrap, "limits", 1).await;
+    let mut client = RawClient::connect(broker.broker.kafka_addr()).await;
+    for _ in 0..3 {
+        produce_batch_acks(&mut client, "limits", 0, b"not waited for", 1).await;
+    }
+    let mut seen = 0;
+    while seen < 3 {
+        // A long poll from the next offset: it returns when the next records become readable.
+        let response: FetchResponse = client
+            .request(
+                ApiKey::Fetch,
+                11,
+                &fetch(&[(0, seen, 1 << 20)], 1 << 20, 30_000),
+            )
+            .await;
+        let partition = &response.responses[0].partitions[0];
+        assert_eq!(partition.error_code, 0);
+        let records = partition.records.clone().unwrap_or_default();
+        assert!(
+            !records.is_empty(),
+            "a 30 s long poll returned nothing at offset {seen}"
+        );
+        assert!(partition.high_watermark >= seen + batch_count(&records) as i64);
+        seen += batch_count(&records) as i64;
+    }
+    assert_eq!(seen, 3);
 }

@@ -60,6 +60,12 @@ pub struct Offsets {
     pub high_watermark: u64,
     /// Every record below this offset has been fsynced.
     pub durable_end: u64,
+    /// Every record below this offset may be shown to readers (Kafka's high watermark as
+    /// consumers see it): the durable end for a log that fsyncs before acknowledging, because a
+    /// consumer that read and committed past a record a crash then takes back would skip the
+    /// record the producer sends again in its place; the log end for a log flushed on an
+    /// interval or never, whose owner chose to trade that away.
+    pub visible_end: u64,
 }
 
 /// Counters since the log was opened, for metrics (e.g. batches per fsync shows group commit).
@@ -319,9 +325,16 @@ impl PartitionLog {
         };
         // Make what recovery kept durable and record it, so the next open reads nothing of it.
         // After a clean close the checkpoint already says exactly that: nothing to write.
-        if changed {
+        // Either way everything below the checkpoint's recovery point is durable, and readers
+        // may see it (`Offsets::visible_end`).
+        {
             let mut st = log.state.write();
-            log.checkpoint_locked(&mut st).map_err(io_err(dir))?;
+            if changed {
+                log.checkpoint_locked(&mut st).map_err(io_err(dir))?;
+            } else {
+                log.durable_end
+                    .fetch_max(st.last_checkpoint.next_offset, Ordering::SeqCst);
+            }
         }
         Ok(log)
     }
@@ -643,16 +656,41 @@ impl PartitionLog {
         max_bytes: usize,
         at_least_one: bool,
     ) -> Result<ReadOutcome, ReadError> {
+        self.read_below(offset, u64::MAX, max_bytes, at_least_one)
+    }
+
+    /// What consumers may read: as [`read`](Self::read), but only batches wholly below
+    /// [`Offsets::visible_end`], which is also the high watermark reported.
+    pub fn read_visible(
+        &self,
+        offset: u64,
+        max_bytes: usize,
+        at_least_one: bool,
+    ) -> Result<ReadOutcome, ReadError> {
+        let end = self.offsets().visible_end;
+        self.read_below(offset, end, max_bytes, at_least_one)
+    }
+
+    /// [`read`](Self::read) of the batches wholly below `end` (the log end if lower), which is
+    /// reported as the high watermark; an offset from `end` up to the log end reads nothing,
+    /// one past the log end is out of range.
+    fn read_below(
+        &self,
+        offset: u64,
+        end: u64,
+        max_bytes: usize,
+        at_least_one: bool,
+    ) -> Result<ReadOutcome, ReadError> {
         let (seg_base, size, start_pos, offset_entries, hw, log_start) = {
             let st = self.state.read();
-            let (hw, log_start) = (st.next_offset, st.log_start);
-            if offset < log_start || offset > hw {
+            let (hw, log_start) = (end.min(st.next_offset), st.log_start);
+            if offset < log_start || offset > st.next_offset {
                 return Err(ReadError::OffsetOutOfRange {
                     log_start,
                     high_watermark: hw,
                 });
             }
-            if offset == hw {
+            if offset >= hw {
                 return Ok(ReadOutcome {
                     batches: Bytes::new(),
                     high_watermark: hw,
@@ -708,11 +746,16 @@ impl PartitionLog {
         };
         let mut buf = vec![0u8; want];
         read_exact_at(file.as_ref(), &mut buf, pos)?;
-        // Keep whole batches only.
+        // Keep whole batches only, and only those below the end.
         let mut keep = 0usize;
         while keep < buf.len() {
             match batch::announced_len(&buf[keep..]) {
-                Some(len) if keep + len <= buf.len() => keep += len,
+                Some(len)
+                    if keep + len <= buf.len()
+                        && batch::announced_last_offset(&buf[keep..]) < hw =>
+                {
+                    keep += len;
+                }
                 _ => break,
             }
         }
@@ -727,10 +770,15 @@ impl PartitionLog {
     /// The log start, high watermark and durable end.
     pub fn offsets(&self) -> Offsets {
         let st = self.state.read();
+        let durable_end = self.durable_end.load(Ordering::SeqCst).min(st.next_offset);
         Offsets {
             log_start: st.log_start,
             high_watermark: st.next_offset,
-            durable_end: self.durable_end.load(Ordering::SeqCst).min(st.next_offset),
+            durable_end,
+            visible_end: match st.config.flush {
+                FlushPolicy::Always => durable_end,
+                FlushPolicy::IntervalMs(_) | FlushPolicy::Never => st.next_offset,
+            },
         }
     }
 

@@ -3,7 +3,8 @@
 use std::path::Path;
 
 use herald_storage::{
-    AppendError, CleanupPolicy, ConfigError, LogConfig, OpenError, PartitionLog, ReadError, SimFs,
+    AppendError, CleanupPolicy, ConfigError, FlushPolicy, LogConfig, OpenError, PartitionLog,
+    ReadError, SimFs,
 };
 
 use crate::support::{batch, pbatch, small, split, stored};
@@ -347,4 +348,58 @@ fn a_retired_log_leaves_its_directory_alone() {
     assert_eq!(log.read(0, 1 << 20, true).unwrap().high_watermark, 2);
     drop(log);
     assert_eq!(fs.paths(), before);
+}
+
+#[test]
+fn readers_see_only_what_is_durable_when_the_log_fsyncs_before_acknowledging() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = PartitionLog::open(dir.path(), LogConfig::default()).unwrap();
+    let a = batch(0, 3, 100);
+    let b = batch(1, 2, 200);
+    log.append(&a).unwrap();
+    let o = log.offsets();
+    assert_eq!((o.high_watermark, o.durable_end, o.visible_end), (3, 0, 0));
+    // Not durable yet: nothing to read, and the high watermark says so.
+    let r = log.read_visible(0, 1 << 20, true).unwrap();
+    assert!(r.batches.is_empty());
+    assert_eq!(r.high_watermark, 0);
+    log.sync_to(3).unwrap();
+    log.append(&b).unwrap();
+    // The durable batch is read, the one after it is not, even with room for both.
+    let r = log.read_visible(0, 1 << 20, true).unwrap();
+    assert_eq!(split(&r.batches), vec![(0, stored(&a, 0))]);
+    assert_eq!(r.high_watermark, 3);
+    // Between the visible end and the log end: empty, not out of range.
+    assert!(log.read_visible(3, 100, true).unwrap().batches.is_empty());
+    assert!(matches!(
+        log.read_visible(6, 100, true),
+        Err(ReadError::OffsetOutOfRange {
+            high_watermark: 3,
+            ..
+        })
+    ));
+    log.sync_to(5).unwrap();
+    assert_eq!(log.offsets().visible_end, 5);
+    assert_eq!(
+        split(&log.read_visible(3, 1 << 20, true).unwrap().batches).len(),
+        1
+    );
+}
+
+#[test]
+fn readers_see_the_log_end_when_the_log_is_flushed_on_an_interval_or_never() {
+    for flush in [FlushPolicy::IntervalMs(1_000), FlushPolicy::Never] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            flush,
+            ..LogConfig::default()
+        };
+        let log = PartitionLog::open(dir.path(), config).unwrap();
+        let a = batch(0, 3, 100);
+        log.append(&a).unwrap();
+        assert_eq!(log.offsets().visible_end, 3);
+        let r = log.read_visible(0, 1 << 20, true).unwrap();
+        assert_eq!(split(&r.batches), vec![(0, stored(&a, 0))]);
+        assert_eq!(r.high_watermark, 3);
+    }
 }
