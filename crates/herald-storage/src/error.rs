@@ -56,6 +56,15 @@ pub enum AppendError {
         /// What was wrong.
         reason: &'static str,
     },
+    /// A compacted log was sent a record without a key, which compaction could never
+    /// replace (Kafka `INVALID_RECORD`).
+    #[error(
+        "compacted topic cannot accept a record without a key (batch at byte {position} of the input)"
+    )]
+    KeylessRecord {
+        /// Byte position of the offending batch within the append input.
+        position: usize,
+    },
     /// A batch (or the whole input) is larger than allowed (Kafka `MESSAGE_TOO_LARGE`).
     #[error("record batch of {batch_bytes} bytes exceeds the limit of {batch_bytes_max} bytes")]
     BatchTooLarge {

@@ -31,6 +31,7 @@ pub(crate) fn append_problem(error: &AppendError) -> Problem {
         AppendError::CorruptBatch { .. } => Problem::CorruptMessage,
         AppendError::BatchTooLarge { .. } => Problem::MessageTooLarge,
         AppendError::InvalidTimestamp { .. } => Problem::InvalidTimestamp,
+        AppendError::KeylessRecord { .. } => Problem::InvalidRecord,
         AppendError::Deleted => Problem::UnknownTopicOrPartition,
         AppendError::OutOfOrderSequence { .. } => Problem::OutOfOrderSequence,
         AppendError::ProducerFenced { .. } => Problem::ProducerFenced,

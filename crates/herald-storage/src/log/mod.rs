@@ -213,6 +213,7 @@ struct StoreRules {
     timestamp_before_max_ms: Option<u64>,
     timestamp_after_max_ms: Option<u64>,
     compression: Option<Compression>,
+    compacted: bool,
 }
 
 /// Milliseconds from `since` to `now`, 0 if the clock went backwards.
@@ -421,6 +422,7 @@ impl PartitionLog {
                 timestamp_before_max_ms: st.config.timestamp_before_max_ms,
                 timestamp_after_max_ms: st.config.timestamp_after_max_ms,
                 compression: st.config.compression,
+                compacted: st.config.cleanup_policy.compacts(),
             }
         };
         if batches.len() as u64 > u64::from(config.append_bytes_max) {
@@ -430,6 +432,9 @@ impl PartitionLog {
             });
         }
         let headers = batch::validate_input(batches, config.batch_bytes_max as usize)?;
+        if config.compacted {
+            check_keys(batches, &headers)?;
+        }
         let (mut headers, mut buf) = self.as_stored(batches, headers, &config)?;
         let mut st = self.state.write();
         if self.is_poisoned() {
@@ -1211,6 +1216,28 @@ impl Drop for PartitionLog {
             self.forget_segment(base);
         }
     }
+}
+
+/// Refuses batches holding a record without a key, for a compacted log (control batches hold
+/// transaction markers, not data, and pass).
+fn check_keys(batches: &[u8], headers: &[BatchHeader]) -> Result<(), AppendError> {
+    let mut pos = 0;
+    for h in headers {
+        let batch = &batches[pos..pos + h.total_bytes];
+        if h.attributes & batch::CONTROL_BIT == 0 {
+            let undecodable = |_| AppendError::CorruptBatch {
+                position: pos,
+                reason: "records could not be decoded",
+            };
+            let records = records::uncompressed_records(batch, h).map_err(undecodable)?;
+            let refs = records::parse_records(&records, h.records_count).map_err(undecodable)?;
+            if refs.iter().any(|r| r.key.is_none()) {
+                return Err(AppendError::KeylessRecord { position: pos });
+            }
+        }
+        pos += h.total_bytes;
+    }
+    Ok(())
 }
 
 /// Turns the active segment into a closed one: final time entry, indexes written, all fsynced.

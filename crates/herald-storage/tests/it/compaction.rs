@@ -437,3 +437,20 @@ fn a_compacted_log_without_its_recovery_checkpoint_is_scanned_with_its_gaps() {
     assert_eq!(read_all(&log), cleaned);
     assert_eq!(log.offsets().high_watermark, 200);
 }
+
+#[test]
+fn a_compacted_log_refuses_records_without_a_key() {
+    let fs = SimFs::default();
+    let log = PartitionLog::open_with(Path::new("/k"), compacted(1 << 20), fs.env()).unwrap();
+    let keyless = build_keyed_batch(T0, &[(Some(b"k"), Some(b"v")), (None, Some(b"v"))], None);
+    assert!(matches!(
+        log.append(&keyless),
+        Err(herald_storage::AppendError::KeylessRecord { position: 0 })
+    ));
+    assert_eq!(log.offsets().high_watermark, 0);
+    let compressed = build_keyed_batch(T0, &[(None, Some(b"v"))], Some(Compression::Zstd));
+    assert!(log.append(&compressed).is_err());
+    // A delete-policy log takes them.
+    let delete = PartitionLog::open_with(Path::new("/kd"), LogConfig::default(), fs.env()).unwrap();
+    delete.append(&keyless).unwrap();
+}
