@@ -64,6 +64,8 @@ pub enum AppendError {
     KeylessRecord {
         /// Byte position of the offending batch within the append input.
         position: usize,
+        /// Indexes, within that batch, of the records without a key.
+        records: Vec<u32>,
     },
     /// A batch (or the whole input) is larger than allowed (Kafka `MESSAGE_TOO_LARGE`).
     #[error("record batch of {batch_bytes} bytes exceeds the limit of {batch_bytes_max} bytes")]

@@ -755,6 +755,7 @@ impl PartitionLog {
                 );
             }
             st.cleaned_to = st.cleaned_to.max(map_end);
+            self.swaps.fetch_add(1, Ordering::SeqCst);
         }
         // The cleaner checkpoint goes before the manifest: recovery accepts offset gaps below
         // it, or below the ends of the groups a manifest names, and nowhere else.

@@ -184,6 +184,9 @@ pub struct PartitionLog {
     /// A cleaner pass is running: retention and DeleteRecords leave segment files alone until
     /// it ends, so the segments it rewrites stay there.
     cleaning: AtomicBool,
+    /// Cleaner swaps so far: a search reading files outside the lock that overlapped one
+    /// starts again.
+    swaps: AtomicU64,
     /// Set (under the state write lock) by [`PartitionLog::retire`]: nothing touches the
     /// directory any more.
     retired: AtomicBool,
@@ -229,6 +232,9 @@ pub const READ_BYTES_MAX: usize = 64 << 20;
 /// a new one without waiting for `checkpoint_interval_ms`. A crash makes reopen CRC-scan that
 /// tail; at full produce speed a minute of it is gigabytes per partition and seconds of restart.
 pub const CHECKPOINT_LAG_BYTES_MAX: u64 = 64 << 20;
+
+/// Times a timestamp search is tried while cleaner swaps keep replacing segments under it.
+const SEARCH_TRIES_MAX: u32 = 3;
 
 /// The largest offset the log accepts; keeps every offset sum far from overflowing and every
 /// offset representable in Kafka's signed 64-bit fields.
@@ -324,6 +330,7 @@ impl PartitionLog {
             last_flush_ms: AtomicI64::new(now),
             poisoned: AtomicBool::new(false),
             cleaning: AtomicBool::new(false),
+            swaps: AtomicU64::new(0),
             retired: AtomicBool::new(false),
             appends: AtomicU64::new(0),
             group_commits: AtomicU64::new(0),
@@ -775,6 +782,20 @@ impl PartitionLog {
     /// candidate batches are then decoded (decompressing if needed) for the exact record. A batch
     /// whose records cannot be decoded answers with its base offset and max timestamp.
     pub fn offset_for_timestamp(&self, ts_ms: i64) -> Result<Option<(u64, i64)>, ReadError> {
+        // The search reads segment files outside the state lock; a cleaner swap in between
+        // replaces files under it, so a search that overlapped one is done again.
+        let mut tries = 0;
+        loop {
+            let epoch = self.swaps.load(Ordering::SeqCst);
+            let found = self.offset_for_timestamp_once(ts_ms);
+            tries += 1;
+            if self.swaps.load(Ordering::SeqCst) == epoch || tries >= SEARCH_TRIES_MAX {
+                return found;
+            }
+        }
+    }
+
+    fn offset_for_timestamp_once(&self, ts_ms: i64) -> Result<Option<(u64, i64)>, ReadError> {
         struct Candidate {
             base: u64,
             size: u64,
@@ -1231,8 +1252,16 @@ fn check_keys(batches: &[u8], headers: &[BatchHeader]) -> Result<(), AppendError
             };
             let records = records::uncompressed_records(batch, h).map_err(undecodable)?;
             let refs = records::parse_records(&records, h.records_count).map_err(undecodable)?;
-            if refs.iter().any(|r| r.key.is_none()) {
-                return Err(AppendError::KeylessRecord { position: pos });
+            let keyless: Vec<u32> = (0u32..)
+                .zip(&refs)
+                .filter(|(_, r)| r.key.is_none())
+                .map(|(i, _)| i)
+                .collect();
+            if !keyless.is_empty() {
+                return Err(AppendError::KeylessRecord {
+                    position: pos,
+                    records: keyless,
+                });
             }
         }
         pos += h.total_bytes;

@@ -445,7 +445,7 @@ fn a_compacted_log_refuses_records_without_a_key() {
     let keyless = build_keyed_batch(T0, &[(Some(b"k"), Some(b"v")), (None, Some(b"v"))], None);
     assert!(matches!(
         log.append(&keyless),
-        Err(herald_storage::AppendError::KeylessRecord { position: 0 })
+        Err(herald_storage::AppendError::KeylessRecord { position: 0, records }) if records == [1]
     ));
     assert_eq!(log.offsets().high_watermark, 0);
     let compressed = build_keyed_batch(T0, &[(None, Some(b"v"))], Some(Compression::Zstd));
