@@ -454,3 +454,89 @@ fn a_compacted_log_refuses_records_without_a_key() {
     let delete = PartitionLog::open_with(Path::new("/kd"), LogConfig::default(), fs.env()).unwrap();
     delete.append(&keyless).unwrap();
 }
+
+/// One step of the model-based test of a compacted log.
+#[derive(Debug, Clone)]
+enum Op {
+    /// Update `key` (a tombstone when `None`).
+    Put(u8, Option<u8>),
+    /// Roll the active segment, so what it holds becomes cleanable.
+    Roll,
+    /// One cleaner pass with room for this many keys.
+    Clean(u8),
+    /// Close and reopen.
+    Reopen,
+    /// The process dies (everything written survives) and the log is reopened.
+    ProcessKill,
+}
+
+fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+    use proptest::prelude::*;
+    prop_oneof![
+        8 => (0u8..8, proptest::option::weighted(0.8, any::<u8>())).prop_map(|(k, v)| Op::Put(k, v)),
+        2 => Just(Op::Roll),
+        2 => (1u8..6).prop_map(Op::Clean),
+        1 => Just(Op::Reopen),
+        1 => Just(Op::ProcessKill),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 48, ..Default::default() })]
+
+    /// Whatever the interleaving of updates, rolls, passes (with key maps too small for one
+    /// pass), reopens and kills, the log holds only records that were written, at their
+    /// offsets, in order, and for every key its latest record.
+    #[test]
+    fn a_compacted_log_matches_a_model_of_its_latest_values(ops in proptest::collection::vec(op(), 1..60)) {
+        let dir = Path::new("/model");
+        let mut fs = SimFs::default();
+        fs.clock().set_ms(T0);
+        let mut log = PartitionLog::open_with(dir, compacted(1024), fs.env()).unwrap();
+        // Every record written, by offset.
+        let mut written: BTreeMap<u64, (Vec<u8>, Option<Vec<u8>>)> = BTreeMap::new();
+        for op in ops {
+            match op {
+                Op::Put(k, v) => {
+                    let key = format!("key-{k}");
+                    let value = v.map(|v| format!("value-{v}-{}", written.len()));
+                    let offset = log.offsets().high_watermark;
+                    put(&log, T0, &[(key.clone(), value.clone())], None);
+                    written.insert(offset, (key.into_bytes(), value.map(String::into_bytes)));
+                }
+                Op::Roll => {
+                    fs.clock().advance_ms(HOUR_MS as i64 + 1);
+                    log.maintain().unwrap();
+                }
+                Op::Clean(keys) => {
+                    let buffer = u64::from(keys) * herald_storage::KEY_MAP_ENTRY_BYTES;
+                    log.clean(buffer, &Throttle::new(None)).unwrap();
+                }
+                Op::Reopen => {
+                    drop(log);
+                    log = PartitionLog::open_with(dir, compacted(1024), fs.env()).unwrap();
+                }
+                Op::ProcessKill => {
+                    let image = fs.process_crash_image();
+                    std::mem::forget(log);
+                    fs = image;
+                    log = PartitionLog::open_with(dir, compacted(1024), fs.env()).unwrap();
+                }
+            }
+            let records = read_all(&log);
+            let mut last = None;
+            for r in &records {
+                proptest::prop_assert!(last < Some(r.offset), "offsets out of order");
+                last = Some(r.offset);
+                let (key, value) = &written[&r.offset];
+                proptest::prop_assert_eq!(r.key.as_ref(), Some(key));
+                proptest::prop_assert_eq!(&r.value, value);
+            }
+            let mut want = BTreeMap::new();
+            for (key, value) in written.values() {
+                want.insert(key.clone(), value.clone());
+            }
+            proptest::prop_assert_eq!(latest(&records), want);
+        }
+    }
+}
