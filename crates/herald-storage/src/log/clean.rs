@@ -23,13 +23,13 @@ use parking_lot::Mutex;
 
 use super::{PartitionLog, Segment, elapsed_ms, index_path, log_path, time_path};
 use crate::batch::{
-    self, BATCH_HEADER_BYTES, BatchHeader, CONTROL_BIT, LOG_OVERHEAD_BYTES, NO_TIMESTAMP,
-    TIMESTAMP_TYPE_BIT, TRANSACTIONAL_BIT,
+    self, BATCH_HEADER_BYTES, BatchHeader, CONTROL_BIT, NO_TIMESTAMP, TIMESTAMP_TYPE_BIT,
+    TRANSACTIONAL_BIT,
 };
 use crate::env::{FileSystem, StorageFile};
 use crate::error::CleanError;
 use crate::files::FileKind;
-use crate::index::{ActiveIndex, OFFSET_ENTRY_BYTES, TIME_ENTRY_BYTES};
+use crate::index::ActiveIndex;
 use crate::records;
 
 /// The persisted cleaner checkpoint: every record below its offset has been through a pass.
@@ -1056,9 +1056,6 @@ pub(super) fn recover_swap(
         gaps_below,
     })
 }
-
-const _: () =
-    assert!(OFFSET_ENTRY_BYTES == 8 && TIME_ENTRY_BYTES == 12 && LOG_OVERHEAD_BYTES == 12);
 
 #[cfg(test)]
 mod tests {
