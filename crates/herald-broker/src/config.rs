@@ -67,6 +67,15 @@ pub struct BrokerConfig {
     /// `log.retention.check.interval.ms`, 5 minutes): records whose timestamps put them past
     /// `retention.ms` as they arrive stay readable until then, as on Kafka.
     pub log_retention_check_interval_ms: u64,
+    /// The log cleaner's I/O rate over every compacted partition, in bytes per second
+    /// (reads and writes; Kafka `log.cleaner.io.max.bytes.per.second`); 0 is unlimited.
+    pub cleaner_io_bytes_per_s: u64,
+    /// Memory for the key map of one cleaner pass (Kafka `log.cleaner.dedupe.buffer.size`);
+    /// a partition with more dirty keys is cleaned in several passes.
+    pub cleaner_dedupe_buffer_bytes: u64,
+    /// How long the cleaner waits before looking again when no partition is due (Kafka
+    /// `log.cleaner.backoff.ms`).
+    pub cleaner_backoff_ms: u64,
     /// Longest a Fetch request may wait for data, whatever the client asks.
     pub fetch_wait_ms_max: u64,
     /// Largest response a Fetch builds, in bytes, whatever the client asks
@@ -148,6 +157,9 @@ impl Default for BrokerConfig {
             connection_requests_in_flight_max: 64,
             maintenance_interval_ms: 1000,
             log_retention_check_interval_ms: 300_000,
+            cleaner_io_bytes_per_s: 256 * 1024 * 1024,
+            cleaner_dedupe_buffer_bytes: herald_storage::DEFAULT_DEDUPE_BUFFER_BYTES,
+            cleaner_backoff_ms: 1000,
             fetch_wait_ms_max: 30_000,
             fetch_response_bytes_max: 55 * 1024 * 1024,
             log_retention_ms: (14 * DAY_MS) as i64,

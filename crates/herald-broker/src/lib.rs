@@ -47,7 +47,7 @@ use tracing::{info, warn};
 
 pub use config::BrokerConfig;
 pub use producer_ids::ProducerIdError;
-pub use stats::BrokerStats;
+pub use stats::{BrokerStats, CleanerProgress};
 pub use topics::TopicsOpenError;
 
 use producer_ids::ProducerIds;
@@ -221,6 +221,7 @@ impl Broker {
             tasks.push(tokio::spawn(accept_loop(core.clone(), listener, info)));
         }
         tasks.push(tokio::spawn(maintenance_loop(core.clone())));
+        tasks.push(tokio::spawn(cleaner_loop(core.clone())));
         let (topic_count, partition_count, _) = core.topics.totals();
         info!(kafka_addr = %infos[0].local_addr, topics = topic_count, partitions = partition_count, acls_enforced = core.security.enforce, "broker listening");
         Ok(Broker {
@@ -328,6 +329,7 @@ impl Broker {
             .map(|(limit, count)| (limit.to_string(), count))
             .collect();
         stats.listeners_insecure = self.insecure_listeners().len() as u64;
+        stats.cleaner_partitions = self.core.topics.cleaner_progress();
         stats
     }
 
@@ -449,6 +451,46 @@ async fn maintenance_loop(core: Arc<Core>) {
         .await;
         if let Err(error) = done {
             warn!(%error, "maintenance task failed");
+        }
+    }
+}
+
+/// The log cleaner: one pass at a time on a blocking thread, on the dirtiest compacted
+/// partition that is due, at most `cleaner_io_bytes_per_s` of I/O; waits
+/// `cleaner_backoff_ms` when none is due, until the broker stops. A pass in progress at
+/// shutdown finishes first (it is bounded by the throttle and the key map).
+async fn cleaner_loop(core: Arc<Core>) {
+    let mut stopping = core.stopping.clone();
+    let backoff = std::time::Duration::from_millis(core.config.cleaner_backoff_ms.max(1));
+    let throttle = Arc::new(herald_storage::Throttle::new(Some(
+        core.config.cleaner_io_bytes_per_s,
+    )));
+    loop {
+        if *stopping.borrow() {
+            break;
+        }
+        let pass_core = core.clone();
+        let pass_throttle = throttle.clone();
+        let cleaned = tokio::task::spawn_blocking(move || {
+            pass_core.topics.clean_dirtiest(
+                pass_core.config.cleaner_dedupe_buffer_bytes,
+                &pass_throttle,
+                &pass_core.counters,
+            )
+        })
+        .await;
+        let cleaned = match cleaned {
+            Ok(cleaned) => cleaned,
+            Err(error) => {
+                warn!(%error, "log cleaner task failed");
+                false
+            }
+        };
+        if !cleaned {
+            tokio::select! {
+                _ = stopping.wait_for(|stopping| *stopping) => break,
+                _ = tokio::time::sleep(backoff) => {}
+            }
         }
     }
 }

@@ -123,7 +123,7 @@ pub fn render(stats: &BrokerStats) -> String {
         text.family(name, help, Kind::Gauge);
         text.sample(name, &[], value);
     }
-    let counters: [(&str, &str, u64); 16] = [
+    let counters: [(&str, &str, u64); 21] = [
         (
             "herald_open_files_hits_total",
             "Segment-file lookups served by an open file.",
@@ -195,6 +195,31 @@ pub fn render(stats: &BrokerStats) -> String {
             stats.retention_segments_deleted_total,
         ),
         (
+            "herald_cleaner_passes_total",
+            "Log cleaner passes that rewrote segments of a compacted partition.",
+            stats.cleaner_passes_total,
+        ),
+        (
+            "herald_cleaner_bytes_read_total",
+            "Bytes the log cleaner read.",
+            stats.cleaner_bytes_read_total,
+        ),
+        (
+            "herald_cleaner_bytes_reclaimed_total",
+            "Bytes the log cleaner freed.",
+            stats.cleaner_bytes_reclaimed_total,
+        ),
+        (
+            "herald_cleaner_records_removed_total",
+            "Records the log cleaner removed (superseded values and expired tombstones).",
+            stats.cleaner_records_removed_total,
+        ),
+        (
+            "herald_cleaner_failures_total",
+            "Log cleaner passes that failed.",
+            stats.cleaner_failures_total,
+        ),
+        (
             "herald_fetched_bytes_total",
             "Record-batch bytes returned by Fetch responses.",
             stats.fetched_bytes_total,
@@ -224,6 +249,35 @@ pub fn render(stats: &BrokerStats) -> String {
     );
     for (limit, count) in &stats.limit_refusals_total {
         text.sample("herald_limit_refusals_total", &[("limit", limit)], *count);
+    }
+    type Gauge = fn(&crate::CleanerProgress) -> u64;
+    let cleaner: [(&str, &str, Gauge); 3] = [
+        (
+            "herald_cleaner_dirty_bytes",
+            "Bytes of a compacted partition's closed segments not yet through a cleaner pass.",
+            |p| p.dirty_bytes,
+        ),
+        (
+            "herald_cleaner_cleanable_bytes",
+            "Bytes of a compacted partition's closed segments the cleaner may clean.",
+            |p| p.cleanable_bytes,
+        ),
+        (
+            "herald_cleaner_cleaned_to_offset",
+            "Offset below which every record of a compacted partition has been through a cleaner pass.",
+            |p| p.cleaned_to_offset,
+        ),
+    ];
+    for (name, help, value) in cleaner {
+        text.family(name, help, Kind::Gauge);
+        for p in &stats.cleaner_partitions {
+            let partition = p.partition.to_string();
+            text.sample(
+                name,
+                &[("topic", &p.topic), ("partition", &partition)],
+                value(p),
+            );
+        }
     }
     if let Some(rss) = process_rss_bytes() {
         text.family(

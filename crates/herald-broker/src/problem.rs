@@ -20,6 +20,8 @@ pub(crate) enum Problem {
     InvalidConfig,
     /// A record batch with a bad CRC, length or magic byte.
     CorruptMessage,
+    /// A record the topic cannot take (a record without a key on a compacted topic).
+    InvalidRecord,
     /// A record batch over the topic's `max.message.bytes`.
     MessageTooLarge,
     /// A record batch dated further from the broker's clock than the topic allows.

@@ -23,6 +23,11 @@ pub(crate) struct Counters {
     pub(crate) fetched_records: AtomicU64,
     pub(crate) maintenance_passes: AtomicU64,
     pub(crate) retention_segments_deleted: AtomicU64,
+    pub(crate) cleaner_passes: AtomicU64,
+    pub(crate) cleaner_bytes_read: AtomicU64,
+    pub(crate) cleaner_bytes_reclaimed: AtomicU64,
+    pub(crate) cleaner_records_removed: AtomicU64,
+    pub(crate) cleaner_failures: AtomicU64,
     pub(crate) authentication_failures: AtomicU64,
     pub(crate) authorization_failures: AtomicU64,
 }
@@ -43,6 +48,11 @@ impl Default for Counters {
             fetched_records: AtomicU64::new(0),
             maintenance_passes: AtomicU64::new(0),
             retention_segments_deleted: AtomicU64::new(0),
+            cleaner_passes: AtomicU64::new(0),
+            cleaner_bytes_read: AtomicU64::new(0),
+            cleaner_bytes_reclaimed: AtomicU64::new(0),
+            cleaner_records_removed: AtomicU64::new(0),
+            cleaner_failures: AtomicU64::new(0),
             authentication_failures: AtomicU64::new(0),
             authorization_failures: AtomicU64::new(0),
         }
@@ -109,6 +119,18 @@ pub struct BrokerStats {
     pub maintenance_passes_total: u64,
     /// Segments deleted by time or size retention.
     pub retention_segments_deleted_total: u64,
+    /// Log cleaner passes that rewrote segments of a compacted partition.
+    pub cleaner_passes_total: u64,
+    /// Bytes the log cleaner read.
+    pub cleaner_bytes_read_total: u64,
+    /// Bytes the log cleaner freed (segment bytes before a pass minus after).
+    pub cleaner_bytes_reclaimed_total: u64,
+    /// Records the log cleaner removed (superseded values and expired tombstones).
+    pub cleaner_records_removed_total: u64,
+    /// Log cleaner passes that failed.
+    pub cleaner_failures_total: u64,
+    /// Every compacted partition's cleaner progress.
+    pub cleaner_partitions: Vec<CleanerProgress>,
     /// Segment files the storage holds open now (its cache; a read in progress may hold a few
     /// more).
     pub open_files: u64,
@@ -130,6 +152,22 @@ pub struct BrokerStats {
     /// Listeners anyone on the network can use without authenticating (PLAINTEXT on a
     /// non-loopback address).
     pub listeners_insecure: u64,
+}
+
+/// One compacted partition's log cleaner progress.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CleanerProgress {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// Bytes of closed segments not yet through a cleaner pass.
+    pub dirty_bytes: u64,
+    /// Bytes of all closed segments the cleaner may clean.
+    pub cleanable_bytes: u64,
+    /// Every record below this offset has been through a cleaner pass.
+    pub cleaned_to_offset: u64,
 }
 
 impl Counters {
@@ -165,6 +203,11 @@ impl Counters {
             fetched_records_total: load(&self.fetched_records),
             maintenance_passes_total: load(&self.maintenance_passes),
             retention_segments_deleted_total: load(&self.retention_segments_deleted),
+            cleaner_passes_total: load(&self.cleaner_passes),
+            cleaner_bytes_read_total: load(&self.cleaner_bytes_read),
+            cleaner_bytes_reclaimed_total: load(&self.cleaner_bytes_reclaimed),
+            cleaner_records_removed_total: load(&self.cleaner_records_removed),
+            cleaner_failures_total: load(&self.cleaner_failures),
             authentication_failures_total: load(&self.authentication_failures),
             authorization_failures_total: load(&self.authorization_failures),
             listeners_insecure: 0,

@@ -39,6 +39,14 @@ pub(crate) const TIMESTAMP_BEFORE_MAX_MS: &str = "message.timestamp.before.max.m
 pub(crate) const TIMESTAMP_AFTER_MAX_MS: &str = "message.timestamp.after.max.ms";
 /// `message.timestamp.difference.max.ms`, Kafka's older bound on both directions.
 pub(crate) const TIMESTAMP_DIFFERENCE_MAX_MS: &str = "message.timestamp.difference.max.ms";
+/// `delete.retention.ms`.
+pub(crate) const DELETE_RETENTION_MS: &str = "delete.retention.ms";
+/// `min.cleanable.dirty.ratio`.
+pub(crate) const MIN_CLEANABLE_DIRTY_RATIO: &str = "min.cleanable.dirty.ratio";
+/// `min.compaction.lag.ms`.
+pub(crate) const MIN_COMPACTION_LAG_MS: &str = "min.compaction.lag.ms";
+/// `max.compaction.lag.ms`.
+pub(crate) const MAX_COMPACTION_LAG_MS: &str = "max.compaction.lag.ms";
 /// `remote.storage.enable`.
 pub(crate) const REMOTE_STORAGE_ENABLE: &str = "remote.storage.enable";
 
@@ -92,7 +100,6 @@ pub(crate) struct Spec {
 }
 
 const REPLICATION: &str = "a single broker has no replicas to throttle or elect";
-const COMPACTION: &str = "log compaction is not available yet; it applies to compacted topics";
 const TIERED: &str = "tiered storage is not available";
 const LONG_MAX: &str = "9223372036854775807";
 
@@ -132,9 +139,9 @@ pub(crate) const SPECS: &[Spec] = &[
         default: Default::Fixed("3"),
     },
     Spec {
-        name: "delete.retention.ms",
+        name: DELETE_RETENTION_MS,
         kind: Kind::Long { min: 0 },
-        effect: Effect::None(COMPACTION),
+        effect: Effect::Applied,
         default: Default::Fixed("86400000"),
     },
     Spec {
@@ -189,9 +196,9 @@ pub(crate) const SPECS: &[Spec] = &[
         default: Default::Fixed("-2"),
     },
     Spec {
-        name: "max.compaction.lag.ms",
+        name: MAX_COMPACTION_LAG_MS,
         kind: Kind::Long { min: 1 },
-        effect: Effect::None(COMPACTION),
+        effect: Effect::Applied,
         default: Default::Fixed(LONG_MAX),
     },
     Spec {
@@ -242,15 +249,15 @@ pub(crate) const SPECS: &[Spec] = &[
         default: Default::Fixed("CreateTime"),
     },
     Spec {
-        name: "min.cleanable.dirty.ratio",
+        name: MIN_CLEANABLE_DIRTY_RATIO,
         kind: Kind::Double { min: 0.0, max: 1.0 },
-        effect: Effect::None(COMPACTION),
+        effect: Effect::Applied,
         default: Default::Fixed("0.5"),
     },
     Spec {
-        name: "min.compaction.lag.ms",
+        name: MIN_COMPACTION_LAG_MS,
         kind: Kind::Long { min: 0 },
-        effect: Effect::None(COMPACTION),
+        effect: Effect::Applied,
         default: Default::Fixed("0"),
     },
     Spec {
@@ -528,13 +535,27 @@ pub(crate) fn log_config(
         .split(',')
         .map(|p| p.trim().to_string())
         .collect();
-    let cleanup_policy = if policies.iter().any(|p| p == "compact") {
-        return Err(invalid(format!(
-            "{CLEANUP_POLICY}: log compaction is not supported yet; use `delete`"
-        )));
-    } else {
-        CleanupPolicy::Delete
+    let compact = policies.iter().any(|p| p == "compact");
+    let delete = policies.iter().any(|p| p == "delete");
+    let cleanup_policy = match (compact, delete) {
+        (true, true) => CleanupPolicy::CompactDelete,
+        (true, false) => CleanupPolicy::Compact,
+        _ => CleanupPolicy::Delete,
     };
+    let delete_retention_ms = parse_i64(DELETE_RETENTION_MS, &get(DELETE_RETENTION_MS), 0)?;
+    let min_compaction_lag_ms = parse_i64(MIN_COMPACTION_LAG_MS, &get(MIN_COMPACTION_LAG_MS), 0)?;
+    let max_compaction_lag_ms = parse_i64(MAX_COMPACTION_LAG_MS, &get(MAX_COMPACTION_LAG_MS), 1)?;
+    let ratio_text = get(MIN_CLEANABLE_DIRTY_RATIO);
+    let dirty_ratio: f64 = ratio_text
+        .trim()
+        .parse()
+        .ok()
+        .filter(|r: &f64| (0.0..=1.0).contains(r))
+        .ok_or_else(|| {
+            invalid(format!(
+                "{MIN_CLEANABLE_DIRTY_RATIO}: `{ratio_text}` is not a number in [0, 1]"
+            ))
+        })?;
     if get(REMOTE_STORAGE_ENABLE)
         .trim()
         .eq_ignore_ascii_case("true")
@@ -575,6 +596,11 @@ pub(crate) fn log_config(
         retention_bytes: (retention_bytes >= 0).then_some(retention_bytes.unsigned_abs()),
         flush: flush_policy(flush_ms),
         cleanup_policy,
+        delete_retention_ms: delete_retention_ms.unsigned_abs(),
+        // In [0, 1] as checked above, so the product fits.
+        min_cleanable_dirty_ratio_ppm: (dirty_ratio * 1_000_000.0).round() as u32,
+        min_compaction_lag_ms: min_compaction_lag_ms.unsigned_abs(),
+        max_compaction_lag_ms: max_compaction_lag_ms.unsigned_abs(),
         batch_bytes_max: u32::try_from(max_message_bytes).map_err(|_| {
             invalid(format!(
                 "{MAX_MESSAGE_BYTES}: {max_message_bytes} is too large"
@@ -647,7 +673,6 @@ mod tests {
         for (name, value, expect) in [
             (RETENTION_MS, "soon", "retention.ms"),
             (RETENTION_MS, "-2", "retention.ms"),
-            (CLEANUP_POLICY, "compact", "compaction"),
             (CLEANUP_POLICY, "shred", "shred"),
             (SEGMENT_BYTES, "100", "segment.bytes"),
             (COMPRESSION_TYPE, "brotli", "compression.type"),
@@ -679,6 +704,42 @@ mod tests {
         let inert = validate(&all).unwrap();
         assert!(inert.iter().any(|spec| spec.name == "min.insync.replicas"));
         assert!(!inert.iter().any(|spec| spec.name == COMPRESSION_TYPE));
+    }
+
+    #[test]
+    fn compaction_configs_reach_the_log() {
+        let config = log_config(
+            &BrokerConfig::default(),
+            &overrides(&[
+                (CLEANUP_POLICY, "compact"),
+                (DELETE_RETENTION_MS, "1000"),
+                (MIN_CLEANABLE_DIRTY_RATIO, "0.25"),
+                (MIN_COMPACTION_LAG_MS, "2000"),
+                (MAX_COMPACTION_LAG_MS, "3000"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.cleanup_policy, CleanupPolicy::Compact);
+        assert_eq!(config.delete_retention_ms, 1000);
+        assert_eq!(config.min_cleanable_dirty_ratio_ppm, 250_000);
+        assert_eq!(config.min_compaction_lag_ms, 2000);
+        assert_eq!(config.max_compaction_lag_ms, 3000);
+        for (policy, want) in [
+            ("compact,delete", CleanupPolicy::CompactDelete),
+            ("delete, compact", CleanupPolicy::CompactDelete),
+            ("delete", CleanupPolicy::Delete),
+        ] {
+            let config = log_config(
+                &BrokerConfig::default(),
+                &overrides(&[(CLEANUP_POLICY, policy)]),
+            )
+            .unwrap();
+            assert_eq!(config.cleanup_policy, want, "{policy}");
+        }
+        let defaults = log_config(&BrokerConfig::default(), &Overrides::new()).unwrap();
+        assert_eq!(defaults.min_cleanable_dirty_ratio_ppm, 500_000);
+        assert_eq!(defaults.delete_retention_ms, 86_400_000);
+        assert_eq!(defaults.max_compaction_lag_ms, i64::MAX as u64);
     }
 
     #[test]

@@ -904,6 +904,81 @@ impl Topics {
         deleted
     }
 
+    /// Every open compacted partition's cleaner progress, sorted by topic and partition.
+    pub(crate) fn cleaner_progress(&self) -> Vec<crate::CleanerProgress> {
+        let mut out = Vec::new();
+        for topic in self.list() {
+            for partition in topic.loaded_partitions() {
+                if let Some(c) = partition.log.cleanable() {
+                    out.push(crate::CleanerProgress {
+                        topic: topic.name.clone(),
+                        partition: partition.index,
+                        dirty_bytes: c.dirty_bytes,
+                        cleanable_bytes: c.cleanable_bytes,
+                        cleaned_to_offset: c.cleaned_to,
+                    });
+                }
+            }
+        }
+        out.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        out
+    }
+
+    /// One log cleaner pass on the compacted partition most in need of it (due, and the
+    /// dirtiest by ratio); `false` when none is due. Counts what it did.
+    pub(crate) fn clean_dirtiest(
+        &self,
+        dedupe_buffer_bytes: u64,
+        throttle: &herald_storage::Throttle,
+        counters: &crate::stats::Counters,
+    ) -> bool {
+        let mut best: Option<(u64, Arc<Topic>, Arc<Partition>)> = None;
+        for topic in self.list() {
+            for partition in topic.loaded_partitions() {
+                let Some(c) = partition.log.cleanable() else {
+                    continue;
+                };
+                let ratio = c.dirty_ratio_ppm();
+                if c.due && best.as_ref().is_none_or(|(r, _, _)| ratio > *r) {
+                    best = Some((ratio, topic.clone(), partition));
+                }
+            }
+        }
+        let Some((_, topic, partition)) = best else {
+            return false;
+        };
+        use crate::stats::Counters as C;
+        match partition.log.clean(dedupe_buffer_bytes, throttle) {
+            Ok(out) => {
+                C::add(&counters.cleaner_bytes_read, out.bytes_read);
+                if out.swapped {
+                    C::add(&counters.cleaner_passes, 1);
+                    C::add(
+                        &counters.cleaner_bytes_reclaimed,
+                        out.bytes_before.saturating_sub(out.bytes_after),
+                    );
+                    C::add(&counters.cleaner_records_removed, out.records_removed);
+                    info!(
+                        topic = %topic.name,
+                        partition = partition.index,
+                        bytes_before = out.bytes_before,
+                        bytes_after = out.bytes_after,
+                        records_removed = out.records_removed,
+                        cleaned_to = out.cleaned_to,
+                        "log cleaner pass"
+                    );
+                }
+                // A pass that swapped nothing in made no progress: wait before looking again.
+                out.swapped
+            }
+            Err(error) => {
+                C::add(&counters.cleaner_failures, 1);
+                warn!(topic = %topic.name, partition = partition.index, %error, "log cleaner pass failed");
+                false
+            }
+        }
+    }
+
     /// (topics, partitions, bytes on disk of the partitions open).
     pub(crate) fn totals(&self) -> (u64, u64, u64) {
         let topics = self.list();

@@ -5,6 +5,7 @@
 //! documented exit codes (see [`exit`]).
 
 mod bench;
+mod cleaner_progress;
 mod client;
 mod consume;
 mod exit;

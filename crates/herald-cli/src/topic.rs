@@ -21,11 +21,15 @@ pub enum TopicCommand {
     Create(CreateArgs),
     /// List topics with their partition counts.
     List(ListArgs),
-    /// Show a topic's partitions (leader, earliest and latest offsets, size on disk) and its
-    /// configuration.
+    /// Show a topic's partitions (leader, earliest and latest offsets, size on disk, and with
+    /// --metrics-url the log cleaner's progress on a compacted topic) and its configuration.
     Describe {
         /// The topic name.
         topic: String,
+        /// A Herald broker's metrics address (`http://127.0.0.1:8092/metrics`): adds each
+        /// partition's log cleaner progress, which Kafka requests do not report.
+        #[arg(long, env = "HERALD_METRICS_URL", value_name = "URL")]
+        metrics_url: Option<String>,
     },
     /// Change a topic's configuration or raise its partition count.
     Alter(AlterArgs),
@@ -83,7 +87,9 @@ pub fn run(global: &Global, command: TopicCommand) -> Result<(), CliError> {
     match command {
         TopicCommand::Create(args) => create(global, &args),
         TopicCommand::List(args) => list(global, &args),
-        TopicCommand::Describe { topic } => describe(global, &topic),
+        TopicCommand::Describe { topic, metrics_url } => {
+            describe(global, &topic, metrics_url.as_deref())
+        }
         TopicCommand::Alter(args) => alter(global, &args),
         TopicCommand::Delete { topic } => delete(global, &topic),
     }
@@ -182,6 +188,9 @@ struct PartitionInfo {
     latest: i64,
     /// Bytes on disk, or null when the broker does not report it.
     size_bytes: Option<u64>,
+    /// The log cleaner's progress, when asked for (--metrics-url) and the partition is
+    /// compacted; null otherwise.
+    cleaner: Option<crate::cleaner_progress::Progress>,
 }
 
 /// One setting in `herald topic describe`.
@@ -214,13 +223,17 @@ fn source_name(source: &ConfigSource) -> &'static str {
     }
 }
 
-fn describe(global: &Global, topic: &str) -> Result<(), CliError> {
+fn describe(global: &Global, topic: &str, metrics_url: Option<&str>) -> Result<(), CliError> {
     let consumer = client::metadata_client(global)?;
     let metadata = client::fetch_metadata(global, &consumer, Some(topic))?;
     let Some(meta) = metadata.topics().iter().find(|t| t.name() == topic) else {
         return Err(client::topic_not_found(topic));
     };
     let sizes = crate::logdirs::partition_sizes(&metadata, topic);
+    let mut cleaner = match metrics_url {
+        Some(url) => crate::cleaner_progress::read(url, topic)?,
+        None => Default::default(),
+    };
     let mut partitions = Vec::with_capacity(meta.partitions().len());
     for p in meta.partitions() {
         let (earliest, latest) = consumer
@@ -240,6 +253,7 @@ fn describe(global: &Global, topic: &str) -> Result<(), CliError> {
             earliest,
             latest,
             size_bytes: sizes.as_ref().and_then(|s| s.get(&p.id()).copied()),
+            cleaner: cleaner.remove(&p.id()),
         });
     }
     partitions.sort_by_key(|p| p.partition);
@@ -299,6 +313,36 @@ fn print_description(d: &TopicDescription) {
         ],
         &rows,
     );
+    let cleaned: Vec<Vec<String>> = d
+        .partitions
+        .iter()
+        .filter_map(|p| {
+            let c = p.cleaner.as_ref()?;
+            let dirty_percent = (c.dirty_bytes * 100)
+                .checked_div(c.cleanable_bytes)
+                .unwrap_or(0);
+            Some(vec![
+                p.partition.to_string(),
+                c.cleaned_to_offset.to_string(),
+                c.dirty_bytes.to_string(),
+                c.cleanable_bytes.to_string(),
+                format!("{dirty_percent}%"),
+            ])
+        })
+        .collect();
+    if !cleaned.is_empty() {
+        println!();
+        print_table(
+            &[
+                "PARTITION",
+                "CLEANED-TO",
+                "DIRTY-BYTES",
+                "CLEANABLE-BYTES",
+                "DIRTY",
+            ],
+            &cleaned,
+        );
+    }
     println!();
     let rows: Vec<Vec<String>> = d
         .configs

@@ -25,9 +25,22 @@ pub enum CleanupPolicy {
     /// Whole closed segments are deleted by time and size retention.
     #[default]
     Delete,
-    /// Keep the latest record per key. Not implemented yet: rejected with
-    /// [`ConfigError::CompactNotSupported`].
+    /// Closed segments are compacted by the log cleaner ([`crate::PartitionLog::clean`]): the
+    /// latest record per key is kept; nothing is deleted by time or size.
     Compact,
+    /// Both: compacted, and whole closed segments deleted by retention (Kafka `compact,delete`).
+    CompactDelete,
+}
+
+impl CleanupPolicy {
+    /// Whether retention deletes whole closed segments.
+    pub fn deletes(self) -> bool {
+        matches!(self, CleanupPolicy::Delete | CleanupPolicy::CompactDelete)
+    }
+    /// Whether the log cleaner compacts the log.
+    pub fn compacts(self) -> bool {
+        matches!(self, CleanupPolicy::Compact | CleanupPolicy::CompactDelete)
+    }
 }
 
 /// Which clock a stored batch's timestamps come from (Kafka `message.timestamp.type`).
@@ -88,8 +101,21 @@ pub struct LogConfig {
     pub retention_bytes: Option<u64>,
     /// When appends are fsynced.
     pub flush: FlushPolicy,
-    /// Delete or compact (compact is rejected for now).
+    /// Delete, compact, or both.
     pub cleanup_policy: CleanupPolicy,
+    /// Compacted logs: a tombstone (a record with a null value) whose timestamp is older than
+    /// this is removed by the cleaner (Kafka `delete.retention.ms`).
+    pub delete_retention_ms: u64,
+    /// Compacted logs: the cleaner runs when the dirty part of the closed segments is at least
+    /// this many millionths of them (Kafka `min.cleanable.dirty.ratio` times 10^6).
+    pub min_cleanable_dirty_ratio_ppm: u32,
+    /// Compacted logs: a segment whose newest record is younger than this is not cleaned yet
+    /// (Kafka `min.compaction.lag.ms`).
+    pub min_compaction_lag_ms: u64,
+    /// Compacted logs: a dirty record older than this is cleaned whatever the dirty ratio, and
+    /// the active segment is rolled when its first record is this old (Kafka
+    /// `max.compaction.lag.ms`).
+    pub max_compaction_lag_ms: u64,
     /// Largest single record batch accepted, header included (Kafka `max.message.bytes`).
     pub batch_bytes_max: u32,
     /// Bytes of batches between two entries of the sparse offset and time indexes.
@@ -132,6 +158,10 @@ impl Default for LogConfig {
             retention_bytes: None,
             flush: FlushPolicy::Always,
             cleanup_policy: CleanupPolicy::Delete,
+            delete_retention_ms: DAY_MS,
+            min_cleanable_dirty_ratio_ppm: 500_000,
+            min_compaction_lag_ms: 0,
+            max_compaction_lag_ms: u64::MAX,
             batch_bytes_max: DEFAULT_BATCH_BYTES_MAX,
             index_interval_bytes: 4096,
             append_bytes_max: 64 << 20,
@@ -146,11 +176,8 @@ impl Default for LogConfig {
 }
 
 impl LogConfig {
-    /// Checks every field is in range and the policy is supported.
+    /// Checks every field is in range.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.cleanup_policy == CleanupPolicy::Compact {
-            return Err(ConfigError::CompactNotSupported);
-        }
         if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&self.segment_bytes) {
             return Err(ConfigError::OutOfRange {
                 field: "segment_bytes",
@@ -159,7 +186,19 @@ impl LogConfig {
                 max: SEGMENT_BYTES_MAX,
             });
         }
-        let ranges: [(&'static str, u64, u64, u64); 6] = [
+        let ranges: [(&'static str, u64, u64, u64); 8] = [
+            (
+                "min_cleanable_dirty_ratio_ppm",
+                u64::from(self.min_cleanable_dirty_ratio_ppm),
+                0,
+                1_000_000,
+            ),
+            (
+                "max_compaction_lag_ms",
+                self.max_compaction_lag_ms,
+                1,
+                u64::MAX,
+            ),
             ("segment_ms", self.segment_ms, 1, u64::MAX),
             (
                 "batch_bytes_max",

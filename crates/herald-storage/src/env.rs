@@ -276,6 +276,7 @@ struct SimFile {
     data: Mutex<SimData>,
     clock: Arc<ManualClock>,
     fail_syncs: Arc<AtomicBool>,
+    ops_left: Arc<AtomicU64>,
     bytes_read: Arc<AtomicU64>,
 }
 
@@ -292,6 +293,7 @@ impl StorageFile for SimFile {
         Ok(n)
     }
     fn write_all_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
+        take_op(&self.ops_left)?;
         let mut data = self.data.lock();
         let end = pos as usize + buf.len();
         if data.current.len() < end {
@@ -305,6 +307,7 @@ impl StorageFile for SimFile {
         Ok(self.data.lock().current.len() as u64)
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
+        take_op(&self.ops_left)?;
         let mut data = self.data.lock();
         data.current.resize(len as usize, 0);
         data.modified_ms = Some(self.clock.now_ms());
@@ -317,6 +320,7 @@ impl StorageFile for SimFile {
         if self.fail_syncs.load(Ordering::SeqCst) {
             return Err(io::Error::other("injected fsync failure"));
         }
+        take_op(&self.ops_left)?;
         let mut data = self.data.lock();
         data.durable = data.current.clone();
         Ok(())
@@ -346,6 +350,9 @@ impl StorageFile for SimFile {
 pub struct SimFs {
     files: Arc<Mutex<BTreeMap<PathBuf, Arc<SimFile>>>>,
     fail_syncs: Arc<AtomicBool>,
+    /// Changing operations (writes, resizes, fsyncs, renames, removals) left before every
+    /// one fails as if the process had died there; `u64::MAX` is unlimited.
+    ops_left: Arc<AtomicU64>,
     bytes_read: Arc<AtomicU64>,
     clock: Arc<ManualClock>,
     /// Handles handed out by `open` and not yet dropped.
@@ -358,6 +365,7 @@ impl Default for SimFs {
         SimFs {
             files: Arc::default(),
             fail_syncs: Arc::default(),
+            ops_left: Arc::new(AtomicU64::new(u64::MAX)),
             bytes_read: Arc::default(),
             clock: Arc::default(),
             open_files: Arc::default(),
@@ -427,12 +435,25 @@ impl SimFs {
     pub fn clock(&self) -> &Arc<ManualClock> {
         &self.clock
     }
+    /// Lets `ops` more changing operations (writes, resizes, fsyncs, renames, removals,
+    /// directory fsyncs) succeed, then fails every one after: the process stopped at that
+    /// step. With [`SimFs::crash_image`] after it, a test crashes an operation at every step.
+    /// `None` removes the limit.
+    pub fn set_ops_budget(&self, ops: Option<u64>) {
+        self.ops_left
+            .store(ops.unwrap_or(u64::MAX), Ordering::SeqCst);
+    }
+    /// Whether the budget of [`SimFs::set_ops_budget`] ran out.
+    pub fn ops_budget_spent(&self) -> bool {
+        self.ops_left.load(Ordering::SeqCst) == 0
+    }
     /// Makes every later fsync fail (or succeed again).
     pub fn set_fail_syncs(&self, fail: bool) {
         self.fail_syncs.store(fail, Ordering::SeqCst);
     }
     fn image(&self, durable_only: bool) -> SimFs {
         let fail_syncs = Arc::new(AtomicBool::new(false));
+        let ops_left = Arc::new(AtomicU64::new(u64::MAX));
         let bytes_read = Arc::new(AtomicU64::new(0));
         let clock = Arc::new(ManualClock::new(self.clock.now_ms()));
         let files = self
@@ -454,6 +475,7 @@ impl SimFs {
                     }),
                     clock: clock.clone(),
                     fail_syncs: fail_syncs.clone(),
+                    ops_left: ops_left.clone(),
                     bytes_read: bytes_read.clone(),
                 };
                 (path.clone(), Arc::new(file))
@@ -462,6 +484,7 @@ impl SimFs {
         SimFs {
             files: Arc::new(Mutex::new(files)),
             fail_syncs,
+            ops_left,
             bytes_read,
             clock,
             ..SimFs::default()
@@ -507,6 +530,7 @@ impl SimFs {
             }),
             clock: self.clock.clone(),
             fail_syncs: self.fail_syncs.clone(),
+            ops_left: self.ops_left.clone(),
             bytes_read: self.bytes_read.clone(),
         };
         self.files.lock().insert(path.to_path_buf(), Arc::new(file));
@@ -544,6 +568,7 @@ impl FileSystem for SimFs {
                     data: Mutex::new(SimData::default()),
                     clock: self.clock.clone(),
                     fail_syncs: self.fail_syncs.clone(),
+                    ops_left: self.ops_left.clone(),
                     bytes_read: self.bytes_read.clone(),
                 });
                 files.insert(path.to_path_buf(), f.clone());
@@ -557,12 +582,14 @@ impl FileSystem for SimFs {
         }))
     }
     fn remove_file(&self, path: &Path) -> io::Result<()> {
+        take_op(&self.ops_left)?;
         match self.files.lock().remove(path) {
             Some(_) => Ok(()),
             None => Err(io::Error::new(io::ErrorKind::NotFound, "no such file")),
         }
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        take_op(&self.ops_left)?;
         let mut files = self.files.lock();
         let f = files
             .remove(from)
@@ -575,7 +602,22 @@ impl FileSystem for SimFs {
         if self.fail_syncs.load(Ordering::SeqCst) {
             return Err(io::Error::other("injected fsync failure"));
         }
-        Ok(())
+        take_op(&self.ops_left)
+    }
+}
+
+/// Uses one operation of a [`SimFs`] budget, failing once it is spent.
+fn take_op(ops_left: &AtomicU64) -> io::Result<()> {
+    let taken = ops_left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| match n {
+        0 => None,
+        u64::MAX => Some(u64::MAX),
+        n => Some(n - 1),
+    });
+    match taken {
+        Ok(_) => Ok(()),
+        Err(_) => Err(io::Error::other(
+            "injected crash: the operation budget is spent",
+        )),
     }
 }
 

@@ -19,9 +19,6 @@ pub enum ConfigError {
         /// Largest accepted value.
         max: u64,
     },
-    /// `cleanup.policy=compact` is accepted by the API but log compaction is not implemented yet.
-    #[error("cleanup policy `compact` is not supported yet; use `delete`")]
-    CompactNotSupported,
 }
 
 /// Opening (and recovering) a partition log failed.
@@ -58,6 +55,17 @@ pub enum AppendError {
         position: usize,
         /// What was wrong.
         reason: &'static str,
+    },
+    /// A compacted log was sent a record without a key, which compaction could never
+    /// replace (Kafka `INVALID_RECORD`).
+    #[error(
+        "compacted topic cannot accept a record without a key (batch at byte {position} of the input)"
+    )]
+    KeylessRecord {
+        /// Byte position of the offending batch within the append input.
+        position: usize,
+        /// Indexes, within that batch, of the records without a key.
+        records: Vec<u32>,
     },
     /// A batch (or the whole input) is larger than allowed (Kafka `MESSAGE_TOO_LARGE`).
     #[error("record batch of {batch_bytes} bytes exceeds the limit of {batch_bytes_max} bytes")]
@@ -205,6 +213,29 @@ pub enum MaintainError {
     Io(#[from] io::Error),
 }
 
+/// A log cleaner pass failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CleanError {
+    /// A previous write or fsync failed; the log refuses writes until reopened.
+    #[error("a previous write or fsync failed; close and reopen the log")]
+    Poisoned,
+    /// A closed segment holds a batch the cleaner cannot decode; the log is left as it was.
+    #[error("segment {segment_base} holds an undecodable batch at byte {position}: {reason}")]
+    Corrupt {
+        /// Base offset of the segment.
+        segment_base: u64,
+        /// Byte position of the batch in the segment.
+        position: u64,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// A file operation failed; a failure before the swap leaves the log as it was, one during
+    /// it poisons the log (reopening completes the swap).
+    #[error("I/O error while cleaning: {0}")]
+    Io(#[from] io::Error),
+}
+
 impl From<FlushError> for MaintainError {
     fn from(e: FlushError) -> Self {
         match e {
@@ -257,4 +288,7 @@ pub enum StorageError {
     /// See [`MaintainError`].
     #[error(transparent)]
     Maintain(#[from] MaintainError),
+    /// See [`CleanError`].
+    #[error(transparent)]
+    Clean(#[from] CleanError),
 }

@@ -1,13 +1,14 @@
 //! The fuzz target's body: build a partition directory from arbitrary bytes, open it and use it.
+//! The last step opens the directory as a compacted log and runs a cleaner pass over it.
 //! Lives in the library so the cargo-fuzz target and the ordinary (stable) test suite run the same
 //! code; it must never panic or hang whatever the bytes are.
 
 use std::path::{Path, PathBuf};
 
 use crate::batch::build_batch;
-use crate::config::LogConfig;
+use crate::config::{CleanupPolicy, LogConfig};
 use crate::env::SimFs;
-use crate::log::PartitionLog;
+use crate::log::{KEY_MAP_ENTRY_BYTES, PartitionLog, Throttle};
 
 /// Reads performed at most, so a log claiming billions of offsets cannot make the target hang.
 const READS_MAX: usize = 2_000;
@@ -62,7 +63,17 @@ pub fn open_arbitrary_dir(data: &[u8]) {
     // The image is taken first, so closing the log afterwards does not touch it.
     let image = fs.crash_image();
     drop(log);
-    if let Ok(log) = PartitionLog::open_with(dir, config, image.env()) {
+    if let Ok(log) = PartitionLog::open_with(dir, config.clone(), image.env()) {
+        exercise(&log);
+    }
+    // The same directory as a compacted log: a cleaner pass (with a key map too small for one
+    // pass) over whatever recovery kept, then the reads again.
+    let compact = LogConfig {
+        cleanup_policy: CleanupPolicy::Compact,
+        ..config
+    };
+    if let Ok(log) = PartitionLog::open_with(dir, compact, image.env()) {
+        let _ = log.clean(4 * KEY_MAP_ENTRY_BYTES, &Throttle::new(None));
         exercise(&log);
     }
 }

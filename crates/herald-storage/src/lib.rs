@@ -2,7 +2,8 @@
 //!
 //! A partition is a directory of segments (`{base_offset:020}.log`) holding Kafka RecordBatch v2
 //! bytes as producers sent them (only the base offset and leader epoch rewritten), each with a
-//! sparse offset index and time index, plus a recovery checkpoint. See `docs/storage-format.md`.
+//! sparse offset index and time index, plus a recovery checkpoint. Compacted logs are cleaned
+//! by [`PartitionLog::clean`] (`log/clean.rs`). See `docs/storage-format.md`.
 //! All file I/O goes through [`FileSystem`]/[`StorageFile`] and time through [`Clock`], so tests
 //! can crash, tear writes and move time ([`SimFs`], [`ManualClock`]).
 
@@ -18,7 +19,11 @@ mod log;
 mod producer;
 mod records;
 
-pub use batch::{BATCH_HEADER_BYTES, LOG_OVERHEAD_BYTES, build_batch};
+pub use records::{StoredRecord, decode_records};
+
+pub use batch::{
+    BATCH_HEADER_BYTES, KeyedRecord, LOG_OVERHEAD_BYTES, build_batch, build_keyed_batch,
+};
 pub use config::{
     BATCH_BYTES_MAX, CleanupPolicy, Compression, DEFAULT_BATCH_BYTES_MAX, FlushPolicy, LogConfig,
     SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, TimestampType,
@@ -28,13 +33,14 @@ pub use env::{
     SystemClock,
 };
 pub use error::{
-    AppendError, ConfigError, DeleteRecordsError, FlushError, MaintainError, OpenError, ReadError,
-    StorageError,
+    AppendError, CleanError, ConfigError, DeleteRecordsError, FlushError, MaintainError, OpenError,
+    ReadError, StorageError,
 };
 pub use files::{
     DEFAULT_OPEN_FILES_MAX, FileCache, FileCacheStats, is_disk_full, is_open_files_limit,
 };
 pub use log::{
-    AppendInfo, CHECKPOINT_LAG_BYTES_MAX, LogStats, MaintainOutcome, Offsets, PartitionLog,
-    READ_BYTES_MAX, ReadOutcome,
+    AppendInfo, CHECKPOINT_LAG_BYTES_MAX, CleanOutcome, Cleanable, DEFAULT_DEDUPE_BUFFER_BYTES,
+    KEY_MAP_ENTRY_BYTES, LogStats, MaintainOutcome, Offsets, PartitionLog, READ_BYTES_MAX,
+    ReadOutcome, Throttle,
 };

@@ -1,7 +1,7 @@
 //! Decoding the records inside a batch: to find exact per-record timestamps for
-//! `offset_for_timestamp`, and to recompress a batch on append for a log configured with a
-//! codec (Kafka `compression.type` other than `producer`). The read path, and the append path
-//! of every other log, move batches as bytes.
+//! `offset_for_timestamp`, to recompress a batch on append for a log configured with a
+//! codec (Kafka `compression.type` other than `producer`), and to find the keys the log cleaner
+//! compacts by. The read path, and the append path of every other log, move batches as bytes.
 
 use std::io::Read;
 
@@ -146,6 +146,125 @@ impl Cursor<'_> {
         }
         Err(DecodeFault)
     }
+}
+
+/// Where one record lies in a batch's uncompressed record bytes, and what the cleaner needs of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RecordRef {
+    /// The record's bytes, its length prefix included: `[start, end)`.
+    pub start: usize,
+    pub end: usize,
+    pub offset_delta: i64,
+    pub ts_delta: i64,
+    /// The key's bytes `[start, end)`, or `None` for a null key.
+    pub key: Option<(usize, usize)>,
+    /// The value's bytes `[start, end)`, or `None` for a null value (a tombstone).
+    pub value: Option<(usize, usize)>,
+}
+
+/// Parses every record of uncompressed `records` (`count` of them, as the batch header says).
+pub(crate) fn parse_records(records: &[u8], count: i32) -> Result<Vec<RecordRef>, DecodeFault> {
+    let count = usize::try_from(count).map_err(|_| DecodeFault)?;
+    // Every record takes at least one byte, which bounds the allocation by the input.
+    if count > records.len() {
+        return Err(DecodeFault);
+    }
+    let mut out = Vec::with_capacity(count);
+    let mut r = Cursor {
+        buf: records,
+        pos: 0,
+    };
+    for _ in 0..count {
+        let start = r.pos;
+        let len = usize::try_from(r.varint()?).map_err(|_| DecodeFault)?;
+        let end = r.pos.checked_add(len).ok_or(DecodeFault)?;
+        if len == 0 || end > records.len() {
+            return Err(DecodeFault);
+        }
+        let _attributes = r.byte()?;
+        let ts_delta = r.varint()?;
+        let offset_delta = r.varint()?;
+        let key_len = r.varint()?;
+        let key = if key_len < 0 {
+            None
+        } else {
+            let key_start = r.pos;
+            let key_end = usize::try_from(key_len)
+                .ok()
+                .and_then(|l| key_start.checked_add(l))
+                .filter(|e| *e <= end)
+                .ok_or(DecodeFault)?;
+            r.pos = key_end;
+            Some((key_start, key_end))
+        };
+        let value_len = r.varint()?;
+        let value = if value_len < 0 {
+            None
+        } else {
+            let value_start = r.pos;
+            let value_end = usize::try_from(value_len)
+                .ok()
+                .and_then(|l| value_start.checked_add(l))
+                .filter(|e| *e <= end)
+                .ok_or(DecodeFault)?;
+            Some((value_start, value_end))
+        };
+        if r.pos > end {
+            return Err(DecodeFault);
+        }
+        r.pos = end;
+        out.push(RecordRef {
+            start,
+            end,
+            offset_delta,
+            ts_delta,
+            key,
+            value,
+        });
+    }
+    Ok(out)
+}
+
+/// One record of a stored batch, decoded: what a reader of a compacted log checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRecord {
+    /// The record's offset.
+    pub offset: u64,
+    /// Its key (`None` for a null key).
+    pub key: Option<Vec<u8>>,
+    /// Its value (`None` for a tombstone).
+    pub value: Option<Vec<u8>>,
+}
+
+/// Decodes every record of concatenated batches as [`crate::PartitionLog::read`] returns them
+/// (decompressing as needed); `None` if any batch cannot be decoded.
+///
+/// ```
+/// use herald_storage::{build_keyed_batch, decode_records};
+/// let batch = build_keyed_batch(1, &[(Some(b"k"), Some(b"v"))], None);
+/// let records = decode_records(&batch).unwrap();
+/// assert_eq!(records[0].value.as_deref(), Some(&b"v"[..]));
+/// ```
+pub fn decode_records(mut batches: &[u8]) -> Option<Vec<StoredRecord>> {
+    let mut out = Vec::new();
+    while !batches.is_empty() {
+        let h = crate::batch::parse_header(batches)?;
+        let batch = batches.get(..h.total_bytes)?;
+        batches = &batches[h.total_bytes..];
+        if h.attributes & crate::batch::CONTROL_BIT != 0 {
+            continue;
+        }
+        let records = uncompressed_records(batch, &h).ok()?;
+        for r in parse_records(&records, h.records_count).ok()? {
+            let bytes = |range: Option<(usize, usize)>| range.map(|(s, e)| records[s..e].to_vec());
+            out.push(StoredRecord {
+                offset: (h.base_offset as u64).checked_add_signed(r.offset_delta)?,
+                key: bytes(r.key),
+                value: bytes(r.value),
+            });
+        }
+    }
+    Some(out)
 }
 
 /// The records of `batch` (header at its start) decompressed, or as they are if uncompressed.

@@ -21,6 +21,8 @@ pub(crate) const MESSAGE_TOO_LARGE: i16 = ResponseError::MessageTooLarge.code();
 pub(crate) const INVALID_TOPIC: i16 = ResponseError::InvalidTopicException.code();
 /// Kafka `INVALID_REQUIRED_ACKS`.
 pub(crate) const INVALID_REQUIRED_ACKS: i16 = ResponseError::InvalidRequiredAcks.code();
+/// Kafka `INVALID_RECORD`.
+pub(crate) const INVALID_RECORD: i16 = ResponseError::InvalidRecord.code();
 /// Kafka `INVALID_TIMESTAMP`.
 pub(crate) const INVALID_TIMESTAMP: i16 = ResponseError::InvalidTimestamp.code();
 /// Kafka `UNSUPPORTED_VERSION`.
@@ -67,6 +69,7 @@ pub(crate) fn code(problem: Problem) -> i16 {
         Problem::CorruptMessage => CORRUPT_MESSAGE,
         Problem::MessageTooLarge => MESSAGE_TOO_LARGE,
         Problem::InvalidTimestamp => INVALID_TIMESTAMP,
+        Problem::InvalidRecord => INVALID_RECORD,
         Problem::OutOfOrderSequence => OUT_OF_ORDER_SEQUENCE_NUMBER,
         Problem::ProducerFenced => INVALID_PRODUCER_EPOCH,
         Problem::UnknownProducerId => UNKNOWN_PRODUCER_ID,

@@ -10,7 +10,9 @@
 use std::sync::Arc;
 
 use herald_storage::{AppendError, FlushPolicy};
-use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::produce_response::{
+    BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
+};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, ResponseKind};
 use tracing::debug;
 
@@ -31,6 +33,7 @@ pub(crate) fn append_problem(error: &AppendError) -> Problem {
         AppendError::CorruptBatch { .. } => Problem::CorruptMessage,
         AppendError::BatchTooLarge { .. } => Problem::MessageTooLarge,
         AppendError::InvalidTimestamp { .. } => Problem::InvalidTimestamp,
+        AppendError::KeylessRecord { .. } => Problem::InvalidRecord,
         AppendError::Deleted => Problem::UnknownTopicOrPartition,
         AppendError::OutOfOrderSequence { .. } => Problem::OutOfOrderSequence,
         AppendError::ProducerFenced { .. } => Problem::ProducerFenced,
@@ -150,6 +153,24 @@ pub(crate) fn produce(core: &Arc<Core>, request: ProduceRequest, version: i16) -
                                         let message =
                                             limit.clone().unwrap_or_else(|| error.to_string());
                                         response.error_message = Some(str_bytes(&message));
+                                        // Which records a compacted topic refused, so the
+                                        // client fails only those with INVALID_RECORD.
+                                        if let AppendError::KeylessRecord { records, .. } = &error {
+                                            response.record_errors = records
+                                                .iter()
+                                                .map(|&i| {
+                                                    BatchIndexAndErrorMessage::default()
+                                                        .with_batch_index(
+                                                            i32::try_from(i).unwrap_or(i32::MAX),
+                                                        )
+                                                        .with_batch_index_error_message(Some(
+                                                            str_bytes(
+                                                                "Compacted topic cannot accept message without key",
+                                                            ),
+                                                        ))
+                                                })
+                                                .collect();
+                                        }
                                     }
                                     match limit {
                                         Some(_) => code(Problem::ResourceLimit),

@@ -3,6 +3,7 @@
 
 mod bench;
 mod client;
+mod compaction;
 mod group;
 mod matrix;
 mod peer;

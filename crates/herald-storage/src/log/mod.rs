@@ -25,7 +25,12 @@ use crate::index::{self, ActiveIndex};
 use crate::producer::{Check, ProducerState};
 use crate::records;
 
+mod clean;
 mod recovery;
+
+pub use clean::{
+    CleanOutcome, Cleanable, DEFAULT_DEDUPE_BUFFER_BYTES, KEY_MAP_ENTRY_BYTES, Throttle,
+};
 
 /// What an append did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,6 +156,8 @@ struct State {
     producers: ProducerState,
     last_checkpoint: Checkpoint,
     last_checkpoint_ms: i64,
+    /// Compacted logs: every record below this offset has been through a cleaner pass.
+    cleaned_to: u64,
 }
 
 /// One partition's durable log of Kafka record batches.
@@ -180,6 +187,12 @@ pub struct PartitionLog {
     /// Clock time of the last fsync by `sync_to`/`flush`, for interval flushes.
     last_flush_ms: AtomicI64,
     poisoned: AtomicBool,
+    /// A cleaner pass is running: retention and DeleteRecords leave segment files alone until
+    /// it ends, so the segments it rewrites stay there.
+    cleaning: AtomicBool,
+    /// Cleaner swaps so far: a search reading files outside the lock that overlapped one
+    /// starts again.
+    swaps: AtomicU64,
     /// Set (under the state write lock) by [`PartitionLog::retire`]: nothing touches the
     /// directory any more.
     retired: AtomicBool,
@@ -209,6 +222,7 @@ struct StoreRules {
     timestamp_before_max_ms: Option<u64>,
     timestamp_after_max_ms: Option<u64>,
     compression: Option<Compression>,
+    compacted: bool,
 }
 
 /// Milliseconds from `since` to `now`, 0 if the clock went backwards.
@@ -224,6 +238,9 @@ pub const READ_BYTES_MAX: usize = 64 << 20;
 /// a new one without waiting for `checkpoint_interval_ms`. A crash makes reopen CRC-scan that
 /// tail; at full produce speed a minute of it is gigabytes per partition and seconds of restart.
 pub const CHECKPOINT_LAG_BYTES_MAX: u64 = 64 << 20;
+
+/// Times a timestamp search is tried while cleaner swaps keep replacing segments under it.
+const SEARCH_TRIES_MAX: u32 = 3;
 
 /// The largest offset the log accepts; keeps every offset sum far from overflowing and every
 /// offset representable in Kafka's signed 64-bit fields.
@@ -307,6 +324,7 @@ impl PartitionLog {
             producers: recovered.producers,
             last_checkpoint: recovered.checkpoint.unwrap_or_default(),
             last_checkpoint_ms: now,
+            cleaned_to: clean::read_cleaner_checkpoint(env.fs.as_ref(), dir),
         };
         let log = PartitionLog {
             dir: dir.to_path_buf(),
@@ -317,6 +335,8 @@ impl PartitionLog {
             durable_end: AtomicU64::new(0),
             last_flush_ms: AtomicI64::new(now),
             poisoned: AtomicBool::new(false),
+            cleaning: AtomicBool::new(false),
+            swaps: AtomicU64::new(0),
             retired: AtomicBool::new(false),
             appends: AtomicU64::new(0),
             group_commits: AtomicU64::new(0),
@@ -422,6 +442,7 @@ impl PartitionLog {
                 timestamp_before_max_ms: st.config.timestamp_before_max_ms,
                 timestamp_after_max_ms: st.config.timestamp_after_max_ms,
                 compression: st.config.compression,
+                compacted: st.config.cleanup_policy.compacts(),
             }
         };
         if batches.len() as u64 > u64::from(config.append_bytes_max) {
@@ -431,6 +452,9 @@ impl PartitionLog {
             });
         }
         let headers = batch::validate_input(batches, config.batch_bytes_max as usize)?;
+        if config.compacted {
+            check_keys(batches, &headers)?;
+        }
         let (mut headers, mut buf) = self.as_stored(batches, headers, &config)?;
         let mut st = self.state.write();
         if self.is_poisoned() {
@@ -681,62 +705,88 @@ impl PartitionLog {
         max_bytes: usize,
         at_least_one: bool,
     ) -> Result<ReadOutcome, ReadError> {
-        let (seg_base, size, start_pos, offset_entries, hw, log_start) = {
-            let st = self.state.read();
-            let (hw, log_start) = (end.min(st.next_offset), st.log_start);
-            if offset < log_start || offset > st.next_offset {
-                return Err(ReadError::OffsetOutOfRange {
+        // A compacted segment may end before its offset range does: an offset in such a gap is
+        // read from the next segment on.
+        let mut offset = offset;
+        let (file, size, pos, first_len, hw, log_start) = loop {
+            let (seg_base, size, seg_next, file, start_pos, hw, log_start) = {
+                let st = self.state.read();
+                let (hw, log_start) = (end.min(st.next_offset), st.log_start);
+                if offset < log_start || offset > st.next_offset {
+                    return Err(ReadError::OffsetOutOfRange {
+                        log_start,
+                        high_watermark: hw,
+                    });
+                }
+                if offset >= hw {
+                    return Ok(ReadOutcome {
+                        batches: Bytes::new(),
+                        high_watermark: hw,
+                        log_start,
+                    });
+                }
+                let i = st.segments.partition_point(|s| s.base <= offset).max(1) - 1;
+                let seg = &st.segments[i];
+                let rel = (offset - seg.base) as u32;
+                // The files are taken under the lock: a cleaner swap replaces a closed
+                // segment's files under the write lock, and the sizes read here are theirs.
+                let file = self.read_file(seg.base, FileKind::Log)?;
+                let start_pos = match seg.active.as_ref() {
+                    Some(idx) => u64::from(idx.lookup(rel)),
+                    None => u64::from(index::file_lookup(
+                        self.read_file(seg.base, FileKind::Index)?.as_ref(),
+                        seg.offset_entries,
+                        rel,
+                        seg.size,
+                    )?),
+                };
+                (
+                    seg.base,
+                    seg.size,
+                    seg.next_offset,
+                    file,
+                    start_pos,
+                    hw,
                     log_start,
-                    high_watermark: hw,
-                });
+                )
+            };
+            let corrupt = |position, reason| ReadError::Corrupt {
+                segment_base: seg_base,
+                position,
+                reason,
+            };
+            // Walk batch headers from the indexed position to the batch holding `offset`.
+            let mut pos = start_pos;
+            let mut head = [0u8; 27];
+            let found = loop {
+                if pos + head.len() as u64 > size {
+                    break None;
+                }
+                read_exact_at(file.as_ref(), &mut head, pos)?;
+                let len = batch::announced_len(&head)
+                    .filter(|l| pos + *l as u64 <= size && *l >= BATCH_HEADER_BYTES)
+                    .ok_or_else(|| corrupt(pos, "bad batch length"))?;
+                let base = i64::from_be_bytes(head[0..8].try_into().unwrap_or_default());
+                let delta = i32::from_be_bytes(head[23..27].try_into().unwrap_or_default());
+                let last = base.saturating_add(i64::from(delta));
+                if last >= 0 && last as u64 >= offset {
+                    break Some(len);
+                }
+                pos += len as u64;
+            };
+            match found {
+                Some(len) => break (file, size, pos, len, hw, log_start),
+                // A gap running past what readers may see yet reads as nothing.
+                None if pos == size && seg_next > offset && seg_next > hw => {
+                    return Ok(ReadOutcome {
+                        batches: Bytes::new(),
+                        high_watermark: hw,
+                        log_start,
+                    });
+                }
+                None if pos == size && seg_next > offset => offset = seg_next,
+                None => return Err(corrupt(pos, "offset not found where the index points")),
             }
-            if offset >= hw {
-                return Ok(ReadOutcome {
-                    batches: Bytes::new(),
-                    high_watermark: hw,
-                    log_start,
-                });
-            }
-            let i = st.segments.partition_point(|s| s.base <= offset).max(1) - 1;
-            let seg = &st.segments[i];
-            let rel = (offset - seg.base) as u32;
-            let start = seg.active.as_ref().map(|idx| idx.lookup(rel));
-            let start = start.ok_or(rel);
-            (seg.base, seg.size, start, seg.offset_entries, hw, log_start)
-        };
-        let file = self.read_file(seg_base, FileKind::Log)?;
-        let start_pos = match start_pos {
-            Ok(pos) => u64::from(pos),
-            Err(rel) => u64::from(index::file_lookup(
-                self.read_file(seg_base, FileKind::Index)?.as_ref(),
-                offset_entries,
-                rel,
-                size,
-            )?),
-        };
-        let corrupt = |position, reason| ReadError::Corrupt {
-            segment_base: seg_base,
-            position,
-            reason,
-        };
-        // Walk batch headers from the indexed position to the batch holding `offset`.
-        let mut pos = start_pos;
-        let mut head = [0u8; 27];
-        let first_len = loop {
-            if pos + head.len() as u64 > size {
-                return Err(corrupt(pos, "offset not found where the index points"));
-            }
-            read_exact_at(file.as_ref(), &mut head, pos)?;
-            let len = batch::announced_len(&head)
-                .filter(|l| pos + *l as u64 <= size && *l >= BATCH_HEADER_BYTES)
-                .ok_or_else(|| corrupt(pos, "bad batch length"))?;
-            let base = i64::from_be_bytes(head[0..8].try_into().unwrap_or_default());
-            let delta = i32::from_be_bytes(head[23..27].try_into().unwrap_or_default());
-            let last = base.saturating_add(i64::from(delta));
-            if last >= 0 && last as u64 >= offset {
-                break len;
-            }
-            pos += len as u64;
         };
         let max_bytes = max_bytes.min(READ_BYTES_MAX);
         let want = if first_len > max_bytes {
@@ -788,6 +838,20 @@ impl PartitionLog {
     /// candidate batches are then decoded (decompressing if needed) for the exact record. A batch
     /// whose records cannot be decoded answers with its base offset and max timestamp.
     pub fn offset_for_timestamp(&self, ts_ms: i64) -> Result<Option<(u64, i64)>, ReadError> {
+        // The search reads segment files outside the state lock; a cleaner swap in between
+        // replaces files under it, so a search that overlapped one is done again.
+        let mut tries = 0;
+        loop {
+            let epoch = self.swaps.load(Ordering::SeqCst);
+            let found = self.offset_for_timestamp_once(ts_ms);
+            tries += 1;
+            if self.swaps.load(Ordering::SeqCst) == epoch || tries >= SEARCH_TRIES_MAX {
+                return found;
+            }
+        }
+    }
+
+    fn offset_for_timestamp_once(&self, ts_ms: i64) -> Result<Option<(u64, i64)>, ReadError> {
         struct Candidate {
             base: u64,
             size: u64,
@@ -1000,10 +1064,17 @@ impl PartitionLog {
         }
         let cfg = st.config.clone();
         if let Some(active) = st.segments.last() {
+            // A compacted log's records must reach a closed segment to be cleaned in time.
+            let roll_after_ms = if cfg.cleanup_policy.compacts() {
+                cfg.segment_ms.min(cfg.max_compaction_lag_ms)
+            } else {
+                cfg.segment_ms
+            };
             let aged = active
                 .roll_base_ms
-                .is_some_and(|t| elapsed_ms(now, t) >= cfg.segment_ms);
+                .is_some_and(|t| elapsed_ms(now, t) >= roll_after_ms);
             let expired = retention
+                && cfg.cleanup_policy.deletes()
                 && cfg
                     .retention_ms
                     .is_some_and(|r| elapsed_ms(now, active.retention_ts()) > r);
@@ -1015,19 +1086,30 @@ impl PartitionLog {
                 out.rolled = true;
             }
         }
-        // Retention: a prefix of closed segments, oldest first.
-        let closed = if retention { st.segments.len() - 1 } else { 0 };
+        // Retention: a prefix of closed segments, oldest first (wholly below the log start, or
+        // expired under a deleting policy), left alone while a cleaner pass runs.
+        let idle = !self.cleaning.load(Ordering::SeqCst);
+        let closed = if retention && idle {
+            st.segments.len() - 1
+        } else {
+            0
+        };
+        let deletes = cfg.cleanup_policy.deletes();
+        let log_start = st.log_start;
         let mut total: u64 = st.segments.iter().map(|s| s.size).sum();
         let mut n = 0;
         while n < closed {
             let seg = &st.segments[n];
-            let by_time = cfg
-                .retention_ms
-                .is_some_and(|r| elapsed_ms(now, seg.retention_ts()) > r);
-            let by_size = cfg
-                .retention_bytes
-                .is_some_and(|r| total.saturating_sub(seg.size) >= r);
-            if !(by_time || by_size) {
+            let by_time = deletes
+                && cfg
+                    .retention_ms
+                    .is_some_and(|r| elapsed_ms(now, seg.retention_ts()) > r);
+            let by_size = deletes
+                && cfg
+                    .retention_bytes
+                    .is_some_and(|r| total.saturating_sub(seg.size) >= r);
+            let below_start = seg.next_offset <= log_start;
+            if !(by_time || by_size || below_start) {
                 break;
             }
             total -= seg.size;
@@ -1111,7 +1193,9 @@ impl PartitionLog {
     /// Deletes the first `n` segments (never the active one) and advances the log start.
     fn delete_segments_locked(&self, st: &mut State, n: usize) -> Result<(), DeleteRecordsError> {
         let n = n.min(st.segments.len().saturating_sub(1));
-        if n == 0 {
+        // A cleaner pass is rewriting closed segments; they go after it (`maintain` deletes
+        // what is below the log start).
+        if n == 0 || self.cleaning.load(Ordering::SeqCst) {
             return Ok(());
         }
         let gone: Vec<Segment> = st.segments.drain(..n).collect();
@@ -1209,6 +1293,36 @@ impl Drop for PartitionLog {
             self.forget_segment(base);
         }
     }
+}
+
+/// Refuses batches holding a record without a key, for a compacted log (control batches hold
+/// transaction markers, not data, and pass).
+fn check_keys(batches: &[u8], headers: &[BatchHeader]) -> Result<(), AppendError> {
+    let mut pos = 0;
+    for h in headers {
+        let batch = &batches[pos..pos + h.total_bytes];
+        if h.attributes & batch::CONTROL_BIT == 0 {
+            let undecodable = |_| AppendError::CorruptBatch {
+                position: pos,
+                reason: "records could not be decoded",
+            };
+            let records = records::uncompressed_records(batch, h).map_err(undecodable)?;
+            let refs = records::parse_records(&records, h.records_count).map_err(undecodable)?;
+            let keyless: Vec<u32> = (0u32..)
+                .zip(&refs)
+                .filter(|(_, r)| r.key.is_none())
+                .map(|(i, _)| i)
+                .collect();
+            if !keyless.is_empty() {
+                return Err(AppendError::KeylessRecord {
+                    position: pos,
+                    records: keyless,
+                });
+            }
+        }
+        pos += h.total_bytes;
+    }
+    Ok(())
 }
 
 /// Turns the active segment into a closed one: final time entry, indexes written, all fsynced.

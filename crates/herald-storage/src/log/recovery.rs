@@ -47,6 +47,13 @@ pub(super) fn recover(
 ) -> Result<Recovered, OpenError> {
     let fs = env.fs.as_ref();
     let names = fs.list_dir(dir).map_err(io_err(dir))?;
+    let swap = super::clean::recover_swap(fs, dir, &names).map_err(io_err(dir))?;
+    let swapped = swap.changed;
+    let names = if swapped {
+        fs.list_dir(dir).map_err(io_err(dir))?
+    } else {
+        names
+    };
     let bases = segment_bases(&names);
     let left_tmp = names.iter().any(|n| n == CHECKPOINT_TMP_FILE);
     let cp = read_checkpoint(fs, dir, &names, &bases)?;
@@ -61,7 +68,8 @@ pub(super) fn recover(
         replay_from: cp.as_ref().map_or(0, |c| c.next_offset),
         segments: Vec::new(),
         active_files: None,
-        changed: left_tmp,
+        changed: left_tmp || swapped,
+        gaps_below: swap.gaps_below,
     };
     scan_segments(&mut scan, &bases)?;
     reactivate_last(&mut scan)?;
@@ -168,11 +176,14 @@ struct SegmentScan<'a> {
     active_files: Option<(u64, SegFiles)>,
     /// See [`Recovered::changed`].
     changed: bool,
+    /// Offset gaps below this offset are what compaction left; above it they are damage.
+    gaps_below: u64,
 }
 
 /// Step 2: every segment in order. Closed segments below the recovery point are trusted; the
 /// rest are scanned ([`recover_tail`]); after a torn or corrupt point, or a segment that does not
-/// continue its predecessor, every later segment is deleted: the log never has a gap.
+/// continue its predecessor, every later segment is deleted: the log never has a gap, except
+/// the gaps compaction leaves below the cleaner checkpoint.
 fn scan_segments(scan: &mut SegmentScan<'_>, bases: &[u64]) -> Result<(), OpenError> {
     let fs = scan.env.fs.as_ref();
     let dir = scan.dir;
@@ -191,6 +202,14 @@ fn scan_segments(scan: &mut SegmentScan<'_>, bases: &[u64]) -> Result<(), OpenEr
                 }
             }
             continue;
+        }
+        // A compacted segment may end before the next one begins (its last records were
+        // cleaned away): the gap is part of its offset range. Overlap is damage.
+        let gaps_below = scan.gaps_below;
+        if let Some(prev) = scan.segments.last_mut() {
+            if prev.next_offset < base && base <= gaps_below {
+                prev.next_offset = base;
+            }
         }
         if let Some(prev) = scan.segments.last() {
             if prev.next_offset != base {
@@ -319,7 +338,10 @@ fn recover_tail(
     let mut first_max_timestamp = None;
     while pos < file_len {
         let rel = offset - base;
-        let Some((h, _)) = scanner.batch(pos, offset).map_err(io_err(&lp))? else {
+        let Some((h, _)) = scanner
+            .batch(pos, offset, scan.gaps_below)
+            .map_err(io_err(&lp))?
+        else {
             break;
         };
         let next = h.last_offset() as u64 + 1;
@@ -498,8 +520,13 @@ impl<'a> Scanner<'a> {
         Ok(Some(&self.buf[start..start + len]))
     }
 
-    /// The valid batch at `pos` expected to start at `offset`, or `None` at a torn/corrupt point.
-    fn batch(&mut self, pos: u64, offset: u64) -> std::io::Result<Option<(BatchHeader, &[u8])>> {
+    /// The valid batch at `pos` expected to start at `offset` (or after it, below `gaps_below`), or `None` at a torn/corrupt point.
+    fn batch(
+        &mut self,
+        pos: u64,
+        offset: u64,
+        gaps_below: u64,
+    ) -> std::io::Result<Option<(BatchHeader, &[u8])>> {
         let len = match self.bytes(pos, LOG_OVERHEAD_BYTES)? {
             Some(head) => match batch::announced_len(head) {
                 Some(len) if len <= BATCH_BYTES_MAX as usize => len,
@@ -512,9 +539,12 @@ impl<'a> Scanner<'a> {
         };
         match batch::check_batch(bytes, BATCH_BYTES_MAX as usize) {
             // The log writes leader epoch 0; anything else there is damage the CRC cannot see.
+            // Below the cleaner checkpoint a compacted segment has gaps between its batches.
             Ok(h)
                 if h.base_offset >= 0
-                    && h.base_offset as u64 == offset
+                    && (h.base_offset as u64 == offset
+                        || (h.base_offset as u64 > offset
+                            && (h.base_offset as u64) < gaps_below))
                     && bytes[12..16] == [0; 4] =>
             {
                 Ok(Some((h, bytes)))

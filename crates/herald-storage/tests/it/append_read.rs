@@ -2,10 +2,7 @@
 
 use std::path::Path;
 
-use herald_storage::{
-    AppendError, CleanupPolicy, ConfigError, FlushPolicy, LogConfig, OpenError, PartitionLog,
-    ReadError, SimFs,
-};
+use herald_storage::{AppendError, FlushPolicy, LogConfig, PartitionLog, ReadError, SimFs};
 
 use crate::support::{batch, pbatch, small, split, stored};
 
@@ -129,24 +126,6 @@ fn invalid_batches_are_rejected_before_anything_is_written() {
             ..
         })
     ));
-}
-
-#[test]
-fn compaction_is_rejected_clearly() {
-    let dir = tempfile::tempdir().unwrap();
-    let compact = LogConfig {
-        cleanup_policy: CleanupPolicy::Compact,
-        ..LogConfig::default()
-    };
-    assert!(matches!(
-        PartitionLog::open(dir.path(), compact.clone()),
-        Err(OpenError::Config(ConfigError::CompactNotSupported))
-    ));
-    let log = PartitionLog::open(dir.path(), LogConfig::default()).unwrap();
-    assert_eq!(
-        log.set_config(compact),
-        Err(ConfigError::CompactNotSupported)
-    );
 }
 
 #[test]

@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod append_read;
+mod compaction;
 mod crash;
 mod fuzz_open;
 mod many_partitions;
