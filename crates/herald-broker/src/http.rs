@@ -1,4 +1,5 @@
-//! The broker's HTTP side: `GET /health` for orchestrators and `GET /metrics` for Prometheus.
+//! The broker's HTTP side: `GET /health` for orchestrators, `GET /metrics` for Prometheus,
+//! the admin API under `/api/v1` (`crate::api`) and the web console (`crate::console`).
 //!
 //! It is a library function rather than part of the `herald` binary so that applications that
 //! embed a broker get the same endpoints with one call. [`HttpAccess`] protects everything but
@@ -65,12 +66,18 @@ pub async fn serve(
         .map_err(HttpError::Serve)
 }
 
-/// The routes, for applications that mount them in their own axum server.
+/// The routes, for applications that mount them in their own axum server: `/health`,
+/// `/metrics`, the admin API under `/api/v1` and the web console at `/`. Call it inside a
+/// tokio runtime, where it starts sampling the history the console's charts draw.
 pub fn router(broker: Arc<Broker>) -> Router {
+    let state = crate::api::ApiState::new(broker.clone());
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
         .with_state(broker)
+        .merge(crate::api::router(state.clone()))
+        .merge(crate::console::router(state))
+        .fallback(crate::api::fallback)
 }
 
 /// Who may use the HTTP side. `/health` is always open; with neither a token nor basic auth

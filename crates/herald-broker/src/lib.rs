@@ -18,8 +18,10 @@
 //! # }
 //! ```
 
+pub mod api;
 pub mod auth;
 mod config;
+mod console;
 pub mod group;
 mod group_commit;
 pub mod http;

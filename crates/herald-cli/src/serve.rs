@@ -89,7 +89,8 @@ fn settings_help() -> String {
   The meaning of each broker setting is documented on herald_broker::BrokerConfig.
 
   log is a filter in RUST_LOG syntax (info, herald_broker=debug,warn); log_format is human or
-  json; http_addr serves /health and /metrics; advertised_host (unset: the bound IP) is the host
+  json; http_addr serves /health, /metrics, the web console (/) and the admin API
+  (/api/v1, docs/console.md); advertised_host (unset: the bound IP) is the host
   name clients are told in Metadata responses.
 
   Security (docs/security.md): listeners (unset: PLAINTEXT on kafka_addr),

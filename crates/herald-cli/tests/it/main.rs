@@ -3,6 +3,7 @@
 
 mod bench;
 mod client;
+mod console;
 mod group;
 mod matrix;
 mod peer;
