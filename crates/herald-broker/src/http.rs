@@ -322,7 +322,12 @@ async fn health(State(broker): State<Arc<Broker>>) -> Response {
 }
 
 async fn metrics_text(State(broker): State<Arc<Broker>>) -> Response {
-    let text = metrics::render(&broker.stats());
+    let text = match tokio::task::spawn_blocking(move || metrics::render_broker(&broker)).await {
+        Ok(text) => text,
+        Err(error) => {
+            return (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response();
+        }
+    };
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response()
 }
 

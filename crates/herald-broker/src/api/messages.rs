@@ -320,6 +320,9 @@ pub(crate) async fn produce(
         })?;
         Counters::add(&broker.core.counters.produced_bytes, batch.len() as u64);
         Counters::add(&broker.core.counters.produced_records, 1);
+        if let Some(known) = broker.core.topics.get(&topic) {
+            known.traffic.record_in(batch.len() as u64, 1);
+        }
         Ok((partition, info))
     })
     .await?;

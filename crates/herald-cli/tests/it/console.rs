@@ -623,4 +623,47 @@ async fn console_creates_a_topic_shows_kcat_messages_and_resets_a_group_in_chrom
     .await;
     screenshots(&client, "overview").await;
     client.close().await.unwrap();
+
+    // /metrics shows the same lag, per-topic traffic, latency and connections by listener.
+    let metrics = crate::support::http_get(serve.http_addr, "/metrics")
+        .unwrap()
+        .body;
+    for line in [
+        "herald_consumergroup_lag{consumergroup=\"billing\",topic=\"payments\",partition=\"0\"} 4\n",
+        "herald_consumergroup_current_offset{consumergroup=\"billing\",topic=\"payments\",partition=\"0\"} 0\n",
+        "herald_topic_partition_current_offset{topic=\"payments\",partition=\"0\"} 4\n",
+        "herald_topic_records_in_total{topic=\"payments\"} 4\n",
+        "herald_topic_records_out_total{topic=\"payments\"} ",
+        "herald_request_duration_seconds_count{api=\"Produce\"} ",
+        "herald_request_duration_seconds_count{api=\"Fetch\"} ",
+        "herald_listener_connections_accepted_total{listener=\"PLAINTEXT\"} ",
+        "herald_topics 1\n",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
+    // Every metric the Grafana dashboard queries is one the broker serves.
+    let dashboard = include_str!("../../../../docs/grafana-dashboard.json");
+    let names = regex_lite_names(dashboard);
+    assert!(names.len() > 10, "{names:?}");
+    for name in names {
+        assert!(
+            metrics.contains(&name),
+            "the dashboard uses {name}, not in /metrics"
+        );
+    }
+}
+
+/// The `herald_*` metric names in `text`.
+fn regex_lite_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("herald_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        names.insert(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    names
 }
