@@ -70,7 +70,14 @@ pub async fn serve(
 /// `/metrics`, the admin API under `/api/v1` and the web console at `/`. Call it inside a
 /// tokio runtime, where it starts sampling the history the console's charts draw.
 pub fn router(broker: Arc<Broker>) -> Router {
-    let state = crate::api::ApiState::new(broker.clone());
+    router_with_options(broker, ConsoleOptions::default())
+}
+
+pub use crate::api::bench::{BenchRenderer, ConsoleOptions};
+
+/// [`router`] with what the process adds to the console (the bench report's renderer).
+pub fn router_with_options(broker: Arc<Broker>, options: ConsoleOptions) -> Router {
+    let state = crate::api::ApiState::new(broker.clone(), options);
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
@@ -125,12 +132,22 @@ struct Guard {
 
 /// [`router`] behind [`HttpAccess`].
 pub fn router_with(broker: Arc<Broker>, access: HttpAccess) -> Router {
+    router_with_access_and_options(broker, access, ConsoleOptions::default())
+}
+
+/// [`router_with_options`] behind [`HttpAccess`].
+pub fn router_with_access_and_options(
+    broker: Arc<Broker>,
+    access: HttpAccess,
+    options: ConsoleOptions,
+) -> Router {
     let guard = Guard {
         broker: broker.clone(),
         access: Arc::new(access),
         checked: Arc::new(Mutex::new(HashMap::new())),
     };
-    router(broker).layer(axum::middleware::from_fn_with_state(guard, authorize))
+    router_with_options(broker, options)
+        .layer(axum::middleware::from_fn_with_state(guard, authorize))
 }
 
 async fn authorize(State(guard): State<Guard>, request: Request, next: Next) -> Response {
@@ -222,7 +239,27 @@ pub async fn serve_with(
     tls: Option<Arc<crate::auth::TlsConfig>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), HttpError> {
-    let app = router_with(broker, access);
+    serve_with_options(
+        listener,
+        broker,
+        access,
+        tls,
+        ConsoleOptions::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve_with`] with what the process adds to the console.
+pub async fn serve_with_options(
+    listener: tokio::net::TcpListener,
+    broker: Arc<Broker>,
+    access: HttpAccess,
+    tls: Option<Arc<crate::auth::TlsConfig>>,
+    options: ConsoleOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), HttpError> {
+    let app = router_with_access_and_options(broker, access, options);
     let Some(tls) = tls else {
         return axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)

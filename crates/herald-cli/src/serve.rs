@@ -268,11 +268,20 @@ async fn serve(process: ProcessSettings, config: BrokerConfig) -> Result<(), Cli
     }
     let reload_task = tokio::spawn(reload_on_sighup(broker.clone(), http_tls.clone()));
     let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let http_task = tokio::spawn(http::serve_with(
+    // The console's trade-off table renders uploaded matrix results with the report's code.
+    let console = http::ConsoleOptions {
+        bench_renderer: Some(Arc::new(|json: &[u8]| {
+            let matrix: herald_bench::matrix::Matrix =
+                serde_json::from_slice(json).map_err(|error| error.to_string())?;
+            herald_bench::html::render(&matrix).map_err(|error| error.to_string())
+        })),
+    };
+    let http_task = tokio::spawn(http::serve_with_options(
         http_listener,
         broker.clone(),
         access,
         http_tls,
+        console,
         async move {
             let _ = http_stopped.await;
         },

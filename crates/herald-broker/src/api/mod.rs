@@ -7,6 +7,7 @@
 //! `{"error": message, "kafka_error": "UNKNOWN_TOPIC_OR_PARTITION"}` when a Kafka error applies.
 //! `openapi.json` documents every endpoint in [`ENDPOINTS`]; a test keeps the two in step.
 
+pub(crate) mod bench;
 pub(crate) mod groups;
 pub(crate) mod history;
 pub(crate) mod messages;
@@ -65,6 +66,8 @@ pub const ENDPOINTS: &[(&str, &str)] = &[
     ("get", "/api/v1/groups/{group}"),
     ("delete", "/api/v1/groups/{group}"),
     ("post", "/api/v1/groups/{group}/reset-offsets"),
+    ("get", "/api/v1/bench"),
+    ("post", "/api/v1/bench"),
 ];
 
 /// What every API handler and console page shares.
@@ -75,11 +78,13 @@ pub(crate) struct ApiState {
     /// The token mutations must present, random per process.
     pub(crate) csrf: Arc<str>,
     pub(crate) started: Instant,
+    /// Uploaded `herald bench matrix` results.
+    pub(crate) bench: Arc<bench::BenchState>,
 }
 
 impl ApiState {
     /// The state for `broker`, with its history sampler started.
-    pub(crate) fn new(broker: Arc<Broker>) -> ApiState {
+    pub(crate) fn new(broker: Arc<Broker>, options: bench::ConsoleOptions) -> ApiState {
         let history = Arc::new(History::default());
         history.spawn(&broker);
         let mut bytes = [0u8; 24];
@@ -90,6 +95,7 @@ impl ApiState {
             history,
             csrf: csrf.into(),
             started: Instant::now(),
+            bench: Arc::new(bench::BenchState::new(options.bench_renderer)),
         }
     }
 }
@@ -131,6 +137,7 @@ pub(crate) fn router(state: ApiState) -> Router {
             "/api/v1/groups/{group}/reset-offsets",
             post(groups::reset_offsets),
         )
+        .route("/api/v1/bench", get(bench::status).post(bench::upload))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             check_csrf,

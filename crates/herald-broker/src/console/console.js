@@ -379,4 +379,36 @@ pages.group = () => {
   });
 };
 
+pages.bench = () => {
+  const frame = document.getElementById("bench-report");
+  let shown = null;
+  const refresh = async () => {
+    const status = await api("/api/v1/bench");
+    document.getElementById("bench-empty").hidden = status.uploaded_ms != null;
+    document.getElementById("bench-upload").hidden = !status.uploads_accepted;
+    if (status.uploaded_ms != null && status.uploaded_ms !== shown) {
+      shown = status.uploaded_ms;
+      frame.src = "/bench/report?at=" + shown;
+      frame.hidden = false;
+    }
+  };
+  document.getElementById("bench-upload").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const file = event.target.file.files[0];
+    if (!file) return say("bench-message", "choose the JSON file first", false);
+    try {
+      const response = await fetch("/api/v1/bench", {
+        method: "POST", headers: { "x-csrf-token": CSRF, "content-type": "application/json" },
+        body: await file.text() });
+      const body = await response.json();
+      if (!response.ok) throw new Error(body.error);
+      say("bench-message", "uploaded", true);
+      await refresh();
+    } catch (error) {
+      say("bench-message", error.message, false);
+    }
+  });
+  live(refresh);
+};
+
 pages[PAGE]();

@@ -25,6 +25,8 @@ pub(crate) fn router(state: ApiState) -> Router {
         .route("/topics/{topic}", get(topic))
         .route("/groups", get(groups))
         .route("/groups/{group}", get(group))
+        .route("/bench", get(bench))
+        .route("/bench/report", get(crate::api::bench::report))
         .route("/assets/console.js", get(script))
         .route("/assets/console.css", get(style))
         .with_state(state)
@@ -52,6 +54,7 @@ fn page(state: &ApiState, title: &str, current: &str, main: &str) -> Response {
         ("/", "Overview"),
         ("/topics", "Topics"),
         ("/groups", "Groups"),
+        ("/bench", "Trade-offs"),
     ]
     .iter()
     .map(|(href, label)| {
@@ -173,6 +176,19 @@ async fn group(State(state): State<ApiState>, Path(group): Path<String>) -> Resp
 <span class=\"message\" id=\"delete-message\"></span></section>"
     );
     page(&state, &format!("Group {group}"), "/groups", &main)
+}
+
+async fn bench(State(state): State<ApiState>) -> Response {
+    let main = "data-page=\"bench\"><h1>Trade-offs</h1>\
+<p>The results of <code>herald bench matrix</code>: what each way of moving events costs at each rate, \
+ranked by the priorities you set with the sliders.</p>\
+<form id=\"bench-upload\" class=\"inline\"><label>Results (the matrix JSON) \
+<input type=\"file\" name=\"file\" accept=\"application/json,.json\"></label>\
+<button type=\"submit\">Upload</button><span class=\"message\" id=\"bench-message\"></span></form>\
+<p class=\"message\" id=\"bench-empty\" hidden>No results yet: upload the JSON that \
+<code>herald bench matrix</code> wrote.</p>\
+<iframe id=\"bench-report\" title=\"Trade-off table\" hidden></iframe>";
+    page(&state, "Trade-offs", "/bench", main)
 }
 
 async fn script() -> Response {

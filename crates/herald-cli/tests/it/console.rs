@@ -320,6 +320,23 @@ fn api_serves_every_endpoint_and_refuses_bad_input() {
     assert_eq!(gone.status, 204, "{}", gone.body);
     assert_eq!(api.get("/api/v1/topics/orders").status, 404);
 
+    // Bench results: the matrix JSON is rendered by the report's code; other JSON is refused.
+    assert!(api.get("/api/v1/bench").json()["uploaded_ms"].is_null());
+    assert_eq!(api.get("/bench/report").status, 404);
+    let matrix = herald_bench::score::reference().unwrap();
+    let uploaded = api.send(
+        "POST",
+        "/api/v1/bench",
+        serde_json::to_value(&matrix).unwrap(),
+    );
+    assert_eq!(uploaded.status, 201, "{}", uploaded.body);
+    let report = api.get("/bench/report");
+    assert_eq!(report.status, 200);
+    assert!(report.body.contains("id=\"ranking\""), "{}", report.body);
+    let not_matrix = api.send("POST", "/api/v1/bench", json!({ "rows": "no" }));
+    assert_eq!(not_matrix.status, 400, "{}", not_matrix.body);
+    assert!(api.get("/api/v1/bench").json()["uploaded_ms"].is_i64());
+
     // Groups: none yet; unknown ones are 404.
     assert_eq!(api.get("/api/v1/groups").json()["groups"], json!([]));
     assert_eq!(api.get("/api/v1/groups/nobody").status, 404);
@@ -328,7 +345,14 @@ fn api_serves_every_endpoint_and_refuses_bad_input() {
     assert_eq!(unknown_group.json()["kafka_error"], "GROUP_ID_NOT_FOUND");
 
     // The console's pages are served, with the CSRF token and names escaped.
-    for path in ["/", "/topics", "/groups", "/groups/g", "/topics/%3Cb%3E"] {
+    for path in [
+        "/",
+        "/topics",
+        "/groups",
+        "/groups/g",
+        "/topics/%3Cb%3E",
+        "/bench",
+    ] {
         let page = api.get(path);
         assert_eq!(page.status, 200, "{path}");
         assert!(page.body.contains(&api.csrf), "{path}");
@@ -622,6 +646,39 @@ async fn console_creates_a_topic_shows_kcat_messages_and_resets_a_group_in_chrom
     })
     .await;
     screenshots(&client, "overview").await;
+
+    // The trade-off table: uploaded results, ranked in the report's own page, re-ranked live.
+    let api = Api::new(serve.http_addr);
+    let matrix = herald_bench::score::reference().unwrap();
+    let uploaded = api.send(
+        "POST",
+        "/api/v1/bench",
+        serde_json::to_value(&matrix).unwrap(),
+    );
+    assert_eq!(uploaded.status, 201, "{}", uploaded.body);
+    client.goto(&format!("{base}/bench")).await.unwrap();
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let frame = client.find(Locator::Id("bench-report")).await.unwrap();
+        if frame.attr("src").await.unwrap().is_some() {
+            break;
+        }
+        assert!(Instant::now() < until, "the report never loaded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    client.enter_frame(0).await.unwrap();
+    let until = Instant::now() + DEADLINE;
+    while client
+        .find_all(Locator::Css("#ranking li"))
+        .await
+        .unwrap()
+        .is_empty()
+    {
+        assert!(Instant::now() < until, "the report ranked nothing");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    client.enter_parent_frame().await.unwrap();
+    screenshots(&client, "bench").await;
     client.close().await.unwrap();
 
     // /metrics shows the same lag, per-topic traffic, latency and connections by listener.
