@@ -53,7 +53,7 @@ function bytes(n) {
   const units = ["B", "KiB", "MiB", "GiB", "TiB"];
   let i = 0;
   while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
-  return (i === 0 ? n : n.toFixed(1)) + " " + units[i];
+  return (i === 0 ? Math.round(n * 10) / 10 : n.toFixed(1)) + " " + units[i];
 }
 
 function duration(ms) {
@@ -85,14 +85,14 @@ function chart(id, series, format) {
     box.replaceChildren(el("div", { class: "empty" }, "Collecting samples (one every 5 s)…"));
     return;
   }
-  const W = 800, H = 180, L = 70, B = 20, T = 8, R = 10;
+  // Drawn at the box's own width, so text keeps its shape from a phone to a desktop.
+  const W = Math.max(280, box.clientWidth - 16), H = 180, L = 70, B = 20, T = 8, R = 10;
   const t0 = Math.min(...all.map((p) => p[0])), t1 = Math.max(...all.map((p) => p[0]));
   const vmax = Math.max(1, ...all.map((p) => p[1]));
   const x = (t) => L + ((t - t0) / Math.max(1, t1 - t0)) * (W - L - R);
   const y = (v) => T + (1 - v / vmax) * (H - T - B);
   const svg = document.createElementNS(SVG, "svg");
   svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
-  svg.setAttribute("preserveAspectRatio", "none");
   svg.setAttribute("role", "img");
   const line = (x1, y1, x2, y2, stroke) => {
     const l = document.createElementNS(SVG, "line");
@@ -168,7 +168,7 @@ pages.overview = () => live(async () => {
   const s = history.samples;
   chart("chart-throughput", [
     { name: "in (bytes/s)", points: s.map((p) => [p.t_ms, p.bytes_in_per_s]) },
-    { name: "out (bytes/s)", points: s.map((p) => [p.t_ms, p.bytes_out_per_s]) }], bytes);
+    { name: "out (bytes/s)", points: s.map((p) => [p.t_ms, p.bytes_out_per_s]) }], (v) => bytes(v) + "/s");
   chart("chart-storage", [{ name: "on disk", points: s.map((p) => [p.t_ms, p.disk_bytes]) }], bytes);
   fill("groups", groupRows(groups.groups, false));
 });

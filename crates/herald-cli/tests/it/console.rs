@@ -463,15 +463,10 @@ async fn screenshots(client: &fantoccini::Client, name: &str) {
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
     std::fs::create_dir_all(&dir).unwrap();
     for (width, height) in [(1280, 1600), (390, 1600)] {
+        let before = wait_text(client, "#status", |_| true).await;
         client.set_window_size(width, height).await.unwrap();
-        // Let the layout settle at the new width before taking the picture.
-        client
-            .execute(
-                "return new Promise(r => requestAnimationFrame(() => r(1)))",
-                vec![],
-            )
-            .await
-            .unwrap();
+        // The next poll redraws the page, charts included, at the new width.
+        wait_text(client, "#status", |now| now != before).await;
         let png = client.screenshot().await.unwrap();
         std::fs::write(dir.join(format!("{name}-{width}.png")), png).unwrap();
     }
