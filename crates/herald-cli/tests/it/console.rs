@@ -732,3 +732,46 @@ fn regex_lite_names(text: &str) -> std::collections::BTreeSet<String> {
     }
     names
 }
+
+#[test]
+fn with_an_admin_token_the_console_and_the_api_need_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("herald.toml");
+    std::fs::write(&config, "http_admin_token = \"console-t0ken\"\n").unwrap();
+    let serve = ServeProcess::start_with(
+        &dir.path().join("data"),
+        crate::support::free_addr(),
+        &["--config", config.to_str().unwrap()],
+    );
+    for path in [
+        "/",
+        "/topics",
+        "/api/v1/topics",
+        "/api/v1/csrf",
+        "/assets/console.js",
+    ] {
+        let answer = request(serve.http_addr, "GET", path, &[], b"");
+        assert_eq!(answer.status, 401, "{path}");
+    }
+    let bearer = [("authorization", "Bearer console-t0ken")];
+    let csrf = request(serve.http_addr, "GET", "/api/v1/csrf", &bearer, b"");
+    assert_eq!(csrf.status, 200, "{}", csrf.body);
+    let token = csrf.json()["token"].as_str().unwrap().to_string();
+    let created = request(
+        serve.http_addr,
+        "POST",
+        "/api/v1/topics",
+        &[bearer[0], ("x-csrf-token", &token)],
+        br#"{"name":"guarded"}"#,
+    );
+    assert_eq!(created.status, 201, "{}", created.body);
+    assert_eq!(
+        request(serve.http_addr, "GET", "/", &bearer, b"").status,
+        200
+    );
+    // Health stays open for orchestrators.
+    assert_eq!(
+        request(serve.http_addr, "GET", "/health", &[], b"").status,
+        200
+    );
+}
