@@ -29,6 +29,7 @@ pub type BenchRenderer = Arc<dyn Fn(&[u8]) -> Result<String, String> + Send + Sy
 ///     bench_renderer: Some(Arc::new(|json: &[u8]| {
 ///         Ok(format!("<p>{} bytes of results</p>", json.len()))
 ///     })),
+///     bench_report: None,
 /// };
 /// assert!(options.bench_renderer.is_some());
 /// ```
@@ -36,6 +37,8 @@ pub type BenchRenderer = Arc<dyn Fn(&[u8]) -> Result<String, String> + Send + Sy
 pub struct ConsoleOptions {
     /// Renders uploaded `herald bench matrix` results; without it uploads are refused.
     pub bench_renderer: Option<BenchRenderer>,
+    /// A report rendered before start (from a results file), shown until an upload replaces it.
+    pub bench_report: Option<String>,
 }
 
 /// The uploaded results, rendered.
@@ -46,10 +49,13 @@ pub(crate) struct BenchState {
 }
 
 impl BenchState {
-    pub(crate) fn new(renderer: Option<BenchRenderer>) -> BenchState {
+    pub(crate) fn new(options: ConsoleOptions) -> BenchState {
+        let report = options
+            .bench_report
+            .map(|html| (super::history::now_ms(), Arc::from(html)));
         BenchState {
-            renderer,
-            report: Mutex::new(None),
+            renderer: options.bench_renderer,
+            report: Mutex::new(report),
         }
     }
 }

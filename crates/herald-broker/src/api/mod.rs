@@ -95,7 +95,7 @@ impl ApiState {
             history,
             csrf: csrf.into(),
             started: Instant::now(),
-            bench: Arc::new(bench::BenchState::new(options.bench_renderer)),
+            bench: Arc::new(bench::BenchState::new(options)),
         }
     }
 }

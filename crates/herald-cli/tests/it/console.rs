@@ -775,3 +775,41 @@ fn with_an_admin_token_the_console_and_the_api_need_it() {
         200
     );
 }
+
+#[test]
+fn bench_results_from_a_file_are_the_trade_off_table_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("matrix.json");
+    let matrix = herald_bench::score::reference().unwrap();
+    std::fs::write(&results, serde_json::to_vec(&matrix).unwrap()).unwrap();
+    let config = dir.path().join("herald.toml");
+    std::fs::write(
+        &config,
+        format!("bench_results_path = {:?}\n", results.to_str().unwrap()),
+    )
+    .unwrap();
+    let serve = ServeProcess::start_with(
+        &dir.path().join("data"),
+        crate::support::free_addr(),
+        &["--config", config.to_str().unwrap()],
+    );
+    let api = Api::new(serve.http_addr);
+    assert!(api.get("/api/v1/bench").json()["uploaded_ms"].is_i64());
+    let report = api.get("/bench/report");
+    assert_eq!(report.status, 200);
+    assert!(report.body.contains("id=\"ranking\""));
+
+    // A file that is not matrix results stops the start with one clear line.
+    std::fs::write(&results, b"{}").unwrap();
+    let output = crate::support::herald()
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .arg("--data-dir")
+        .arg(dir.path().join("other"))
+        .args(["--kafka-addr", &crate::support::free_addr().to_string()])
+        .args(["--http-addr", &crate::support::free_addr().to_string()])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("bench_results_path"), "{stderr}");
+}
