@@ -54,7 +54,10 @@ pub(crate) fn durable(partition: &Arc<Partition>, end_offset: u64) -> oneshot::R
 fn flush_rounds(partition: &Partition) {
     loop {
         let target = partition.log.offsets().high_watermark;
-        let synced = match partition.log.sync_to(target) {
+        let started = std::time::Instant::now();
+        let result = partition.log.sync_to(target);
+        crate::metrics::observe_fsync(started.elapsed());
+        let synced = match result {
             Ok(()) => true,
             Err(error) => {
                 warn!(partition = partition.index, %error, "fsync failed; answering waiting producers with a storage error");

@@ -1,4 +1,5 @@
-//! The broker's HTTP side: `GET /health` for orchestrators and `GET /metrics` for Prometheus.
+//! The broker's HTTP side: `GET /health` for orchestrators, `GET /metrics` for Prometheus,
+//! the admin API under `/api/v1` (`crate::api`) and the web console (`crate::console`).
 //!
 //! It is a library function rather than part of the `herald` binary so that applications that
 //! embed a broker get the same endpoints with one call. [`HttpAccess`] protects everything but
@@ -65,12 +66,25 @@ pub async fn serve(
         .map_err(HttpError::Serve)
 }
 
-/// The routes, for applications that mount them in their own axum server.
+/// The routes, for applications that mount them in their own axum server: `/health`,
+/// `/metrics`, the admin API under `/api/v1` and the web console at `/`. Call it inside a
+/// tokio runtime, where it starts sampling the history the console's charts draw.
 pub fn router(broker: Arc<Broker>) -> Router {
+    router_with_options(broker, ConsoleOptions::default())
+}
+
+pub use crate::api::bench::{BenchRenderer, ConsoleOptions};
+
+/// [`router`] with what the process adds to the console (the bench report's renderer).
+pub fn router_with_options(broker: Arc<Broker>, options: ConsoleOptions) -> Router {
+    let state = crate::api::ApiState::new(broker.clone(), options);
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
         .with_state(broker)
+        .merge(crate::api::router(state.clone()))
+        .merge(crate::console::router(state))
+        .fallback(crate::api::fallback)
 }
 
 /// Who may use the HTTP side. `/health` is always open; with neither a token nor basic auth
@@ -118,12 +132,22 @@ struct Guard {
 
 /// [`router`] behind [`HttpAccess`].
 pub fn router_with(broker: Arc<Broker>, access: HttpAccess) -> Router {
+    router_with_access_and_options(broker, access, ConsoleOptions::default())
+}
+
+/// [`router_with_options`] behind [`HttpAccess`].
+pub fn router_with_access_and_options(
+    broker: Arc<Broker>,
+    access: HttpAccess,
+    options: ConsoleOptions,
+) -> Router {
     let guard = Guard {
         broker: broker.clone(),
         access: Arc::new(access),
         checked: Arc::new(Mutex::new(HashMap::new())),
     };
-    router(broker).layer(axum::middleware::from_fn_with_state(guard, authorize))
+    router_with_options(broker, options)
+        .layer(axum::middleware::from_fn_with_state(guard, authorize))
 }
 
 async fn authorize(State(guard): State<Guard>, request: Request, next: Next) -> Response {
@@ -215,7 +239,27 @@ pub async fn serve_with(
     tls: Option<Arc<crate::auth::TlsConfig>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), HttpError> {
-    let app = router_with(broker, access);
+    serve_with_options(
+        listener,
+        broker,
+        access,
+        tls,
+        ConsoleOptions::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve_with`] with what the process adds to the console.
+pub async fn serve_with_options(
+    listener: tokio::net::TcpListener,
+    broker: Arc<Broker>,
+    access: HttpAccess,
+    tls: Option<Arc<crate::auth::TlsConfig>>,
+    options: ConsoleOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), HttpError> {
+    let app = router_with_access_and_options(broker, access, options);
     let Some(tls) = tls else {
         return axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
@@ -315,7 +359,12 @@ async fn health(State(broker): State<Arc<Broker>>) -> Response {
 }
 
 async fn metrics_text(State(broker): State<Arc<Broker>>) -> Response {
-    let text = metrics::render(&broker.stats());
+    let text = match tokio::task::spawn_blocking(move || metrics::render_broker(&broker)).await {
+        Ok(text) => text,
+        Err(error) => {
+            return (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response();
+        }
+    };
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response()
 }
 

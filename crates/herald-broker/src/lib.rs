@@ -18,8 +18,10 @@
 //! # }
 //! ```
 
+pub mod api;
 pub mod auth;
 mod config;
+mod console;
 pub mod group;
 mod group_commit;
 pub mod http;
@@ -47,7 +49,7 @@ use tracing::{info, warn};
 
 pub use config::BrokerConfig;
 pub use producer_ids::ProducerIdError;
-pub use stats::{BrokerStats, CleanerProgress};
+pub use stats::{BrokerStats, CleanerProgress, TopicTrafficStats};
 pub use topics::TopicsOpenError;
 
 use producer_ids::ProducerIds;
@@ -330,6 +332,19 @@ impl Broker {
             .collect();
         stats.listeners_insecure = self.insecure_listeners().len() as u64;
         stats.cleaner_partitions = self.core.topics.cleaner_progress();
+        for topic in self.core.topics.list() {
+            let load = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+            let traffic = &topic.traffic;
+            stats.topic_traffic.insert(
+                topic.name.clone(),
+                TopicTrafficStats {
+                    bytes_in_total: load(&traffic.bytes_in),
+                    records_in_total: load(&traffic.records_in),
+                    bytes_out_total: load(&traffic.bytes_out),
+                    records_out_total: load(&traffic.records_out),
+                },
+            );
+        }
         stats
     }
 
@@ -398,15 +413,18 @@ async fn accept_loop(core: Arc<Core>, listener: TcpListener, info: Arc<auth::Lis
         core.counters
             .connections_open
             .fetch_add(1, Ordering::Relaxed);
+        core.counters.listener_opened(&info.name);
         let connection_core = core.clone();
         let stop = core.stopping.clone();
         let info = info.clone();
+        let listener_name = info.name.clone();
         connections.spawn(async move {
             wire::accept_connection(connection_core.clone(), stream, peer, info, stop).await;
             connection_core
                 .counters
                 .connections_open
                 .fetch_sub(1, Ordering::Relaxed);
+            connection_core.counters.listener_closed(&listener_name);
         });
     }
     drop(listener);

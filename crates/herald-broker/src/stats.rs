@@ -30,6 +30,10 @@ pub(crate) struct Counters {
     pub(crate) cleaner_failures: AtomicU64,
     pub(crate) authentication_failures: AtomicU64,
     pub(crate) authorization_failures: AtomicU64,
+    /// Connections by listener name: (open now, accepted since start).
+    pub(crate) listener_connections: parking_lot::Mutex<BTreeMap<String, (u64, u64)>>,
+    /// Request latency histograms by API.
+    pub(crate) latency: crate::metrics::Latency,
 }
 
 impl Default for Counters {
@@ -55,6 +59,8 @@ impl Default for Counters {
             cleaner_failures: AtomicU64::new(0),
             authentication_failures: AtomicU64::new(0),
             authorization_failures: AtomicU64::new(0),
+            listener_connections: parking_lot::Mutex::new(BTreeMap::new()),
+            latency: crate::metrics::Latency::default(),
         }
     }
 }
@@ -62,6 +68,21 @@ impl Default for Counters {
 impl Counters {
     pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts a connection accepted on the listener `name`.
+    pub(crate) fn listener_opened(&self, name: &str) {
+        let mut counts = self.listener_connections.lock();
+        let entry = counts.entry(name.to_string()).or_default();
+        entry.0 += 1;
+        entry.1 += 1;
+    }
+
+    /// Counts a connection of the listener `name` closed.
+    pub(crate) fn listener_closed(&self, name: &str) {
+        if let Some(entry) = self.listener_connections.lock().get_mut(name) {
+            entry.0 = entry.0.saturating_sub(1);
+        }
     }
 
     pub(crate) fn count_request(&self, api_key: i16) {
@@ -152,6 +173,23 @@ pub struct BrokerStats {
     /// Listeners anyone on the network can use without authenticating (PLAINTEXT on a
     /// non-loopback address).
     pub listeners_insecure: u64,
+    /// Connections by listener name: (open now, accepted since start).
+    pub listener_connections: BTreeMap<String, (u64, u64)>,
+    /// Traffic by topic name.
+    pub topic_traffic: BTreeMap<String, TopicTrafficStats>,
+}
+
+/// One topic's traffic since the broker started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TopicTrafficStats {
+    /// Record-batch bytes appended by Produce requests (and the admin API).
+    pub bytes_in_total: u64,
+    /// Records appended.
+    pub records_in_total: u64,
+    /// Record-batch bytes returned by Fetch responses.
+    pub bytes_out_total: u64,
+    /// Records returned by Fetch responses.
+    pub records_out_total: u64,
 }
 
 /// One compacted partition's log cleaner progress.
@@ -211,6 +249,7 @@ impl Counters {
             authentication_failures_total: load(&self.authentication_failures),
             authorization_failures_total: load(&self.authorization_failures),
             listeners_insecure: 0,
+            listener_connections: self.listener_connections.lock().clone(),
             ..BrokerStats::default()
         }
     }

@@ -202,6 +202,33 @@ pub(crate) struct Topic {
     pub(crate) id: Uuid,
     overrides: RwLock<Overrides>,
     partitions: RwLock<Vec<Arc<PartitionSlot>>>,
+    /// Bytes and records produced to and fetched from it, for `/metrics`.
+    pub(crate) traffic: TopicTraffic,
+}
+
+/// A topic's traffic since the broker started (relaxed atomics on the request path).
+#[derive(Debug, Default)]
+pub(crate) struct TopicTraffic {
+    pub(crate) bytes_in: std::sync::atomic::AtomicU64,
+    pub(crate) records_in: std::sync::atomic::AtomicU64,
+    pub(crate) bytes_out: std::sync::atomic::AtomicU64,
+    pub(crate) records_out: std::sync::atomic::AtomicU64,
+}
+
+impl TopicTraffic {
+    /// Counts a produce's appended batches.
+    pub(crate) fn record_in(&self, bytes: u64, records: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.bytes_in.fetch_add(bytes, Relaxed);
+        self.records_in.fetch_add(records, Relaxed);
+    }
+
+    /// Counts a fetch's returned batches.
+    pub(crate) fn record_out(&self, bytes: u64, records: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.bytes_out.fetch_add(bytes, Relaxed);
+        self.records_out.fetch_add(records, Relaxed);
+    }
 }
 
 impl Topic {
@@ -528,6 +555,7 @@ impl Topics {
                     id: record.id,
                     overrides: RwLock::new(record.configs),
                     partitions: RwLock::new(partitions),
+                    traffic: TopicTraffic::default(),
                 }),
             );
         }
@@ -716,6 +744,7 @@ impl Topics {
             id: Uuid::new_v4(),
             overrides: RwLock::new(overrides),
             partitions: RwLock::new(Vec::new()),
+            traffic: TopicTraffic::default(),
         });
         self.check_partitions_max(u64::from(count))
             .map_err(|(limit, message)| CreateTopicError::Limit { limit, message })?;

@@ -58,6 +58,8 @@ struct ProcessSettings {
     http_basic_auth: bool,
     /// Protect /metrics too (it is open by default so scrapers need no secret).
     http_metrics_auth: bool,
+    /// The JSON of a `herald bench matrix` run, shown by the console's trade-off table.
+    bench_results_path: Option<PathBuf>,
     log_format: LogFormat,
     /// A `RUST_LOG`-style filter, e.g. `info` or `herald_broker=debug,info`.
     log: String,
@@ -71,6 +73,7 @@ impl Default for ProcessSettings {
             http_admin_token: None,
             http_basic_auth: false,
             http_metrics_auth: false,
+            bench_results_path: None,
             log_format: LogFormat::Human,
             log: "info".to_string(),
         }
@@ -89,7 +92,8 @@ fn settings_help() -> String {
   The meaning of each broker setting is documented on herald_broker::BrokerConfig.
 
   log is a filter in RUST_LOG syntax (info, herald_broker=debug,warn); log_format is human or
-  json; http_addr serves /health and /metrics; advertised_host (unset: the bound IP) is the host
+  json; http_addr serves /health, /metrics, the web console (/) and the admin API
+  (/api/v1, docs/console.md); advertised_host (unset: the bound IP) is the host
   name clients are told in Metadata responses.
 
   Security (docs/security.md): listeners (unset: PLAINTEXT on kafka_addr),
@@ -98,6 +102,7 @@ fn settings_help() -> String {
   super_users, authorizer. Users and ACLs: `herald user`, `herald acl`. The HTTP side:
   http_tls (with the same certificate), http_admin_token (a bearer token for all but /health),
   http_basic_auth (SASL users by basic auth), http_metrics_auth (protect /metrics too).
+  bench_results_path: the JSON of a `herald bench matrix` run for the console's trade-offs.
 
   setting = default                                   environment variable
 ",
@@ -237,6 +242,26 @@ async fn serve(process: ProcessSettings, config: BrokerConfig) -> Result<(), Cli
     } else {
         None
     };
+    // The console's trade-off table renders matrix results with the report's code.
+    let render_bench = |json: &[u8]| -> Result<String, String> {
+        let matrix: herald_bench::matrix::Matrix =
+            serde_json::from_slice(json).map_err(|error| error.to_string())?;
+        herald_bench::html::render(&matrix).map_err(|error| error.to_string())
+    };
+    let bench_report = match &process.bench_results_path {
+        None => None,
+        Some(path) => {
+            let json = std::fs::read(path).map_err(|error| {
+                CliError::Usage(format!("bench_results_path {}: {error}", path.display()))
+            })?;
+            Some(render_bench(&json).map_err(|error| {
+                CliError::Usage(format!(
+                    "bench_results_path {}: not matrix results: {error}",
+                    path.display()
+                ))
+            })?)
+        }
+    };
     let access = http::HttpAccess {
         admin_token: process.http_admin_token.clone(),
         basic_auth_users: process.http_basic_auth,
@@ -267,11 +292,16 @@ async fn serve(process: ProcessSettings, config: BrokerConfig) -> Result<(), Cli
     }
     let reload_task = tokio::spawn(reload_on_sighup(broker.clone(), http_tls.clone()));
     let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let http_task = tokio::spawn(http::serve_with(
+    let console = http::ConsoleOptions {
+        bench_renderer: Some(Arc::new(render_bench)),
+        bench_report,
+    };
+    let http_task = tokio::spawn(http::serve_with_options(
         http_listener,
         broker.clone(),
         access,
         http_tls,
+        console,
         async move {
             let _ = http_stopped.await;
         },

@@ -136,11 +136,21 @@ pub(crate) fn fetch(core: &Arc<Core>, request: FetchRequest, version: i16) -> Re
 
 fn finish(core: &Core, response: FetchResponse) -> ResponseKind {
     for topic in &response.responses {
+        // Fetch v13+ names topics by id only.
+        let known = if topic.topic.is_empty() {
+            core.topics.get_by_id(topic.topic_id)
+        } else {
+            core.topics.get(topic.topic.as_str())
+        };
         for partition in &topic.partitions {
             if let Some(records) = &partition.records {
                 if !records.is_empty() {
+                    let count = count_records(records);
                     Counters::add(&core.counters.fetched_bytes, records.len() as u64);
-                    Counters::add(&core.counters.fetched_records, count_records(records));
+                    Counters::add(&core.counters.fetched_records, count);
+                    if let Some(known) = &known {
+                        known.traffic.record_out(records.len() as u64, count);
+                    }
                 }
             }
         }

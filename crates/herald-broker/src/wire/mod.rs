@@ -345,11 +345,13 @@ async fn handle_frame(
         Gate::Pass(patch) => patch,
         Gate::Refuse(body) => return encode(api_key, version, correlation_id, &body).map(Some),
     };
+    let started = std::time::Instant::now();
     let reply = dispatch(core, request, session).await;
     let reply = match patch {
         None => reply,
         Some(patch) => patched(reply, patch),
     };
+    let reply = timed(reply, core, versions::name(api_key), started);
     match reply {
         Reply::Ready(body) => encode(api_key, version, correlation_id, &body).map(Some),
         Reply::Later(future) => Ok(Some(Outgoing::Later(tokio::spawn(async move {
@@ -392,6 +394,27 @@ fn patched(reply: Reply, patch: authorize::Patch) -> Reply {
             Some(body)
         })),
         other => other,
+    }
+}
+
+/// The same reply, recording in the latency histogram of `api` when its response is ready.
+fn timed(reply: Reply, core: &Arc<Core>, api: &'static str, started: std::time::Instant) -> Reply {
+    let latency = core.counters.latency.clone();
+    match reply {
+        Reply::Later(future) => Reply::Later(Box::pin(async move {
+            let body = future.await;
+            latency.observe_request(api, started.elapsed());
+            body
+        })),
+        Reply::Serial(future) => Reply::Serial(Box::pin(async move {
+            let body = future.await;
+            latency.observe_request(api, started.elapsed());
+            body
+        })),
+        other => {
+            latency.observe_request(api, started.elapsed());
+            other
+        }
     }
 }
 

@@ -113,10 +113,9 @@ pub(crate) fn produce(core: &Arc<Core>, request: ProduceRequest, version: i16) -
                                             &core.counters.produced_bytes,
                                             records.len() as u64,
                                         );
-                                        Counters::add(
-                                            &core.counters.produced_records,
-                                            count_records(&records),
-                                        );
+                                        let count = count_records(&records);
+                                        Counters::add(&core.counters.produced_records, count);
+                                        topic.traffic.record_in(records.len() as u64, count);
                                     }
                                     response.base_offset =
                                         i64::try_from(info.base_offset).unwrap_or(i64::MAX);

@@ -4,6 +4,7 @@
 mod bench;
 mod client;
 mod compaction;
+mod console;
 mod group;
 mod matrix;
 mod peer;
