@@ -184,6 +184,8 @@ pub enum DecodeError {
     TrailingBytes { extra: usize },
     #[error("datagram length field {field} does not match datagram size {actual}")]
     LengthMismatch { field: usize, actual: usize },
+    #[error("unknown flags {0:#04x}")]
+    UnknownFlags(u8),
 }
 
 fn put_str16(buf: &mut BytesMut, s: &str) {

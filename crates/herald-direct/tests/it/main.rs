@@ -4,6 +4,7 @@
 mod acks;
 mod capacity;
 mod datagram;
+mod datagram_security;
 mod delivery;
 mod harness;
 mod membership;
