@@ -9,6 +9,7 @@ mod conn_writer;
 pub mod error;
 pub mod event;
 pub mod frame;
+pub mod handshake;
 pub mod keys;
 pub mod mdns;
 pub mod member;

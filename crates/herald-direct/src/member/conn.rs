@@ -18,6 +18,7 @@ use crate::conn_writer::ConnWriter;
 use crate::error::HandlerError;
 use crate::event::{Mode, Received, Reply, RequestContext, system_to_instant};
 use crate::frame::{self, Frame, Hello, NackReason, WireEvent};
+use crate::handshake;
 
 pub(super) async fn accept_loop(
     listener: TcpListener,
@@ -53,11 +54,33 @@ pub(super) async fn accept_loop(
 const REPLY_BATCH_BYTES_MAX: usize = 64 * 1024;
 
 async fn serve_connection(
-    stream: TcpStream,
+    mut stream: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    if let Some(key) = &shared.config.group_key {
+        let limit = Duration::from_millis(shared.config.handshake_timeout_ms);
+        let done = tokio::time::timeout(
+            limit,
+            handshake::member_side(&mut stream, &mut buf, key, shared.config.frame_bytes_max),
+        )
+        .await;
+        let failure = match done {
+            Ok(Ok(())) => None,
+            Ok(Err(error)) => Some(error.to_string()),
+            Err(_) => Some(format!(
+                "handshake not finished within {} ms",
+                limit.as_millis()
+            )),
+        };
+        if let Some(error) = failure {
+            tracing::warn!(%peer, %error, "producer failed group-key authentication; closed");
+            shared.state.lock().stats.auth_failures += 1;
+            return;
+        }
+    }
     let (mut reader, writer) = stream.into_split();
     let (out, write_loop) = ConnWriter::new(writer, shared.config.send_queue_frames_max);
     let writer_task = tokio::spawn(write_loop.run());
@@ -75,7 +98,6 @@ async fn serve_connection(
     if conn.out.send(hello).await.is_err() {
         return;
     }
-    let mut buf = BytesMut::with_capacity(64 * 1024);
     // Replies decided while reading (acks of handlers that finished at once, refusals, pongs):
     // written from this task after the frames at hand are handled, with no hop to another task.
     let mut batch = BytesMut::with_capacity(4 * 1024);

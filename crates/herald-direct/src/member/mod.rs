@@ -24,6 +24,7 @@ use crate::error::MemberStartError;
 use crate::event::system_to_unix_ms;
 use crate::event::{Handler, Mode, Received};
 use crate::frame::{self, Frame, NackReason};
+use crate::handshake::{GroupKey, HANDSHAKE_TIMEOUT_MS_DEFAULT};
 use crate::mdns::Advertisement;
 use crate::seal::{self, DatagramKey, Replay, ReplayGuard};
 use crate::window::{DedupWindow, GapCounter};
@@ -73,6 +74,12 @@ pub struct MemberConfig {
     /// Largest difference between a sealed datagram's send time and this member's clock; an
     /// older (or later) one is counted as replayed.
     pub datagram_age_ms_max: u64,
+    /// The group key: with it, every producer connection starts with the group-key handshake
+    /// (`docs/direct-protocol.md`, "Group key") and a producer that fails it is closed before
+    /// it can send anything.
+    pub group_key: Option<GroupKey>,
+    /// Bound on the handshake (group key or TLS) of one connection.
+    pub handshake_timeout_ms: u64,
 }
 
 impl MemberConfig {
@@ -94,6 +101,8 @@ impl MemberConfig {
             mdns: false,
             datagram_keys: Vec::new(),
             datagram_age_ms_max: DATAGRAM_AGE_MS_MAX_DEFAULT,
+            group_key: None,
+            handshake_timeout_ms: HANDSHAKE_TIMEOUT_MS_DEFAULT,
         }
     }
 }
@@ -125,6 +134,9 @@ pub struct MemberStats {
     /// Authentic datagrams refused as replays: a sequence number seen already or older than the
     /// replay window, or a send time beyond `datagram_age_ms_max`. Never delivered.
     pub datagrams_replayed: u64,
+    /// Producer connections closed because they failed authentication (group key or TLS) or did
+    /// not finish it within `handshake_timeout_ms`.
+    pub auth_failures: u64,
     /// Events or requests in flight now.
     pub in_flight: u32,
     /// The most events ever in flight at once.

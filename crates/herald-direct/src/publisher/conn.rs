@@ -18,6 +18,7 @@ use super::{MemberState, Shared};
 use crate::conn_writer::{ConnWriter, Encode, Inline};
 use crate::event::Reply;
 use crate::frame::{self, Frame, Hello, NackReason, WireEvent};
+use crate::handshake::{self, HandshakeError, read_frame};
 
 /// How an attempt to deliver on a connection ended, as its reader (or the connection's end)
 /// reports it to the waiting publisher.
@@ -98,12 +99,8 @@ enum ConnectError {
     Connect(std::io::Error),
     #[error("expected hello, got {0:?}")]
     NotHello(Box<Frame>),
-    #[error("bad hello: {0}")]
-    BadHello(frame::DecodeError),
-    #[error("closed before hello")]
-    ClosedBeforeHello,
-    #[error("read: {0}")]
-    Read(std::io::Error),
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
     #[error("no hello in time")]
     HelloTimeout,
     #[error("features not sent in time")]
@@ -123,23 +120,38 @@ async fn connect(
         .map_err(ConnectError::Connect)?;
     let _ = stream.set_nodelay(true);
     let mut buf = BytesMut::with_capacity(64 * 1024);
+    let frame_bytes_max = shared.config.frame_bytes_max;
     let hello = tokio::time::timeout(timeout, async {
-        loop {
-            match frame::decode_stream(&mut buf, shared.config.frame_bytes_max) {
-                Ok(Some(Frame::Hello(hello))) => return Ok(hello),
-                Ok(Some(other)) => return Err(ConnectError::NotHello(Box::new(other))),
-                Ok(None) => {}
-                Err(e) => return Err(ConnectError::BadHello(e)),
+        let mut first = read_frame(&mut stream, &mut buf, frame_bytes_max).await?;
+        // A member with a group key challenges first; one without says hello at once. Either
+        // must match this producer's configuration: a producer with a key never sends events to
+        // a member that has not proven it holds the key.
+        match (&first, &shared.config.group_key) {
+            (Frame::Challenge { nonce }, Some(key)) => {
+                handshake::producer_side(&mut stream, &mut buf, key, nonce, frame_bytes_max)
+                    .await?;
+                first = read_frame(&mut stream, &mut buf, frame_bytes_max).await?;
             }
-            match stream.read_buf(&mut buf).await {
-                Ok(0) => return Err(ConnectError::ClosedBeforeHello),
-                Ok(_) => {}
-                Err(e) => return Err(ConnectError::Read(e)),
-            }
+            (Frame::Challenge { .. }, None) => return Err(HandshakeError::KeyRequired.into()),
+            (Frame::Hello(_), Some(_)) => return Err(HandshakeError::MemberWithoutKey.into()),
+            _ => {}
+        }
+        match first {
+            Frame::Hello(hello) => Ok(hello),
+            other => Err(ConnectError::NotHello(Box::new(other))),
         }
     })
     .await
-    .map_err(|_| ConnectError::HelloTimeout)??;
+    .map_err(|_| ConnectError::HelloTimeout)?
+    .map_err(|e| {
+        if matches!(
+            e,
+            ConnectError::Handshake(HandshakeError::MemberProof | HandshakeError::MemberWithoutKey)
+        ) {
+            tracing::warn!(%addr, error = %e, "member failed authentication; not used");
+        }
+        e
+    })?;
     // Announce what this producer decodes beyond version 1 before anything else is written, so
     // the member knows it by the first request. A member that predates features answers a PONG.
     let mut features = BytesMut::new();

@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use crate::error::{DatagramError, PublishError, PublisherStartError, RequestError};
 use crate::event::{Message, Reply, system_to_instant, system_to_unix_ms};
 use crate::frame::{self, NackReason, WireEvent};
+use crate::handshake::GroupKey;
 use crate::mdns::{self, Discovery};
 use crate::member::DATAGRAM_PAYLOAD_BYTES_MAX_DEFAULT;
 use crate::seal::{self, DatagramKey};
@@ -62,6 +63,10 @@ pub struct PublisherConfig {
     /// id, this publisher's id, a sequence number and a tag (see `docs/direct-protocol.md`).
     /// Datagrams of other topics go out unsealed.
     pub datagram_keys: HashMap<String, DatagramSeal>,
+    /// The group key: with it, this producer uses only members that prove they hold it, and
+    /// proves it holds it to them (`docs/direct-protocol.md`, "Group key"); a member without
+    /// it is refused. Without it, members that require a key refuse this producer.
+    pub group_key: Option<GroupKey>,
 }
 
 /// How a topic's datagrams are sealed: the topic key, and whether the payload is encrypted
@@ -88,6 +93,7 @@ impl PublisherConfig {
             send_queue_frames_max: 8192,
             drop_every_nth_datagram: None,
             datagram_keys: HashMap::new(),
+            group_key: None,
         }
     }
 }

@@ -6,6 +6,7 @@ mod capacity;
 mod datagram;
 mod datagram_security;
 mod delivery;
+mod group_key;
 mod harness;
 mod membership;
 mod request;
