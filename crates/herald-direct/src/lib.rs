@@ -15,6 +15,8 @@ pub mod mdns;
 pub mod member;
 pub mod publisher;
 pub mod seal;
+mod stream;
+pub mod tls;
 pub mod window;
 
 pub use error::{

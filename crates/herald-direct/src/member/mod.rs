@@ -27,6 +27,7 @@ use crate::frame::{self, Frame, NackReason};
 use crate::handshake::{GroupKey, HANDSHAKE_TIMEOUT_MS_DEFAULT};
 use crate::mdns::Advertisement;
 use crate::seal::{self, DatagramKey, Replay, ReplayGuard};
+use crate::tls::MemberTls;
 use crate::window::{DedupWindow, GapCounter};
 
 /// Resolution of deadlines on the wire.
@@ -80,6 +81,9 @@ pub struct MemberConfig {
     pub group_key: Option<GroupKey>,
     /// Bound on the handshake (group key or TLS) of one connection.
     pub handshake_timeout_ms: u64,
+    /// TLS: producers must present a certificate signed by the configured CA; the member
+    /// presents its own (`docs/direct-protocol.md`, "TLS").
+    pub tls: Option<MemberTls>,
 }
 
 impl MemberConfig {
@@ -103,6 +107,7 @@ impl MemberConfig {
             datagram_age_ms_max: DATAGRAM_AGE_MS_MAX_DEFAULT,
             group_key: None,
             handshake_timeout_ms: HANDSHAKE_TIMEOUT_MS_DEFAULT,
+            tls: None,
         }
     }
 }

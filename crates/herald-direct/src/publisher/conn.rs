@@ -19,6 +19,7 @@ use crate::conn_writer::{ConnWriter, Encode, Inline};
 use crate::event::Reply;
 use crate::frame::{self, Frame, Hello, NackReason, WireEvent};
 use crate::handshake::{self, HandshakeError, read_frame};
+use crate::stream::Stream;
 
 /// How an attempt to deliver on a connection ended, as its reader (or the connection's end)
 /// reports it to the waiting publisher.
@@ -101,6 +102,10 @@ enum ConnectError {
     NotHello(Box<Frame>),
     #[error(transparent)]
     Handshake(#[from] HandshakeError),
+    #[error("TLS handshake timed out")]
+    TlsTimeout,
+    #[error("TLS: {0}")]
+    Tls(std::io::Error),
     #[error("no hello in time")]
     HelloTimeout,
     #[error("features not sent in time")]
@@ -112,13 +117,29 @@ enum ConnectError {
 async fn connect(
     shared: &Shared,
     addr: SocketAddr,
-) -> Result<(TcpStream, Hello, BytesMut), ConnectError> {
+) -> Result<(Stream, Hello, BytesMut), ConnectError> {
     let timeout = Duration::from_millis(shared.config.connect_timeout_ms);
-    let mut stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+    let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| ConnectError::ConnectTimeout)?
         .map_err(ConnectError::Connect)?;
-    let _ = stream.set_nodelay(true);
+    let _ = tcp.set_nodelay(true);
+    let mut stream = match &shared.config.tls {
+        None => Stream::Tcp(tcp),
+        Some(tls) => {
+            let tls = tokio::time::timeout(
+                timeout,
+                tls.connector().connect(tls.server_name(addr), tcp),
+            )
+            .await
+            .map_err(|_| ConnectError::TlsTimeout)?
+            .map_err(|e| {
+                tracing::warn!(%addr, error = %e, "member failed TLS authentication; not used");
+                ConnectError::Tls(e)
+            })?;
+            Stream::Tls(Box::new(tls.into()))
+        }
+    };
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let frame_bytes_max = shared.config.frame_bytes_max;
     let hello = tokio::time::timeout(timeout, async {
@@ -161,10 +182,13 @@ async fn connect(
         },
         &mut features,
     );
-    tokio::time::timeout(timeout, stream.write_all(&features))
-        .await
-        .map_err(|_| ConnectError::FeaturesTimeout)?
-        .map_err(ConnectError::Write)?;
+    tokio::time::timeout(timeout, async {
+        stream.write_all(&features).await?;
+        stream.flush().await
+    })
+    .await
+    .map_err(|_| ConnectError::FeaturesTimeout)?
+    .map_err(ConnectError::Write)?;
     Ok((stream, hello, buf))
 }
 
@@ -176,11 +200,11 @@ enum End {
 async fn run_connection(
     shared: &Arc<Shared>,
     addr: SocketAddr,
-    stream: TcpStream,
+    stream: Stream,
     hello: Hello,
     mut buf: BytesMut,
 ) -> End {
-    let (mut reader, writer) = stream.into_split();
+    let (mut reader, writer) = stream.split();
     let (out, write_loop) = ConnWriter::new(writer, shared.config.send_queue_frames_max);
     let conn = Arc::new(Conn {
         out,

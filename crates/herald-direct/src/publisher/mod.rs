@@ -29,6 +29,7 @@ use crate::handshake::GroupKey;
 use crate::mdns::{self, Discovery};
 use crate::member::DATAGRAM_PAYLOAD_BYTES_MAX_DEFAULT;
 use crate::seal::{self, DatagramKey};
+use crate::tls::PublisherTls;
 
 pub use datagram::DATAGRAM_BATCH_MAX;
 use datagram::{DatagramScratch, DatagramSocket};
@@ -67,6 +68,9 @@ pub struct PublisherConfig {
     /// proves it holds it to them (`docs/direct-protocol.md`, "Group key"); a member without
     /// it is refused. Without it, members that require a key refuse this producer.
     pub group_key: Option<GroupKey>,
+    /// TLS: members must present a certificate from the configured CA; this producer presents
+    /// its own if it has one (members refuse it otherwise).
+    pub tls: Option<PublisherTls>,
 }
 
 /// How a topic's datagrams are sealed: the topic key, and whether the payload is encrypted
@@ -94,6 +98,7 @@ impl PublisherConfig {
             drop_every_nth_datagram: None,
             datagram_keys: HashMap::new(),
             group_key: None,
+            tls: None,
         }
     }
 }

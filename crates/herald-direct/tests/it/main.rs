@@ -10,6 +10,7 @@ mod group_key;
 mod harness;
 mod membership;
 mod request;
+mod tls;
 
 /// The crate states its accounting invariants (in-flight counts, queued frames) with
 /// `debug_assert!`; they only check anything if the profile the tests build with keeps debug
