@@ -64,6 +64,8 @@ pub struct PublisherConfig {
     /// id, this publisher's id, a sequence number and a tag (see `docs/direct-protocol.md`).
     /// Datagrams of other topics go out unsealed.
     pub datagram_keys: HashMap<String, DatagramSeal>,
+    /// The key of every topic not in `datagram_keys`; `None`: those go out unsealed.
+    pub datagram_key_default: Option<DatagramSeal>,
     /// The group key: with it, this producer uses only members that prove they hold it, and
     /// proves it holds it to them (`docs/direct-protocol.md`, "Group key"); a member without
     /// it is refused. Without it, members that require a key refuse this producer.
@@ -97,6 +99,7 @@ impl PublisherConfig {
             send_queue_frames_max: 8192,
             drop_every_nth_datagram: None,
             datagram_keys: HashMap::new(),
+            datagram_key_default: None,
             group_key: None,
             tls: None,
         }
@@ -574,7 +577,7 @@ impl Shared {
     /// for (and the error reports whole datagrams).
     fn datagram_event(&self, message: Message) -> Result<WireEvent, Unsendable> {
         let limit = self.config.datagram_payload_bytes_max;
-        if !self.config.datagram_keys.contains_key(&message.topic) {
+        if self.sealing(&message.topic).is_none() {
             return self.prepare(message, None, limit);
         }
         let overhead = seal::sealed_len(0) + frame::LENGTH_PREFIX_BYTES;
@@ -588,10 +591,18 @@ impl Shared {
             })
     }
 
+    /// How datagrams of `topic` are sealed, if they are.
+    fn sealing(&self, topic: &str) -> Option<&DatagramSeal> {
+        self.config
+            .datagram_keys
+            .get(topic)
+            .or(self.config.datagram_key_default.as_ref())
+    }
+
     /// Appends one datagram of `event` to `out`: its EVENT frame, sealed when its topic has a
     /// key (`scratch` holds the frame meanwhile).
     fn encode_datagram(&self, event: &WireEvent, scratch: &mut BytesMut, out: &mut BytesMut) {
-        match self.config.datagram_keys.get(&event.topic) {
+        match self.sealing(&event.topic) {
             None => frame::encode_event(event, false, out),
             Some(sealing) => {
                 scratch.clear();
