@@ -75,7 +75,17 @@ pub(super) async fn supervise(shared: Arc<Shared>, addr: SocketAddr) {
                 }
             }
             Err(error) => {
-                let state = shared.members.lock().get(&addr).map(|s| s.state);
+                let (state, last_error) = shared
+                    .members
+                    .lock()
+                    .get(&addr)
+                    .map(|s| (s.state, s.last_error.clone()))
+                    .unzip();
+                let error_text = error.to_string();
+                // Logged once per change, not on every reconnect attempt.
+                if error.is_authentication() && last_error.flatten().as_ref() != Some(&error_text) {
+                    tracing::warn!(%addr, error = %error_text, "member failed authentication; not used");
+                }
                 // A member that never answered stays "connecting"; one that left stays "left"
                 // until it comes back; anything else that cannot be reached is down.
                 let next = match state {
@@ -83,7 +93,7 @@ pub(super) async fn supervise(shared: Arc<Shared>, addr: SocketAddr) {
                     Some(MemberState::Left) => MemberState::Left,
                     Some(_) => MemberState::Down,
                 };
-                set_state(&shared, addr, next, Some(error.to_string()));
+                set_state(&shared, addr, next, Some(error_text));
             }
         }
         tokio::time::sleep(reconnect).await;
@@ -114,6 +124,20 @@ enum ConnectError {
     Write(std::io::Error),
 }
 
+impl ConnectError {
+    /// Whether the member failed to prove who it is (TLS certificate, group key), as opposed
+    /// to being unreachable.
+    fn is_authentication(&self) -> bool {
+        matches!(
+            self,
+            ConnectError::Tls(_)
+                | ConnectError::Handshake(
+                    HandshakeError::MemberProof | HandshakeError::MemberWithoutKey
+                )
+        )
+    }
+}
+
 async fn connect(
     shared: &Shared,
     addr: SocketAddr,
@@ -127,16 +151,11 @@ async fn connect(
     let mut stream = match &shared.config.tls {
         None => Stream::Tcp(tcp),
         Some(tls) => {
-            let tls = tokio::time::timeout(
-                timeout,
-                tls.connector().connect(tls.server_name(addr), tcp),
-            )
-            .await
-            .map_err(|_| ConnectError::TlsTimeout)?
-            .map_err(|e| {
-                tracing::warn!(%addr, error = %e, "member failed TLS authentication; not used");
-                ConnectError::Tls(e)
-            })?;
+            let tls =
+                tokio::time::timeout(timeout, tls.connector().connect(tls.server_name(addr), tcp))
+                    .await
+                    .map_err(|_| ConnectError::TlsTimeout)?
+                    .map_err(ConnectError::Tls)?;
             Stream::Tls(Box::new(tls.into()))
         }
     };
@@ -163,16 +182,7 @@ async fn connect(
         }
     })
     .await
-    .map_err(|_| ConnectError::HelloTimeout)?
-    .map_err(|e| {
-        if matches!(
-            e,
-            ConnectError::Handshake(HandshakeError::MemberProof | HandshakeError::MemberWithoutKey)
-        ) {
-            tracing::warn!(%addr, error = %e, "member failed authentication; not used");
-        }
-        e
-    })?;
+    .map_err(|_| ConnectError::HelloTimeout)??;
     // Announce what this producer decodes beyond version 1 before anything else is written, so
     // the member knows it by the first request. A member that predates features answers a PONG.
     let mut features = BytesMut::new();
