@@ -580,7 +580,8 @@ impl Shared {
         if self.sealing(&message.topic).is_none() {
             return self.prepare(message, None, limit);
         }
-        let overhead = seal::sealed_len(0) + frame::LENGTH_PREFIX_BYTES;
+        // The envelope replaces the frame's length prefix with its own header and adds a tag.
+        let overhead = seal::sealed_len(0) - frame::LENGTH_PREFIX_BYTES;
         self.prepare(message, None, limit.saturating_sub(overhead))
             .map_err(|e| match e {
                 Unsendable::TooLarge { bytes, .. } => Unsendable::TooLarge {

@@ -205,3 +205,31 @@ async fn a_rotated_key_and_the_old_one_both_open() {
     assert!(eventually(Duration::from_secs(5), || rec.values().len() == 2).await);
     assert!(eventually(Duration::from_secs(5), || m.stats().datagrams_rejected == 1).await);
 }
+
+#[tokio::test]
+async fn a_sealed_datagram_is_held_to_the_size_limit_with_its_envelope() {
+    let (m, rec) = keyed_member(vec![key(1)]).await;
+    let mut pc = PublisherConfig::new(vec![m.local_addr()]);
+    pc.datagram_keys.insert(
+        TOPIC.into(),
+        DatagramSeal {
+            key: key(1),
+            encrypt: true,
+        },
+    );
+    let p = Publisher::start(pc).await.unwrap();
+    wait_up(&p, 1).await;
+    // A sealed datagram of this topic without key or headers is 130 bytes plus the value.
+    let limit = herald_direct::member::DATAGRAM_PAYLOAD_BYTES_MAX_DEFAULT;
+    let fits = "x".repeat(limit - 130);
+    p.send_datagram(Message::new(TOPIC, fits)).await.unwrap();
+    let over = "x".repeat(limit - 129);
+    match p.send_datagram(Message::new(TOPIC, over)).await {
+        Err(herald_direct::DatagramError::TooLarge { bytes, limit: l }) => {
+            assert_eq!((bytes, l), (limit + 1, limit));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(eventually(Duration::from_secs(5), || rec.values().len() == 1).await);
+    assert_eq!(m.stats().datagrams_rejected, 0);
+}
