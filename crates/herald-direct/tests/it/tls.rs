@@ -201,3 +201,37 @@ async fn a_member_with_a_certificate_from_another_ca_or_name_is_refused() {
     assert!(error.contains("certificate"), "{error}");
     assert!(rec.values().is_empty());
 }
+
+#[tokio::test]
+async fn tls_and_a_group_key_together_need_both() {
+    use herald_direct::handshake::GroupKey;
+    use herald_direct::keys::SecretKey;
+    let dir = tempfile::tempdir().unwrap();
+    pki(dir.path());
+    let key = |b: u8| GroupKey::new(&SecretKey::from_bytes([b; 32]));
+    let rec = Recorder::new();
+    let mut config = MemberConfig::new("orders", "g", "127.0.0.1:0".parse().unwrap());
+    config.tls = Some(MemberTls::load(&files(dir.path(), "ca", Some("member"))).unwrap());
+    config.group_key = Some(key(1));
+    let m = Member::start(config, Arc::new(Echo(rec.clone())))
+        .await
+        .unwrap();
+    let producer = |group_key: GroupKey| {
+        let mut config = PublisherConfig::new(vec![m.local_addr()]);
+        config.tls =
+            Some(PublisherTls::load(&files(dir.path(), "ca", Some("producer")), None).unwrap());
+        config.group_key = Some(group_key);
+        config.reconnect_interval_ms = 50;
+        Publisher::start(config)
+    };
+    let good = producer(key(1)).await.unwrap();
+    wait_up(&good, 1).await;
+    good.publish(Message::new("orders", "both"), Duration::from_secs(5))
+        .await
+        .unwrap();
+    // The right certificate but the wrong group key: refused inside the TLS session.
+    let error = refused(&producer(key(2)).await.unwrap()).await;
+    assert!(error.contains("handshake"), "{error}");
+    assert_eq!(rec.values(), vec!["both".to_string()]);
+    assert!(eventually(Duration::from_secs(5), || m.stats().auth_failures >= 1).await);
+}
