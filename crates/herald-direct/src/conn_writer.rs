@@ -1,4 +1,4 @@
-//! The write side of one TCP connection, used by both ends of the direct protocol: frames are
+//! The write side of one connection (TCP, or TLS: `stream.rs`), used by both ends of the direct protocol: frames are
 //! written by the task that has them while the way is clear, and go through a batching writer
 //! task only when it is not.
 //!
@@ -15,10 +15,10 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{Notify, mpsc};
 
 use crate::frame::{self, Frame};
+use crate::stream::WriteSide;
 
 /// Bytes the writer task gathers from its queue into one write.
 pub(crate) const WRITE_BATCH_BYTES_MAX: usize = 256 * 1024;
@@ -53,7 +53,7 @@ impl<T: Encode> Queued<T> {
 /// it. Dropping every handle ends the writer task once the queue is written, and dropping the
 /// last reference to the write half then shuts the write side down.
 pub(crate) struct ConnWriter<T> {
-    writer: Arc<OwnedWriteHalf>,
+    writer: Arc<WriteSide>,
     shared: Arc<WriteShared>,
     tx: mpsc::Sender<Queued<T>>,
 }
@@ -93,7 +93,7 @@ pub(crate) struct Closed;
 
 /// The writer task's half: run it on its own task with [`WriteLoop::run`].
 pub(crate) struct WriteLoop<T> {
-    writer: Arc<OwnedWriteHalf>,
+    writer: Arc<WriteSide>,
     shared: Arc<WriteShared>,
     rx: mpsc::Receiver<Queued<T>>,
 }
@@ -101,10 +101,7 @@ pub(crate) struct WriteLoop<T> {
 impl<T: Encode> ConnWriter<T> {
     /// The shared write side of `writer`, with room for `queue_frames_max` frames queued for the
     /// writer task before senders wait, and that writer task's loop.
-    pub(crate) fn new(
-        writer: OwnedWriteHalf,
-        queue_frames_max: usize,
-    ) -> (ConnWriter<T>, WriteLoop<T>) {
+    pub(crate) fn new(writer: WriteSide, queue_frames_max: usize) -> (ConnWriter<T>, WriteLoop<T>) {
         let (tx, rx) = mpsc::channel(queue_frames_max.max(1));
         let writer = Arc::new(writer);
         let shared = Arc::new(WriteShared {
@@ -218,6 +215,15 @@ impl<T: Encode> ConnWriter<T> {
                 Inline::Sent => batch.clear(),
                 Inline::Closed => return Err(Closed),
                 Inline::Busy => drained.await,
+                Inline::WouldBlock if self.writer.is_tls() => {
+                    // Nothing is queued ahead (checked above), and the TLS side's lock keeps
+                    // the writer task's batches from interleaving with this one.
+                    if self.writer.write_all(batch).await.is_err() {
+                        self.shared.state.lock().closed = true;
+                        return Err(Closed);
+                    }
+                    batch.clear();
+                }
                 Inline::WouldBlock => {
                     if self.writer.writable().await.is_err() {
                         self.shared.state.lock().closed = true;
@@ -300,6 +306,15 @@ impl<T: Encode> WriteLoop<T> {
                     }
                     Err(_) => break,
                 }
+            }
+            if writer.is_tls() {
+                // Nothing is written inline on a TLS side, so the batch needs no lock of ours.
+                if writer.write_all(&buf).await.is_err() {
+                    return;
+                }
+                buf.clear();
+                shared.written(frames);
+                continue;
             }
             let mut written = 0;
             while written < buf.len() {

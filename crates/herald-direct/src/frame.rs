@@ -27,6 +27,7 @@ const FEATURES_TAG_MASK: u64 = 0xFFFF_FFFF_FFFF_0000;
 pub const FEATURE_REPLY: u16 = 1;
 
 const _: () = assert!(LENGTH_PREFIX_BYTES == std::mem::size_of::<u32>());
+const _: () = assert!(NONCE_BYTES == 32 && MAC_BYTES == 32);
 
 /// The kind byte of a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +43,10 @@ pub enum Kind {
     Pong = 8,
     Goodbye = 9,
     Reply = 10,
+    // 11 is a sealed datagram (`crate::seal`), never a TCP frame.
+    Challenge = 12,
+    Proof = 13,
+    Proven = 14,
 }
 
 impl Kind {
@@ -57,6 +62,9 @@ impl Kind {
             8 => Kind::Pong,
             9 => Kind::Goodbye,
             10 => Kind::Reply,
+            12 => Kind::Challenge,
+            13 => Kind::Proof,
+            14 => Kind::Proven,
             _ => return None,
         })
     }
@@ -150,7 +158,26 @@ pub enum Frame {
         nonce: u64,
     },
     Goodbye,
+    /// Group-key handshake, member → producer, first frame of a member with a group key: the
+    /// member's random nonce (see `crate::handshake`).
+    Challenge {
+        nonce: [u8; NONCE_BYTES],
+    },
+    /// Group-key handshake, producer → member: the producer's random nonce and its proof.
+    Proof {
+        nonce: [u8; NONCE_BYTES],
+        mac: [u8; MAC_BYTES],
+    },
+    /// Group-key handshake, member → producer: the member's proof, followed by HELLO.
+    Proven {
+        mac: [u8; MAC_BYTES],
+    },
 }
+
+/// Bytes of a handshake nonce.
+pub const NONCE_BYTES: usize = 32;
+/// Bytes of a handshake proof (HMAC-SHA256).
+pub const MAC_BYTES: usize = 32;
 
 /// The PING nonce by which a producer announces `features` (a set of `FEATURE_*` bits).
 pub fn features_nonce(features: u16) -> u64 {
@@ -184,6 +211,8 @@ pub enum DecodeError {
     TrailingBytes { extra: usize },
     #[error("datagram length field {field} does not match datagram size {actual}")]
     LengthMismatch { field: usize, actual: usize },
+    #[error("unknown flags {0:#04x}")]
+    UnknownFlags(u8),
 }
 
 fn put_str16(buf: &mut BytesMut, s: &str) {
@@ -269,6 +298,9 @@ pub fn encoded_len(frame: &Frame) -> usize {
         } => reply_body_len(key, value, headers),
         Frame::Ping { .. } | Frame::Pong { .. } => 8,
         Frame::Goodbye => 0,
+        Frame::Challenge { .. } => NONCE_BYTES,
+        Frame::Proof { .. } => NONCE_BYTES + MAC_BYTES,
+        Frame::Proven { .. } => MAC_BYTES,
     };
     LENGTH_PREFIX_BYTES + FRAME_HEADER_BYTES + body
 }
@@ -348,6 +380,19 @@ pub fn encode(frame: &Frame, buf: &mut BytesMut) {
             buf.put_u64(*nonce);
         }
         Frame::Goodbye => buf.put_u8(Kind::Goodbye as u8),
+        Frame::Challenge { nonce } => {
+            buf.put_u8(Kind::Challenge as u8);
+            buf.put_slice(nonce);
+        }
+        Frame::Proof { nonce, mac } => {
+            buf.put_u8(Kind::Proof as u8);
+            buf.put_slice(nonce);
+            buf.put_slice(mac);
+        }
+        Frame::Proven { mac } => {
+            buf.put_u8(Kind::Proven as u8);
+            buf.put_slice(mac);
+        }
     }
     let body_len = (buf.len() - start - LENGTH_PREFIX_BYTES) as u32;
     buf[start..start + LENGTH_PREFIX_BYTES].copy_from_slice(&body_len.to_be_bytes());
@@ -387,6 +432,12 @@ impl Reader {
     fn u128(&mut self) -> Result<u128, DecodeError> {
         self.need(16)?;
         Ok(self.buf.get_u128())
+    }
+    fn array32(&mut self) -> Result<[u8; 32], DecodeError> {
+        self.need(32)?;
+        let mut out = [0u8; 32];
+        self.buf.copy_to_slice(&mut out);
+        Ok(out)
     }
     fn take(&mut self, n: usize) -> Result<Bytes, DecodeError> {
         // The length was read from the frame, so check it against what is really there before
@@ -506,6 +557,14 @@ pub fn decode_body(body: Bytes) -> Result<Frame, DecodeError> {
         Kind::Ping => Frame::Ping { nonce: r.u64()? },
         Kind::Pong => Frame::Pong { nonce: r.u64()? },
         Kind::Goodbye => Frame::Goodbye,
+        Kind::Challenge => Frame::Challenge {
+            nonce: r.array32()?,
+        },
+        Kind::Proof => Frame::Proof {
+            nonce: r.array32()?,
+            mac: r.array32()?,
+        },
+        Kind::Proven => Frame::Proven { mac: r.array32()? },
     };
     if r.buf.has_remaining() {
         return Err(DecodeError::TrailingBytes {
@@ -645,6 +704,12 @@ mod tests {
                 value: Bytes::new(),
                 headers: vec![],
             },
+            Frame::Challenge { nonce: [3; 32] },
+            Frame::Proof {
+                nonce: [4; 32],
+                mac: [5; 32],
+            },
+            Frame::Proven { mac: [6; 32] },
         ]
     }
 
@@ -760,7 +825,7 @@ mod tests {
         }
 
         #[test]
-        fn mutated_frames_never_panic(index in 0usize..11, flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..4)) {
+        fn mutated_frames_never_panic(index in 0usize..14, flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..4)) {
             let mut buf = BytesMut::new();
             encode(&all_frames()[index], &mut buf);
             let mut data = buf.to_vec();

@@ -9,9 +9,14 @@ mod conn_writer;
 pub mod error;
 pub mod event;
 pub mod frame;
+pub mod handshake;
+pub mod keys;
 pub mod mdns;
 pub mod member;
 pub mod publisher;
+pub mod seal;
+mod stream;
+pub mod tls;
 pub mod window;
 
 pub use error::{
@@ -20,5 +25,6 @@ pub use error::{
 pub use event::{BoxFuture, FnHandler, Handler, Message, Mode, Received, Reply, RequestContext};
 pub use member::{Member, MemberConfig, MemberStats, PublisherLoss};
 pub use publisher::{
-    DATAGRAM_BATCH_MAX, MemberState, MemberView, Publisher, PublisherConfig, Receipt, Source,
+    DATAGRAM_BATCH_MAX, DatagramSeal, MemberState, MemberView, Publisher, PublisherConfig, Receipt,
+    Source,
 };

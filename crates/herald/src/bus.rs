@@ -19,6 +19,8 @@ use crate::transport::{BoxFuture, Replier, StartFrom, SubscribeSpec, Transport, 
 
 /// Default time a publish may take before it fails with a timeout.
 pub const PUBLISH_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
+/// SASL mechanism of a `broker+sasl` URL without `mechanism=`.
+pub const SASL_MECHANISM_DEFAULT: &str = "SCRAM-SHA-512";
 /// Default deadline of a request that does not set one.
 pub const REQUEST_DEADLINE_DEFAULT: Duration = Duration::from_secs(10);
 /// Default number of events a subscription handles at once (events of one key never overlap).
@@ -204,11 +206,19 @@ impl Bus {
     /// |---|---|
     /// | `memory://` / `memory://NAME` | in-process; a private bus, or one shared by name |
     /// | `broker://HOST:PORT[,HOST:PORT]` (or `kafka://`) | Kafka protocol |
+    /// | `broker+ssl://HOST:PORT?ca=PATH[&cert=PATH&key=PATH]` | Kafka protocol over TLS |
+    /// | `broker+sasl://USER@HOST:PORT?password_file=PATH[&mechanism=M]` | SASL (SCRAM-SHA-512 unless `mechanism` says otherwise: SCRAM-SHA-256, PLAIN) |
+    /// | `broker+sasl_ssl://USER@HOST:PORT?password_file=PATH&ca=PATH` | SASL over TLS |
     /// | `direct://HOST:PORT[,HOST:PORT]` / `direct://mdns` | brokerless, acknowledged |
+    /// | `direct+tls://HOST:PORT?ca=PATH&cert=PATH&key=PATH[&server_name=NAME]` | direct over TLS, certificates from one CA on both sides |
     /// | `datagram://HOST:PORT[,...]` / `datagram://mdns` | brokerless UDP |
     ///
     /// Query parameters are transport options (`broker://h:9092?acks=1`), except
-    /// `publish_timeout_ms` and `mdns=true` (peers and mDNS together).
+    /// `publish_timeout_ms` and `mdns=true` (peers and mDNS together). Direct and datagram also
+    /// take `group_key_file=PATH` (a group key: members and producers prove they hold it),
+    /// `topic_key_file=PATH` or `topic_key_file.TOPIC=PATH` (datagrams sealed with a topic
+    /// key) and `encrypt=true` (sealed datagrams encrypted too). Keys and passwords are read
+    /// from files; `docs/direct-protocol.md` and `docs/security.md` describe them.
     pub async fn connect(url: &str) -> Result<Bus, ConnectError> {
         Self::builder_from_url(url)?.connect().await
     }
@@ -226,21 +236,45 @@ impl Bus {
         let mut b = Bus::builder();
         b = match scheme {
             "memory" => b.memory(target),
-            "broker" | "kafka" => {
-                if target.is_empty() {
+            "broker" | "kafka" | "broker+ssl" | "broker+sasl" | "broker+sasl_ssl" => {
+                // SASL URLs name the user before the hosts: `broker+sasl://alice@h:9092`.
+                let (user, hosts) = match target.rsplit_once('@') {
+                    Some((user, hosts)) if scheme.contains("sasl") => (Some(user), hosts),
+                    Some(_) => return Err(bad("only broker+sasl URLs name a user")),
+                    None => (None, target),
+                };
+                if hosts.is_empty() {
                     return Err(bad("a broker URL needs HOST:PORT"));
                 }
-                b.broker(target)
+                b = b.broker(hosts);
+                if let Some(protocol) = match scheme {
+                    "broker+ssl" => Some("SSL"),
+                    "broker+sasl" => Some("SASL_PLAINTEXT"),
+                    "broker+sasl_ssl" => Some("SASL_SSL"),
+                    _ => None,
+                } {
+                    b = b.option("security.protocol", protocol);
+                }
+                if scheme.contains("sasl") {
+                    let user = user.ok_or_else(|| bad("a SASL URL needs USER@HOST:PORT"))?;
+                    b = b
+                        .option("sasl.username", user)
+                        .option("sasl.mechanisms", SASL_MECHANISM_DEFAULT);
+                }
+                b
             }
             "direct" => b.direct(),
+            "direct+tls" => b.direct().option(crate::direct::OPTION_TLS, "true"),
             "datagram" => b.datagram(),
             _ => {
                 return Err(bad(
-                    "the scheme must be memory, broker, kafka, direct or datagram",
+                    "the scheme must be memory, broker, kafka, broker+ssl, broker+sasl, \
+                     broker+sasl_ssl, direct, direct+tls or datagram",
                 ));
             }
         };
-        if matches!(scheme, "direct" | "datagram") {
+        let secure_broker = scheme.starts_with("broker+");
+        if matches!(scheme, "direct" | "direct+tls" | "datagram") {
             if target == "mdns" {
                 b = b.mdns(true);
             } else if !target.is_empty() {
@@ -262,6 +296,12 @@ impl Bus {
                     b.publish_timeout(Duration::from_millis(ms))
                 }
                 "mdns" => b.mdns(value == "true" || value == "1"),
+                // The short names of a secured broker URL, as librdkafka properties; the
+                // password file is read when the bus connects (`broker/mod.rs`).
+                "mechanism" if secure_broker => b.option("sasl.mechanisms", value),
+                "ca" if secure_broker => b.option("ssl.ca.location", value),
+                "cert" if secure_broker => b.option("ssl.certificate.location", value),
+                "key" if secure_broker => b.option("ssl.key.location", value),
                 _ => b.option(name, value),
             };
         }
@@ -697,6 +737,62 @@ mod tests {
         assert_eq!(b.config.kind, TransportKind::Datagram);
 
         for bad in ["nope", "ftp://x", "broker://", "direct://not-an-address"] {
+            assert!(Bus::builder_from_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn secured_urls_parse_into_librdkafka_properties_and_direct_options() {
+        let option = |b: &BusBuilder, name: &str| b.config.options.get(name).cloned();
+        let b = Bus::builder_from_url(
+            "broker+sasl_ssl://alice@h:9093?mechanism=SCRAM-SHA-256&password_file=/p&ca=/ca.pem",
+        )
+        .unwrap();
+        assert_eq!(b.config.kind, TransportKind::Broker);
+        assert_eq!(b.config.target, "h:9093");
+        assert_eq!(option(&b, "security.protocol").as_deref(), Some("SASL_SSL"));
+        assert_eq!(option(&b, "sasl.username").as_deref(), Some("alice"));
+        assert_eq!(
+            option(&b, "sasl.mechanisms").as_deref(),
+            Some("SCRAM-SHA-256")
+        );
+        assert_eq!(option(&b, "ssl.ca.location").as_deref(), Some("/ca.pem"));
+        assert_eq!(option(&b, "password_file").as_deref(), Some("/p"));
+        assert_eq!(option(&b, "sasl.password"), None, "never in the URL");
+
+        let b = Bus::builder_from_url("broker+sasl://bob@h:9092,i:9092?password_file=/p").unwrap();
+        assert_eq!(b.config.target, "h:9092,i:9092");
+        assert_eq!(
+            option(&b, "security.protocol").as_deref(),
+            Some("SASL_PLAINTEXT")
+        );
+        assert_eq!(
+            option(&b, "sasl.mechanisms").as_deref(),
+            Some("SCRAM-SHA-512")
+        );
+
+        let b =
+            Bus::builder_from_url("broker+ssl://h:9093?ca=/ca.pem&cert=/c.pem&key=/k.pem").unwrap();
+        assert_eq!(option(&b, "security.protocol").as_deref(), Some("SSL"));
+        assert_eq!(
+            option(&b, "ssl.certificate.location").as_deref(),
+            Some("/c.pem")
+        );
+        assert_eq!(option(&b, "ssl.key.location").as_deref(), Some("/k.pem"));
+        assert_eq!(option(&b, "sasl.username"), None);
+
+        let b =
+            Bus::builder_from_url("direct+tls://127.0.0.1:7000?ca=/ca.pem&cert=/c&key=/k").unwrap();
+        assert_eq!(b.config.kind, TransportKind::Direct);
+        assert_eq!(b.config.peers.len(), 1);
+        assert_eq!(option(&b, "tls").as_deref(), Some("true"));
+        assert_eq!(option(&b, "ca").as_deref(), Some("/ca.pem"));
+
+        for bad in [
+            "broker+sasl://h:9092",
+            "broker+ssl://alice@h:9092",
+            "broker+sasl://a@",
+        ] {
             assert!(Bus::builder_from_url(bad).is_err(), "{bad}");
         }
     }

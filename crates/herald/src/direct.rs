@@ -6,18 +6,24 @@
 //! answers the producer only once the runtime says how the event ended. Retries, dead letters
 //! and per-key order are the runtime's; this module only moves events and maps errors.
 
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
 use futures::FutureExt;
 use herald_direct::event::remaining;
+use herald_direct::handshake::GroupKey;
+use herald_direct::keys::SecretKey;
+use herald_direct::seal::DatagramKey;
+use herald_direct::tls::{MemberTls, PublisherTls, TlsFiles};
 use herald_direct::{
-    BoxFuture as MemberFuture, DatagramError, Handler, HandlerError as MemberHandlerError, Member,
-    MemberConfig, MemberStartError, Message, Publisher, PublisherConfig, Received,
-    RequestContext as MemberRequestContext,
+    BoxFuture as MemberFuture, DatagramError, DatagramSeal, Handler,
+    HandlerError as MemberHandlerError, Member, MemberConfig, MemberStartError, Message, Publisher,
+    PublisherConfig, Received, RequestContext as MemberRequestContext,
 };
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
@@ -55,20 +61,136 @@ pub(crate) async fn connect(config: &BusConfig) -> Result<Arc<dyn Transport>, Co
         static_peers: config.peers.clone(),
         frame_bytes_max: options.publisher.frame_bytes_max,
         datagram_payload_bytes_max: options.publisher.datagram_payload_bytes_max,
+        security: options.security,
     }))
 }
 
 /// The bus options a direct or datagram bus understands (`?name=value` in its URL, or
-/// `BusBuilder::option`), each a field of `herald_direct::PublisherConfig`.
+/// `BusBuilder::option`): fields of `herald_direct::PublisherConfig`, and the security its
+/// subscriptions' members get too.
 struct Options {
     publisher: PublisherConfig,
+    security: MemberSecurity,
+}
+
+/// What a bus's members need to be as secure as its publisher: the same TLS identity and CA,
+/// group key and topic keys.
+#[derive(Clone, Default)]
+struct MemberSecurity {
+    /// `Some(Err)`: TLS was asked for without a certificate, which a publisher may do but a
+    /// member cannot (it must present one); subscribing then fails with this message.
+    tls: Option<Result<MemberTls, String>>,
+    group_key: Option<GroupKey>,
+    topic_keys: HashMap<String, DatagramKey>,
+    topic_key_default: Option<DatagramKey>,
+}
+
+impl MemberSecurity {
+    fn apply(&self, topic: &str, config: &mut MemberConfig) -> Result<(), SubscribeError> {
+        if let Some(tls) = &self.tls {
+            config.tls = Some(tls.clone().map_err(SubscribeError::Invalid)?);
+        }
+        config.group_key = self.group_key.clone();
+        config.datagram_keys = self
+            .topic_keys
+            .get(topic)
+            .or(self.topic_key_default.as_ref())
+            .cloned()
+            .into_iter()
+            .collect();
+        Ok(())
+    }
+}
+
+/// Reads a key file named by option `name`.
+fn key_file(name: &str, path: &str) -> Result<SecretKey, ConnectError> {
+    SecretKey::from_file(Path::new(path)).map_err(|e| ConnectError::BadOption {
+        name: name.to_string(),
+        reason: e.to_string(),
+    })
 }
 
 impl Options {
     fn parse(config: &BusConfig) -> Result<Options, ConnectError> {
         let mut publisher = PublisherConfig::new(config.peers.clone());
         publisher.mdns = config.mdns;
+        let mut security = MemberSecurity::default();
+        let option = |name: &str| config.options.get(name).map(String::as_str);
+        let tls = matches!(option(OPTION_TLS), Some("true" | "1"));
+        let tls_files = [OPTION_CA, OPTION_CERT, OPTION_KEY, OPTION_SERVER_NAME];
+        if !tls && let Some(name) = tls_files.iter().find(|n| option(n).is_some()) {
+            return Err(ConnectError::BadOption {
+                name: name.to_string(),
+                reason: "a TLS option needs direct+tls:// (or the option tls=true)".to_string(),
+            });
+        }
+        if tls {
+            let bad = |name: &str, reason: String| ConnectError::BadOption {
+                name: name.to_string(),
+                reason,
+            };
+            let ca = option(OPTION_CA)
+                .ok_or_else(|| bad(OPTION_CA, "TLS needs the CA bundle (ca=PATH)".to_string()))?;
+            let files = TlsFiles {
+                ca: ca.into(),
+                certificate: option(OPTION_CERT).map(Into::into),
+                key: option(OPTION_KEY).map(Into::into),
+            };
+            publisher.tls = Some(
+                PublisherTls::load(&files, option(OPTION_SERVER_NAME))
+                    .map_err(|e| bad(OPTION_CERT, e.to_string()))?,
+            );
+            security.tls = Some(if files.certificate.is_some() {
+                Ok(MemberTls::load(&files).map_err(|e| bad(OPTION_CERT, e.to_string()))?)
+            } else {
+                Err("a subscription over TLS needs a certificate (cert=PATH&key=PATH)".to_string())
+            });
+        }
+        if let Some(path) = option(OPTION_GROUP_KEY_FILE) {
+            let key = GroupKey::new(&key_file(OPTION_GROUP_KEY_FILE, path)?);
+            publisher.group_key = Some(key.clone());
+            security.group_key = Some(key);
+        }
+        let encrypt = match option(OPTION_ENCRYPT) {
+            None | Some("false" | "0") => false,
+            Some("true" | "1") => true,
+            Some(other) => {
+                return Err(ConnectError::BadOption {
+                    name: OPTION_ENCRYPT.to_string(),
+                    reason: format!("expected true or false, got {other:?}"),
+                });
+            }
+        };
         for (name, value) in &config.options {
+            let topic = if name == OPTION_TOPIC_KEY_FILE {
+                None
+            } else if let Some(topic) = name.strip_prefix(OPTION_TOPIC_KEY_FILE_PREFIX) {
+                Some(topic)
+            } else {
+                continue;
+            };
+            let key = DatagramKey::new(&key_file(name, value)?);
+            let seal = DatagramSeal {
+                key: key.clone(),
+                encrypt,
+            };
+            match topic {
+                None => {
+                    publisher.datagram_key_default = Some(seal);
+                    security.topic_key_default = Some(key);
+                }
+                Some(topic) => {
+                    publisher.datagram_keys.insert(topic.to_string(), seal);
+                    security.topic_keys.insert(topic.to_string(), key);
+                }
+            }
+        }
+        for (name, value) in &config.options {
+            if SECURITY_OPTIONS.contains(&name.as_str())
+                || name.starts_with(OPTION_TOPIC_KEY_FILE_PREFIX)
+            {
+                continue;
+            }
             let number = || -> Result<u64, ConnectError> {
                 value.parse::<u64>().map_err(|_| ConnectError::BadOption {
                     name: name.clone(),
@@ -106,17 +228,50 @@ impl Options {
                     return Err(ConnectError::BadOption {
                         name: name.clone(),
                         reason: format!(
-                            "not an option of the {} transport (known: {})",
+                            "not an option of the {} transport (known: {}, {}, topic_key_file.TOPIC)",
                             config.kind.as_str(),
-                            KNOWN_OPTIONS.join(", ")
+                            KNOWN_OPTIONS.join(", "),
+                            SECURITY_OPTIONS.join(", ")
                         ),
                     });
                 }
             }
         }
-        Ok(Options { publisher })
+        Ok(Options {
+            publisher,
+            security,
+        })
     }
 }
+
+/// Set by `direct+tls://`: connections use TLS.
+pub(crate) const OPTION_TLS: &str = "tls";
+/// PEM file of the CA that signs the group's certificates.
+const OPTION_CA: &str = "ca";
+/// PEM file of this bus's certificate chain (TLS client and, for subscriptions, server).
+const OPTION_CERT: &str = "cert";
+/// PEM file of this bus's private key.
+const OPTION_KEY: &str = "key";
+/// A name members' certificates must be valid for (otherwise only their chain is checked).
+const OPTION_SERVER_NAME: &str = "server_name";
+/// File of the group key (64 hexadecimal digits).
+const OPTION_GROUP_KEY_FILE: &str = "group_key_file";
+/// File of the datagram key of every topic; `topic_key_file.TOPIC` for one topic.
+const OPTION_TOPIC_KEY_FILE: &str = "topic_key_file";
+const OPTION_TOPIC_KEY_FILE_PREFIX: &str = "topic_key_file.";
+/// Encrypt sealed datagrams, not only authenticate them.
+const OPTION_ENCRYPT: &str = "encrypt";
+
+const SECURITY_OPTIONS: [&str; 8] = [
+    OPTION_TLS,
+    OPTION_CA,
+    OPTION_CERT,
+    OPTION_KEY,
+    OPTION_SERVER_NAME,
+    OPTION_GROUP_KEY_FILE,
+    OPTION_TOPIC_KEY_FILE,
+    OPTION_ENCRYPT,
+];
 
 const KNOWN_OPTIONS: [&str; 10] = [
     "attempt_timeout_ms",
@@ -149,6 +304,8 @@ struct DirectTransport {
     static_peers: Vec<SocketAddr>,
     frame_bytes_max: usize,
     datagram_payload_bytes_max: usize,
+    /// TLS, group key and topic keys of this bus's subscriptions.
+    security: MemberSecurity,
 }
 
 impl DirectTransport {
@@ -219,6 +376,7 @@ impl DirectTransport {
         config.frame_bytes_max = self.frame_bytes_max;
         config.datagram_payload_bytes_max = self.datagram_payload_bytes_max;
         config.shutdown_drain_ms = SHUTDOWN_DRAIN_MS;
+        self.security.apply(&spec.topic, &mut config)?;
         let member = Member::start(config, handler).await.map_err(|e| match e {
             MemberStartError::Config(message) => SubscribeError::Invalid(message),
             other => SubscribeError::Transport {

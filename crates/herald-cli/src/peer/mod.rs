@@ -7,12 +7,18 @@ mod bench;
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use bytes::Bytes;
+use herald_direct::DatagramSeal;
+use herald_direct::handshake::GroupKey;
+use herald_direct::keys::SecretKey;
+use herald_direct::seal::DatagramKey;
+use herald_direct::tls::{MemberTls, PublisherTls, TlsFiles};
 use herald_direct::{
     BoxFuture, DatagramError, Handler, HandlerError, Member, MemberConfig, Message, PublishError,
     Publisher, PublisherConfig, Received, RequestContext, RequestError,
@@ -50,6 +56,8 @@ pub enum PeerCommand {
 pub struct MembersArgs {
     #[command(flatten)]
     pub discovery: Discovery,
+    #[command(flatten)]
+    pub security: Security,
     /// How long to collect: static peers are done once each was tried; mDNS takes the whole time.
     #[arg(long, default_value_t = 2_000)]
     pub wait_ms: u64,
@@ -64,6 +72,94 @@ pub struct Discovery {
     /// Discover members with mDNS-SD (`_herald._tcp.local.`).
     #[arg(long)]
     pub mdns: bool,
+}
+
+/// Security of brokerless connections (`docs/direct-protocol.md`): TLS with certificates from
+/// one CA, a group key, a topic key for datagrams. Keys are read from files, never given here.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Security {
+    /// CA bundle (PEM) the other side's certificate must chain to; turns TLS on.
+    #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+    pub tls_ca: Option<PathBuf>,
+    /// This side's certificate chain (PEM).
+    #[arg(long, requires = "tls_ca")]
+    pub tls_cert: Option<PathBuf>,
+    /// This side's private key (PEM).
+    #[arg(long, requires = "tls_ca")]
+    pub tls_key: Option<PathBuf>,
+    /// Producers: a name the member's certificate must be valid for (otherwise only its chain
+    /// to the CA is checked).
+    #[arg(long, requires = "tls_ca")]
+    pub tls_server_name: Option<String>,
+    /// File holding the group key (64 hexadecimal digits): both sides prove they hold it.
+    #[arg(long)]
+    pub group_key_file: Option<PathBuf>,
+    /// File holding the topic's datagram key (64 hexadecimal digits): datagrams are sealed and
+    /// checked with it.
+    #[arg(long)]
+    pub topic_key_file: Option<PathBuf>,
+    /// Encrypt sealed datagrams, not only authenticate them (needs --topic-key-file).
+    #[arg(long, requires = "topic_key_file")]
+    pub encrypt: bool,
+}
+
+impl Security {
+    fn tls_files(&self) -> Option<TlsFiles> {
+        self.tls_ca.as_ref().map(|ca| TlsFiles {
+            ca: ca.clone(),
+            certificate: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+        })
+    }
+
+    fn group_key(&self) -> Result<Option<GroupKey>, CliError> {
+        self.group_key_file
+            .as_ref()
+            .map(|path| Ok(GroupKey::new(&SecretKey::from_file(path).map_err(usage)?)))
+            .transpose()
+    }
+
+    fn topic_key(&self) -> Result<Option<DatagramKey>, CliError> {
+        self.topic_key_file
+            .as_ref()
+            .map(|path| {
+                Ok(DatagramKey::new(
+                    &SecretKey::from_file(path).map_err(usage)?,
+                ))
+            })
+            .transpose()
+    }
+
+    fn apply_publisher(&self, topic: &str, config: &mut PublisherConfig) -> Result<(), CliError> {
+        if let Some(files) = self.tls_files() {
+            config.tls =
+                Some(PublisherTls::load(&files, self.tls_server_name.as_deref()).map_err(usage)?);
+        }
+        config.group_key = self.group_key()?;
+        if let Some(key) = self.topic_key()? {
+            config.datagram_keys.insert(
+                topic.to_string(),
+                DatagramSeal {
+                    key,
+                    encrypt: self.encrypt,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn apply_member(&self, config: &mut MemberConfig) -> Result<(), CliError> {
+        if let Some(files) = self.tls_files() {
+            config.tls = Some(MemberTls::load(&files).map_err(usage)?);
+        }
+        config.group_key = self.group_key()?;
+        config.datagram_keys = self.topic_key()?.into_iter().collect();
+        Ok(())
+    }
+}
+
+fn usage(error: impl std::fmt::Display) -> CliError {
+    CliError::Usage(error.to_string())
 }
 
 /// Options of `herald peer listen`.
@@ -90,6 +186,8 @@ pub struct ListenArgs {
     /// Discard every Nth received datagram before counting it (tests loss accounting).
     #[arg(long, hide = true)]
     pub drop_every: Option<u64>,
+    #[command(flatten)]
+    pub security: Security,
 }
 
 /// Delivery mode of `herald peer publish`.
@@ -109,6 +207,8 @@ pub struct PublishArgs {
     pub topic: String,
     #[command(flatten)]
     pub discovery: Discovery,
+    #[command(flatten)]
+    pub security: Security,
     #[arg(long, value_enum, default_value_t = PublishMode::Direct)]
     pub mode: PublishMode,
     /// Key of every event.
@@ -136,6 +236,8 @@ pub struct RequestArgs {
     pub topic: String,
     #[command(flatten)]
     pub discovery: Discovery,
+    #[command(flatten)]
+    pub security: Security,
     /// Deadline of the request; an inherited deadline (HERALD_DEADLINE_UNIX_MS) wins if earlier.
     #[arg(long)]
     pub timeout_ms: u64,
@@ -165,6 +267,8 @@ pub struct ReplyArgs {
     /// Announce this member with mDNS-SD.
     #[arg(long)]
     pub mdns: bool,
+    #[command(flatten)]
+    pub security: Security,
 }
 
 /// Runs a `herald peer` command.
@@ -206,7 +310,11 @@ fn parse_addr(text: &str) -> Result<SocketAddr, CliError> {
         .ok_or_else(|| CliError::Usage(format!("not a HOST:PORT address: {text:?}")))
 }
 
-fn publisher_config(discovery: &Discovery) -> Result<PublisherConfig, CliError> {
+fn publisher_config(
+    discovery: &Discovery,
+    security: &Security,
+    topic: &str,
+) -> Result<PublisherConfig, CliError> {
     let peers = discovery
         .peers
         .iter()
@@ -215,6 +323,7 @@ fn publisher_config(discovery: &Discovery) -> Result<PublisherConfig, CliError> 
         .collect::<Result<Vec<_>, _>>()?;
     let mut config = PublisherConfig::new(peers);
     config.mdns = discovery.mdns;
+    security.apply_publisher(topic, &mut config)?;
     Ok(config)
 }
 
@@ -285,19 +394,35 @@ impl Handler for PrintHandler {
     }
 }
 
-async fn start_member(
-    topic: &str,
-    group: &str,
-    bind: &str,
+/// What `listen` and `reply` start a member with.
+struct MemberSetup<'a> {
+    topic: &'a str,
+    group: &'a str,
+    bind: &'a str,
     capacity: u32,
     mdns: bool,
     drop_every: Option<u64>,
+    security: &'a Security,
+}
+
+async fn start_member(
+    setup: MemberSetup<'_>,
     handler: Arc<dyn Handler>,
 ) -> Result<Member, CliError> {
+    let MemberSetup {
+        topic,
+        group,
+        bind,
+        capacity,
+        mdns,
+        drop_every,
+        security,
+    } = setup;
     let mut config = MemberConfig::new(topic, group, parse_addr(bind)?);
     config.capacity = capacity;
     config.mdns = mdns;
     config.drop_every_nth_datagram = drop_every;
+    security.apply_member(&mut config)?;
     let member = Member::start(config, handler).await.map_err(|e| match e {
         herald_direct::MemberStartError::Config(m) => CliError::Usage(m),
         other => CliError::Other(other.into()),
@@ -321,6 +446,12 @@ struct ListenSummary {
     duplicates: u64,
     handler_failures: u64,
     in_flight_max: u32,
+    /// Datagrams refused because they could not be authenticated (topic key).
+    datagrams_rejected: u64,
+    /// Authentic datagrams refused as replays.
+    datagrams_replayed: u64,
+    /// Producer connections refused by the TLS or group-key handshake.
+    auth_failures: u64,
     /// Datagram counts per publisher.
     publishers: Vec<herald_direct::PublisherLoss>,
 }
@@ -334,12 +465,15 @@ async fn listen(output: Output, args: ListenArgs) -> Result<(), CliError> {
     // "die now" (which would skip its goodbye and the summary).
     let stop = stop_signal().context("installing signal handlers")?;
     let member = start_member(
-        &args.topic,
-        &args.group,
-        &args.bind,
-        args.capacity,
-        args.mdns,
-        args.drop_every,
+        MemberSetup {
+            topic: &args.topic,
+            group: &args.group,
+            bind: &args.bind,
+            capacity: args.capacity,
+            mdns: args.mdns,
+            drop_every: args.drop_every,
+            security: &args.security,
+        },
         handler,
     )
     .await?;
@@ -365,6 +499,9 @@ fn print_listen_summary(
         duplicates: stats.duplicates_dropped,
         handler_failures: stats.handler_failures,
         in_flight_max: stats.in_flight_max,
+        datagrams_rejected: stats.datagrams_rejected,
+        datagrams_replayed: stats.datagrams_replayed,
+        auth_failures: stats.auth_failures,
         publishers,
     };
     match output {
@@ -380,6 +517,14 @@ fn print_listen_summary(
             summary.handler_failures,
             summary.in_flight_max
         ),
+    }
+    if output == Output::Table
+        && summary.datagrams_rejected + summary.datagrams_replayed + summary.auth_failures > 0
+    {
+        println!(
+            "refused: datagrams rejected {} replayed {}, connections failing authentication {}",
+            summary.datagrams_rejected, summary.datagrams_replayed, summary.auth_failures
+        );
     }
     if output == Output::Table {
         for p in &summary.publishers {
@@ -400,7 +545,7 @@ struct PublishSummary {
 }
 
 async fn publish(output: Output, args: PublishArgs) -> Result<(), CliError> {
-    let mut config = publisher_config(&args.discovery)?;
+    let mut config = publisher_config(&args.discovery, &args.security, &args.topic)?;
     config.drop_every_nth_datagram = args.drop_every;
     let publisher = Publisher::start(config)
         .await
@@ -524,7 +669,7 @@ async fn publish(output: Output, args: PublishArgs) -> Result<(), CliError> {
 }
 
 async fn members(output: Output, args: MembersArgs) -> Result<(), CliError> {
-    let publisher = Publisher::start(publisher_config(&args.discovery)?)
+    let publisher = Publisher::start(publisher_config(&args.discovery, &args.security, "")?)
         .await
         .map_err(|e| CliError::Other(e.into()))?;
     let wait = Duration::from_millis(args.wait_ms);
@@ -591,9 +736,13 @@ async fn request(args: RequestArgs) -> Result<(), CliError> {
     if let Some(inherited) = inherited_deadline() {
         deadline = deadline.min(inherited);
     }
-    let publisher = Publisher::start(publisher_config(&args.discovery)?)
-        .await
-        .map_err(|e| CliError::Other(e.into()))?;
+    let publisher = Publisher::start(publisher_config(
+        &args.discovery,
+        &args.security,
+        &args.topic,
+    )?)
+    .await
+    .map_err(|e| CliError::Other(e.into()))?;
     let response = publisher
         .request_until(Message::new(args.topic.clone(), args.value), deadline)
         .await
@@ -706,12 +855,15 @@ async fn reply(output: Output, args: ReplyArgs) -> Result<(), CliError> {
     // "die now" (which would skip its goodbye and the summary).
     let stop = stop_signal().context("installing signal handlers")?;
     let member = start_member(
-        &args.topic,
-        &args.group,
-        &args.bind,
-        args.capacity,
-        args.mdns,
-        None,
+        MemberSetup {
+            topic: &args.topic,
+            group: &args.group,
+            bind: &args.bind,
+            capacity: args.capacity,
+            mdns: args.mdns,
+            drop_every: None,
+            security: &args.security,
+        },
         handler,
     )
     .await?;

@@ -8,3 +8,4 @@ mod harness;
 mod mdns;
 mod membership;
 mod request;
+mod security;

@@ -18,6 +18,8 @@ use crate::conn_writer::ConnWriter;
 use crate::error::HandlerError;
 use crate::event::{Mode, Received, Reply, RequestContext, system_to_instant};
 use crate::frame::{self, Frame, Hello, NackReason, WireEvent};
+use crate::handshake;
+use crate::stream::Stream;
 
 pub(super) async fn accept_loop(
     listener: TcpListener,
@@ -58,7 +60,21 @@ async fn serve_connection(
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let (mut reader, writer) = stream.into_split();
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let limit = Duration::from_millis(shared.config.handshake_timeout_ms);
+    let stream = match tokio::time::timeout(limit, secure(stream, &shared, &mut buf)).await {
+        Ok(Ok(stream)) => stream,
+        failed => {
+            let error = match failed {
+                Ok(Err(error)) => error,
+                _ => format!("handshake not finished within {} ms", limit.as_millis()),
+            };
+            tracing::warn!(%peer, %error, "producer failed authentication; closed");
+            shared.state.lock().stats.auth_failures += 1;
+            return;
+        }
+    };
+    let (mut reader, writer) = stream.split();
     let (out, write_loop) = ConnWriter::new(writer, shared.config.send_queue_frames_max);
     let writer_task = tokio::spawn(write_loop.run());
     let conn = Arc::new(Connection {
@@ -75,7 +91,6 @@ async fn serve_connection(
     if conn.out.send(hello).await.is_err() {
         return;
     }
-    let mut buf = BytesMut::with_capacity(64 * 1024);
     // Replies decided while reading (acks of handlers that finished at once, refusals, pongs):
     // written from this task after the frames at hand are handled, with no hop to another task.
     let mut batch = BytesMut::with_capacity(4 * 1024);
@@ -120,6 +135,29 @@ async fn serve_connection(
     drop(conn);
     let _ = writer_task.await;
     tracing::debug!(%peer, "producer connection closed");
+}
+
+/// Runs what the member's configuration asks of a new connection before HELLO: the TLS
+/// handshake (which checks the producer's certificate against the CA), then the group-key
+/// handshake; returns the stream to serve or why the producer was refused.
+async fn secure(stream: TcpStream, shared: &Shared, buf: &mut BytesMut) -> Result<Stream, String> {
+    let mut stream = match &shared.config.tls {
+        None => Stream::Tcp(stream),
+        Some(tls) => {
+            let tls = tls
+                .acceptor()
+                .accept(stream)
+                .await
+                .map_err(|e| format!("TLS: {e}"))?;
+            Stream::Tls(Box::new(tls.into()))
+        }
+    };
+    if let Some(key) = &shared.config.group_key {
+        handshake::member_side(&mut stream, buf, key, shared.config.frame_bytes_max)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(stream)
 }
 
 /// One producer connection as its reader and handler tasks share it: the write side (replies

@@ -21,9 +21,13 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::error::MemberStartError;
+use crate::event::system_to_unix_ms;
 use crate::event::{Handler, Mode, Received};
 use crate::frame::{self, Frame, NackReason};
+use crate::handshake::{GroupKey, HANDSHAKE_TIMEOUT_MS_DEFAULT};
 use crate::mdns::Advertisement;
+use crate::seal::{self, DatagramKey, Replay, ReplayGuard};
+use crate::tls::MemberTls;
 use crate::window::{DedupWindow, GapCounter};
 
 /// Resolution of deadlines on the wire.
@@ -33,6 +37,9 @@ const DEADLINE_GRAIN: Duration = Duration::from_millis(1);
 pub const DEDUP_WINDOW_EVENTS_DEFAULT: usize = 100_000;
 /// Default largest datagram payload: a 1500-byte Ethernet MTU minus IPv4 (20) and UDP (8) headers.
 pub const DATAGRAM_PAYLOAD_BYTES_MAX_DEFAULT: usize = 1472;
+
+/// Default largest age of a sealed datagram (see [`MemberConfig::datagram_age_ms_max`]).
+pub const DATAGRAM_AGE_MS_MAX_DEFAULT: u64 = 30_000;
 
 /// How a member is set up.
 #[derive(Debug, Clone)]
@@ -61,6 +68,22 @@ pub struct MemberConfig {
     pub shutdown_drain_ms: u64,
     /// Announce the member with mDNS-SD (`_herald._tcp.local.`).
     pub mdns: bool,
+    /// The topic's datagram keys. When there is any, only sealed datagrams whose tag checks
+    /// with one of them are delivered (several keys allow a rotation); every other datagram is
+    /// counted as rejected. Empty: datagrams are taken unsealed, as version 1 sends them.
+    pub datagram_keys: Vec<DatagramKey>,
+    /// Largest difference between a sealed datagram's send time and this member's clock; an
+    /// older (or later) one is counted as replayed.
+    pub datagram_age_ms_max: u64,
+    /// The group key: with it, every producer connection starts with the group-key handshake
+    /// (`docs/direct-protocol.md`, "Group key") and a producer that fails it is closed before
+    /// it can send anything.
+    pub group_key: Option<GroupKey>,
+    /// Bound on the handshake (group key or TLS) of one connection.
+    pub handshake_timeout_ms: u64,
+    /// TLS: producers must present a certificate signed by the configured CA; the member
+    /// presents its own (`docs/direct-protocol.md`, "TLS").
+    pub tls: Option<MemberTls>,
 }
 
 impl MemberConfig {
@@ -80,6 +103,11 @@ impl MemberConfig {
             drop_every_nth_datagram: None,
             shutdown_drain_ms: 5_000,
             mdns: false,
+            datagram_keys: Vec::new(),
+            datagram_age_ms_max: DATAGRAM_AGE_MS_MAX_DEFAULT,
+            group_key: None,
+            handshake_timeout_ms: HANDSHAKE_TIMEOUT_MS_DEFAULT,
+            tls: None,
         }
     }
 }
@@ -105,6 +133,15 @@ pub struct MemberStats {
     pub busy_refusals: u64,
     /// Connections closed because of malformed frames.
     pub malformed_frames: u64,
+    /// Datagrams refused because they could not be authenticated: unsealed while the member has
+    /// datagram keys, a key id it does not know, a tag that does not match. Never delivered.
+    pub datagrams_rejected: u64,
+    /// Authentic datagrams refused as replays: a sequence number seen already or older than the
+    /// replay window, or a send time beyond `datagram_age_ms_max`. Never delivered.
+    pub datagrams_replayed: u64,
+    /// Producer connections closed because they failed authentication (group key or TLS) or did
+    /// not finish it within `handshake_timeout_ms`.
+    pub auth_failures: u64,
     /// Events or requests in flight now.
     pub in_flight: u32,
     /// The most events ever in flight at once.
@@ -124,6 +161,7 @@ struct State {
     dedup: DedupWindow,
     in_progress: HashSet<u128>,
     gaps: GapCounter,
+    replay: ReplayGuard,
     stats: MemberStats,
     shutting_down: bool,
 }
@@ -176,6 +214,7 @@ impl Member {
                 dedup: DedupWindow::new(config.dedup_window_events),
                 in_progress: HashSet::new(),
                 gaps: GapCounter::new(config.publishers_max),
+                replay: ReplayGuard::new(config.publishers_max, config.datagram_age_ms_max),
                 stats: MemberStats::default(),
                 shutting_down: false,
             }),
@@ -440,12 +479,30 @@ async fn datagram_loop(socket: UdpSocket, shared: Arc<Shared>) {
             shared.state.lock().stats.datagrams_dropped_by_hook += 1;
             continue;
         }
-        let event = match frame::decode_datagram(Bytes::copy_from_slice(&buf[..len]), limit) {
-            Ok(Frame::Event(event)) => event,
-            Ok(_) | Err(_) => {
-                tracing::warn!(%from, "malformed datagram ignored");
-                shared.state.lock().stats.malformed_frames += 1;
-                continue;
+        let datagram = Bytes::copy_from_slice(&buf[..len]);
+        let event = if shared.config.datagram_keys.is_empty() {
+            match frame::decode_datagram(datagram, limit) {
+                Ok(Frame::Event(event)) => event,
+                Ok(_) | Err(_) => {
+                    tracing::warn!(%from, "malformed datagram ignored");
+                    shared.state.lock().stats.malformed_frames += 1;
+                    continue;
+                }
+            }
+        } else {
+            match open_sealed(&shared, datagram) {
+                Ok(event) => event,
+                Err(refusal) => {
+                    // At debug level: whoever can reach the port can send these, as many as
+                    // they like; the counters say how many.
+                    tracing::debug!(%from, %refusal, "datagram refused");
+                    let mut state = shared.state.lock();
+                    match refusal {
+                        Refusal::Replayed(_) => state.stats.datagrams_replayed += 1,
+                        _ => state.stats.datagrams_rejected += 1,
+                    }
+                    continue;
+                }
             }
         };
         if event.topic != shared.config.topic {
@@ -464,4 +521,41 @@ async fn datagram_loop(socket: UdpSocket, shared: Arc<Shared>) {
             tracing::debug!(%message, elapsed_us = started.elapsed().as_micros() as u64, "datagram handler failed");
         }
     }
+}
+
+/// Why a datagram was refused by a member with datagram keys.
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    #[error("not sealed")]
+    Unsealed,
+    #[error("malformed envelope: {0}")]
+    Malformed(frame::DecodeError),
+    #[error(transparent)]
+    Open(seal::OpenError),
+    #[error("sealed payload is not an event of its sender")]
+    Payload,
+    #[error("replayed ({0:?})")]
+    Replayed(Replay),
+}
+
+/// Authenticates a sealed datagram, checks it against its sender's replay window, and returns
+/// its event. Only a datagram that passes the tag check can move a replay window.
+fn open_sealed(shared: &Shared, datagram: Bytes) -> Result<frame::WireEvent, Refusal> {
+    if !seal::is_sealed(&datagram) {
+        return Err(Refusal::Unsealed);
+    }
+    let envelope = seal::decode_sealed(datagram).map_err(Refusal::Malformed)?;
+    let body = seal::open(&envelope, &shared.config.datagram_keys).map_err(Refusal::Open)?;
+    let event = match frame::decode_body(body) {
+        Ok(Frame::Event(event)) if event.publisher == envelope.sender => event,
+        _ => return Err(Refusal::Payload),
+    };
+    let now = system_to_unix_ms(std::time::SystemTime::now());
+    shared
+        .state
+        .lock()
+        .replay
+        .check(&envelope, now)
+        .map_err(Refusal::Replayed)?;
+    Ok(event)
 }

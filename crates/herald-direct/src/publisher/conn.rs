@@ -18,6 +18,8 @@ use super::{MemberState, Shared};
 use crate::conn_writer::{ConnWriter, Encode, Inline};
 use crate::event::Reply;
 use crate::frame::{self, Frame, Hello, NackReason, WireEvent};
+use crate::handshake::{self, HandshakeError, read_frame};
+use crate::stream::Stream;
 
 /// How an attempt to deliver on a connection ended, as its reader (or the connection's end)
 /// reports it to the waiting publisher.
@@ -73,7 +75,17 @@ pub(super) async fn supervise(shared: Arc<Shared>, addr: SocketAddr) {
                 }
             }
             Err(error) => {
-                let state = shared.members.lock().get(&addr).map(|s| s.state);
+                let (state, last_error) = shared
+                    .members
+                    .lock()
+                    .get(&addr)
+                    .map(|s| (s.state, s.last_error.clone()))
+                    .unzip();
+                let error_text = error.to_string();
+                // Logged once per change, not on every reconnect attempt.
+                if error.is_authentication() && last_error.flatten().as_ref() != Some(&error_text) {
+                    tracing::warn!(%addr, error = %error_text, "member failed authentication; not used");
+                }
                 // A member that never answered stays "connecting"; one that left stays "left"
                 // until it comes back; anything else that cannot be reached is down.
                 let next = match state {
@@ -81,7 +93,7 @@ pub(super) async fn supervise(shared: Arc<Shared>, addr: SocketAddr) {
                     Some(MemberState::Left) => MemberState::Left,
                     Some(_) => MemberState::Down,
                 };
-                set_state(&shared, addr, next, Some(error.to_string()));
+                set_state(&shared, addr, next, Some(error_text));
             }
         }
         tokio::time::sleep(reconnect).await;
@@ -98,12 +110,12 @@ enum ConnectError {
     Connect(std::io::Error),
     #[error("expected hello, got {0:?}")]
     NotHello(Box<Frame>),
-    #[error("bad hello: {0}")]
-    BadHello(frame::DecodeError),
-    #[error("closed before hello")]
-    ClosedBeforeHello,
-    #[error("read: {0}")]
-    Read(std::io::Error),
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
+    #[error("TLS handshake timed out")]
+    TlsTimeout,
+    #[error("TLS: {0}")]
+    Tls(std::io::Error),
     #[error("no hello in time")]
     HelloTimeout,
     #[error("features not sent in time")]
@@ -112,30 +124,61 @@ enum ConnectError {
     Write(std::io::Error),
 }
 
+impl ConnectError {
+    /// Whether the member failed to prove who it is (TLS certificate, group key), as opposed
+    /// to being unreachable.
+    fn is_authentication(&self) -> bool {
+        matches!(
+            self,
+            ConnectError::Tls(_)
+                | ConnectError::Handshake(
+                    HandshakeError::MemberProof | HandshakeError::MemberWithoutKey
+                )
+        )
+    }
+}
+
 async fn connect(
     shared: &Shared,
     addr: SocketAddr,
-) -> Result<(TcpStream, Hello, BytesMut), ConnectError> {
+) -> Result<(Stream, Hello, BytesMut), ConnectError> {
     let timeout = Duration::from_millis(shared.config.connect_timeout_ms);
-    let mut stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+    let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| ConnectError::ConnectTimeout)?
         .map_err(ConnectError::Connect)?;
-    let _ = stream.set_nodelay(true);
+    let _ = tcp.set_nodelay(true);
+    let mut stream = match &shared.config.tls {
+        None => Stream::Tcp(tcp),
+        Some(tls) => {
+            let tls =
+                tokio::time::timeout(timeout, tls.connector().connect(tls.server_name(addr), tcp))
+                    .await
+                    .map_err(|_| ConnectError::TlsTimeout)?
+                    .map_err(ConnectError::Tls)?;
+            Stream::Tls(Box::new(tls.into()))
+        }
+    };
     let mut buf = BytesMut::with_capacity(64 * 1024);
+    let frame_bytes_max = shared.config.frame_bytes_max;
     let hello = tokio::time::timeout(timeout, async {
-        loop {
-            match frame::decode_stream(&mut buf, shared.config.frame_bytes_max) {
-                Ok(Some(Frame::Hello(hello))) => return Ok(hello),
-                Ok(Some(other)) => return Err(ConnectError::NotHello(Box::new(other))),
-                Ok(None) => {}
-                Err(e) => return Err(ConnectError::BadHello(e)),
+        let mut first = read_frame(&mut stream, &mut buf, frame_bytes_max).await?;
+        // A member with a group key challenges first; one without says hello at once. Either
+        // must match this producer's configuration: a producer with a key never sends events to
+        // a member that has not proven it holds the key.
+        match (&first, &shared.config.group_key) {
+            (Frame::Challenge { nonce }, Some(key)) => {
+                handshake::producer_side(&mut stream, &mut buf, key, nonce, frame_bytes_max)
+                    .await?;
+                first = read_frame(&mut stream, &mut buf, frame_bytes_max).await?;
             }
-            match stream.read_buf(&mut buf).await {
-                Ok(0) => return Err(ConnectError::ClosedBeforeHello),
-                Ok(_) => {}
-                Err(e) => return Err(ConnectError::Read(e)),
-            }
+            (Frame::Challenge { .. }, None) => return Err(HandshakeError::KeyRequired.into()),
+            (Frame::Hello(_), Some(_)) => return Err(HandshakeError::MemberWithoutKey.into()),
+            _ => {}
+        }
+        match first {
+            Frame::Hello(hello) => Ok(hello),
+            other => Err(ConnectError::NotHello(Box::new(other))),
         }
     })
     .await
@@ -149,10 +192,13 @@ async fn connect(
         },
         &mut features,
     );
-    tokio::time::timeout(timeout, stream.write_all(&features))
-        .await
-        .map_err(|_| ConnectError::FeaturesTimeout)?
-        .map_err(ConnectError::Write)?;
+    tokio::time::timeout(timeout, async {
+        stream.write_all(&features).await?;
+        stream.flush().await
+    })
+    .await
+    .map_err(|_| ConnectError::FeaturesTimeout)?
+    .map_err(ConnectError::Write)?;
     Ok((stream, hello, buf))
 }
 
@@ -164,11 +210,11 @@ enum End {
 async fn run_connection(
     shared: &Arc<Shared>,
     addr: SocketAddr,
-    stream: TcpStream,
+    stream: Stream,
     hello: Hello,
     mut buf: BytesMut,
 ) -> End {
-    let (mut reader, writer) = stream.into_split();
+    let (mut reader, writer) = stream.split();
     let (out, write_loop) = ConnWriter::new(writer, shared.config.send_queue_frames_max);
     let conn = Arc::new(Conn {
         out,

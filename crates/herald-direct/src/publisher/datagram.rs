@@ -8,11 +8,12 @@ use bytes::BytesMut;
 use super::Publisher;
 use crate::error::DatagramError;
 use crate::event::Message;
-use crate::frame;
 
 #[derive(Default)]
 pub(super) struct DatagramScratch {
     buf: BytesMut,
+    /// The frame of a datagram being sealed.
+    frame: BytesMut,
     targets: Vec<(SocketAddr, u64)>,
 }
 
@@ -92,7 +93,7 @@ impl Publisher {
                 continue;
             }
             scratch.buf.clear();
-            frame::encode_event(&event, false, &mut scratch.buf);
+            shared.encode_datagram(&event, &mut scratch.frame, &mut scratch.buf);
             shared.udp.send_to(&scratch.buf, addr).await?;
             sent += 1;
         }
@@ -119,6 +120,7 @@ impl Publisher {
             events.push(shared.datagram_event(message)?);
         }
         let mut batch = DatagramBatch::default();
+        let mut frame_scratch = BytesMut::new();
         let mut targets = Vec::new();
         let mut sent = 0;
         for mut event in events {
@@ -138,7 +140,7 @@ impl Publisher {
                     continue;
                 }
                 let start = batch.buf.len();
-                frame::encode_event(&event, false, &mut batch.buf);
+                shared.encode_datagram(&event, &mut frame_scratch, &mut batch.buf);
                 batch.datagrams.push((start, batch.buf.len(), addr));
                 if batch.datagrams.len() == DATAGRAM_BATCH_MAX {
                     sent += batch.flush(&shared.udp).await?;

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
@@ -25,8 +25,11 @@ use tokio::time::Instant;
 use crate::error::{DatagramError, PublishError, PublisherStartError, RequestError};
 use crate::event::{Message, Reply, system_to_instant, system_to_unix_ms};
 use crate::frame::{self, NackReason, WireEvent};
+use crate::handshake::GroupKey;
 use crate::mdns::{self, Discovery};
 use crate::member::DATAGRAM_PAYLOAD_BYTES_MAX_DEFAULT;
+use crate::seal::{self, DatagramKey};
+use crate::tls::PublisherTls;
 
 pub use datagram::DATAGRAM_BATCH_MAX;
 use datagram::{DatagramScratch, DatagramSocket};
@@ -57,6 +60,27 @@ pub struct PublisherConfig {
     /// Test hook: skip sending every Nth datagram to each member (its sequence number is used up,
     /// so the receiver counts exactly those as lost).
     pub drop_every_nth_datagram: Option<u64>,
+    /// Topics whose datagrams are sealed, with their key: each datagram then carries the key's
+    /// id, this publisher's id, a sequence number and a tag (see `docs/direct-protocol.md`).
+    /// Datagrams of other topics go out unsealed.
+    pub datagram_keys: HashMap<String, DatagramSeal>,
+    /// The key of every topic not in `datagram_keys`; `None`: those go out unsealed.
+    pub datagram_key_default: Option<DatagramSeal>,
+    /// The group key: with it, this producer uses only members that prove they hold it, and
+    /// proves it holds it to them (`docs/direct-protocol.md`, "Group key"); a member without
+    /// it is refused. Without it, members that require a key refuse this producer.
+    pub group_key: Option<GroupKey>,
+    /// TLS: members must present a certificate from the configured CA; this producer presents
+    /// its own if it has one (members refuse it otherwise).
+    pub tls: Option<PublisherTls>,
+}
+
+/// How a topic's datagrams are sealed: the topic key, and whether the payload is encrypted
+/// (XChaCha20-Poly1305) or only authenticated (HMAC-SHA256).
+#[derive(Debug, Clone)]
+pub struct DatagramSeal {
+    pub key: DatagramKey,
+    pub encrypt: bool,
 }
 
 impl PublisherConfig {
@@ -74,6 +98,10 @@ impl PublisherConfig {
             attempts_max: 8,
             send_queue_frames_max: 8192,
             drop_every_nth_datagram: None,
+            datagram_keys: HashMap::new(),
+            datagram_key_default: None,
+            group_key: None,
+            tls: None,
         }
     }
 }
@@ -126,6 +154,9 @@ struct Shared {
     config: PublisherConfig,
     id: u128,
     seq: AtomicU64,
+    /// Sequence numbers of sealed datagrams, one per datagram sent whatever its destination, so
+    /// (publisher id, number) never repeats: it is the encryption nonce.
+    sealed_seq: AtomicU64,
     members: Mutex<HashMap<SocketAddr, Slot>>,
     changed: Notify,
     udp: DatagramSocket,
@@ -184,6 +215,7 @@ impl Publisher {
         let shared = Arc::new(Shared {
             id: uuid::Uuid::new_v4().as_u128(),
             seq: AtomicU64::new(0),
+            sealed_seq: AtomicU64::new(0),
             members: Mutex::new(HashMap::new()),
             changed: Notify::new(),
             udp,
@@ -541,7 +573,52 @@ impl Shared {
     }
 
     /// [`Shared::prepare`] for a datagram: no deadline, within `datagram_payload_bytes_max`.
+    /// A sealed datagram is larger than its frame by the envelope, which the limit leaves room
+    /// for (and the error reports whole datagrams).
     fn datagram_event(&self, message: Message) -> Result<WireEvent, Unsendable> {
-        self.prepare(message, None, self.config.datagram_payload_bytes_max)
+        let limit = self.config.datagram_payload_bytes_max;
+        if self.sealing(&message.topic).is_none() {
+            return self.prepare(message, None, limit);
+        }
+        // The envelope replaces the frame's length prefix with its own header and adds a tag.
+        let overhead = seal::sealed_len(0) - frame::LENGTH_PREFIX_BYTES;
+        self.prepare(message, None, limit.saturating_sub(overhead))
+            .map_err(|e| match e {
+                Unsendable::TooLarge { bytes, .. } => Unsendable::TooLarge {
+                    bytes: bytes + overhead,
+                    limit,
+                },
+                other => other,
+            })
+    }
+
+    /// How datagrams of `topic` are sealed, if they are.
+    fn sealing(&self, topic: &str) -> Option<&DatagramSeal> {
+        self.config
+            .datagram_keys
+            .get(topic)
+            .or(self.config.datagram_key_default.as_ref())
+    }
+
+    /// Appends one datagram of `event` to `out`: its EVENT frame, sealed when its topic has a
+    /// key (`scratch` holds the frame meanwhile).
+    fn encode_datagram(&self, event: &WireEvent, scratch: &mut BytesMut, out: &mut BytesMut) {
+        match self.sealing(&event.topic) {
+            None => frame::encode_event(event, false, out),
+            Some(sealing) => {
+                scratch.clear();
+                frame::encode_event(event, false, scratch);
+                let seq = self.sealed_seq.fetch_add(1, Ordering::Relaxed) + 1;
+                seal::seal(
+                    &sealing.key,
+                    sealing.encrypt,
+                    self.id,
+                    seq,
+                    system_to_unix_ms(SystemTime::now()),
+                    &scratch[frame::LENGTH_PREFIX_BYTES..],
+                    out,
+                );
+            }
+        }
     }
 }

@@ -4,10 +4,13 @@
 mod acks;
 mod capacity;
 mod datagram;
+mod datagram_security;
 mod delivery;
+mod group_key;
 mod harness;
 mod membership;
 mod request;
+mod tls;
 
 /// The crate states its accounting invariants (in-flight counts, queued frames) with
 /// `debug_assert!`; they only check anything if the profile the tests build with keeps debug

@@ -86,6 +86,34 @@ fn parse_ms(name: &str, value: &str) -> Result<u64, ConnectError> {
     })
 }
 
+/// Option naming the file that holds the SASL password (its first line).
+const OPTION_PASSWORD_FILE: &str = "password_file";
+/// Largest password file read, so a wrong path is refused without reading it whole.
+const PASSWORD_FILE_BYTES_MAX: u64 = 4096;
+
+/// The first line of a password file.
+fn read_password(path: &str) -> Result<String, ConnectError> {
+    let bad = |reason: String| ConnectError::BadOption {
+        name: OPTION_PASSWORD_FILE.to_string(),
+        reason,
+    };
+    let size = std::fs::metadata(path)
+        .map_err(|e| bad(format!("cannot read {path}: {e}")))?
+        .len();
+    if size > PASSWORD_FILE_BYTES_MAX {
+        return Err(bad(format!(
+            "{path} is larger than {PASSWORD_FILE_BYTES_MAX} bytes"
+        )));
+    }
+    let text =
+        std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read {path}: {e}")))?;
+    let password = text.lines().next().unwrap_or("").to_string();
+    if password.is_empty() {
+        return Err(bad(format!("{path} holds no password")));
+    }
+    Ok(password)
+}
+
 fn config_error(e: KafkaError) -> ConnectError {
     match e {
         KafkaError::ClientConfig(_, reason, name, _) => ConnectError::BadOption { name, reason },
@@ -105,8 +133,18 @@ impl BrokerTransport {
         };
         let mut client_base = ClientConfig::new();
         client_base.set("bootstrap.servers", &config.target);
+        // The SASL password comes from a file, so it is in no URL, argument list or option
+        // dump; it goes to librdkafka as `sasl.password`.
+        let password = match config.options.get(OPTION_PASSWORD_FILE) {
+            Some(path) => Some(read_password(path)?),
+            None => None,
+        };
+        if let Some(password) = &password {
+            client_base.set("sasl.password", password);
+        }
         for (name, value) in &config.options {
             match name.as_str() {
+                OPTION_PASSWORD_FILE => {}
                 OPTION_CONNECT_TIMEOUT_MS => {
                     settings.connect_timeout = Duration::from_millis(parse_ms(name, value)?)
                 }
@@ -142,9 +180,15 @@ impl BrokerTransport {
             producer_config.set("enable.idempotence", "true");
         }
         for (name, value) in &config.options {
-            if name != OPTION_CONNECT_TIMEOUT_MS && name != OPTION_COMMIT_INTERVAL_MS {
+            if name != OPTION_CONNECT_TIMEOUT_MS
+                && name != OPTION_COMMIT_INTERVAL_MS
+                && name != OPTION_PASSWORD_FILE
+            {
                 producer_config.set(name, value);
             }
+        }
+        if let Some(password) = &password {
+            producer_config.set("sasl.password", password);
         }
         producer_config.set("bootstrap.servers", &config.target);
         let producer: FutureProducer = producer_config.create().map_err(config_error)?;

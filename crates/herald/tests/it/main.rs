@@ -6,4 +6,5 @@ mod behaviour;
 mod broker;
 mod direct;
 mod memory;
+mod security;
 mod support;

@@ -32,12 +32,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use bytes::Bytes;
+use herald_direct::tls::{MemberTls, PublisherTls, TlsFiles};
 use herald_direct::{FnHandler, Member, MemberConfig, Message, Publisher, PublisherConfig};
 
 use crate::{CliError, Output};
 use herald_bench::baseline::{Driven, bare_tcp, bare_udp};
 use report::{Latency, Report, print_table};
-use slices::{latency_interleaved, median};
+use slices::{latency_interleaved, median, tls_interleaved};
 
 /// Options of `herald peer bench`.
 #[derive(Debug, clap::Args)]
@@ -75,6 +76,85 @@ struct Setup {
     member: Member,
     publisher: Publisher,
     datagrams: Arc<AtomicU64>,
+    /// A second member and publisher on the same runtimes, over TLS.
+    tls: TlsPair,
+}
+
+/// Topic of the TLS member.
+const TLS_TOPIC: &str = "bench-tls";
+
+/// The TLS member and its publisher, and the directory of the certificates made for them.
+struct TlsPair {
+    /// Serves the TLS phase; held so it runs until the report is made.
+    _member: Member,
+    publisher: Publisher,
+    _pki: tempfile::TempDir,
+}
+
+/// A CA and a certificate for each side, made for this run (rcgen), in a temporary directory.
+fn bench_pki() -> anyhow::Result<(tempfile::TempDir, TlsFiles, TlsFiles)> {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let dir = tempfile::tempdir()?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate()?;
+    std::fs::write(
+        dir.path().join("ca.pem"),
+        ca_params.self_signed(&ca_key)?.pem(),
+    )?;
+    let issuer = Issuer::new(ca_params, ca_key);
+    let mut files = Vec::new();
+    for name in ["member", "publisher"] {
+        let key = KeyPair::generate()?;
+        let certificate =
+            CertificateParams::new(vec![format!("{name}.bench")])?.signed_by(&key, &issuer)?;
+        let (cert_path, key_path) = (
+            dir.path().join(format!("{name}.pem")),
+            dir.path().join(format!("{name}.key")),
+        );
+        std::fs::write(&cert_path, certificate.pem())?;
+        std::fs::write(&key_path, key.serialize_pem())?;
+        files.push(TlsFiles {
+            ca: dir.path().join("ca.pem"),
+            certificate: Some(cert_path),
+            key: Some(key_path),
+        });
+    }
+    let publisher = files.pop().context("no publisher certificate")?;
+    let member = files.pop().context("no member certificate")?;
+    Ok((dir, member, publisher))
+}
+
+fn tls_setup(member_rt: &Driven, publisher_rt: &Driven) -> Result<TlsPair, CliError> {
+    let (pki, member_files, publisher_files) = bench_pki()?;
+    let member = member_rt.block_on(async move {
+        let mut config = MemberConfig::new(
+            TLS_TOPIC,
+            "g",
+            "127.0.0.1:0".parse().map_err(anyhow::Error::from)?,
+        );
+        config.capacity = 4096;
+        config.tls = Some(MemberTls::load(&member_files)?);
+        let handler = FnHandler::events(|_e: herald_direct::Received| std::future::ready(Ok(())));
+        Member::start(config, Arc::new(handler))
+            .await
+            .map_err(anyhow::Error::from)
+    })?;
+    let addr = member.local_addr();
+    let publisher = publisher_rt.block_on(async move {
+        let mut config = PublisherConfig::new(vec![addr]);
+        config.tls = Some(PublisherTls::load(&publisher_files, None)?);
+        let p = Publisher::start(config).await?;
+        if !p.wait_for_topic(TLS_TOPIC, Duration::from_secs(5)).await {
+            anyhow::bail!("the bench TLS member did not come up");
+        }
+        Ok::<_, anyhow::Error>(p)
+    })?;
+    Ok(TlsPair {
+        _member: member,
+        publisher,
+        _pki: pki,
+    })
 }
 
 fn setup() -> Result<Setup, CliError> {
@@ -107,12 +187,14 @@ fn setup() -> Result<Setup, CliError> {
         }
         Ok::<_, anyhow::Error>(p)
     })?;
+    let tls = tls_setup(&member_rt, &publisher_rt)?;
     Ok(Setup {
         member_rt,
         publisher_rt,
         member,
         publisher,
         datagrams,
+        tls,
     })
 }
 
@@ -279,6 +361,12 @@ pub fn run(output: Output, args: BenchArgs) -> Result<(), CliError> {
         args.rate, args.slices, slice_events
     );
     let lat = latency_interleaved(&s, &payload, args.rate, args.slices, slice_events)?;
+    eprintln!(
+        "direct publish-to-ack in plain TCP and over TLS, alternating in {} slices of {} events \
+         each ...",
+        args.slices, slice_events
+    );
+    let tls_lat = tls_interleaved(&s, &payload, args.rate, args.slices, slice_events)?;
     eprintln!("direct pipelined throughput ...");
     let throughput = direct_throughput(&s, &payload, args.in_flight_max, duration);
     // Datagrams lost in the blast would otherwise be counted again in the paced phase.
@@ -335,7 +423,27 @@ pub fn run(output: Output, args: BenchArgs) -> Result<(), CliError> {
         datagram_paced_sent: paced_sent,
         datagram_paced_delivered_pct: paced_pct,
         datagram_paced_lost_counted: lost_paced,
+        direct_tls_plain_publish_to_ack: Latency::from(&tls_lat.plain_from_call),
+        direct_tls_publish_to_ack: Latency::from(&tls_lat.tls_from_call),
+        direct_tls_failed: tls_lat.failed,
+        direct_tls_p50_ratio_to_plain: ratio(
+            tls_lat.tls_from_call.value_at_quantile(0.50),
+            tls_lat.plain_from_call.value_at_quantile(0.50),
+        ),
+        direct_tls_p99_ratio_to_plain: ratio(
+            tls_lat.tls_from_call.value_at_quantile(0.99),
+            tls_lat.plain_from_call.value_at_quantile(0.99),
+        ),
+        direct_tls_p50_ratio_to_plain_slice_median: median(
+            &tls_lat
+                .pairs
+                .iter()
+                .map(|p| ratio(p.tls_p50_us, p.plain_p50_us))
+                .collect::<Vec<_>>(),
+        ),
+        direct_tls_slice_pairs: tls_lat.pairs,
     };
+    drop(s.tls);
     drop(s.publisher);
     drop(s.member);
     drop(s.publisher_rt);

@@ -3,7 +3,7 @@
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use super::slices::SlicePair;
+use super::slices::{SlicePair, TlsSlicePair};
 
 #[derive(Debug, Serialize)]
 pub(super) struct Latency {
@@ -67,6 +67,17 @@ pub(super) struct Report {
     pub(super) datagram_paced_sent: u64,
     pub(super) datagram_paced_delivered_pct: f64,
     pub(super) datagram_paced_lost_counted: u64,
+    /// Direct publish-to-ack in plain TCP, in slices alternating with the TLS ones (from the
+    /// call, at `direct_rate_per_s`).
+    pub(super) direct_tls_plain_publish_to_ack: Latency,
+    /// Direct publish-to-ack over TLS (certificates on both sides), in those slices.
+    pub(super) direct_tls_publish_to_ack: Latency,
+    pub(super) direct_tls_failed: u64,
+    /// TLS over plain (p50, p99), and the median over slice pairs of the p50 ratio.
+    pub(super) direct_tls_p50_ratio_to_plain: f64,
+    pub(super) direct_tls_p99_ratio_to_plain: f64,
+    pub(super) direct_tls_p50_ratio_to_plain_slice_median: f64,
+    pub(super) direct_tls_slice_pairs: Vec<TlsSlicePair>,
 }
 pub(super) fn print_table(r: &Report) {
     let lat = |l: &Latency| {
@@ -130,6 +141,25 @@ pub(super) fn print_table(r: &Report) {
                 "median p50 {:.2}x, p99 {:.2}x echo",
                 r.direct_p50_ratio_to_tcp_open_loop_slice_median,
                 r.direct_p99_ratio_to_tcp_open_loop_slice_median
+            ),
+        ],
+        vec![
+            format!("direct publish-to-ack at {}/s, plain", r.direct_rate_per_s),
+            lat(&r.direct_tls_plain_publish_to_ack),
+            "alternating with TLS".to_string(),
+        ],
+        vec![
+            format!("direct publish-to-ack at {}/s, TLS", r.direct_rate_per_s),
+            format!(
+                "{} ({} failed)",
+                lat(&r.direct_tls_publish_to_ack),
+                r.direct_tls_failed
+            ),
+            format!(
+                "p50 {:.2}x, p99 {:.2}x plain; slice median p50 {:.2}x",
+                r.direct_tls_p50_ratio_to_plain,
+                r.direct_tls_p99_ratio_to_plain,
+                r.direct_tls_p50_ratio_to_plain_slice_median
             ),
         ],
         vec![

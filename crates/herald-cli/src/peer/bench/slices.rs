@@ -251,6 +251,105 @@ pub(super) fn latency_interleaved(
     Ok(out)
 }
 
+/// Direct publish-to-ack in plain TCP and over TLS, each over all its timed slices (from the
+/// call), measured like [`latency_interleaved`]: alternating slices of the same pacing.
+pub(super) struct TlsInterleaved {
+    pub(super) plain_from_call: Histogram<u64>,
+    pub(super) tls_from_call: Histogram<u64>,
+    pub(super) failed: u64,
+    pub(super) pairs: Vec<TlsSlicePair>,
+}
+
+/// One plaintext slice and the TLS slice next to it, latencies from the call.
+#[derive(Debug, Serialize)]
+pub(super) struct TlsSlicePair {
+    /// Which of the two ran first: "plain" or "tls".
+    pub(super) first: &'static str,
+    pub(super) plain_p50_us: u64,
+    pub(super) plain_p99_us: u64,
+    pub(super) tls_p50_us: u64,
+    pub(super) tls_p99_us: u64,
+}
+
+/// Measures direct publish-to-ack to the plaintext member and to the TLS member in alternating
+/// slices, as [`latency_interleaved`] does for the echo and direct, so the TLS cost is read
+/// from the same state of the machine.
+pub(super) fn tls_interleaved(
+    s: &Setup,
+    payload: &Bytes,
+    rate: u64,
+    slices: u64,
+    slice_events: u64,
+) -> Result<TlsInterleaved, CliError> {
+    let gap = Duration::from_secs_f64(1.0 / rate as f64);
+    let plain_rec = Arc::new(SliceRecorder::new()?);
+    let tls_rec = Arc::new(SliceRecorder::new()?);
+    let handle = s.publisher_rt.handle().clone();
+    let sender = |publisher: &herald_direct::Publisher,
+                  topic: &'static str,
+                  recorder: &Arc<SliceRecorder>| {
+        let (publisher, recorder, handle) = (publisher.clone(), recorder.clone(), handle.clone());
+        move |due: Instant| {
+            let (p, recorder, payload) = (publisher.clone(), recorder.clone(), payload.clone());
+            handle.spawn(async move {
+                let called = Instant::now();
+                match p
+                    .publish(Message::new(topic, payload), Duration::from_secs(5))
+                    .await
+                {
+                    Ok(_) => recorder.answered(Instant::now(), called, due),
+                    Err(_) => recorder.failed(),
+                }
+            });
+        }
+    };
+    let mut send_plain = sender(&s.publisher, "bench", &plain_rec);
+    let mut send_tls = sender(&s.tls.publisher, super::TLS_TOPIC, &tls_rec);
+    const PLAIN: &str = "direct publish-to-ack";
+    const TLS: &str = "direct over TLS publish-to-ack";
+    set_timer_slack_fine();
+    paced_slice(WARMUP_EVENTS, gap, &plain_rec, PLAIN, &mut send_plain)?;
+    paced_slice(WARMUP_EVENTS, gap, &tls_rec, TLS, &mut send_tls)?;
+    paced_slice(WARMUP_EVENTS, gap, &tls_rec, TLS, &mut send_tls)?;
+    paced_slice(WARMUP_EVENTS, gap, &plain_rec, PLAIN, &mut send_plain)?;
+    let mut out = TlsInterleaved {
+        plain_from_call: histogram()?,
+        tls_from_call: histogram()?,
+        failed: 0,
+        pairs: Vec::new(),
+    };
+    for pair in 0..slices {
+        let (p, t) = if pair % 2 == 0 {
+            let p = paced_slice(slice_events, gap, &plain_rec, PLAIN, &mut send_plain)?;
+            (
+                p,
+                paced_slice(slice_events, gap, &tls_rec, TLS, &mut send_tls)?,
+            )
+        } else {
+            let t = paced_slice(slice_events, gap, &tls_rec, TLS, &mut send_tls)?;
+            (
+                paced_slice(slice_events, gap, &plain_rec, PLAIN, &mut send_plain)?,
+                t,
+            )
+        };
+        out.pairs.push(TlsSlicePair {
+            first: if pair % 2 == 0 { "plain" } else { "tls" },
+            plain_p50_us: p.from_call.value_at_quantile(0.50),
+            plain_p99_us: p.from_call.value_at_quantile(0.99),
+            tls_p50_us: t.from_call.value_at_quantile(0.50),
+            tls_p99_us: t.from_call.value_at_quantile(0.99),
+        });
+        out.plain_from_call
+            .add(&p.from_call)
+            .context("adding up slice histograms")?;
+        out.tls_from_call
+            .add(&t.from_call)
+            .context("adding up slice histograms")?;
+        out.failed += p.failed + t.failed;
+    }
+    Ok(out)
+}
+
 /// The median of `values` (the mean of the middle two for an even count), 0 if empty.
 pub(super) fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();

@@ -59,6 +59,18 @@ fn interleaved_slices_are_all_counted() {
         let r = report[ratio].as_f64().unwrap();
         assert!(r > 0.0, "{ratio} = {r}");
     }
+    // Plain and TLS direct alternate the same way, in slices of the same size.
+    assert_eq!(report["direct_tls_failed"], 0);
+    assert_eq!(report["direct_tls_publish_to_ack"]["samples"], 1200);
+    assert_eq!(report["direct_tls_plain_publish_to_ack"]["samples"], 1200);
+    let firsts: Vec<&str> = report["direct_tls_slice_pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["first"].as_str().unwrap())
+        .collect();
+    assert_eq!(firsts, ["plain", "tls", "plain"]);
+    assert!(report["direct_tls_p50_ratio_to_plain"].as_f64().unwrap() > 0.0);
 }
 
 #[test]
