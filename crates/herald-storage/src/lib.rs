@@ -18,7 +18,10 @@ mod log;
 mod producer;
 mod records;
 
-pub use batch::{BATCH_HEADER_BYTES, LOG_OVERHEAD_BYTES, build_batch};
+pub use batch::{
+    BATCH_HEADER_BYTES, CONTROL_BIT, LOG_OVERHEAD_BYTES, TRANSACTIONAL_BIT, build_batch,
+    build_control_batch,
+};
 pub use config::{
     BATCH_BYTES_MAX, CleanupPolicy, Compression, DEFAULT_BATCH_BYTES_MAX, FlushPolicy, LogConfig,
     SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, TimestampType,
