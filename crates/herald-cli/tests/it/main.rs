@@ -9,3 +9,4 @@ mod peer;
 mod security;
 mod serve;
 mod support;
+mod txn;
