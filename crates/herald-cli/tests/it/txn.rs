@@ -196,3 +196,182 @@ fn a_transaction_in_flight_at_a_broker_crash_is_aborted_and_never_seen() {
     all.extend(expected("next", 2));
     assert_eq!(read_committed(&bootstrap, "ledger"), all);
 }
+
+/// Records the exactly-once test pushes through the processor.
+const EOS_RECORDS: usize = 100_000;
+
+/// Starts the Python processor of `eos_processor.py`, its stdout piped for progress lines.
+fn start_processor(bootstrap: &str) -> std::process::Child {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/eos_processor.py");
+    Command::new("python3")
+        .arg(script)
+        .args([
+            bootstrap,
+            "eos-in",
+            "eos-out",
+            "eos-group",
+            "eos-processor",
+            &EOS_RECORDS.to_string(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3 is not installed")
+}
+
+/// Reads the processor's progress lines until `committed` reaches `at_least`, it prints
+/// `done`, or it exits; returns the last count seen and whether it is done.
+fn follow(child: &mut std::process::Child, at_least: usize) -> (usize, bool) {
+    use std::io::BufRead;
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let mut last = 0;
+    while let Some(Ok(line)) = lines.next() {
+        assert_ne!(line.trim(), "", "empty line");
+        if line.contains("not installed") {
+            panic!("confluent-kafka is missing: scripts/install-test-deps installs it");
+        }
+        if line == "done" {
+            return (last, true);
+        }
+        eprintln!("processor: {line}");
+        if let Some(n) = line.strip_prefix("committed ") {
+            last = n.parse().unwrap();
+            if last >= at_least {
+                break;
+            }
+        }
+    }
+    (last, false)
+}
+
+/// Every value on both partitions of `topic`, as a read_committed consumer sees them.
+fn read_all_committed(bootstrap: &str, topic: &str, partitions: i32) -> Vec<String> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "eos-checker")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed")
+        .create()
+        .unwrap();
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..partitions {
+        assignment
+            .add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut values = Vec::new();
+    let mut ended = std::collections::BTreeSet::new();
+    while ended.len() < usize::try_from(partitions).unwrap() {
+        assert!(Instant::now() < deadline, "read {} values", values.len());
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Ok(message)) => values
+                .push(String::from_utf8(message.payload().unwrap_or_default().to_vec()).unwrap()),
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                ended.insert(p);
+            }
+            Some(Err(error)) => panic!("consume failed: {error}"),
+        }
+    }
+    values
+}
+
+#[test]
+fn consume_transform_produce_is_exactly_once_across_client_and_broker_sigkills() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = ServeProcess::start(&dir.path().join("data"));
+    let bootstrap = broker.kafka_addr.to_string();
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for result in runtime
+        .block_on(admin.create_topics(
+            &[
+                NewTopic::new("eos-in", 2, TopicReplication::Fixed(1)),
+                NewTopic::new("eos-out", 2, TopicReplication::Fixed(1)),
+            ],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        ))
+        .unwrap()
+    {
+        result.unwrap();
+    }
+    let input: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("acks", "all")
+        .set("linger.ms", "20")
+        .create()
+        .unwrap();
+    for i in 0..EOS_RECORDS {
+        let value = format!("r{i}");
+        let partition = i32::try_from(i % 2).unwrap();
+        loop {
+            match input.send(
+                BaseRecord::<(), _>::to("eos-in")
+                    .payload(&value)
+                    .partition(partition),
+            ) {
+                Ok(()) => break,
+                Err((error, _)) => {
+                    assert!(
+                        matches!(
+                            error.rdkafka_error_code(),
+                            Some(rdkafka::types::RDKafkaErrorCode::QueueFull)
+                        ),
+                        "{error}"
+                    );
+                    input.poll(Duration::from_millis(10));
+                }
+            }
+        }
+        input.poll(Duration::ZERO);
+    }
+    input.flush(Duration::from_secs(60)).unwrap();
+    eprintln!("input written");
+
+    // A third of the way: SIGKILL the processor and start another.
+    let mut processor = start_processor(&bootstrap);
+    let (seen, done) = follow(&mut processor, EOS_RECORDS / 3);
+    assert!(!done && seen >= EOS_RECORDS / 3, "progress {seen}");
+    processor.kill().unwrap();
+    processor.wait().unwrap();
+
+    // Two thirds: SIGKILL the broker under the processor, then start the broker again; the
+    // processor fails its call and is started again, as a supervisor would.
+    let mut processor = start_processor(&bootstrap);
+    let (seen, _) = follow(&mut processor, 2 * EOS_RECORDS / 3);
+    assert!(seen >= 2 * EOS_RECORDS / 3, "progress {seen}");
+    broker.sigkill();
+    processor.kill().unwrap();
+    processor.wait().unwrap();
+    broker.restart();
+    eprintln!("broker restarted");
+
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        assert!(Instant::now() < deadline, "the processor never finished");
+        let mut processor = start_processor(&bootstrap);
+        let (_, done) = follow(&mut processor, usize::MAX);
+        processor.wait().unwrap();
+        if done {
+            break;
+        }
+    }
+
+    let output = read_all_committed(&bootstrap, "eos-out", 2);
+    let unique: std::collections::BTreeSet<&String> = output.iter().collect();
+    assert_eq!(unique.len(), output.len(), "duplicates in the output");
+    assert_eq!(output.len(), EOS_RECORDS, "missing records in the output");
+    for i in (0..EOS_RECORDS).step_by(997) {
+        assert!(unique.contains(&format!("r{i}")), "r{i} missing");
+    }
+}
