@@ -165,6 +165,9 @@ pub(crate) fn offset_commit(
     let group = request.group_id.as_str().to_string();
     let mut offsets = Vec::new();
     let mut unknown = Vec::new();
+    let mut too_large = Vec::new();
+    // The same bound as OffsetCommit's, so a transaction's offsets always fit the offsets log.
+    let metadata_bytes_max = core.config.groups.offset_metadata_bytes_max;
     for topic in &request.topics {
         let count = core
             .topics
@@ -177,6 +180,11 @@ pub(crate) fn offset_commit(
             });
             if !exists {
                 unknown.push((topic.name.as_str().to_string(), partition.partition_index));
+                continue;
+            }
+            let metadata_bytes = partition.committed_metadata.as_ref().map_or(0, |m| m.len());
+            if metadata_bytes > metadata_bytes_max {
+                too_large.push((topic.name.as_str().to_string(), partition.partition_index));
                 continue;
             }
             offsets.push(TxnOffset {
@@ -212,8 +220,13 @@ pub(crate) fn offset_commit(
                     let is_unknown = unknown
                         .iter()
                         .any(|(t, p)| t == topic.name.as_str() && *p == partition.partition_index);
+                    let is_too_large = too_large
+                        .iter()
+                        .any(|(t, p)| t == topic.name.as_str() && *p == partition.partition_index);
                     let code = if is_unknown {
                         ResponseError::UnknownTopicOrPartition.code()
+                    } else if is_too_large {
+                        ResponseError::OffsetMetadataTooLarge.code()
                     } else {
                         match &result {
                             Ok(()) => 0,
