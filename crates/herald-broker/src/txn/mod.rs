@@ -162,6 +162,9 @@ struct Inner {
     /// Set after a failed write: the file is no longer known to match memory, so nothing more
     /// is acknowledged until the broker restarts and reads it again.
     broken: bool,
+    /// Decided transactions someone is finishing now (an EndTxn, an InitProducerId that aborts,
+    /// or the timer), so no other starts on the same one and its markers are written once.
+    finishing: std::collections::HashSet<String>,
 }
 
 impl Inner {
@@ -348,12 +351,16 @@ impl Transactions {
             TxnState::Ongoing => {
                 // The zombie's transaction is aborted under the new epoch, so its markers
                 // already fence it on every partition.
+                if inner.finishing.contains(transactional_id) {
+                    return Err(TxnError::Concurrent);
+                }
                 self.bump_epoch(&mut inner, transactional_id, allocate)?;
                 if let Some(txn) = inner.txns.get_mut(transactional_id) {
                     txn.state = TxnState::PrepareAbort;
                 }
                 inner.reindex(transactional_id);
                 self.persist(&mut inner)?;
+                inner.finishing.insert(transactional_id.to_string());
                 drop(inner);
                 self.finish(topics, transactional_id, false)?;
                 inner = self.inner.lock();
@@ -597,7 +604,14 @@ impl Transactions {
                 return Ok(None);
             }
             (TxnState::PrepareCommit, true) | (TxnState::PrepareAbort, false) => {
-                // A retry after a failed marker write: carry it out again.
+                // A retry after a failed marker write: carry it out again, unless the timer
+                // already is.
+                if !inner.finishing.insert(transactional_id.to_string()) {
+                    return Err(TxnError::Concurrent);
+                }
+                let Some(txn) = inner.txns.get(transactional_id) else {
+                    return Err(TxnError::Concurrent);
+                };
                 return Ok(Some(Decision {
                     transactional_id: transactional_id.to_string(),
                     commit,
@@ -633,12 +647,30 @@ impl Transactions {
             },
         };
         self.persist(&mut inner)?;
+        inner.finishing.insert(transactional_id.to_string());
         Ok(Some(decision))
     }
 
     /// EndTxn's last step (after the offsets of a commit are written): writes the marker to
     /// every partition of the transaction, fsyncs them, and records the completion.
     pub(crate) fn finish(
+        &self,
+        topics: &Topics,
+        transactional_id: &str,
+        commit: bool,
+    ) -> Result<(), TxnError> {
+        let result = self.finish_claimed(topics, transactional_id, commit);
+        self.release(transactional_id);
+        result
+    }
+
+    /// Lets another finisher take the transaction (after [`finish`](Self::finish), or when
+    /// the offsets of a commit could not be written and the timer is to try again).
+    pub(crate) fn release(&self, transactional_id: &str) {
+        self.inner.lock().finishing.remove(transactional_id);
+    }
+
+    fn finish_claimed(
         &self,
         topics: &Topics,
         transactional_id: &str,
@@ -714,6 +746,9 @@ impl Transactions {
         let ids: Vec<String> = inner.txns.keys().cloned().collect();
         let mut expired = false;
         for id in ids {
+            if inner.finishing.contains(&id) {
+                continue;
+            }
             let Some(txn) = inner.txns.get(&id) else {
                 continue;
             };
@@ -757,6 +792,9 @@ impl Transactions {
         if expired && self.persist(&mut inner).is_err() {
             // Nothing is acted on that is not durable; the next pass tries again.
             return Vec::new();
+        }
+        for decision in &due {
+            inner.finishing.insert(decision.transactional_id.clone());
         }
         due
     }

@@ -296,7 +296,8 @@ pub(crate) async fn complete(
     decision: crate::txn::Decision,
 ) -> Result<(), TxnError> {
     if decision.commit && !decision.offsets.is_empty() {
-        core.groups
+        let committed = core
+            .groups
             .commit_transactional(
                 decision
                     .offsets
@@ -312,8 +313,13 @@ pub(crate) async fn complete(
                     })
                     .collect(),
             )
-            .await
-            .map_err(|error| TxnError::Storage(format!("committing the offsets: {error}")))?;
+            .await;
+        if let Err(error) = committed {
+            core.transactions.release(&decision.transactional_id);
+            return Err(TxnError::Storage(format!(
+                "committing the offsets: {error}"
+            )));
+        }
     }
     let core = core.clone();
     tokio::task::spawn_blocking(move || {
