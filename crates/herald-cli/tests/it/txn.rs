@@ -200,11 +200,39 @@ fn a_transaction_in_flight_at_a_broker_crash_is_aborted_and_never_seen() {
 /// Records the exactly-once test pushes through the processor.
 const EOS_RECORDS: usize = 100_000;
 
-/// Starts the Python processor of `eos_processor.py`, its stdout piped for progress lines.
-fn start_processor(bootstrap: &str) -> std::process::Child {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/eos_processor.py");
-    Command::new("python3")
-        .arg(script)
+/// The exactly-once processors: the same program with two Kafka clients.
+#[derive(Clone, Copy)]
+enum Processor {
+    /// `tests/python/eos_processor.py`, confluent-kafka.
+    Python,
+    /// `examples/eos_processor.rs`, the rdkafka crate (built with the tests).
+    Rust,
+}
+
+/// Starts a processor, its stdout piped for progress lines.
+fn start_processor(processor: Processor, bootstrap: &str) -> std::process::Child {
+    let mut command = match processor {
+        Processor::Python => {
+            let mut command = Command::new("python3");
+            command.arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/python/eos_processor.py"
+            ));
+            command
+        }
+        Processor::Rust => {
+            // Examples are built next to the test binaries' `deps/` directory.
+            let exe = std::env::current_exe().unwrap();
+            let example = exe
+                .parent()
+                .and_then(|deps| deps.parent())
+                .unwrap()
+                .join("examples/eos_processor");
+            assert!(example.exists(), "{} is not built", example.display());
+            Command::new(example)
+        }
+    };
+    command
         .args([
             bootstrap,
             "eos-in",
@@ -216,7 +244,7 @@ fn start_processor(bootstrap: &str) -> std::process::Child {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
-        .expect("python3 is not installed")
+        .expect("the processor could not start (python3 is installed by scripts/install-test-deps)")
 }
 
 /// Reads the processor's progress lines until `committed` reaches `at_least`, it prints
@@ -282,6 +310,17 @@ fn read_all_committed(bootstrap: &str, topic: &str, partitions: i32) -> Vec<Stri
 
 #[test]
 fn consume_transform_produce_is_exactly_once_across_client_and_broker_sigkills() {
+    exactly_once_across_sigkills(Processor::Python);
+}
+
+#[test]
+fn rdkafka_consume_transform_produce_is_exactly_once_across_client_and_broker_sigkills() {
+    exactly_once_across_sigkills(Processor::Rust);
+}
+
+/// Pushes [`EOS_RECORDS`] through `processor`, SIGKILLing it a third of the way and the broker
+/// two thirds of the way, and counts the output: none missing, none twice.
+fn exactly_once_across_sigkills(processor_kind: Processor) {
     let dir = tempfile::tempdir().unwrap();
     let mut broker = ServeProcess::start(&dir.path().join("data"));
     let bootstrap = broker.kafka_addr.to_string();
@@ -339,7 +378,7 @@ fn consume_transform_produce_is_exactly_once_across_client_and_broker_sigkills()
     eprintln!("input written");
 
     // A third of the way: SIGKILL the processor and start another.
-    let mut processor = start_processor(&bootstrap);
+    let mut processor = start_processor(processor_kind, &bootstrap);
     let (seen, done) = follow(&mut processor, EOS_RECORDS / 3);
     assert!(!done && seen >= EOS_RECORDS / 3, "progress {seen}");
     processor.kill().unwrap();
@@ -347,7 +386,7 @@ fn consume_transform_produce_is_exactly_once_across_client_and_broker_sigkills()
 
     // Two thirds: SIGKILL the broker under the processor, then start the broker again; the
     // processor fails its call and is started again, as a supervisor would.
-    let mut processor = start_processor(&bootstrap);
+    let mut processor = start_processor(processor_kind, &bootstrap);
     let (seen, _) = follow(&mut processor, 2 * EOS_RECORDS / 3);
     assert!(seen >= 2 * EOS_RECORDS / 3, "progress {seen}");
     broker.sigkill();
@@ -359,7 +398,7 @@ fn consume_transform_produce_is_exactly_once_across_client_and_broker_sigkills()
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         assert!(Instant::now() < deadline, "the processor never finished");
-        let mut processor = start_processor(&bootstrap);
+        let mut processor = start_processor(processor_kind, &bootstrap);
         let (_, done) = follow(&mut processor, usize::MAX);
         processor.wait().unwrap();
         if done {
