@@ -414,3 +414,32 @@ fn exactly_once_across_sigkills(processor_kind: Processor) {
         assert!(unique.contains(&format!("r{i}")), "r{i} missing");
     }
 }
+
+#[test]
+fn python_transactions_commit_and_abort_for_read_committed_readers() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = ServeProcess::start(&dir.path().join("data"));
+    let bootstrap = broker.kafka_addr.to_string();
+    create_topic(&bootstrap, "py-txn");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/txn_commit_abort.py"
+    );
+    let output = Command::new("python3")
+        .arg(script)
+        .args([bootstrap.as_str(), "py-txn"])
+        .output()
+        .expect("python3 is not installed");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_ne!(
+        output.status.code(),
+        Some(3),
+        "confluent-kafka is missing: scripts/install-test-deps installs it ({stdout})"
+    );
+    assert!(
+        output.status.success() && stdout.trim() == "ok",
+        "python transactions failed:\n{stdout}\n{}\nbroker log:\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        broker.log()
+    );
+}
