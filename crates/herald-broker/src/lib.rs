@@ -32,6 +32,7 @@ mod producer_ids;
 mod stats;
 mod topic_config;
 mod topics;
+mod txn;
 mod wire;
 
 #[doc(hidden)]
@@ -67,6 +68,8 @@ pub(crate) struct Core {
     /// Consumer groups and their committed offsets.
     pub(crate) groups: group::Coordinator,
     pub(crate) producer_ids: ProducerIds,
+    /// Transactional ids and their transactions.
+    pub(crate) transactions: txn::Transactions,
     /// Listeners, TLS, SASL users, ACLs.
     pub(crate) security: auth::Security,
     /// Flips to `true` when the broker starts stopping.
@@ -114,6 +117,9 @@ pub enum StartError {
     /// The producer id reservation could not be read.
     #[error(transparent)]
     ProducerIds(#[from] ProducerIdError),
+    /// The transaction state could not be read.
+    #[error("cannot open the transaction state: {0}")]
+    Transactions(String),
 }
 
 /// Why the broker did not stop cleanly.
@@ -148,10 +154,12 @@ impl Broker {
         let security_setup = auth::Setup::from_config(&config).map_err(StartError::Config)?;
         // Opening logs recovers them, which reads files: keep it off the async threads.
         let setup = security_setup.clone();
-        let (topics, producer_ids, groups, security, config) =
+        let (topics, producer_ids, transactions, groups, security, config) =
             tokio::task::spawn_blocking(move || {
                 let topics = Arc::new(Topics::open(&config)?);
                 let producer_ids = ProducerIds::open(&config.data_dir)?;
+                let transactions = txn::Transactions::open(&config.data_dir)
+                    .map_err(|error| StartError::Transactions(error.to_string()))?;
                 let groups = group::Coordinator::open(
                     &config.data_dir.join(GROUPS_DIR),
                     config.groups.clone(),
@@ -159,7 +167,7 @@ impl Broker {
                     topics.clone(),
                 )?;
                 let security = setup.open(&config.data_dir).map_err(StartError::Config)?;
-                Ok::<_, StartError>((topics, producer_ids, groups, security, config))
+                Ok::<_, StartError>((topics, producer_ids, transactions, groups, security, config))
             })
             .await
             .map_err(|error| StartError::Config(format!("start-up task failed: {error}")))??;
@@ -209,6 +217,7 @@ impl Broker {
             counters: Counters::default(),
             topics,
             producer_ids,
+            transactions,
             groups,
             security,
             stopping,
@@ -224,6 +233,7 @@ impl Broker {
         }
         tasks.push(tokio::spawn(maintenance_loop(core.clone())));
         tasks.push(tokio::spawn(cleaner_loop(core.clone())));
+        tasks.push(tokio::spawn(transaction_timer(core.clone())));
         let (topic_count, partition_count, _) = core.topics.totals();
         info!(kafka_addr = %infos[0].local_addr, topics = topic_count, partitions = partition_count, acls_enforced = core.security.enforce, "broker listening");
         Ok(Broker {
@@ -434,6 +444,43 @@ async fn accept_loop(core: Arc<Core>, listener: TcpListener, info: Arc<auth::Lis
 /// Runs every partition's housekeeping (interval flush, roll, checkpoint) every
 /// `maintenance_interval_ms`, with retention every `log_retention_check_interval_ms`, until
 /// the broker stops.
+/// How often the transaction coordinator looks for timed-out transactions and decided ones
+/// left unfinished (by a failed marker write or a restart).
+const TRANSACTION_CHECK_INTERVAL_MS: u64 = 1_000;
+
+/// Aborts transactions past their timeout and finishes decided ones, at start-up first.
+async fn transaction_timer(core: Arc<Core>) {
+    let mut stopping = core.stopping.clone();
+    let mut interval = tokio::time::interval(std::time::Duration::from_millis(
+        TRANSACTION_CHECK_INTERVAL_MS,
+    ));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stopping.wait_for(|stopping| *stopping) => break,
+            _ = interval.tick() => {}
+        }
+        let due = {
+            let core = core.clone();
+            match tokio::task::spawn_blocking(move || core.transactions.due(&core.producer_ids))
+                .await
+            {
+                Ok(due) => due,
+                Err(error) => {
+                    warn!(%error, "transaction check failed");
+                    continue;
+                }
+            }
+        };
+        for decision in due {
+            let id = decision.transactional_id.clone();
+            if let Err(error) = wire::txn::complete(&core, decision).await {
+                warn!(transactional_id = %id, %error, "could not complete a transaction; retrying");
+            }
+        }
+    }
+}
+
 async fn maintenance_loop(core: Arc<Core>) {
     let mut stopping = core.stopping.clone();
     let period = std::time::Duration::from_millis(core.config.maintenance_interval_ms.max(1));

@@ -39,6 +39,4 @@ pub(crate) enum Problem {
     /// A broker-wide limit (open files, partitions, disk space) refused the operation; the
     /// error message names the limit and the setting.
     ResourceLimit,
-    /// A well-formed request this broker will not serve (transactions, for example).
-    Unsupported,
 }

@@ -20,6 +20,7 @@ mod security;
 mod serve;
 mod settings;
 mod topic;
+mod txn;
 
 use clap::{Parser, Subcommand};
 
@@ -80,6 +81,9 @@ enum Command {
     /// Consumer groups: list, describe (members, committed offsets, lag), reset offsets, delete.
     #[command(subcommand)]
     Group(group::GroupCommand),
+    /// Transactions: list transactional ids, describe one (producer, state, partitions).
+    #[command(subcommand)]
+    Txn(txn::TxnCommand),
     /// Load generators and the trade-off matrix: produce, consume, end to end, the disk's group
     /// commit, and every way of delivery measured against this machine's limits.
     #[command(subcommand)]
@@ -107,6 +111,7 @@ fn main() -> std::process::ExitCode {
         Command::Produce(args) => produce::run(&cli.global, args),
         Command::Consume(args) => consume::run(&cli.global, args),
         Command::Group(command) => group::run(&cli.global, command),
+        Command::Txn(command) => txn::run(&cli.global, command),
         Command::Bench(command) => bench::run(&cli.global, command),
         Command::Advise(args) => matrix::advise(&cli.global, args),
         Command::Peer(command) => peer::run(&cli.global, command),

@@ -21,6 +21,11 @@ pub(crate) const COMPRESSION_MASK: i16 = 0x07;
 /// Attributes bit 3: timestamps are the broker's log append time.
 pub(crate) const TIMESTAMP_TYPE_BIT: i16 = 0x08;
 
+/// Attributes bit 4: the batch belongs to a transaction.
+pub const TRANSACTIONAL_BIT: i16 = 0x10;
+/// Attributes bit 5: a control batch (a transaction marker), not application records.
+pub const CONTROL_BIT: i16 = 0x20;
+
 /// Kafka's timestamp of a record that has none.
 pub(crate) const NO_TIMESTAMP: i64 = -1;
 
@@ -427,10 +432,55 @@ pub fn build_keyed_batch(
     b
 }
 
-/// Attributes bit 4: the batch belongs to a transaction.
-pub(crate) const TRANSACTIONAL_BIT: i16 = 0x10;
-/// Attributes bit 5: the batch holds control records (transaction markers).
-pub(crate) const CONTROL_BIT: i16 = 0x20;
+/// Builds the control batch that ends a transaction on one partition (Kafka's transaction
+/// marker): one record whose key is (version 0, type 0 abort or 1 commit) and whose value is
+/// (version 0, coordinator epoch), in a batch with the transactional and control bits set and
+/// no sequence, so the log's idempotence checks pass it by.
+pub fn build_control_batch(
+    producer_id: i64,
+    producer_epoch: i16,
+    commit: bool,
+    coordinator_epoch: i32,
+    timestamp_ms: i64,
+) -> Vec<u8> {
+    let mut key = Vec::with_capacity(4);
+    key.extend_from_slice(&0i16.to_be_bytes());
+    key.extend_from_slice(&i16::from(commit).to_be_bytes());
+    let mut value = Vec::with_capacity(6);
+    value.extend_from_slice(&0i16.to_be_bytes());
+    value.extend_from_slice(&coordinator_epoch.to_be_bytes());
+    let mut body = Vec::new();
+    body.push(0u8); // record attributes
+    put_varlong(&mut body, 0); // timestamp delta
+    put_varlong(&mut body, 0); // offset delta
+    put_varlong(&mut body, key.len() as i64);
+    body.extend_from_slice(&key);
+    put_varlong(&mut body, value.len() as i64);
+    body.extend_from_slice(&value);
+    put_varlong(&mut body, 0); // no headers
+    let mut records = Vec::new();
+    put_varlong(&mut records, body.len() as i64);
+    records.extend_from_slice(&body);
+    let mut b = Vec::with_capacity(BATCH_HEADER_BYTES + records.len());
+    b.extend_from_slice(&0i64.to_be_bytes());
+    let batch_len = (BATCH_HEADER_BYTES - LOG_OVERHEAD_BYTES + records.len()) as i32;
+    b.extend_from_slice(&batch_len.to_be_bytes());
+    b.extend_from_slice(&0i32.to_be_bytes()); // leader epoch
+    b.push(MAGIC_V2 as u8);
+    b.extend_from_slice(&0u32.to_be_bytes()); // crc, filled below
+    b.extend_from_slice(&(TRANSACTIONAL_BIT | CONTROL_BIT).to_be_bytes());
+    b.extend_from_slice(&0i32.to_be_bytes()); // last offset delta
+    b.extend_from_slice(&timestamp_ms.to_be_bytes());
+    b.extend_from_slice(&timestamp_ms.to_be_bytes());
+    b.extend_from_slice(&producer_id.to_be_bytes());
+    b.extend_from_slice(&producer_epoch.to_be_bytes());
+    b.extend_from_slice(&(-1i32).to_be_bytes()); // no sequence
+    b.extend_from_slice(&1i32.to_be_bytes());
+    b.extend_from_slice(&records);
+    let crc = crc32c::crc32c(&b[CRC_START..]);
+    b[17..21].copy_from_slice(&crc.to_be_bytes());
+    b
+}
 
 /// `batch` with its records replaced by `records` (uncompressed, `count` of them), compressed
 /// with the batch's own codec; base offset, last offset delta, timestamps and producer fields
@@ -483,6 +533,21 @@ mod tests {
         let h = check_batch(&b, 1 << 20).unwrap();
         assert_eq!(h.base_offset, 42);
         assert_eq!(h.last_offset(), 43);
+    }
+
+    #[test]
+    fn control_batch_validates_with_its_bits_and_no_sequence() {
+        let b = build_control_batch(9, 3, true, 0, 1_000);
+        let h = check_batch(&b, 1 << 20).unwrap();
+        assert_eq!(h.attributes, TRANSACTIONAL_BIT | CONTROL_BIT);
+        assert_eq!(
+            (h.producer_id, h.producer_epoch, h.base_sequence),
+            (9, 3, -1)
+        );
+        assert_eq!(h.records_count, 1);
+        assert!(!crate::producer::is_idempotent(&h));
+        // The record's key says commit (type 1) after its 8 bytes of framing.
+        assert_ne!(b, build_control_batch(9, 3, false, 0, 1_000));
     }
 
     #[test]

@@ -22,7 +22,8 @@ mod records;
 pub use records::{StoredRecord, decode_records};
 
 pub use batch::{
-    BATCH_HEADER_BYTES, KeyedRecord, LOG_OVERHEAD_BYTES, build_batch, build_keyed_batch,
+    BATCH_HEADER_BYTES, CONTROL_BIT, KeyedRecord, LOG_OVERHEAD_BYTES, TRANSACTIONAL_BIT,
+    build_batch, build_control_batch, build_keyed_batch,
 };
 pub use config::{
     BATCH_BYTES_MAX, CleanupPolicy, Compression, DEFAULT_BATCH_BYTES_MAX, FlushPolicy, LogConfig,

@@ -731,6 +731,33 @@ impl Coordinator {
         Ok(PendingCommit { results, written })
     }
 
+    /// The offsets of a committed transaction (TxnOffsetCommit, applied at EndTxn): written
+    /// like any commit, without the member checks, which a transaction's offsets skip (the
+    /// transaction coordinator fenced older producers instead). Returns once they are durable.
+    pub async fn commit_transactional(
+        &self,
+        offsets: Vec<(String, String, i32, i64, String)>,
+    ) -> Result<(), GroupError> {
+        let now = self.shared.clock.now_ms();
+        let records = offsets
+            .into_iter()
+            .map(
+                |(group, topic, partition, offset, metadata)| OffsetRecord::Commit {
+                    group,
+                    topic,
+                    partition,
+                    value: CommittedOffset {
+                        offset,
+                        leader_epoch: -1,
+                        metadata,
+                        commit_timestamp_ms: now,
+                    },
+                },
+            )
+            .collect();
+        self.shared.store.write(records).await
+    }
+
     /// A barrier behind every commit started before this call: once it is awaited, those
     /// commits are durable and visible to [`Coordinator::fetch_offsets`]. An OffsetFetch waits
     /// for one, so that it sees the commits its connection sent before it.

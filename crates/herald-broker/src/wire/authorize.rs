@@ -167,6 +167,34 @@ pub(crate) fn gate(core: &Arc<Core>, session: &Session, request: &mut Request) -
         | RequestKind::DescribeUserScramCredentials(_)
         | RequestKind::AlterUserScramCredentials(_) => Gate::Pass(None),
         RequestKind::Produce(body) => {
+            if let Some(id) = &body.transactional_id {
+                if !asker.allows(Operation::Write, ResourceType::TransactionalId, id.as_str()) {
+                    Counters::add(&core.counters.authorization_failures, 1);
+                    let id_denied = std::mem::take(&mut body.topic_data);
+                    return patch(move |response| {
+                        if let ResponseKind::Produce(response) = response {
+                            for topic in id_denied {
+                                response.responses.push(
+                                    TopicProduceResponse::default()
+                                        .with_name(topic.name)
+                                        .with_partition_responses(
+                                            topic
+                                                .partition_data
+                                                .iter()
+                                                .map(|partition| {
+                                                    PartitionProduceResponse::default()
+                                                        .with_index(partition.index)
+                                                        .with_error_code(TRANSACTIONAL_ID_DENIED)
+                                                        .with_base_offset(-1)
+                                                })
+                                                .collect(),
+                                        ),
+                                );
+                            }
+                        }
+                    });
+                }
+            }
             let denied = take(&mut body.topic_data, |topic| {
                 !asker.topic(Operation::Write, topic.name.as_str())
             });
@@ -670,6 +698,153 @@ pub(crate) fn gate(core: &Arc<Core>, session: &Session, request: &mut Request) -
                 }
             })
         }
+        // Transactions: WRITE on the transactional id to take part, DESCRIBE to see it; the
+        // offsets of a transaction also need READ on the group, as an OffsetCommit does.
+        RequestKind::AddPartitionsToTxn(body) => {
+            let id = body.v3_and_below_transactional_id.as_str();
+            let allowed = asker.allows(Operation::Write, ResourceType::TransactionalId, id)
+                && body
+                    .v3_and_below_topics
+                    .iter()
+                    .all(|topic| asker.topic(Operation::Write, topic.name.as_str()));
+            if allowed {
+                return Gate::Pass(None);
+            }
+            Counters::add(&core.counters.authorization_failures, 1);
+            let id_allowed = asker.allows(Operation::Write, ResourceType::TransactionalId, id);
+            let topics = body
+                .v3_and_below_topics
+                .iter()
+                .map(|topic| {
+                    let code = if !id_allowed {
+                        TRANSACTIONAL_ID_DENIED
+                    } else if asker.topic(Operation::Write, topic.name.as_str()) {
+                        ResponseError::OperationNotAttempted.code()
+                    } else {
+                        TOPIC_DENIED
+                    };
+                    kafka_protocol::messages::add_partitions_to_txn_response::AddPartitionsToTxnTopicResult::default()
+                        .with_name(topic.name.clone())
+                        .with_results_by_partition(
+                            topic
+                                .partitions
+                                .iter()
+                                .map(|index| {
+                                    kafka_protocol::messages::add_partitions_to_txn_response::AddPartitionsToTxnPartitionResult::default()
+                                        .with_partition_index(*index)
+                                        .with_partition_error_code(code)
+                                })
+                                .collect(),
+                        )
+                })
+                .collect();
+            refuse(ResponseKind::AddPartitionsToTxn(
+                kafka_protocol::messages::AddPartitionsToTxnResponse::default()
+                    .with_results_by_topic_v3_and_below(topics),
+            ))
+        }
+        RequestKind::AddOffsetsToTxn(body) => {
+            let code = if !asker.allows(
+                Operation::Write,
+                ResourceType::TransactionalId,
+                body.transactional_id.as_str(),
+            ) {
+                TRANSACTIONAL_ID_DENIED
+            } else if !asker.group(Operation::Read, body.group_id.as_str()) {
+                GROUP_DENIED
+            } else {
+                return Gate::Pass(None);
+            };
+            Counters::add(&core.counters.authorization_failures, 1);
+            refuse(ResponseKind::AddOffsetsToTxn(
+                kafka_protocol::messages::AddOffsetsToTxnResponse::default().with_error_code(code),
+            ))
+        }
+        RequestKind::TxnOffsetCommit(body) => {
+            let code = if !asker.allows(
+                Operation::Write,
+                ResourceType::TransactionalId,
+                body.transactional_id.as_str(),
+            ) {
+                TRANSACTIONAL_ID_DENIED
+            } else if !asker.group(Operation::Read, body.group_id.as_str()) {
+                GROUP_DENIED
+            } else if body
+                .topics
+                .iter()
+                .any(|topic| !asker.topic(Operation::Read, topic.name.as_str()))
+            {
+                TOPIC_DENIED
+            } else {
+                return Gate::Pass(None);
+            };
+            Counters::add(&core.counters.authorization_failures, 1);
+            let topics = body
+                .topics
+                .iter()
+                .map(|topic| {
+                    kafka_protocol::messages::txn_offset_commit_response::TxnOffsetCommitResponseTopic::default()
+                        .with_name(topic.name.clone())
+                        .with_partitions(
+                            topic
+                                .partitions
+                                .iter()
+                                .map(|partition| {
+                                    kafka_protocol::messages::txn_offset_commit_response::TxnOffsetCommitResponsePartition::default()
+                                        .with_partition_index(partition.partition_index)
+                                        .with_error_code(code)
+                                })
+                                .collect(),
+                        )
+                })
+                .collect();
+            refuse(ResponseKind::TxnOffsetCommit(
+                kafka_protocol::messages::TxnOffsetCommitResponse::default().with_topics(topics),
+            ))
+        }
+        RequestKind::EndTxn(body) => {
+            if asker.allows(
+                Operation::Write,
+                ResourceType::TransactionalId,
+                body.transactional_id.as_str(),
+            ) {
+                return Gate::Pass(None);
+            }
+            Counters::add(&core.counters.authorization_failures, 1);
+            refuse(ResponseKind::EndTxn(
+                kafka_protocol::messages::EndTxnResponse::default()
+                    .with_error_code(TRANSACTIONAL_ID_DENIED),
+            ))
+        }
+        RequestKind::DescribeTransactions(_) => patch(move |response| {
+            if let ResponseKind::DescribeTransactions(response) = response {
+                for state in &mut response.transaction_states {
+                    if !asker.allows(
+                        Operation::Describe,
+                        ResourceType::TransactionalId,
+                        state.transactional_id.as_str(),
+                    ) {
+                        *state = kafka_protocol::messages::describe_transactions_response::TransactionState::default()
+                            .with_transactional_id(state.transactional_id.clone())
+                            .with_error_code(TRANSACTIONAL_ID_DENIED)
+                            .with_producer_id(ProducerId(-1))
+                            .with_producer_epoch(-1)
+                            .with_transaction_start_time_ms(-1);
+                    }
+                }
+            }
+        }),
+        RequestKind::ListTransactions(_) => patch(move |response| {
+            if let ResponseKind::ListTransactions(response) = response {
+                response.transaction_states.retain(|state| {
+                    asker.allows(
+                        Operation::Describe,
+                        ResourceType::TransactionalId,
+                        state.transactional_id.as_str(),
+                    )
+                });
+            }
+        }),
         // Every served API is listed above; what else decodes has no handler, and dispatch
         // answers it with nothing.
         _ => Gate::Pass(None),

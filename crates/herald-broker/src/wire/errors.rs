@@ -50,10 +50,6 @@ pub(crate) const KAFKA_STORAGE_ERROR: i16 = ResponseError::KafkaStorageError.cod
 pub(crate) const POLICY_VIOLATION: i16 = ResponseError::PolicyViolation.code();
 /// Kafka `UNKNOWN_PRODUCER_ID`.
 pub(crate) const UNKNOWN_PRODUCER_ID: i16 = ResponseError::UnknownProducerId.code();
-/// Kafka `TRANSACTIONAL_ID_AUTHORIZATION_FAILED`, the refusal of a transactional producer
-/// that clients do not retry.
-pub(crate) const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 =
-    ResponseError::TransactionalIdAuthorizationFailed.code();
 /// Kafka `UNKNOWN_TOPIC_ID`.
 pub(crate) const UNKNOWN_TOPIC_ID: i16 = ResponseError::UnknownTopicId.code();
 
@@ -76,7 +72,6 @@ pub(crate) fn code(problem: Problem) -> i16 {
         Problem::OffsetOutOfRange => OFFSET_OUT_OF_RANGE,
         Problem::StorageError => KAFKA_STORAGE_ERROR,
         Problem::ResourceLimit => POLICY_VIOLATION,
-        Problem::Unsupported => UNSUPPORTED_VERSION,
     }
 }
 

@@ -10,8 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herald_storage::ReadError;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{FetchRequest, FetchResponse, ResponseKind};
+use kafka_protocol::messages::fetch_response::{
+    AbortedTransaction, FetchableTopicResponse, PartitionData,
+};
+use kafka_protocol::messages::{FetchRequest, FetchResponse, ProducerId, ResponseKind};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::warn;
@@ -104,7 +106,8 @@ pub(crate) fn fetch(core: &Arc<Core>, request: FetchRequest, version: i16) -> Re
                 .map(|partition| partition.subscribe())
         })
         .collect();
-    let (first, bytes, any_error) = read_all(&topics, limits, version);
+    let committed = (request.isolation_level == 1).then(|| core.clone());
+    let (first, bytes, any_error) = read_all(&topics, limits, version, committed.as_deref());
     if bytes >= limits.min_bytes || any_error || max_wait_ms == 0 || wakers.is_empty() {
         return Reply::Ready(Box::new(finish(core, first)));
     }
@@ -126,7 +129,7 @@ pub(crate) fn fetch(core: &Arc<Core>, request: FetchRequest, version: i16) -> Re
             for waker in &mut wakers {
                 waker.borrow_and_update();
             }
-            let (next, bytes, any_error) = read_all(&topics, limits, version);
+            let (next, bytes, any_error) = read_all(&topics, limits, version, committed.as_deref());
             if timed_out || bytes >= limits.min_bytes || any_error {
                 break finish(&core, next);
             }
@@ -160,7 +163,14 @@ fn finish(core: &Core, response: FetchResponse) -> ResponseKind {
 
 /// Reads every wanted partition once; returns the response, its record bytes, and whether any
 /// partition has an error (which ends a long poll at once, as in Kafka).
-fn read_all(topics: &[WantedTopic], limits: Limits, version: i16) -> (FetchResponse, usize, bool) {
+/// With `committed` (isolation_level=1, read_committed), reads stop at the last stable offset
+/// and each partition's answer lists the aborted transactions in the range returned.
+fn read_all(
+    topics: &[WantedTopic],
+    limits: Limits,
+    version: i16,
+    committed: Option<&Core>,
+) -> (FetchResponse, usize, bool) {
     let mut budget = limits.max_bytes;
     let mut bytes = 0usize;
     let mut any_error = false;
@@ -192,22 +202,40 @@ fn read_all(topics: &[WantedTopic], limits: Limits, version: i16) -> (FetchRespo
             let max = wanted.partition_max_bytes.min(budget);
             // KIP-74: the first batch of the response goes out whole, whatever its size.
             let at_least_one = bytes == 0;
+            // The last stable offset: below the first open transaction on the partition.
+            let stable = committed
+                .and_then(|core| core.transactions.first_unstable(&topic.name, wanted.index));
             let outcome = if max == 0 && !at_least_one {
                 let offsets = partition.log.offsets();
                 Ok((bytes::Bytes::new(), offsets.visible_end, offsets.log_start))
             } else {
                 partition
                     .log
-                    .read_visible(offset, max, at_least_one)
+                    .read_visible_below(offset, stable.unwrap_or(u64::MAX), max, at_least_one)
                     .map(|read| (read.batches, read.high_watermark, read.log_start))
             };
             match outcome {
-                Ok((batches, high_watermark, log_start)) => {
+                Ok((batches, read_end, log_start)) => {
                     bytes += batches.len();
                     budget = budget.saturating_sub(batches.len());
+                    let high_watermark = partition.log.offsets().visible_end.max(read_end);
+                    let last_stable = stable.map_or(high_watermark, |s| s.min(high_watermark));
+                    if let Some(core) = committed {
+                        let aborted = core
+                            .transactions
+                            .aborted_between(&topic.name, wanted.index, offset, last_stable)
+                            .into_iter()
+                            .map(|range| {
+                                AbortedTransaction::default()
+                                    .with_producer_id(ProducerId(range.producer_id))
+                                    .with_first_offset(as_i64(range.first_offset))
+                            })
+                            .collect();
+                        data = data.with_aborted_transactions(Some(aborted));
+                    }
                     data = data
                         .with_high_watermark(as_i64(high_watermark))
-                        .with_last_stable_offset(as_i64(high_watermark))
+                        .with_last_stable_offset(as_i64(last_stable))
                         .with_log_start_offset(as_i64(log_start))
                         .with_records(Some(batches));
                 }

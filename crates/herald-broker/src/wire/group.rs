@@ -170,11 +170,8 @@ pub(crate) async fn dispatch(core: &Arc<Core>, request: Request, session: &Sessi
     }
 }
 
-/// Why a transactional producer is refused, in the words clients show their users.
-pub(crate) const TRANSACTIONS_UNSUPPORTED: &str = "transactions are not supported by this Herald broker yet; use an idempotent producer without transactional.id";
-
-/// FindCoordinator: this broker coordinates every group; transactions are not supported, and
-/// say so with an error instead of leaving the client waiting.
+/// FindCoordinator: this broker coordinates every consumer group and every transactional id;
+/// share groups are refused with an error instead of leaving the client waiting.
 pub fn find_coordinator(
     node: &NodeInfo,
     version: i16,
@@ -184,16 +181,10 @@ pub fn find_coordinator(
     let answer = |key: StrBytes| -> CoordinatorEntry {
         let mut c = CoordinatorEntry::default();
         c.key = key;
-        if request.key_type == 0 {
+        if request.key_type == 0 || request.key_type == 1 {
             c.node_id = BrokerId(node.node_id);
             c.host = s(&node.host);
             c.port = node.port;
-        } else if request.key_type == 1 {
-            // Clients retry every FindCoordinator error but an authorization failure, which
-            // fails `init_transactions` at once (librdkafka, Java) with this message.
-            c.node_id = BrokerId(-1);
-            c.error_code = errors::TRANSACTIONAL_ID_AUTHORIZATION_FAILED;
-            c.error_message = Some(s(TRANSACTIONS_UNSUPPORTED));
         } else {
             c.node_id = BrokerId(-1);
             c.error_code = errors::INVALID_REQUEST;
@@ -717,7 +708,7 @@ mod tests {
     }
 
     #[test]
-    fn transaction_keys_are_refused_not_left_hanging() {
+    fn transaction_keys_are_coordinated_here() {
         let node = NodeInfo {
             node_id: 1,
             host: "127.0.0.1".into(),
@@ -728,7 +719,12 @@ mod tests {
         request.coordinator_keys = vec![s("txn"), s("txn2")];
         let response = find_coordinator(&node, 4, request.clone());
         assert_eq!(response.coordinators.len(), 2);
-        assert!(response.coordinators.iter().all(|c| c.error_code == 53));
+        assert!(
+            response
+                .coordinators
+                .iter()
+                .all(|c| c.error_code == 0 && c.node_id == BrokerId(1))
+        );
         request.key_type = 0;
         request.key = s("g");
         let response = find_coordinator(&node, 2, request);

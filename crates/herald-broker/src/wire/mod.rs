@@ -29,6 +29,7 @@ mod produce;
 mod producer_id;
 mod sasl;
 mod segmented;
+pub(crate) mod txn;
 pub(crate) mod versions;
 
 use std::future::Future;
@@ -470,9 +471,16 @@ async fn dispatch(core: &Arc<Core>, request: Request, session: &Session) -> Repl
         RequestKind::DeleteRecords(body) => ready(ResponseKind::DeleteRecords(
             offsets::delete_records(core, body),
         )),
-        RequestKind::InitProducerId(body) => ready(ResponseKind::InitProducerId(
-            producer_id::init_producer_id(core, body),
-        )),
+        // A transactional id's InitProducerId may write markers and the state: blocking pool.
+        RequestKind::InitProducerId(body) => blocking(core, move |core| {
+            ResponseKind::InitProducerId(producer_id::init_producer_id(&core, body, version))
+        }),
+        RequestKind::AddPartitionsToTxn(body) => txn::add_partitions(core, body, version),
+        RequestKind::AddOffsetsToTxn(body) => txn::add_offsets(core, body, version),
+        RequestKind::TxnOffsetCommit(body) => txn::offset_commit(core, body, version),
+        RequestKind::EndTxn(body) => txn::end_txn(core, body, version),
+        RequestKind::DescribeTransactions(body) => ready(txn::describe(core, body)),
+        RequestKind::ListTransactions(body) => ready(txn::list(core, body)),
         RequestKind::CreateTopics(body) => admin::create_topics(core, body, version),
         RequestKind::DeleteTopics(body) => admin::delete_topics(core, body, version),
         RequestKind::CreatePartitions(body) => admin::create_partitions(core, body),

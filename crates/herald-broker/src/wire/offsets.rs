@@ -55,7 +55,17 @@ pub(crate) fn list_offsets(
                     };
                     let offsets = partition.log.offsets();
                     match asked.timestamp {
-                        LATEST => response.with_offset(as_i64(offsets.visible_end)),
+                        // read_committed (isolation level 1) ends at the last stable offset.
+                        LATEST => {
+                            let stable = (request.isolation_level == 1)
+                                .then(|| {
+                                    core.transactions
+                                        .first_unstable(wanted.name.as_str(), asked.partition_index)
+                                })
+                                .flatten()
+                                .unwrap_or(u64::MAX);
+                            response.with_offset(as_i64(offsets.visible_end.min(stable)))
+                        }
                         EARLIEST => response.with_offset(as_i64(offsets.log_start)),
                         timestamp if timestamp >= 0 || (timestamp == MAX_TIMESTAMP && version >= 7) => {
                             let found = if timestamp == MAX_TIMESTAMP {

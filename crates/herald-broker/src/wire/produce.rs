@@ -17,6 +17,7 @@ use kafka_protocol::messages::{ProduceRequest, ProduceResponse, ResponseKind};
 use tracing::debug;
 
 use super::errors::{self, code};
+use super::txn::txn_code;
 use super::{Reply, str_bytes, topic_name};
 use crate::Core;
 use crate::group_commit;
@@ -67,6 +68,42 @@ pub(crate) fn count_records(mut batches: &[u8]) -> u64 {
     records
 }
 
+/// Why a transactional producer may not append these batches to this partition, if it may
+/// not: it must hold the current epoch of its transactional id and have added the partition
+/// to its transaction. The producer id and epoch come from the first batch's header.
+fn transactional_refusal(
+    core: &Core,
+    transactional_id: &str,
+    topic: &str,
+    partition: i32,
+    records: Option<&[u8]>,
+) -> Option<i16> {
+    // Batch header: producer id (8) at byte 43, producer epoch (2) at byte 51.
+    const PRODUCER_ID_AT: usize = 43;
+    let records = records.unwrap_or_default();
+    let Some(header) = records.get(PRODUCER_ID_AT..PRODUCER_ID_AT + 10) else {
+        return Some(errors::CORRUPT_MESSAGE);
+    };
+    let mut pid = [0u8; 8];
+    pid.copy_from_slice(&header[..8]);
+    let producer_id = i64::from_be_bytes(pid);
+    let producer_epoch = i16::from_be_bytes([header[8], header[9]]);
+    match core.transactions.check_produce(
+        transactional_id,
+        producer_id,
+        producer_epoch,
+        topic,
+        partition,
+    ) {
+        Ok(()) => None,
+        Err(error) => {
+            debug!(transactional_id, topic, partition, %error, "transactional produce refused");
+            // Produce answers a fenced producer with INVALID_PRODUCER_EPOCH at every version.
+            Some(txn_code(&error, false))
+        }
+    }
+}
+
 /// A partition whose data must reach the disk before the response (acks=all).
 struct Durable {
     partition: Arc<Partition>,
@@ -81,7 +118,7 @@ pub(crate) fn produce(core: &Arc<Core>, request: ProduceRequest, version: i16) -
     let mut durable = Vec::new();
     for (topic_at, topic_data) in request.topic_data.into_iter().enumerate() {
         let name = topic_data.name.as_str().to_string();
-        let topic = if request.transactional_id.is_some() || !(-1..=1).contains(&acks) {
+        let topic = if !(-1..=1).contains(&acks) {
             Ok(None)
         } else {
             core.topics.get_or_create(&name)
@@ -91,9 +128,17 @@ pub(crate) fn produce(core: &Arc<Core>, request: ProduceRequest, version: i16) -
             let mut response = PartitionProduceResponse::default()
                 .with_index(data.index)
                 .with_base_offset(-1);
-            let error_code = if request.transactional_id.is_some() {
-                // Transactions are not served (InitProducerId refuses transactional ids).
-                code(Problem::Unsupported)
+            let refused_by_txn = request.transactional_id.as_ref().and_then(|id| {
+                transactional_refusal(
+                    core,
+                    id.as_str(),
+                    &name,
+                    data.index,
+                    data.records.as_deref(),
+                )
+            });
+            let error_code = if let Some(refusal) = refused_by_txn {
+                refusal
             } else if !(-1..=1).contains(&acks) {
                 errors::INVALID_REQUIRED_ACKS
             } else {

@@ -69,6 +69,15 @@ pub(crate) const SERVED: &[Served] = &[
     served_api(ApiKey::DeleteAcls, 1, 3),
     served_api(ApiKey::DescribeUserScramCredentials, 0, 0),
     served_api(ApiKey::AlterUserScramCredentials, 0, 0),
+    // Transactions (handlers in `txn.rs`). AddPartitionsToTxn v4+, EndTxn v4+ and
+    // TxnOffsetCommit v4+ belong to KIP-890's second phase (brokers verifying on behalf of
+    // each other, epoch bumps per transaction), which is not served.
+    served_api(ApiKey::AddPartitionsToTxn, 0, 3),
+    served_api(ApiKey::AddOffsetsToTxn, 0, 3),
+    served_api(ApiKey::EndTxn, 0, 3),
+    served_api(ApiKey::TxnOffsetCommit, 0, 3),
+    served_api(ApiKey::DescribeTransactions, 0, 0),
+    served_api(ApiKey::ListTransactions, 0, 1),
 ];
 
 /// Lowest Produce version actually decoded (record batch v2).
@@ -125,6 +134,12 @@ pub(crate) fn name(api_key: ApiKey) -> &'static str {
         ApiKey::DeleteAcls => "DeleteAcls",
         ApiKey::DescribeUserScramCredentials => "DescribeUserScramCredentials",
         ApiKey::AlterUserScramCredentials => "AlterUserScramCredentials",
+        ApiKey::AddPartitionsToTxn => "AddPartitionsToTxn",
+        ApiKey::AddOffsetsToTxn => "AddOffsetsToTxn",
+        ApiKey::EndTxn => "EndTxn",
+        ApiKey::TxnOffsetCommit => "TxnOffsetCommit",
+        ApiKey::DescribeTransactions => "DescribeTransactions",
+        ApiKey::ListTransactions => "ListTransactions",
         _ => "Other",
     }
 }

@@ -20,3 +20,4 @@ mod restart;
 mod security;
 mod support;
 mod timestamps;
+mod transactions;

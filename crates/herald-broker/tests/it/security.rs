@@ -1128,3 +1128,113 @@ impl TlsRaw {
         assert_eq!(versions.error_code, 0);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactional_ids_need_write_to_take_part_and_describe_to_be_seen() {
+    let pki = Pki::new();
+    let data = tempfile::tempdir().unwrap();
+    grant(
+        data.path(),
+        "User:alice",
+        ResourceType::TransactionalId,
+        "app-",
+        PatternType::Prefixed,
+        Operation::Write,
+        Permission::Allow,
+    );
+    let broker = secure_broker(
+        &pki,
+        "SASL_PLAINTEXT://127.0.0.1:0",
+        ClientAuth::None,
+        &["admin", "alice", "bob"],
+        data.path(),
+    )
+    .await;
+    let addr = broker.kafka_addr();
+    let denied = ResponseError::TransactionalIdAuthorizationFailed.code();
+    let id = |name: &'static str| TransactionalId(StrBytes::from_static_str(name));
+    let init = |name: &'static str| {
+        InitProducerIdRequest::default()
+            .with_transactional_id(Some(id(name)))
+            .with_transaction_timeout_ms(60_000)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1)
+    };
+    let mut alice = raw_as(addr, "alice").await;
+    let mine: InitProducerIdResponse = alice
+        .request(ApiKey::InitProducerId, 4, &init("app-1"))
+        .await;
+    assert_eq!(mine.error_code, 0);
+    let other: InitProducerIdResponse = alice
+        .request(ApiKey::InitProducerId, 4, &init("other"))
+        .await;
+    assert_eq!(other.error_code, denied);
+
+    // bob may neither end alice's transaction nor add partitions to it.
+    let mut bob = raw_as(addr, "bob").await;
+    let end: EndTxnResponse = bob
+        .request(
+            ApiKey::EndTxn,
+            3,
+            &EndTxnRequest::default()
+                .with_transactional_id(id("app-1"))
+                .with_producer_id(mine.producer_id)
+                .with_producer_epoch(mine.producer_epoch)
+                .with_committed(true),
+        )
+        .await;
+    assert_eq!(end.error_code, denied);
+    let add: AddPartitionsToTxnResponse = bob
+        .request(
+            ApiKey::AddPartitionsToTxn,
+            3,
+            &AddPartitionsToTxnRequest::default()
+                .with_v3_and_below_transactional_id(id("app-1"))
+                .with_v3_and_below_producer_id(mine.producer_id)
+                .with_v3_and_below_producer_epoch(mine.producer_epoch)
+                .with_v3_and_below_topics(vec![
+                    add_partitions_to_txn_request::AddPartitionsToTxnTopic::default()
+                        .with_name(topic_name("orders"))
+                        .with_partitions(vec![0, 1]),
+                ]),
+        )
+        .await;
+    let codes: Vec<i16> = add.results_by_topic_v3_and_below[0]
+        .results_by_partition
+        .iter()
+        .map(|p| p.partition_error_code)
+        .collect();
+    assert_eq!(codes, vec![denied, denied]);
+
+    // WRITE implies DESCRIBE: alice sees her id; bob is refused it and lists nothing.
+    let describe = DescribeTransactionsRequest::default().with_transactional_ids(vec![id("app-1")]);
+    let seen: DescribeTransactionsResponse = alice
+        .request(ApiKey::DescribeTransactions, 0, &describe)
+        .await;
+    assert_eq!(seen.transaction_states[0].error_code, 0);
+    assert_eq!(
+        seen.transaction_states[0].transaction_state.as_str(),
+        "Empty"
+    );
+    let hidden: DescribeTransactionsResponse = bob
+        .request(ApiKey::DescribeTransactions, 0, &describe)
+        .await;
+    assert_eq!(hidden.transaction_states[0].error_code, denied);
+    let listed: ListTransactionsResponse = alice
+        .request(
+            ApiKey::ListTransactions,
+            0,
+            &ListTransactionsRequest::default(),
+        )
+        .await;
+    assert_eq!(listed.transaction_states.len(), 1);
+    let listed: ListTransactionsResponse = bob
+        .request(
+            ApiKey::ListTransactions,
+            0,
+            &ListTransactionsRequest::default(),
+        )
+        .await;
+    assert!(listed.transaction_states.is_empty());
+    broker.shutdown().await.unwrap();
+}

@@ -11,3 +11,4 @@ mod peer;
 mod security;
 mod serve;
 mod support;
+mod txn;

@@ -522,6 +522,15 @@ fn kafkajs_admin_idempotent_produce_and_a_consumer_group() {
     });
 }
 
+#[test]
+fn kafkajs_transactions_commit_abort_and_send_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = ServeProcess::start(&dir.path().join("data"));
+    kafkajs_check("transactions.js", &[&broker.kafka_addr.to_string()], || {
+        broker.log()
+    });
+}
+
 /// Sends `bytes` on a fresh connection and waits (bounded) for the broker to answer or close.
 fn send_raw(addr: std::net::SocketAddr, bytes: &[u8]) -> Vec<u8> {
     let mut stream = TcpStream::connect(addr).unwrap();

@@ -695,6 +695,20 @@ impl PartitionLog {
         self.read_below(offset, end, max_bytes, at_least_one)
     }
 
+    /// As [`read_visible`](Self::read_visible), but only batches wholly below `stable_end` too
+    /// (a read_committed consumer's last stable offset); the reported high watermark is that
+    /// bound when it is lower.
+    pub fn read_visible_below(
+        &self,
+        offset: u64,
+        stable_end: u64,
+        max_bytes: usize,
+        at_least_one: bool,
+    ) -> Result<ReadOutcome, ReadError> {
+        let end = self.offsets().visible_end.min(stable_end);
+        self.read_below(offset, end, max_bytes, at_least_one)
+    }
+
     /// [`read`](Self::read) of the batches wholly below `end` (the log end if lower), which is
     /// reported as the high watermark; an offset from `end` up to the log end reads nothing,
     /// one past the log end is out of range.
