@@ -40,8 +40,17 @@ struct Previous {
     bytes_out: u64,
     records_in: u64,
     records_out: u64,
-    /// Sum of the high watermarks of each topic's open partitions.
-    topic_ends: HashMap<String, u64>,
+    /// Each topic's traffic counters.
+    topics: HashMap<String, crate::TopicTrafficStats>,
+}
+
+/// A topic's traffic per second over the last interval.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct TopicRate {
+    pub(crate) records_in_per_s: f64,
+    pub(crate) records_out_per_s: f64,
+    pub(crate) bytes_in_per_s: f64,
+    pub(crate) bytes_out_per_s: f64,
 }
 
 /// One group partition's lag over time: (ms since the epoch, lag).
@@ -53,8 +62,8 @@ pub(crate) type PartitionLagPoints = ((String, i32), Vec<(i64, i64)>);
 struct Inner {
     previous: Option<Previous>,
     samples: VecDeque<Sample>,
-    /// Records appended per second by topic, over the last interval.
-    topic_rates: HashMap<String, f64>,
+    /// Traffic per second by topic, over the last interval.
+    topic_rates: HashMap<String, TopicRate>,
     /// (group, topic, partition) -> lag points.
     lag: BTreeMap<(String, String, i32), LagSeries>,
 }
@@ -103,15 +112,6 @@ impl History {
     pub(crate) fn sample(&self, broker: &Broker) {
         let stats = broker.stats();
         let now = now_ms();
-        let mut topic_ends = HashMap::new();
-        for topic in broker.core.topics.list() {
-            let end: u64 = topic
-                .loaded_partitions()
-                .iter()
-                .map(|partition| partition.log.offsets().visible_end)
-                .sum();
-            topic_ends.insert(topic.name.clone(), end);
-        }
         let lags = super::groups::all_lags(broker);
         let mut inner = self.inner.lock();
         let current = Previous {
@@ -120,7 +120,7 @@ impl History {
             bytes_out: stats.fetched_bytes_total,
             records_in: stats.produced_records_total,
             records_out: stats.fetched_records_total,
-            topic_ends,
+            topics: stats.topic_traffic.clone().into_iter().collect(),
         };
         if let Some(previous) = inner.previous.take() {
             let seconds = ((now - previous.at_ms) as f64 / 1000.0).max(0.001);
@@ -139,11 +139,18 @@ impl History {
                 inner.samples.pop_front();
             }
             inner.topic_rates = current
-                .topic_ends
+                .topics
                 .iter()
-                .map(|(name, end)| {
-                    let before = previous.topic_ends.get(name).copied().unwrap_or(*end);
-                    (name.clone(), rate(*end, before))
+                .map(|(name, now)| {
+                    // A topic new since the last sample starts from its own counters.
+                    let before = previous.topics.get(name).unwrap_or(now);
+                    let topic_rate = TopicRate {
+                        records_in_per_s: rate(now.records_in_total, before.records_in_total),
+                        records_out_per_s: rate(now.records_out_total, before.records_out_total),
+                        bytes_in_per_s: rate(now.bytes_in_total, before.bytes_in_total),
+                        bytes_out_per_s: rate(now.bytes_out_total, before.bytes_out_total),
+                    };
+                    (name.clone(), topic_rate)
                 })
                 .collect();
         }
@@ -172,8 +179,8 @@ impl History {
         self.inner.lock().samples.back().copied()
     }
 
-    /// Records appended per second to `topic` over the last interval.
-    pub(crate) fn topic_rate(&self, topic: &str) -> Option<f64> {
+    /// `topic`'s traffic per second over the last interval.
+    pub(crate) fn topic_rate(&self, topic: &str) -> Option<TopicRate> {
         self.inner.lock().topic_rates.get(topic).copied()
     }
 

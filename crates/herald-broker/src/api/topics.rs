@@ -80,6 +80,9 @@ pub(crate) struct TopicSummary {
     pub(crate) messages: u64,
     pub(crate) retention_ms: Option<i64>,
     pub(crate) records_in_per_s: f64,
+    pub(crate) records_out_per_s: f64,
+    pub(crate) bytes_in_per_s: f64,
+    pub(crate) bytes_out_per_s: f64,
 }
 
 pub(crate) fn summaries(state: &ApiState) -> Vec<TopicSummary> {
@@ -102,13 +105,17 @@ pub(crate) fn summaries(state: &ApiState) -> Vec<TopicSummary> {
                 topic_config::RETENTION_MS,
             )
             .and_then(|value| value.parse().ok());
+            let rate = state.history.topic_rate(&topic.name).unwrap_or_default();
             TopicSummary {
                 id: topic.id.to_string(),
                 partitions: topic.partition_count(),
                 size_bytes,
                 messages,
                 retention_ms,
-                records_in_per_s: state.history.topic_rate(&topic.name).unwrap_or(0.0),
+                records_in_per_s: rate.records_in_per_s,
+                records_out_per_s: rate.records_out_per_s,
+                bytes_in_per_s: rate.bytes_in_per_s,
+                bytes_out_per_s: rate.bytes_out_per_s,
                 name: topic.name.clone(),
             }
         })

@@ -192,7 +192,8 @@ pages.topics = () => {
       el("td", {}, el("a", { href: "/topics/" + encodeURIComponent(t.name) }, t.name)),
       num(t.partitions), num(t.messages), el("td", { class: "num" }, bytes(t.size_bytes)),
       el("td", { class: "num" }, duration(t.retention_ms)),
-      el("td", { class: "num" }, t.records_in_per_s.toFixed(1)))));
+      el("td", { class: "num" }, t.records_in_per_s.toFixed(1)),
+      el("td", { class: "num" }, t.records_out_per_s.toFixed(1)))));
   });
 };
 

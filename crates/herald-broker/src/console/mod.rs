@@ -106,7 +106,7 @@ async fn topics(State(state): State<ApiState>) -> Response {
 <button type=\"submit\">Create topic</button><span class=\"message\" id=\"create-message\"></span></form>\
 <div class=\"scroll\"><table id=\"topics\"><thead><tr><th>Topic</th><th class=\"num\">Partitions</th>\
 <th class=\"num\">Messages</th><th class=\"num\">Size</th><th class=\"num\">Retention</th>\
-<th class=\"num\">In/s</th></tr></thead><tbody></tbody></table></div>";
+<th class=\"num\">In/s</th><th class=\"num\">Out/s</th></tr></thead><tbody></tbody></table></div>";
     page(&state, "Topics", "/topics", main)
 }
 

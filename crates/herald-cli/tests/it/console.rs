@@ -148,6 +148,14 @@ fn api_serves_every_endpoint_and_refuses_bad_input() {
     let list = api.get("/api/v1/topics").json();
     assert_eq!(list["topics"][0]["name"], "orders");
     assert_eq!(list["topics"][0]["partitions"], 2);
+    for rate in [
+        "records_in_per_s",
+        "records_out_per_s",
+        "bytes_in_per_s",
+        "bytes_out_per_s",
+    ] {
+        assert!(list["topics"][0][rate].is_number(), "{rate} in {list}");
+    }
     let altered = api.send(
         "PATCH",
         "/api/v1/topics/orders/configs",
