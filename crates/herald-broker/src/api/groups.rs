@@ -18,10 +18,6 @@ use crate::Broker;
 use crate::group::{CommitPartition, CommitRequest, GroupError, GroupState};
 use crate::problem::Problem;
 
-/// Partitions a consumer assignment may list before the rest is ignored (a bound on what
-/// decoding a member's bytes can allocate).
-const ASSIGNMENT_PARTITIONS_MAX: usize = 100_000;
-
 /// The end offset of a partition, if the topic and partition exist.
 fn end_offset(broker: &Broker, topic: &str, partition: i32) -> Option<(u64, u64)> {
     let partition = broker.core.topics.get(topic)?.partition(partition)?;
@@ -112,7 +108,7 @@ pub(crate) async fn describe(
             .iter()
             .map(|member| {
                 let assignment = if description.protocol_type == "consumer" {
-                    consumer_assignment(&member.assignment)
+                    crate::group::assigned_partitions(&member.assignment).unwrap_or_default()
                         .into_iter()
                         .map(|(topic, partitions)| json!({ "topic": topic, "partitions": partitions }))
                         .collect()
@@ -158,43 +154,6 @@ pub(crate) async fn describe(
     })
     .await?;
     Ok(Json(answer).into_response())
-}
-
-/// The topics and partitions of a consumer protocol assignment (version, then an array of
-/// topic name and partition array); what cannot be decoded is left out.
-fn consumer_assignment(bytes: &[u8]) -> Vec<(String, Vec<i32>)> {
-    let mut buf = bytes;
-    let mut take = |n: usize| -> Option<&[u8]> {
-        if buf.len() < n {
-            return None;
-        }
-        let (head, tail) = buf.split_at(n);
-        buf = tail;
-        Some(head)
-    };
-    let mut out = Vec::new();
-    let mut decode = || -> Option<()> {
-        let _version = take(2)?;
-        let topics = i32::from_be_bytes(take(4)?.try_into().ok()?);
-        let mut total = 0usize;
-        for _ in 0..topics.max(0) {
-            let len = usize::try_from(i16::from_be_bytes(take(2)?.try_into().ok()?)).ok()?;
-            let topic = String::from_utf8(take(len)?.to_vec()).ok()?;
-            let count = usize::try_from(i32::from_be_bytes(take(4)?.try_into().ok()?)).ok()?;
-            let mut partitions = Vec::new();
-            for _ in 0..count {
-                total += 1;
-                if total > ASSIGNMENT_PARTITIONS_MAX {
-                    return None;
-                }
-                partitions.push(i32::from_be_bytes(take(4)?.try_into().ok()?));
-            }
-            out.push((topic, partitions));
-        }
-        Some(())
-    };
-    let _ = decode();
-    out
 }
 
 #[derive(Debug, Deserialize)]
@@ -374,21 +333,5 @@ pub(crate) async fn delete(
     match results.into_iter().next() {
         Some(Err(error)) => Err(ApiError::group(&error)),
         _ => Ok(StatusCode::NO_CONTENT.into_response()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    #[test]
-    fn assignments_decode_and_garbage_is_dropped() {
-        let mut bytes = vec![
-            0, 1, 0, 0, 0, 1, 0, 1, b't', 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 3,
-        ];
-        bytes.extend_from_slice(&[0, 0, 0, 0]);
-        assert_eq!(consumer_assignment(&bytes), vec![("t".into(), vec![0, 3])]);
-        assert!(consumer_assignment(&[0, 1, 0x7f, 0xff, 0xff, 0xff]).is_empty());
     }
 }

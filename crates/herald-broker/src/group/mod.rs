@@ -22,6 +22,7 @@ pub use error::{GroupError, OpenError};
 pub use herald_storage::{Clock, ManualClock, SystemClock};
 pub use offsets::{CommittedOffset, OFFSETS_FILE};
 pub use state::GroupState;
+pub(crate) use subscription::assigned_partitions;
 
 #[cfg(test)]
 mod tests;
