@@ -687,6 +687,26 @@ async fn console_creates_a_topic_shows_kcat_messages_and_resets_a_group_in_chrom
     }
     client.enter_parent_frame().await.unwrap();
     screenshots(&client, "bench").await;
+
+    // The Peers page goes live and says what it sees: members, none yet, or why it cannot look.
+    client.goto(&format!("{base}/peers")).await.unwrap();
+    wait_text(&client, "#status", |t| t.starts_with("live")).await;
+    let shown = client
+        .find(Locator::Css("main"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let rows = client
+        .find_all(Locator::Css("#peers tbody tr"))
+        .await
+        .unwrap();
+    assert!(
+        !rows.is_empty() || shown.contains("No members seen yet") || shown.contains("Not browsing"),
+        "{shown}"
+    );
+    screenshots(&client, "peers").await;
     client.close().await.unwrap();
 
     // /metrics shows the same lag, per-topic traffic, latency and connections by listener.
