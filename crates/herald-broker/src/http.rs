@@ -74,8 +74,10 @@ pub fn router(broker: Arc<Broker>) -> Router {
 }
 
 pub use crate::api::bench::{BenchRenderer, ConsoleOptions};
+pub use crate::api::peers::{PeerSource, PeerView};
 
-/// [`router`] with what the process adds to the console (the bench report's renderer).
+/// [`router`] with what the process adds to the console (the bench report's renderer, the
+/// peer source).
 pub fn router_with_options(broker: Arc<Broker>, options: ConsoleOptions) -> Router {
     let state = crate::api::ApiState::new(broker.clone(), options);
     Router::new()

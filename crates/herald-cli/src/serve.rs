@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use herald_broker::{Broker, BrokerConfig, StartError, http};
+use herald_direct::mdns::{PEERS_MAX, PeerBrowser};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -41,6 +42,10 @@ pub struct ServeArgs {
     /// Log format: human (default) or json [env: HERALD_LOG_FORMAT]
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
+    /// List the brokerless members seen on the LAN by mDNS in the console's Peers page
+    /// [default: true] [env: HERALD_PEERS_MDNS]
+    #[arg(long, value_name = "BOOL")]
+    pub peers_mdns: Option<bool>,
 }
 
 /// Settings of the process around the broker library: where the HTTP side listens and how it
@@ -60,6 +65,8 @@ struct ProcessSettings {
     http_metrics_auth: bool,
     /// The JSON of a `herald bench matrix` run, shown by the console's trade-off table.
     bench_results_path: Option<PathBuf>,
+    /// Browse mDNS for brokerless members, listed by `GET /api/v1/peers` and the Peers page.
+    peers_mdns: bool,
     log_format: LogFormat,
     /// A `RUST_LOG`-style filter, e.g. `info` or `herald_broker=debug,info`.
     log: String,
@@ -74,6 +81,7 @@ impl Default for ProcessSettings {
             http_basic_auth: false,
             http_metrics_auth: false,
             bench_results_path: None,
+            peers_mdns: true,
             log_format: LogFormat::Human,
             log: "info".to_string(),
         }
@@ -103,6 +111,7 @@ fn settings_help() -> String {
   http_tls (with the same certificate), http_admin_token (a bearer token for all but /health),
   http_basic_auth (SASL users by basic auth), http_metrics_auth (protect /metrics too).
   bench_results_path: the JSON of a `herald bench matrix` run for the console's trade-offs.
+  peers_mdns: browse mDNS for brokerless members, shown by the console's Peers page.
 
   setting = default                                   environment variable
 ",
@@ -206,6 +215,9 @@ fn settings_from(
             Value::String(name.to_string()),
         ));
     }
+    if let Some(on) = args.peers_mdns {
+        flags.push(("--peers-mdns", "peers_mdns", Value::Boolean(on)));
+    }
     let combined: Combined = layer(&Combined::default(), file, env, flags)?;
     Ok((combined.process, combined.broker))
 }
@@ -292,9 +304,17 @@ async fn serve(process: ProcessSettings, config: BrokerConfig) -> Result<(), Cli
     }
     let reload_task = tokio::spawn(reload_on_sighup(broker.clone(), http_tls.clone()));
     let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    // Kept alive until the process stops: dropping the browser stops browsing.
+    let peer_browser = start_peer_browser(process.peers_mdns);
+    let (peer_source, peers_off_reason) = match &peer_browser {
+        Ok(browser) => (Some(peer_source(browser.clone())), None),
+        Err(reason) => (None, Some(reason.clone())),
+    };
     let console = http::ConsoleOptions {
         bench_renderer: Some(Arc::new(render_bench)),
         bench_report,
+        peer_source,
+        peers_off_reason,
     };
     let http_task = tokio::spawn(http::serve_with_options(
         http_listener,
@@ -322,8 +342,47 @@ async fn serve(process: ProcessSettings, config: BrokerConfig) -> Result<(), Cli
         Ok(Err(error)) => tracing::warn!(%error, "HTTP side stopped with an error"),
         Err(error) => tracing::warn!(%error, "HTTP task failed"),
     }
+    drop(peer_browser);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Starts browsing mDNS for brokerless members when `peers_mdns` is on; a failure is logged
+/// once and leaves the broker running without the Peers list.
+fn start_peer_browser(on: bool) -> Result<Arc<PeerBrowser>, String> {
+    if !on {
+        return Err("peer browsing is turned off (peers_mdns = false)".to_string());
+    }
+    match PeerBrowser::start(PEERS_MAX) {
+        Ok(browser) => {
+            tracing::info!("browsing mDNS for brokerless members");
+            Ok(Arc::new(browser))
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot browse mDNS; the console lists no peers");
+            Err(format!("mDNS could not start: {error}"))
+        }
+    }
+}
+
+/// The console's view of what `browser` has seen.
+fn peer_source(browser: Arc<PeerBrowser>) -> http::PeerSource {
+    Arc::new(move || {
+        browser
+            .snapshot()
+            .into_iter()
+            .map(|peer| http::PeerView {
+                instance: peer.fullname,
+                topic: peer.topic,
+                group: peer.group,
+                addresses: peer.addrs.iter().map(ToString::to_string).collect(),
+                capacity: peer.capacity,
+                protocol_version: peer.version,
+                first_seen_ms: peer.first_seen_ms,
+                last_seen_ms: peer.last_seen_ms,
+            })
+            .collect()
+    })
 }
 
 /// Re-reads the TLS files on every SIGHUP; a failure keeps the configuration in use.
@@ -359,6 +418,7 @@ mod tests {
             "  kafka_addr = \"127.0.0.1:9092\"",
             "  http_addr = \"127.0.0.1:8092\"",
             "  log_format = \"human\"",
+            "  peers_mdns = true",
         ] {
             assert!(help.contains(line), "{line} missing from\n{help}");
         }
@@ -376,6 +436,7 @@ mod tests {
                 http_addr: None,
                 config: None,
                 log_format: None,
+                peers_mdns: None,
             },
             Vec::new(),
         )
@@ -384,5 +445,6 @@ mod tests {
         assert_eq!(broker.kafka_addr.to_string(), "127.0.0.1:9092");
         assert_eq!(process.http_addr.to_string(), "127.0.0.1:8092");
         assert_eq!(process.log_format, LogFormat::Human);
+        assert!(process.peers_mdns);
     }
 }

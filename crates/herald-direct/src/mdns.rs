@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
-use mdns_sd::{ServiceDaemon, ServiceEvent, ServiceInfo};
+use mdns_sd::{ResolvedService, ServiceDaemon, ServiceEvent, ServiceInfo};
 
 use crate::frame::PROTOCOL_VERSION;
 
@@ -17,6 +17,8 @@ pub const SERVICE_TYPE: &str = "_herald._tcp.local.";
 pub enum MdnsError {
     #[error("mDNS daemon: {0}")]
     Daemon(#[from] mdns_sd::Error),
+    #[error("starting the mDNS browsing thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// A member's registration; unregistering announces that the member leaves.
@@ -72,6 +74,48 @@ impl Advertisement {
     }
 }
 
+/// What one member's registration says, read from its addresses and TXT records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Record {
+    pub(crate) fullname: String,
+    /// IPv4 addresses with the member's port, sorted.
+    pub(crate) addrs: Vec<SocketAddr>,
+    pub(crate) topic: String,
+    pub(crate) group: String,
+    /// `None` when the member advertised none or something that is not a number.
+    pub(crate) capacity: Option<u32>,
+    pub(crate) version: String,
+}
+
+impl Record {
+    /// Reads a resolved registration; every browser of the crate parses members here.
+    fn of(info: &ResolvedService) -> Record {
+        let port = info.get_port();
+        let mut addrs: Vec<SocketAddr> = info
+            .get_addresses_v4()
+            .into_iter()
+            .map(|ip| SocketAddr::new(IpAddr::V4(ip), port))
+            .collect();
+        addrs.sort();
+        let text = |name: &str| info.get_property_val_str(name).unwrap_or("").to_string();
+        Record {
+            fullname: info.get_fullname().to_string(),
+            addrs,
+            topic: text("topic"),
+            group: text("group"),
+            capacity: info
+                .get_property_val_str("capacity")
+                .and_then(|value| value.parse().ok()),
+            version: text("version"),
+        }
+    }
+
+    /// Whether the member speaks this build's protocol.
+    fn compatible(&self) -> bool {
+        self.version == PROTOCOL_VERSION.to_string()
+    }
+}
+
 /// What browsing reports to the membership.
 #[derive(Debug, Clone)]
 pub(crate) enum Discovery {
@@ -94,27 +138,19 @@ pub(crate) fn browse(tx: tokio::sync::mpsc::Sender<Discovery>) -> Result<Service
         while let Ok(event) = events.recv_async().await {
             let discovery = match event {
                 ServiceEvent::ServiceResolved(info) => {
-                    let version = info.get_property_val_str("version").unwrap_or("");
-                    if version != PROTOCOL_VERSION.to_string() {
-                        tracing::warn!(fullname = %info.get_fullname(), version, "ignoring a member with another protocol version");
+                    let record = Record::of(&info);
+                    if !record.compatible() {
+                        tracing::warn!(fullname = %record.fullname, version = %record.version, "ignoring a member with another protocol version");
                         continue;
                     }
-                    let port = info.get_port();
-                    let mut addrs: Vec<SocketAddr> = info
-                        .get_addresses_v4()
-                        .into_iter()
-                        .map(|ip| SocketAddr::new(IpAddr::V4(ip), port))
-                        .collect();
-                    addrs.sort();
-                    let fullname = info.get_fullname().to_string();
-                    if known.get(&fullname) == Some(&addrs) {
+                    if known.get(&record.fullname) == Some(&record.addrs) {
                         continue;
                     }
-                    known.insert(fullname.clone(), addrs.clone());
+                    known.insert(record.fullname.clone(), record.addrs.clone());
                     Discovery::Found {
-                        fullname,
-                        addrs,
-                        topic: info.get_property_val_str("topic").unwrap_or("").to_string(),
+                        fullname: record.fullname,
+                        addrs: record.addrs,
+                        topic: record.topic,
                     }
                 }
                 ServiceEvent::ServiceRemoved(_, fullname) => {
@@ -129,4 +165,197 @@ pub(crate) fn browse(tx: tokio::sync::mpsc::Sender<Discovery>) -> Result<Service
         }
     });
     Ok(daemon)
+}
+
+/// How many members a [`PeerBrowser`] keeps by default.
+pub const PEERS_MAX: usize = 10_000;
+
+/// A member seen on the LAN, as a [`PeerBrowser`] last saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// The DNS-SD instance name, unique per member.
+    pub fullname: String,
+    pub topic: String,
+    pub group: String,
+    /// The member's addresses (IPv4 with its port), sorted.
+    pub addrs: Vec<SocketAddr>,
+    /// Events the member takes in flight, as it advertised; `None` when it advertised none.
+    pub capacity: Option<u32>,
+    /// The direct protocol version it advertised (members of any version are listed).
+    pub version: String,
+    /// When it was first seen, ms since the Unix epoch.
+    pub first_seen_ms: i64,
+    /// When its registration was last resolved, ms since the Unix epoch.
+    pub last_seen_ms: i64,
+}
+
+/// The members seen, at most `peers_max` of them.
+#[derive(Debug)]
+pub(crate) struct PeerMap {
+    peers: HashMap<String, Peer>,
+    peers_max: usize,
+}
+
+impl PeerMap {
+    pub(crate) fn new(peers_max: usize) -> PeerMap {
+        PeerMap {
+            peers: HashMap::new(),
+            peers_max,
+        }
+    }
+
+    /// Records a resolved member; when the map is full the least recently seen one makes room.
+    pub(crate) fn seen(&mut self, record: Record, now_ms: i64) {
+        if let Some(peer) = self.peers.get_mut(&record.fullname) {
+            peer.topic = record.topic;
+            peer.group = record.group;
+            peer.addrs = record.addrs;
+            peer.capacity = record.capacity;
+            peer.version = record.version;
+            peer.last_seen_ms = now_ms;
+            return;
+        }
+        if self.peers_max == 0 {
+            return;
+        }
+        if self.peers.len() >= self.peers_max {
+            let oldest = self
+                .peers
+                .values()
+                .min_by_key(|peer| (peer.last_seen_ms, peer.fullname.clone()))
+                .map(|peer| peer.fullname.clone());
+            if let Some(oldest) = oldest {
+                self.peers.remove(&oldest);
+            }
+        }
+        self.peers.insert(
+            record.fullname.clone(),
+            Peer {
+                fullname: record.fullname,
+                topic: record.topic,
+                group: record.group,
+                addrs: record.addrs,
+                capacity: record.capacity,
+                version: record.version,
+                first_seen_ms: now_ms,
+                last_seen_ms: now_ms,
+            },
+        );
+    }
+
+    /// Forgets a member that said goodbye (or whose records expired).
+    pub(crate) fn removed(&mut self, fullname: &str) {
+        self.peers.remove(fullname);
+    }
+
+    /// The members, by topic, group and name.
+    pub(crate) fn snapshot(&self) -> Vec<Peer> {
+        let mut peers: Vec<Peer> = self.peers.values().cloned().collect();
+        peers.sort_by(|a, b| {
+            (&a.topic, &a.group, &a.fullname).cmp(&(&b.topic, &b.group, &b.fullname))
+        });
+        peers
+    }
+}
+
+/// Watches the LAN for members (`_herald._tcp.local.`) and keeps what it has seen, for
+/// read-only views such as the broker console's Peers page. Members leave the view on their
+/// goodbye announcement or when their records expire.
+pub struct PeerBrowser {
+    daemon: ServiceDaemon,
+    peers: std::sync::Arc<parking_lot::Mutex<PeerMap>>,
+}
+
+impl PeerBrowser {
+    /// Starts browsing on a thread of its own, keeping at most `peers_max` members.
+    pub fn start(peers_max: usize) -> Result<PeerBrowser, MdnsError> {
+        let daemon = ServiceDaemon::new()?;
+        let events = daemon.browse(SERVICE_TYPE)?;
+        let peers = std::sync::Arc::new(parking_lot::Mutex::new(PeerMap::new(peers_max)));
+        let map = peers.clone();
+        // The receiver ends when the daemon shuts down, which ends the thread.
+        std::thread::Builder::new()
+            .name("herald-mdns-peers".to_string())
+            .spawn(move || {
+                while let Ok(event) = events.recv() {
+                    match event {
+                        ServiceEvent::ServiceResolved(info) => {
+                            map.lock().seen(Record::of(&info), now_ms());
+                        }
+                        ServiceEvent::ServiceRemoved(_, fullname) => map.lock().removed(&fullname),
+                        _ => {}
+                    }
+                }
+            })
+            .map_err(MdnsError::Thread)?;
+        Ok(PeerBrowser { daemon, peers })
+    }
+
+    /// The members seen, sorted by topic, group and name.
+    pub fn snapshot(&self) -> Vec<Peer> {
+        self.peers.lock().snapshot()
+    }
+}
+
+impl Drop for PeerBrowser {
+    fn drop(&mut self) {
+        let _ = self.daemon.shutdown();
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(name: &str) -> Record {
+        Record {
+            fullname: format!("{name}.{SERVICE_TYPE}"),
+            addrs: vec![SocketAddr::from(([10, 0, 0, 1], 7000))],
+            topic: "sensors".to_string(),
+            group: "g".to_string(),
+            capacity: Some(64),
+            version: PROTOCOL_VERSION.to_string(),
+        }
+    }
+
+    #[test]
+    fn the_map_keeps_at_most_peers_max_dropping_the_least_recently_seen() {
+        let mut map = PeerMap::new(2);
+        map.seen(record("a"), 1);
+        map.seen(record("b"), 2);
+        map.seen(record("a"), 3);
+        map.seen(record("c"), 4);
+        let names: Vec<String> = map.snapshot().into_iter().map(|p| p.fullname).collect();
+        assert_eq!(names.len(), 2);
+        assert!(names.contains(&record("a").fullname), "{names:?}");
+        assert!(names.contains(&record("c").fullname), "{names:?}");
+    }
+
+    #[test]
+    fn a_goodbye_removes_the_member_and_a_new_sighting_updates_it() {
+        let mut map = PeerMap::new(PEERS_MAX);
+        map.seen(record("a"), 1);
+        let mut moved = record("a");
+        moved.capacity = Some(8);
+        map.seen(moved, 5);
+        let peers = map.snapshot();
+        assert_eq!(peers.len(), 1);
+        assert_eq!(peers[0].capacity, Some(8));
+        assert_eq!((peers[0].first_seen_ms, peers[0].last_seen_ms), (1, 5));
+        map.removed(&record("a").fullname);
+        assert!(map.snapshot().is_empty());
+    }
+
+    #[test]
+    fn a_map_of_no_peers_keeps_none() {
+        let mut map = PeerMap::new(0);
+        map.seen(record("a"), 1);
+        assert!(map.snapshot().is_empty());
+    }
 }

@@ -29,7 +29,7 @@ pub type BenchRenderer = Arc<dyn Fn(&[u8]) -> Result<String, String> + Send + Sy
 ///     bench_renderer: Some(Arc::new(|json: &[u8]| {
 ///         Ok(format!("<p>{} bytes of results</p>", json.len()))
 ///     })),
-///     bench_report: None,
+///     ..Default::default()
 /// };
 /// assert!(options.bench_renderer.is_some());
 /// ```
@@ -39,6 +39,10 @@ pub struct ConsoleOptions {
     pub bench_renderer: Option<BenchRenderer>,
     /// A report rendered before start (from a results file), shown until an upload replaces it.
     pub bench_report: Option<String>,
+    /// Lists the brokerless members seen on the LAN for `GET /api/v1/peers` and the Peers page.
+    pub peer_source: Option<super::peers::PeerSource>,
+    /// Why there is no peer source (browsing turned off, mDNS failed to start), shown instead.
+    pub peers_off_reason: Option<String>,
 }
 
 /// The uploaded results, rendered.

@@ -11,6 +11,7 @@ pub(crate) mod bench;
 pub(crate) mod groups;
 pub(crate) mod history;
 pub(crate) mod messages;
+pub(crate) mod peers;
 pub(crate) mod topics;
 
 use std::sync::Arc;
@@ -68,6 +69,7 @@ pub const ENDPOINTS: &[(&str, &str)] = &[
     ("post", "/api/v1/groups/{group}/reset-offsets"),
     ("get", "/api/v1/bench"),
     ("post", "/api/v1/bench"),
+    ("get", "/api/v1/peers"),
 ];
 
 /// What every API handler and console page shares.
@@ -80,11 +82,14 @@ pub(crate) struct ApiState {
     pub(crate) started: Instant,
     /// Uploaded `herald bench matrix` results.
     pub(crate) bench: Arc<bench::BenchState>,
+    /// The brokerless members seen on the LAN, or why there are none.
+    pub(crate) peers: peers::Peers,
 }
 
 impl ApiState {
     /// The state for `broker`, with its history sampler started.
-    pub(crate) fn new(broker: Arc<Broker>, options: bench::ConsoleOptions) -> ApiState {
+    pub(crate) fn new(broker: Arc<Broker>, mut options: bench::ConsoleOptions) -> ApiState {
+        let peers = peers::Peers::new(options.peer_source.take(), options.peers_off_reason.take());
         let history = Arc::new(History::default());
         history.spawn(&broker);
         let mut bytes = [0u8; 24];
@@ -96,6 +101,7 @@ impl ApiState {
             csrf: csrf.into(),
             started: Instant::now(),
             bench: Arc::new(bench::BenchState::new(options)),
+            peers,
         }
     }
 }
@@ -138,6 +144,7 @@ pub(crate) fn router(state: ApiState) -> Router {
             post(groups::reset_offsets),
         )
         .route("/api/v1/bench", get(bench::status).post(bench::upload))
+        .route("/api/v1/peers", get(peers::list))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             check_csrf,

@@ -380,6 +380,21 @@ pages.group = () => {
   });
 };
 
+pages.peers = () => live(async () => {
+  const { browsing, reason, peers } = await api("/api/v1/peers");
+  const off = document.getElementById("peers-off");
+  off.hidden = browsing;
+  off.textContent = browsing ? "" : "Not browsing: " + reason;
+  document.getElementById("peers-empty").hidden = !browsing || peers.length > 0;
+  const now = Date.now();
+  fill("peers", peers.map((p) => el("tr", { "data-instance": p.instance },
+    el("td", {}, p.topic), el("td", {}, p.group),
+    el("td", {}, ...p.addresses.flatMap((a, i) => i ? [el("br"), a] : [a])),
+    num(p.capacity), el("td", { class: "num" }, p.protocol_version),
+    el("td", { title: new Date(p.last_seen_ms).toISOString() },
+      duration(Math.max(0, now - p.last_seen_ms)) + " ago"))));
+});
+
 pages.bench = () => {
   const frame = document.getElementById("bench-report");
   let shown = null;

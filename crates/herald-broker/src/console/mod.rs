@@ -25,6 +25,7 @@ pub(crate) fn router(state: ApiState) -> Router {
         .route("/topics/{topic}", get(topic))
         .route("/groups", get(groups))
         .route("/groups/{group}", get(group))
+        .route("/peers", get(peers))
         .route("/bench", get(bench))
         .route("/bench/report", get(crate::api::bench::report))
         .route("/assets/console.js", get(script))
@@ -54,6 +55,7 @@ fn page(state: &ApiState, title: &str, current: &str, main: &str) -> Response {
         ("/", "Overview"),
         ("/topics", "Topics"),
         ("/groups", "Groups"),
+        ("/peers", "Peers"),
         ("/bench", "Trade-offs"),
     ]
     .iter()
@@ -176,6 +178,17 @@ async fn group(State(state): State<ApiState>, Path(group): Path<String>) -> Resp
 <span class=\"message\" id=\"delete-message\"></span></section>"
     );
     page(&state, &format!("Group {group}"), "/groups", &main)
+}
+
+async fn peers(State(state): State<ApiState>) -> Response {
+    let main = "data-page=\"peers\"><h1>Peers</h1>\
+<p>Brokerless members this broker sees on the LAN by mDNS, read only. Members advertise their \
+capacity (events in flight), not their load.</p>\
+<p class=\"message\" id=\"peers-off\" hidden></p>\
+<div class=\"scroll\"><table id=\"peers\"><thead><tr><th>Topic</th><th>Group</th><th>Addresses</th>\
+<th class=\"num\">Capacity</th><th class=\"num\">Version</th><th>Last seen</th></tr></thead><tbody></tbody></table></div>\
+<p class=\"message\" id=\"peers-empty\" hidden>No members seen yet.</p>";
+    page(&state, "Peers", "/peers", main)
 }
 
 async fn bench(State(state): State<ApiState>) -> Response {

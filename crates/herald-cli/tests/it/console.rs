@@ -695,6 +695,26 @@ async fn console_creates_a_topic_shows_kcat_messages_and_resets_a_group_in_chrom
     }
     client.enter_parent_frame().await.unwrap();
     screenshots(&client, "bench").await;
+
+    // The Peers page goes live and says what it sees: members, none yet, or why it cannot look.
+    client.goto(&format!("{base}/peers")).await.unwrap();
+    wait_text(&client, "#status", |t| t.starts_with("live")).await;
+    let shown = client
+        .find(Locator::Css("main"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let rows = client
+        .find_all(Locator::Css("#peers tbody tr"))
+        .await
+        .unwrap();
+    assert!(
+        !rows.is_empty() || shown.contains("No members seen yet") || shown.contains("Not browsing"),
+        "{shown}"
+    );
+    screenshots(&client, "peers").await;
     client.close().await.unwrap();
 
     // /metrics shows the same lag, per-topic traffic, latency and connections by listener.
@@ -820,4 +840,45 @@ fn bench_results_from_a_file_are_the_trade_off_table_at_start() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("bench_results_path"), "{stderr}");
+}
+
+#[test]
+fn peers_answer_not_browsing_when_peers_mdns_is_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = ServeProcess::start_with(
+        &dir.path().join("data"),
+        crate::support::free_addr(),
+        &["--peers-mdns", "false"],
+    );
+    let api = Api::new(serve.http_addr);
+    let answer = api.get("/api/v1/peers");
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let peers = answer.json();
+    assert_eq!(peers["browsing"], false, "{peers}");
+    assert!(
+        peers["reason"].as_str().unwrap().contains("peers_mdns"),
+        "{peers}"
+    );
+    assert_eq!(peers["peers"], json!([]));
+    let page = api.get("/peers");
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("data-page=\"peers\""), "{}", page.body);
+    assert!(
+        page.body
+            .contains("<a href=\"/peers\" aria-current=\"page\">Peers</a>"),
+        "{}",
+        page.body
+    );
+
+    // By default the broker browses, unless mDNS cannot start, which it says.
+    let other = ServeProcess::start(&dir.path().join("other"));
+    let peers = Api::new(other.http_addr).get("/api/v1/peers").json();
+    match peers["browsing"].as_bool() {
+        Some(true) => assert!(peers["peers"].is_array(), "{peers}"),
+        Some(false) => assert!(
+            peers["reason"].as_str().unwrap().contains("mDNS"),
+            "{peers}"
+        ),
+        None => panic!("no browsing flag: {peers}"),
+    }
 }

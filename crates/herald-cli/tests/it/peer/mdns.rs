@@ -1,4 +1,5 @@
-//! mDNS-SD discovery between two processes in two network namespaces joined by a veth pair.
+//! mDNS-SD discovery between two processes in two network namespaces joined by a veth pair:
+//! a publisher finding a member, and a broker's `/api/v1/peers` listing one.
 
 use std::process::Command;
 use std::time::Duration;
@@ -132,4 +133,96 @@ fn a_publisher_finds_a_member_with_mdns_across_a_veth_link() {
     let summary = member.terminate_for_summary();
     assert_eq!(summary["direct"], 1);
     assert_eq!(member.event_values(), vec!["found-you".to_string()]);
+}
+
+/// `GET path` on `addr` from inside namespace `ns` (bash's `/dev/tcp`, so no HTTP client needs
+/// installing); the body, or `None` when nothing answered.
+fn get_in(ns: &str, addr: &str, path: &str) -> Option<String> {
+    let (host, port) = addr.rsplit_once(':')?;
+    let script = format!(
+        "exec 3<>/dev/tcp/{host}/{port} && printf 'GET {path} HTTP/1.0\\r\\nHost: {host}\\r\\n\\r\\n' >&3 && timeout 5 cat <&3"
+    );
+    let output = Command::new("ip")
+        .args(["netns", "exec", ns, "bash", "-c", &script])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+}
+
+#[test]
+fn a_broker_lists_a_member_it_sees_by_mdns_until_it_leaves() {
+    let pair = match NetnsPair::create() {
+        Ok(pair) => pair,
+        Err(reason) => {
+            println!("skipped: {reason}");
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let http = format!("{}:7480", pair.addr(1));
+    let kafka = format!("{}:7490", pair.addr(1));
+    let data = dir.path().join("data");
+    let _serve = Proc::spawn_with(
+        &["ip", "netns", "exec", &pair.a],
+        &[
+            "serve",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--kafka-addr",
+            &kafka,
+            "--http-addr",
+            &http,
+            "--peers-mdns",
+            "true",
+        ],
+    );
+    let peers = || {
+        get_in(&pair.a, &http, "/api/v1/peers")
+            .and_then(|body| serde_json::from_str::<serde_json::Value>(&body).ok())
+    };
+    assert!(
+        super::harness::poll(Duration::from_secs(20), || peers().is_some()),
+        "the broker's HTTP side never answered"
+    );
+    assert_eq!(peers().unwrap()["browsing"], true, "{:?}", peers());
+
+    let bind = format!("{}:7400", pair.addr(2));
+    let (mut member, _) = Proc::member_with(
+        &["ip", "netns", "exec", &pair.b],
+        &[
+            "peer", "listen", "--topic", "sensors", "--group", "g", "--bind", &bind, "--mdns",
+            "--output", "json",
+        ],
+    );
+    let listed = |view: &serde_json::Value| {
+        view["peers"].as_array().is_some_and(|peers| {
+            peers.iter().any(|peer| {
+                peer["topic"] == "sensors"
+                    && peer["group"] == "g"
+                    && peer["addresses"]
+                        .as_array()
+                        .is_some_and(|addrs| addrs.iter().any(|a| a == bind.as_str()))
+            })
+        })
+    };
+    // mDNS queries are repeated at 1, 2, 4, 8 ... s, so a lost first exchange costs seconds.
+    let mut last = None;
+    let seen = super::harness::poll(Duration::from_secs(60), || {
+        last = peers();
+        last.as_ref().is_some_and(listed)
+    });
+    assert!(seen, "the member was never listed; last answer: {last:?}");
+    let peer = last.clone().unwrap()["peers"][0].clone();
+    assert!(peer["capacity"].as_u64().is_some_and(|c| c > 0), "{peer}");
+    assert!(peer["protocol_version"].as_str().is_some(), "{peer}");
+
+    // Stopping the member sends its mDNS goodbye, which takes it off the list.
+    member.terminate_for_summary();
+    let gone = super::harness::poll(Duration::from_secs(30), || {
+        last = peers();
+        last.as_ref().is_some_and(|view| !listed(view))
+    });
+    assert!(gone, "the member stayed listed; last answer: {last:?}");
 }
