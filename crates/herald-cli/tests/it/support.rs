@@ -1,6 +1,8 @@
 //! The one way the end-to-end tests start `herald serve`: a child process on free loopback ports
 //! with its own data directory and log file, ready once `/health` answers, stopped with SIGTERM or
-//! SIGKILL, and restartable on the same addresses.
+//! SIGKILL, and restartable on the same addresses. Tests that only need some Kafka-compatible
+//! broker take it from [`TestBroker::start`], which uses the external broker
+//! `HERALD_TEST_BOOTSTRAP` names when that is set.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -222,6 +224,62 @@ impl Drop for ServeProcess {
             let _ = child.wait();
         }
     }
+}
+
+/// The variable that names an external Kafka-compatible broker (`host:port`) for the client
+/// tests to use instead of starting `herald serve`.
+pub const EXTERNAL_BOOTSTRAP_VAR: &str = "HERALD_TEST_BOOTSTRAP";
+
+/// The external broker's bootstrap address when `HERALD_TEST_BOOTSTRAP` is set and not empty.
+pub fn external_bootstrap() -> Option<String> {
+    std::env::var(EXTERNAL_BOOTSTRAP_VAR)
+        .ok()
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+/// The broker a client test talks to: a `herald serve` started for the test, or the external
+/// Kafka-compatible broker `HERALD_TEST_BOOTSTRAP` names.
+pub enum TestBroker {
+    Started(ServeProcess),
+    External(String),
+}
+
+impl TestBroker {
+    /// The external broker when `HERALD_TEST_BOOTSTRAP` is set, else a `herald serve` started
+    /// on free ports over `data_dir`.
+    pub fn start(data_dir: &Path) -> TestBroker {
+        match external_bootstrap() {
+            Some(bootstrap) => TestBroker::External(bootstrap),
+            None => TestBroker::Started(ServeProcess::start(data_dir)),
+        }
+    }
+
+    /// The Kafka bootstrap address clients use.
+    pub fn bootstrap(&self) -> String {
+        match self {
+            TestBroker::Started(process) => process.kafka_addr.to_string(),
+            TestBroker::External(bootstrap) => bootstrap.clone(),
+        }
+    }
+
+    /// Whether the broker is shared with other tests and earlier runs.
+    pub fn is_external(&self) -> bool {
+        matches!(self, TestBroker::External(_))
+    }
+}
+
+/// A suffix for names of topics and groups on a shared external broker, different on every
+/// call, so reruns and tests running at the same time never meet each other's data.
+pub fn run_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default();
+    let salt = u64::from(std::process::id()) << 32 | CALLS.fetch_add(1, Ordering::Relaxed);
+    format!("{:012x}", (nanos ^ salt.rotate_left(17)) & 0xffff_ffff_ffff)
 }
 
 /// Polls `check` until it holds, or panics after [`READY_TIMEOUT`].

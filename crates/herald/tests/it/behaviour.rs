@@ -44,6 +44,13 @@ pub trait Fixture: Send + Sync {
         Box::pin(async {})
     }
 
+    /// The name the tests' group `name` has on the system under test: the name itself, or a name
+    /// unique to this run where the system is a shared external broker, so runs and tests never
+    /// join each other's groups.
+    fn group(&self, name: &str) -> String {
+        name.to_string()
+    }
+
     /// Whether events wait in storage for consumers (broker, memory).
     fn stored(&self) -> bool {
         matches!(self.kind(), TransportKind::Memory | TransportKind::Broker)
@@ -94,7 +101,7 @@ async fn forwarding(
 pub async fn ack_after_handle(fx: &dyn Fixture) {
     let bus = fx.bus().await;
     let t = topic("ack");
-    let (sub, mut rx) = forwarding(fx, &bus, &t, "g").await;
+    let (sub, mut rx) = forwarding(fx, &bus, &t, &fx.group("g")).await;
     fx.settle(&bus, &t).await;
     let sent = Event::new("one").with_header("h", "v");
     let id = sent.id;
@@ -120,7 +127,7 @@ pub async fn ack_after_handle(fx: &dyn Fixture) {
     assert_eq!(stats.handled, 1);
     if fx.stored() {
         // The first event was committed: a new subscription of the group starts after it.
-        let (sub, mut rx) = forwarding(fx, &bus, &t, "g").await;
+        let (sub, mut rx) = forwarding(fx, &bus, &t, &fx.group("g")).await;
         bus.publish(&t, Event::new("two")).await.unwrap();
         assert_eq!(recv(&mut rx).await.payload, "two");
         sub.shutdown().await.unwrap();
@@ -137,7 +144,7 @@ pub async fn refused_event_is_redelivered_after_restart(fx: &dyn Fixture) {
     let sub = fx
         .prepare(
             bus.subscribe(&t)
-                .group("g")
+                .group(&fx.group("g"))
                 .retry(RetryPolicy::none())
                 .dead_letter(DeadLetter::Refuse),
         )
@@ -166,7 +173,7 @@ pub async fn refused_event_is_redelivered_after_restart(fx: &dyn Fixture) {
     assert_eq!(recv(&mut tried).await, id);
     let stats = sub.shutdown().await.unwrap();
     assert_eq!((stats.handled, stats.refused), (0, 1));
-    let (sub, mut rx) = forwarding(fx, &bus, &t, "g").await;
+    let (sub, mut rx) = forwarding(fx, &bus, &t, &fx.group("g")).await;
     assert_eq!(recv(&mut rx).await.id, id);
     sub.shutdown().await.unwrap();
 }
@@ -179,7 +186,7 @@ pub async fn retry_then_succeed(fx: &dyn Fixture) {
     let (tx, mut rx) = unbounded_channel();
     let counted = calls.clone();
     let sub = fx
-        .prepare(bus.subscribe(&t).group("g").retry(fast_retry(3)))
+        .prepare(bus.subscribe(&t).group(&fx.group("g")).retry(fast_retry(3)))
         .handle(move |e: Event| {
             let calls = counted.clone();
             let tx = tx.clone();
@@ -221,7 +228,7 @@ async fn dead_letter_case(fx: &dyn Fixture, error: HandlerError, attempts: u32) 
     let sub = fx
         .prepare(
             bus.subscribe(&t)
-                .group("g")
+                .group(&fx.group("g"))
                 .retry(fast_retry(attempts))
                 .dead_letter(dead_letter),
         )
@@ -256,13 +263,16 @@ async fn dead_letter_case(fx: &dyn Fixture, error: HandlerError, attempts: u32) 
         Some(expected_attempts.to_string().as_str())
     );
     assert_eq!(got.header_str(herald::HEADER_DLQ_TOPIC), Some(t.as_str()));
-    assert_eq!(got.header_str(herald::HEADER_DLQ_GROUP), Some("g"));
+    assert_eq!(
+        got.header_str(herald::HEADER_DLQ_GROUP),
+        Some(fx.group("g").as_str())
+    );
     let stats = sub.shutdown().await.unwrap();
     assert_eq!(stats.dead_lettered, 1);
     assert_eq!(stats.failures, u64::from(expected_attempts));
     if fx.stored() {
         // Dead-lettered counts as done: the group has moved past it.
-        let (sub, mut rx) = forwarding(fx, &bus, &t, "g").await;
+        let (sub, mut rx) = forwarding(fx, &bus, &t, &fx.group("g")).await;
         bus.publish(&t, Event::new("good")).await.unwrap();
         assert_eq!(recv(&mut rx).await.payload, "good");
         sub.shutdown().await.unwrap();
@@ -299,7 +309,7 @@ pub async fn no_loss_across_consumer_restart(fx: &dyn Fixture) {
                 .id,
         );
     }
-    let (sub, mut rx) = forwarding(fx, &bus, &t, "g").await;
+    let (sub, mut rx) = forwarding(fx, &bus, &t, &fx.group("g")).await;
     let mut first = BTreeSet::new();
     while first.len() < 10 {
         first.insert(recv(&mut rx).await.id);
@@ -316,7 +326,7 @@ pub async fn no_loss_across_consumer_restart(fx: &dyn Fixture) {
                 .id,
         );
     }
-    let (sub, mut rx) = forwarding(fx, &bus, &t, "g").await;
+    let (sub, mut rx) = forwarding(fx, &bus, &t, &fx.group("g")).await;
     let mut second = BTreeSet::new();
     while first.len() + second.len() < published.len() {
         let id = recv(&mut rx).await.id;
@@ -337,7 +347,7 @@ pub async fn per_key_order_with_concurrency(fx: &dyn Fixture) {
     let t = topic("order");
     let (tx, mut rx) = unbounded_channel();
     let sub = fx
-        .prepare(bus.subscribe(&t).group("g").concurrency(8))
+        .prepare(bus.subscribe(&t).group(&fx.group("g")).concurrency(8))
         .handle(move |e: Event| {
             let tx = tx.clone();
             async move {
@@ -393,8 +403,8 @@ pub async fn per_key_order_with_concurrency(fx: &dyn Fixture) {
 pub async fn every_group_gets_every_event(fx: &dyn Fixture) {
     let bus = fx.bus().await;
     let t = topic("groups");
-    let (a, mut ra) = forwarding(fx, &bus, &t, "audit").await;
-    let (b, mut rb) = forwarding(fx, &bus, &t, "billing").await;
+    let (a, mut ra) = forwarding(fx, &bus, &t, &fx.group("audit")).await;
+    let (b, mut rb) = forwarding(fx, &bus, &t, &fx.group("billing")).await;
     fx.settle(&bus, &t).await;
     let mut ids = BTreeSet::new();
     for i in 0..10 {
@@ -426,7 +436,7 @@ pub async fn request_reply_and_errors(fx: &dyn Fixture) {
     let bus = fx.bus().await;
     let t = topic("rpc");
     let server = fx
-        .prepare_serve(bus.serve(&t).group("upper"))
+        .prepare_serve(bus.serve(&t).group(&fx.group("upper")))
         .reply(|req: Event, _ctx| async move {
             match req.payload.as_ref() {
                 b"fail" => Err(HandlerError::retryable("no such user")),
@@ -521,7 +531,7 @@ pub async fn result_event_is_correlated(fx: &dyn Fixture) {
     let worker_bus = bus.clone();
     let results_topic = results.clone();
     let worker = fx
-        .prepare(bus.subscribe(&work).group("workers"))
+        .prepare(bus.subscribe(&work).group(&fx.group("workers")))
         .handle(move |e: Event| {
             let bus = worker_bus.clone();
             let results = results_topic.clone();

@@ -23,13 +23,18 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc::unbounded_channel;
 
 use crate::behaviour::{BoxFuture, Fixture};
-use crate::support::{WAIT, forward, recv, topic};
+use crate::support::{WAIT, external_bootstrap, forward, recv, skip_on_external, topic};
 
-/// A Herald broker on a free loopback port over a temporary directory.
+/// The broker under test: a Herald broker on a free loopback port over a temporary directory,
+/// or the external Kafka-compatible broker `HERALD_TEST_BOOTSTRAP` names.
 pub struct HeraldBroker {
-    _broker: Broker,
+    /// The in-process broker; `None` against an external broker.
+    _broker: Option<Broker>,
     bootstrap: String,
-    _dir: tempfile::TempDir,
+    /// Appended to group names against an external broker, so that reruns and tests running at
+    /// the same time never join each other's groups (topic names are unique already).
+    group_suffix: Option<String>,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl HeraldBroker {
@@ -42,6 +47,23 @@ impl HeraldBroker {
             .with_test_writer()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .try_init();
+        if let Some(bootstrap) = external_bootstrap() {
+            // The external broker's own settings apply; only tests that need Herald's
+            // (such as topics that are not auto-created) skip themselves before they get here.
+            assert!(
+                auto_create_topics_enable,
+                "tests needing Herald's configuration skip against an external broker"
+            );
+            return HeraldBroker {
+                _broker: None,
+                bootstrap,
+                group_suffix: Some(format!(
+                    "{:012x}",
+                    EventId::new().as_u128() & 0xffff_ffff_ffff
+                )),
+                _dir: None,
+            };
+        }
         let dir = tempfile::tempdir().unwrap();
         let broker = Broker::start(BrokerConfig {
             data_dir: dir.path().to_path_buf(),
@@ -58,8 +80,17 @@ impl HeraldBroker {
         .unwrap();
         HeraldBroker {
             bootstrap: broker.kafka_addr().to_string(),
-            _broker: broker,
-            _dir: dir,
+            _broker: Some(broker),
+            group_suffix: None,
+            _dir: Some(dir),
+        }
+    }
+
+    /// The name group `name` has on this broker (see [`Fixture::group`]).
+    fn group(&self, name: &str) -> String {
+        match &self.group_suffix {
+            Some(suffix) => format!("{name}-{suffix}"),
+            None => name.to_string(),
         }
     }
 
@@ -96,7 +127,7 @@ impl HeraldBroker {
     ) -> rdkafka::message::OwnedMessage {
         let mut config = self.client_config();
         config
-            .set("group.id", "plain-reader")
+            .set("group.id", self.group("plain-reader"))
             .set("enable.auto.commit", "false");
         let consumer: BaseConsumer = config.create().unwrap();
         let mut tpl = TopicPartitionList::new();
@@ -146,6 +177,10 @@ impl Fixture for HeraldBroker {
 
     fn bus(&self) -> BoxFuture<'_, Bus> {
         Box::pin(async move { Bus::connect(&self.url()).await.unwrap() })
+    }
+
+    fn group(&self, name: &str) -> String {
+        HeraldBroker::group(self, name)
     }
 }
 
@@ -203,7 +238,7 @@ async fn records_from_plain_producers_are_handled() {
     let broker = HeraldBroker::start().await;
     let bus = Bus::connect(&broker.url()).await.unwrap();
     let t = topic("foreign");
-    let (sub, mut rx) = forward(bus.subscribe(&t).group("g")).await;
+    let (sub, mut rx) = forward(bus.subscribe(&t).group(&broker.group("g"))).await;
     let producer: FutureProducer = broker.client_config().create().unwrap();
     let timestamp_ms = 1_700_000_000_123;
     producer
@@ -243,7 +278,7 @@ async fn dead_letters_are_kafka_records_and_the_group_moves_past_them() {
     let counted = calls.clone();
     let sub = bus
         .subscribe(&t)
-        .group("g")
+        .group(&broker.group("g"))
         .retry(RetryPolicy::attempts(3).backoff(Duration::from_millis(1), Duration::from_millis(5)))
         .handle(move |_e: Event| {
             counted.fetch_add(1, Ordering::SeqCst);
@@ -269,13 +304,16 @@ async fn dead_letters_are_kafka_records_and_the_group_moves_past_them() {
     let stats = sub.shutdown().await.unwrap();
     assert_eq!((stats.dead_lettered, stats.failures), (1, 3));
     assert_eq!(calls.load(Ordering::SeqCst), 3);
-    assert_eq!(broker.committed("g", &t, 0).await, Offset::Offset(1));
+    assert_eq!(
+        broker.committed(&broker.group("g"), &t, 0).await,
+        Offset::Offset(1)
+    );
 }
 
 /// Runs a subscription on its own tokio runtime and "crashes" it: the subscription is never
 /// shut down and its runtime (with every handler and the bus) is dropped. Its handler acks the
 /// first `acked` events and never finishes the next ones; returns the ids it acknowledged.
-fn crash_after(url: String, t: String, acked: usize) -> BTreeSet<EventId> {
+fn crash_after(url: String, t: String, group: String, acked: usize) -> BTreeSet<EventId> {
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -291,7 +329,7 @@ fn crash_after(url: String, t: String, acked: usize) -> BTreeSet<EventId> {
             let count = Arc::new(AtomicU32::new(0));
             let sub = bus
                 .subscribe(&t)
-                .group("g")
+                .group(&group)
                 .concurrency(4)
                 .handle(move |e: Event| {
                     let tx = tx.clone();
@@ -332,7 +370,8 @@ async fn no_event_is_lost_when_a_consumer_crashes() {
     }
     let url = broker.url();
     let topic_name = t.clone();
-    let first = tokio::task::spawn_blocking(move || crash_after(url, topic_name, 10))
+    let group = broker.group("g");
+    let first = tokio::task::spawn_blocking(move || crash_after(url, topic_name, group, 10))
         .await
         .unwrap();
     assert_eq!(first.len(), 10);
@@ -340,7 +379,7 @@ async fn no_event_is_lost_when_a_consumer_crashes() {
         let e = Event::new(format!("{i}")).with_key(format!("k{}", i % 7));
         published.insert(bus.publish(&t, e).await.unwrap().id);
     }
-    let (sub, mut rx) = forward(bus.subscribe(&t).group("g")).await;
+    let (sub, mut rx) = forward(bus.subscribe(&t).group(&broker.group("g"))).await;
     let mut second = BTreeSet::new();
     while first.union(&second).count() < published.len() {
         second.insert(recv(&mut rx).await.id);
@@ -361,7 +400,7 @@ async fn per_key_order_holds_across_partitions() {
     let (tx, mut rx) = unbounded_channel();
     let sub = bus
         .subscribe(&t)
-        .group("g")
+        .group(&broker.group("g"))
         .concurrency(16)
         .handle(move |e: Event| {
             let tx = tx.clone();
@@ -416,7 +455,7 @@ async fn subscriptions_of_one_group_share_the_partitions() {
         let tx = tx.clone();
         subs.push(
             bus.subscribe(&t)
-                .group("g")
+                .group(&broker.group("g"))
                 .handle(move |e: Event| {
                     let tx = tx.clone();
                     async move {
@@ -511,7 +550,7 @@ async fn latest_starts_after_subscribe_and_resumes_from_commits() {
         let (tx, rx) = unbounded_channel();
         let sub = bus
             .subscribe(&t)
-            .group("late")
+            .group(&broker.group("late"))
             .start_from(herald::StartFrom::Latest)
             .handle(move |e: Event| {
                 let tx = tx.clone();
@@ -551,6 +590,12 @@ async fn latest_starts_after_subscribe_and_resumes_from_commits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishing_and_dead_letters_work_where_topics_are_not_auto_created() {
+    if skip_on_external(
+        "publishing_and_dead_letters_work_where_topics_are_not_auto_created",
+        "a broker started with topic auto-creation off",
+    ) {
+        return;
+    }
     let broker = HeraldBroker::start_with(false).await;
     let bus = Bus::connect(&broker.url()).await.unwrap();
     let t = topic("strict");
@@ -558,7 +603,7 @@ async fn publishing_and_dead_letters_work_where_topics_are_not_auto_created() {
     assert_eq!(receipt.kind(), "stored");
     let sub = bus
         .subscribe(&t)
-        .group("g")
+        .group(&broker.group("g"))
         .retry(RetryPolicy::none())
         .handle(|_e: Event| async { Err(HandlerError::permanent("unreadable")) })
         .await
@@ -585,7 +630,7 @@ async fn a_full_subscription_pauses_and_resumes_without_loss() {
     let (tx, mut rx) = unbounded_channel();
     let sub = bus
         .subscribe(&t)
-        .group("g")
+        .group(&broker.group("g"))
         .concurrency(1)
         .handle(move |e: Event| {
             let tx = tx.clone();
@@ -615,7 +660,7 @@ async fn a_full_subscription_pauses_and_resumes_without_loss() {
     // Everything was committed: offsets start at 0, so the commit points add up to the count.
     let mut committed = 0;
     for p in 0..3 {
-        committed += match broker.committed("g", &t, p).await {
+        committed += match broker.committed(&broker.group("g"), &t, p).await {
             Offset::Offset(o) => o,
             Offset::Invalid => 0,
             other => panic!("partition {p}: {other:?}"),
@@ -626,13 +671,25 @@ async fn a_full_subscription_pauses_and_resumes_without_loss() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_reports_a_commit_the_vanished_broker_did_not_take() {
+    if skip_on_external(
+        "shutdown_reports_a_commit_the_vanished_broker_did_not_take",
+        "stopping the broker in the middle of the test",
+    ) {
+        return;
+    }
     let broker = HeraldBroker::start().await;
     let bus = Bus::connect(&broker.url()).await.unwrap();
     let t = topic("gone");
-    let (sub, mut rx) = forward(bus.subscribe(&t).group("g")).await;
+    let (sub, mut rx) = forward(bus.subscribe(&t).group(&broker.group("g"))).await;
     bus.publish(&t, Event::new("x")).await.unwrap();
     recv(&mut rx).await;
-    broker._broker.shutdown().await.unwrap();
+    broker
+        ._broker
+        .as_ref()
+        .expect("an in-process broker")
+        .shutdown()
+        .await
+        .unwrap();
     drop(broker);
     // The handled event's commit cannot be made: shutdown says so instead of claiming success
     // (and ends after its bounded wait for the commit).
@@ -666,7 +723,7 @@ async fn a_member_joining_a_busy_group_takes_over_without_loss_or_repeats() {
         let tx = tx.clone();
         members
             .subscribe(&t)
-            .group("g")
+            .group(&broker.group("g"))
             .concurrency(2)
             .handle(move |e: Event| {
                 let tx = tx.clone();

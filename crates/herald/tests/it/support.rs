@@ -1,5 +1,6 @@
-//! Helpers every test module of the SDK shares: unique topic names, bounded waits, and a
-//! subscription that forwards what it handles to a channel.
+//! Helpers every test module of the SDK shares: unique topic names, bounded waits, a
+//! subscription that forwards what it handles to a channel, and the choice between an
+//! in-process Herald broker and an external Kafka-compatible one (`HERALD_TEST_BOOTSTRAP`).
 
 use std::time::Duration;
 
@@ -8,6 +9,30 @@ use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
 /// Bounds every wait, so a broken transport fails the test instead of hanging it.
 pub const WAIT: Duration = Duration::from_secs(60);
+
+/// The variable that names an external Kafka-compatible broker (`host:port`) for the broker
+/// tests to use instead of starting Herald in this process.
+pub const EXTERNAL_BOOTSTRAP_VAR: &str = "HERALD_TEST_BOOTSTRAP";
+
+/// The external broker's bootstrap address when `HERALD_TEST_BOOTSTRAP` is set and not empty.
+pub fn external_bootstrap() -> Option<String> {
+    std::env::var(EXTERNAL_BOOTSTRAP_VAR)
+        .ok()
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+/// True (after printing why) when the tests run against an external broker and this test needs
+/// Herald itself, so the caller returns early; false when Herald runs in this process.
+pub fn skip_on_external(test: &str, needs: &str) -> bool {
+    let Some(bootstrap) = external_bootstrap() else {
+        return false;
+    };
+    println!(
+        "skipped {test}: it needs Herald itself ({needs}), and {EXTERNAL_BOOTSTRAP_VAR}={bootstrap} names an external broker"
+    );
+    true
+}
 
 /// A topic name no other test uses.
 pub fn topic(name: &str) -> String {

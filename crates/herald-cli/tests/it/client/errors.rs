@@ -28,26 +28,29 @@ fn unreachable_broker_exits_3_naming_the_address() {
 #[test]
 fn missing_topic_and_partition_exit_4() {
     let broker = Broker::start();
+    let n_nope = broker.name("nope");
+    let n_small = broker.name("small");
     for args in [
-        &["produce", "nope"][..],
-        &["consume", "nope", "--max-messages", "1"],
-        &["topic", "describe", "nope"],
-        &["topic", "alter", "nope", "--config", "retention.ms=1"],
+        &["produce", &n_nope][..],
+        &["consume", &n_nope, "--max-messages", "1"],
+        &["topic", "describe", &n_nope],
+        &["topic", "alter", &n_nope, "--config", "retention.ms=1"],
     ] {
         let run = broker.herald_with_input(args, b"one\n");
         run.assert_code(4);
         assert!(
-            run.stderr.contains("error: topic nope does not exist"),
+            run.stderr
+                .contains(&format!("error: topic {n_nope} does not exist")),
             "{args:?}: {}",
             run.stderr
         );
     }
-    broker.ok(&["topic", "create", "small"]);
-    let run = broker.herald_with_input(&["produce", "small", "--partition", "3"], b"x\n");
+    broker.ok(&["topic", "create", &n_small]);
+    let run = broker.herald_with_input(&["produce", &n_small, "--partition", "3"], b"x\n");
     run.assert_code(4);
     assert!(run.stderr.contains("partition 3"), "{}", run.stderr);
     // Nothing was created as a side effect of the attempts above.
-    assert!(!broker.ok(&["topic", "list"]).contains("nope"));
+    assert!(!broker.ok(&["topic", "list"]).contains(&n_nope));
 }
 
 #[test]
@@ -84,15 +87,16 @@ fn help_lists_the_client_commands_and_exit_codes() {
 #[test]
 fn rejected_events_exit_5_with_the_brokers_reason() {
     let broker = Broker::start();
+    let n_tiny = broker.name("tiny");
     broker.ok(&[
         "topic",
         "create",
-        "tiny",
+        &n_tiny,
         "--config",
         "max.message.bytes=200",
     ]);
     let line = format!("{}\n", "x".repeat(1000));
-    let run = broker.herald_with_input(&["produce", "tiny"], line.as_bytes());
+    let run = broker.herald_with_input(&["produce", &n_tiny], line.as_bytes());
     run.assert_code(5);
     assert!(
         run.stdout.contains("produced 0 of 1 events"),
@@ -108,7 +112,7 @@ fn rejected_events_exit_5_with_the_brokers_reason() {
     assert!(run.stderr.contains("too large"), "{}", run.stderr);
     // Nothing was stored.
     let description = broker
-        .herald(&["--output", "json", "topic", "describe", "tiny"])
+        .herald(&["--output", "json", "topic", "describe", &n_tiny])
         .json();
     assert_eq!(description["partitions"][0]["latest"], 0);
 }
@@ -133,10 +137,11 @@ fn a_port_that_never_answers_times_out_with_exit_7() {
 #[test]
 fn an_overlong_line_stops_the_input_after_the_events_before_it_are_stored() {
     let broker = Broker::start();
-    broker.ok(&["topic", "create", "lines"]);
+    let n_lines = broker.name("lines");
+    broker.ok(&["topic", "create", &n_lines]);
     let input = format!("a\nb\n{}\nc\n", "x".repeat(300));
     let run = broker.herald_with_input(
-        &["produce", "lines", "--line-bytes-max", "100"],
+        &["produce", &n_lines, "--line-bytes-max", "100"],
         input.as_bytes(),
     );
     run.assert_code(2);
@@ -153,7 +158,7 @@ fn an_overlong_line_stops_the_input_after_the_events_before_it_are_stored() {
     );
     let stored = broker.ok(&[
         "consume",
-        "lines",
+        &n_lines,
         "--from-beginning",
         "--max-messages",
         "10",
@@ -164,11 +169,12 @@ fn an_overlong_line_stops_the_input_after_the_events_before_it_are_stored() {
 #[test]
 fn an_event_the_client_refuses_counts_as_not_acknowledged() {
     let broker = Broker::start();
-    broker.ok(&["topic", "create", "big"]);
+    let n_big = broker.name("big");
+    broker.ok(&["topic", "create", &n_big]);
     // Above librdkafka's own message.max.bytes (1,000,000), so it never leaves the process.
     let input = format!("before\n{}\nafter\n", "y".repeat(1_100_000));
     let run = broker.herald_with_input(
-        &["produce", "big", "--line-bytes-max", "2000000"],
+        &["produce", &n_big, "--line-bytes-max", "2000000"],
         input.as_bytes(),
     );
     run.assert_code(5);

@@ -1,33 +1,59 @@
-//! A broker for the client tests, built on the shared `ServeProcess`, and ways to run client
-//! commands against it with a deadline or in the background.
+//! A broker for the client tests (a `herald serve` started through the shared `ServeProcess`, or
+//! the external broker `HERALD_TEST_BOOTSTRAP` names), and ways to run client commands against
+//! it with a deadline or in the background.
 
 use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::ServeProcess;
+use crate::support::{TestBroker, run_suffix};
 
 pub const HERALD: &str = env!("CARGO_BIN_EXE_herald");
 
 /// Longest a client command may run before the test fails.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// A running broker in its own temporary directory; dropping it kills the process.
+/// A running broker in its own temporary directory (dropping it kills the process), or the
+/// external broker.
 pub struct Broker {
     // Declared before the directory so the process is killed before its data is removed.
-    _process: ServeProcess,
+    _process: TestBroker,
     pub bootstrap: String,
+    /// Appended to topic and group names on an external broker (see [`Broker::name`]).
+    suffix: Option<String>,
     _dir: tempfile::TempDir,
 }
 
 impl Broker {
     pub fn start() -> Broker {
         let dir = tempfile::tempdir().unwrap();
-        let process = ServeProcess::start(&dir.path().join("data"));
+        let process = TestBroker::start(&dir.path().join("data"));
         Broker {
-            bootstrap: process.kafka_addr.to_string(),
+            bootstrap: process.bootstrap(),
+            suffix: process.is_external().then(run_suffix),
             _process: process,
             _dir: dir,
+        }
+    }
+
+    /// The name topic or group `base` has in this test: `base` itself on a broker of its own,
+    /// `base` with a suffix unique to this test on a shared external broker.
+    pub fn name(&self, base: &str) -> String {
+        match &self.suffix {
+            Some(suffix) => format!("{base}-{suffix}"),
+            None => base.to_string(),
+        }
+    }
+
+    /// Of `topics` listed by the broker, those this test made: all of them on a broker of its
+    /// own, only the suffixed ones on a shared external broker.
+    pub fn own<T>(&self, topics: Vec<(String, T)>) -> Vec<(String, T)> {
+        match &self.suffix {
+            Some(suffix) => topics
+                .into_iter()
+                .filter(|(name, _)| name.ends_with(suffix.as_str()))
+                .collect(),
+            None => topics,
         }
     }
 

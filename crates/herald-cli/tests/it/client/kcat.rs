@@ -28,13 +28,14 @@ fn kcat(args: &[&str], input: &[u8]) -> String {
 #[test]
 fn kcat_reads_what_herald_produces_and_herald_reads_what_kcat_produces() {
     let broker = Broker::start();
-    broker.ok(&["topic", "create", "shared"]);
+    let n_shared = broker.name("shared");
+    broker.ok(&["topic", "create", &n_shared]);
     let lines: String = (0..100).map(|i| format!("k{}:v{i}\n", i % 7)).collect();
     broker
         .herald_with_input(
             &[
                 "produce",
-                "shared",
+                &n_shared,
                 "--key-separator",
                 ":",
                 "--header",
@@ -49,7 +50,7 @@ fn kcat_reads_what_herald_produces_and_herald_reads_what_kcat_produces() {
             &broker.bootstrap,
             "-C",
             "-t",
-            "shared",
+            &n_shared,
             "-o",
             "beginning",
             "-e",
@@ -71,7 +72,7 @@ fn kcat_reads_what_herald_produces_and_herald_reads_what_kcat_produces() {
             &broker.bootstrap,
             "-P",
             "-t",
-            "shared",
+            &n_shared,
             "-K",
             ":",
             "-p",
@@ -81,7 +82,7 @@ fn kcat_reads_what_herald_produces_and_herald_reads_what_kcat_produces() {
     );
     let printed = broker.ok(&[
         "consume",
-        "shared",
+        &n_shared,
         "--offset",
         "100",
         "--max-messages",

@@ -24,7 +24,8 @@ fn input() -> Vec<(String, String)> {
 #[test]
 fn ten_thousand_keyed_events_with_headers_come_back_identical() {
     let broker = Broker::start();
-    broker.ok(&["topic", "create", "events", "--partitions", "3"]);
+    let n_events = broker.name("events");
+    broker.ok(&["topic", "create", &n_events, "--partitions", "3"]);
     let lines = input();
     let text: String = lines.iter().map(|(k, v)| format!("{k}:{v}\n")).collect();
 
@@ -33,7 +34,7 @@ fn ten_thousand_keyed_events_with_headers_come_back_identical() {
             "--output",
             "json",
             "produce",
-            "events",
+            &n_events,
             "--key-separator",
             ":",
             "--header",
@@ -62,7 +63,7 @@ fn ten_thousand_keyed_events_with_headers_come_back_identical() {
         "--output",
         "json",
         "consume",
-        "events",
+        &n_events,
         "--from-beginning",
         "--max-messages",
         &EVENTS.to_string(),
@@ -79,7 +80,7 @@ fn ten_thousand_keyed_events_with_headers_come_back_identical() {
     // exactly the input lines of its keys, in input order.
     let mut by_partition: BTreeMap<u64, Vec<&Value>> = BTreeMap::new();
     for event in &events {
-        assert_eq!(event["topic"], "events");
+        assert_eq!(event["topic"], n_events.as_str());
         assert_eq!(
             event["headers"],
             serde_json::json!([
@@ -124,7 +125,7 @@ fn ten_thousand_keyed_events_with_headers_come_back_identical() {
     // The template output prints the same fields.
     let one = broker.ok(&[
         "consume",
-        "events",
+        &n_events,
         "--partition",
         "0",
         "--offset",
@@ -148,14 +149,16 @@ fn ten_thousand_keyed_events_with_headers_come_back_identical() {
 #[test]
 fn consume_positions_partition_and_group_commits() {
     let broker = Broker::start();
-    broker.ok(&["topic", "create", "ticks", "--partitions", "2"]);
+    let n_ticks = broker.name("ticks");
+    let n_readers = broker.name("readers");
+    broker.ok(&["topic", "create", &n_ticks, "--partitions", "2"]);
     let text: String = (0..20).map(|i| format!("tick-{i}\n")).collect();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("ticks.txt");
     std::fs::write(&file, &text).unwrap();
     let produced = broker.herald(&[
         "produce",
-        "ticks",
+        &n_ticks,
         "--file",
         file.to_str().unwrap(),
         "--partition",
@@ -173,7 +176,7 @@ fn consume_positions_partition_and_group_commits() {
     // Without --follow, a limit larger than what is stored stops at the end of the partitions.
     let all = broker.ok(&[
         "consume",
-        "ticks",
+        &n_ticks,
         "--from-beginning",
         "--max-messages",
         "100",
@@ -182,7 +185,7 @@ fn consume_positions_partition_and_group_commits() {
 
     let from_offset = broker.ok(&[
         "consume",
-        "ticks",
+        &n_ticks,
         "--partition",
         "1",
         "--offset",
@@ -193,7 +196,7 @@ fn consume_positions_partition_and_group_commits() {
     assert_eq!(from_offset, "tick-15\ntick-16\ntick-17\ntick-18\ntick-19\n");
     let tail = broker.ok(&[
         "consume",
-        "ticks",
+        &n_ticks,
         "--partition",
         "1",
         "--offset",
@@ -204,7 +207,7 @@ fn consume_positions_partition_and_group_commits() {
     assert_eq!(tail, "tick-18\ntick-19\n");
     let since_epoch = broker.ok(&[
         "consume",
-        "ticks",
+        &n_ticks,
         "--from-time",
         "2000-01-01T00:00:00Z",
         "--max-messages",
@@ -213,7 +216,7 @@ fn consume_positions_partition_and_group_commits() {
     assert_eq!(since_epoch, "tick-0\ntick-1\ntick-2\n");
     let future = broker.ok(&[
         "consume",
-        "ticks",
+        &n_ticks,
         "--from-time",
         "2999-01-01",
         "--max-messages",
@@ -224,9 +227,9 @@ fn consume_positions_partition_and_group_commits() {
     // A group resumes after what it printed and committed.
     let first = broker.ok(&[
         "consume",
-        "ticks",
+        &n_ticks,
         "--group",
-        "readers",
+        &n_readers,
         "--from-beginning",
         "--max-messages",
         "5",
@@ -234,9 +237,9 @@ fn consume_positions_partition_and_group_commits() {
     assert_eq!(first, "tick-0\ntick-1\ntick-2\ntick-3\ntick-4\n");
     let second = broker.ok(&[
         "consume",
-        "ticks",
+        &n_ticks,
         "--group",
-        "readers",
+        &n_readers,
         "--from-beginning",
         "--max-messages",
         "2",
@@ -247,29 +250,36 @@ fn consume_positions_partition_and_group_commits() {
 #[test]
 fn follow_prints_new_events_and_commits_on_ctrl_c() {
     let broker = Broker::start();
-    broker.ok(&["topic", "create", "live"]);
+    let n_live = broker.name("live");
+    let n_watchers = broker.name("watchers");
+    broker.ok(&["topic", "create", &n_live]);
     broker
-        .herald_with_input(&["produce", "live"], b"a\nb\n")
+        .herald_with_input(&["produce", &n_live], b"a\nb\n")
         .assert_code(0);
-    let mut follower =
-        broker.spawn(&["consume", "live", "--group", "watchers", "--from-beginning"]);
+    let mut follower = broker.spawn(&[
+        "consume",
+        &n_live,
+        "--group",
+        &n_watchers,
+        "--from-beginning",
+    ]);
     assert_eq!(follower.wait_lines(2), ["a", "b"]);
     // Events produced while following arrive without restarting.
     broker
-        .herald_with_input(&["produce", "live"], b"c\n")
+        .herald_with_input(&["produce", &n_live], b"c\n")
         .assert_code(0);
     assert_eq!(follower.wait_lines(3), ["a", "b", "c"]);
     assert_eq!(follower.interrupt(), Some(0));
 
     // Everything printed was committed: the group resumes after "c".
     broker
-        .herald_with_input(&["produce", "live"], b"d\n")
+        .herald_with_input(&["produce", &n_live], b"d\n")
         .assert_code(0);
     let rest = broker.ok(&[
         "consume",
-        "live",
+        &n_live,
         "--group",
-        "watchers",
+        &n_watchers,
         "--max-messages",
         "10",
     ]);

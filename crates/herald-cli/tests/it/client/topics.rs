@@ -37,22 +37,24 @@ fn listed(broker: &Broker) -> Vec<(String, u64)> {
 #[test]
 fn topic_lifecycle_create_list_describe_alter_delete() {
     let broker = Broker::start();
+    let n_orders = broker.name("orders");
+    let n_audit = broker.name("audit");
 
     let out = broker.ok(&[
         "topic",
         "create",
-        "orders",
+        &n_orders,
         "--partitions",
         "3",
         "--config",
         "retention.ms=3600000",
     ]);
-    assert!(out.contains("orders"), "{out}");
-    broker.ok(&["topic", "create", "audit"]);
+    assert!(out.contains(&n_orders), "{out}");
+    broker.ok(&["topic", "create", &n_audit]);
 
     assert_eq!(
-        listed(&broker),
-        vec![("audit".to_string(), 1), ("orders".to_string(), 3)]
+        broker.own(listed(&broker)),
+        vec![(n_audit.clone(), 1), (n_orders.clone(), 3)]
     );
     let table = broker.ok(&["topic", "list"]);
     let lines: Vec<&str> = table.lines().collect();
@@ -60,14 +62,14 @@ fn topic_lifecycle_create_list_describe_alter_delete() {
     assert!(
         lines
             .iter()
-            .any(|l| l.split_whitespace().eq(["orders", "3"])),
+            .any(|l| l.split_whitespace().eq([n_orders.as_str(), "3"])),
         "{table}"
     );
 
-    let description = broker.herald(&["--output", "json", "topic", "describe", "orders"]);
+    let description = broker.herald(&["--output", "json", "topic", "describe", &n_orders]);
     description.assert_code(0);
     let description = description.json();
-    assert_eq!(description["topic"], "orders");
+    assert_eq!(description["topic"], n_orders.as_str());
     let partitions = description["partitions"].as_array().unwrap();
     assert_eq!(partitions.len(), 3);
     for (i, p) in partitions.iter().enumerate() {
@@ -82,18 +84,18 @@ fn topic_lifecycle_create_list_describe_alter_delete() {
         config_value(&description, "retention.ms"),
         Some(("3600000".to_string(), "topic".to_string()))
     );
-    let table = broker.ok(&["topic", "describe", "orders"]);
+    let table = broker.ok(&["topic", "describe", &n_orders]);
     assert!(table.contains("PARTITION"), "{table}");
     assert!(table.contains("retention.ms"), "{table}");
 
     // What was produced shows as bytes on disk, in its partition and in the topic's total.
     let produced = broker.herald_with_input(
-        &["produce", "orders", "--partition", "1"],
+        &["produce", &n_orders, "--partition", "1"],
         b"first event\nsecond event\nthird event\n",
     );
     produced.assert_code(0);
     let description = broker
-        .herald(&["--output", "json", "topic", "describe", "orders"])
+        .herald(&["--output", "json", "topic", "describe", &n_orders])
         .json();
     let sizes: Vec<u64> = description["partitions"]
         .as_array()
@@ -105,16 +107,16 @@ fn topic_lifecycle_create_list_describe_alter_delete() {
     assert!(sizes[1] > 3 * "first event".len() as u64, "{description}");
     assert_eq!(sizes[2], 0, "{description}");
     assert_eq!(description["size_bytes"].as_u64(), Some(sizes[1]));
-    let table = broker.ok(&["topic", "describe", "orders"]);
+    let table = broker.ok(&["topic", "describe", &n_orders]);
     assert!(
         table.contains(&format!("size on disk (bytes): {}", sizes[1])),
         "{table}"
     );
 
     // Changing one setting keeps the others the topic already overrides.
-    broker.ok(&["topic", "alter", "orders", "--config", "segment.ms=600000"]);
+    broker.ok(&["topic", "alter", &n_orders, "--config", "segment.ms=600000"]);
     let description = broker
-        .herald(&["--output", "json", "topic", "describe", "orders"])
+        .herald(&["--output", "json", "topic", "describe", &n_orders])
         .json();
     assert_eq!(
         config_value(&description, "segment.ms").map(|c| c.0),
@@ -126,9 +128,9 @@ fn topic_lifecycle_create_list_describe_alter_delete() {
     );
 
     // Removing an override brings the broker's default back.
-    broker.ok(&["topic", "alter", "orders", "--delete-config", "segment.ms"]);
+    broker.ok(&["topic", "alter", &n_orders, "--delete-config", "segment.ms"]);
     let description = broker
-        .herald(&["--output", "json", "topic", "describe", "orders"])
+        .herald(&["--output", "json", "topic", "describe", &n_orders])
         .json();
     assert_ne!(
         config_value(&description, "segment.ms").map(|c| c.1),
@@ -139,23 +141,26 @@ fn topic_lifecycle_create_list_describe_alter_delete() {
         Some("3600000".to_string())
     );
 
-    broker.ok(&["topic", "alter", "orders", "--partitions", "5"]);
-    assert!(listed(&broker).contains(&("orders".to_string(), 5)));
-    let shrink = broker.herald(&["topic", "alter", "orders", "--partitions", "2"]);
+    broker.ok(&["topic", "alter", &n_orders, "--partitions", "5"]);
+    assert!(listed(&broker).contains(&(n_orders.clone(), 5)));
+    let shrink = broker.herald(&["topic", "alter", &n_orders, "--partitions", "2"]);
     shrink.assert_code(6);
 
-    let again = broker.herald(&["topic", "create", "orders"]);
+    let again = broker.herald(&["topic", "create", &n_orders]);
     again.assert_code(6);
     assert!(again.stderr.contains("already exists"), "{}", again.stderr);
 
-    broker.ok(&["topic", "delete", "orders"]);
-    assert_eq!(listed(&broker), vec![("audit".to_string(), 1)]);
-    let gone = broker.herald(&["topic", "describe", "orders"]);
+    broker.ok(&["topic", "delete", &n_orders]);
+    assert_eq!(broker.own(listed(&broker)), vec![(n_audit.clone(), 1)]);
+    let gone = broker.herald(&["topic", "describe", &n_orders]);
     gone.assert_code(4);
     assert!(
-        gone.stderr.contains("topic orders does not exist"),
+        gone.stderr
+            .contains(&format!("topic {n_orders} does not exist")),
         "{}",
         gone.stderr
     );
-    broker.herald(&["topic", "delete", "orders"]).assert_code(4);
+    broker
+        .herald(&["topic", "delete", &n_orders])
+        .assert_code(4);
 }
