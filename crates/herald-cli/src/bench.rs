@@ -227,15 +227,7 @@ pub struct Report {
 /// Runs a bench subcommand.
 pub fn run(global: &Global, command: BenchCommand) -> Result<(), CliError> {
     // `-X` and `--client-config` (security settings) reach every client the benches make.
-    let mut properties = ClientConfig::new();
-    crate::client::apply_client_properties(global, &mut properties);
-    herald_bench::kafka::set_client_properties(
-        properties
-            .config_map()
-            .into_iter()
-            .map(|(key, value)| (key.to_string(), value.to_string()))
-            .collect(),
-    );
+    herald_bench::kafka::set_client_properties(crate::client::client_properties(global));
     let report = match command {
         BenchCommand::Produce(args) => produce(global, &args)?,
         BenchCommand::Consume(args) => consume(global, &args)?,

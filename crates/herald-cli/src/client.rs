@@ -49,6 +49,16 @@ pub fn base_config(global: &Global) -> ClientConfig {
 /// Adds the user's librdkafka properties (`--client-config` file, then `-X`), such as the
 /// security settings, to a client's config; they win over the command's own choices.
 pub fn apply_client_properties(global: &Global, config: &mut ClientConfig) {
+    for (key, value) in client_properties(global) {
+        config.set(key, value);
+    }
+}
+
+/// The `--client-config` file's properties, then the `-X` ones (which win), in order. These
+/// are the values themselves: `ClientConfig::config_map` would hide secrets such as
+/// `sasl.password` behind a placeholder.
+pub fn client_properties(global: &Global) -> Vec<(String, String)> {
+    let mut properties = Vec::new();
     if let Some(path) = &global.client_config {
         // A file that cannot be read leaves the defaults, and librdkafka's first error says
         // why the broker refused; reading it is reported here too.
@@ -59,16 +69,15 @@ pub fn apply_client_properties(global: &Global, config: &mut ClientConfig) {
                         continue;
                     }
                     if let Ok((key, value)) = parse_key_value(line) {
-                        config.set(key.trim(), value.trim());
+                        properties.push((key.trim().to_string(), value.trim().to_string()));
                     }
                 }
             }
             Err(error) => eprintln!("herald: cannot read {}: {error}", path.display()),
         }
     }
-    for (key, value) in &global.client_properties {
-        config.set(key, value);
-    }
+    properties.extend(global.client_properties.iter().cloned());
+    properties
 }
 
 /// Creates any librdkafka client from a config, mapping the (configuration) error.

@@ -107,6 +107,14 @@ fn secure_broker() -> SecureBroker {
     );
     for args in [
         &["--topic", "events.", "--prefixed", "--operation", "all"][..],
+        // The benches' warm-up topic.
+        &[
+            "--topic",
+            "herald-bench-",
+            "--prefixed",
+            "--operation",
+            "all",
+        ][..],
         &["--group", "*", "--operation", "read"][..],
     ] {
         let mut command = vec![
@@ -379,6 +387,18 @@ fn herald_clients_take_librdkafka_security_settings_and_sighup_reloads_tls() {
     ];
     consume.extend_from_slice(&common);
     assert_eq!(ok(herald_with(&consume, "")), "one\ntwo\n");
+    // The benches' clients take the same settings, the password included.
+    let mut bench = vec![
+        "bench",
+        "produce",
+        "--topic",
+        "events.bench",
+        "--count",
+        "20",
+        "--quiet",
+    ];
+    bench.extend_from_slice(&common);
+    ok(herald_with(&bench, ""));
 
     // SIGHUP re-reads the TLS files and the broker goes on serving.
     let status = Command::new("kill")
