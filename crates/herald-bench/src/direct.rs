@@ -69,7 +69,7 @@ impl DirectClient {
         let handle = self.runtime.handle().clone();
         let generated = pace::run(
             schedule,
-            || sent.get() < recorder.finished() + WINDOW_EVENTS_MAX,
+            || recorder.room(sent.get(), WINDOW_EVENTS_MAX, 1),
             |i, due| {
                 sent.set(sent.get() + 1);
                 stamp(&mut value, due, i / KEYS);
@@ -161,7 +161,7 @@ pub fn broker_requests(
     let handle = runtime.handle().clone();
     let generated = pace::run(
         schedule,
-        || sent.get() < recorder.finished() + WINDOW_EVENTS_MAX,
+        || recorder.room(sent.get(), WINDOW_EVENTS_MAX, 1),
         |i, due| {
             sent.set(sent.get() + 1);
             stamp(&mut value, due, i);

@@ -314,7 +314,7 @@ fn produce_loop(
     let window = WINDOW_EVENTS_MAX / producers;
     let generated = pace::run(
         schedule,
-        || sent.get() < recorder.finished() / producers + window,
+        || recorder.room(sent.get(), window, producers),
         |i, due| {
             let key = (spec.keys > 0).then(|| (i % spec.keys).to_le_bytes());
             stamp(&mut value, due, i / spec.keys.max(1));

@@ -61,7 +61,7 @@ pub fn tcp_echo(payload_bytes: usize, schedule: Schedule) -> Result<Outcome, Ben
     let generated = pace::run(
         schedule,
         // The closed window of the maximum-rate cell.
-        || sent.get() < answers.0.finished() + WINDOW_EVENTS_MAX,
+        || answers.0.room(sent.get(), WINDOW_EVENTS_MAX, 1),
         |_, due_ns| {
             sent.set(sent.get() + 1);
             let due = now_instant + Duration::from_nanos(due_ns.saturating_sub(start));
@@ -111,7 +111,7 @@ pub fn udp_one_way(payload_bytes: usize, schedule: Schedule) -> Result<Outcome, 
         schedule,
         // The maximum-rate cell keeps a window over what the receiver took, so it measures
         // what the receiver sustains rather than how fast a socket buffer overflows.
-        || sent.get() < recorder.done() + WINDOW_EVENTS_MAX,
+        || recorder.room(sent.get(), WINDOW_EVENTS_MAX, 1),
         |i, due| {
             sent.set(sent.get() + 1);
             stamp(&mut payload, due, i);

@@ -8,6 +8,7 @@
 //! last event handed over more than [`FINAL_LAG_US_MAX`] or a tenth of the run late) is flagged
 //! ([`Generated::behind`]) so no latency is reported for a load that was not offered.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -21,9 +22,18 @@ use crate::clock::{Latency, histogram, mono_ns, record_ns, thread_cpu_s};
 pub const FINAL_LAG_US_MAX: u64 = 10_000;
 /// A generator lag at p99 above this is worth a note beside the figures (it is part of them).
 pub const LAG_NOTE_US: u64 = 1_000;
-/// Below this much time to the next due event the generator yields instead of sleeping: a
-/// sleep on this machine oversleeps by 50-100 µs.
-const SPIN_NS_MAX: u64 = 200_000;
+/// Below this much time to the next due event the generator yields instead of sleeping. The
+/// generator's thread asks for a timer slack of 1 ns (the default of 50 µs is what made sleeps
+/// oversleep), so a sleep wakes within a few microseconds of its deadline and only this last
+/// stretch is spent spinning: a generator spinning for longer takes a core from the system it
+/// measures, which on a small machine is half of it.
+const SPIN_NS_MAX: u64 = 20_000;
+/// How long [`Recorder::room`] blocks at most before it looks again (a backstop: completions
+/// wake it).
+const ROOM_WAIT_MAX: Duration = Duration::from_millis(20);
+/// A full window is waited on until this fraction of it (1/N) is free again, so a closed-loop
+/// generator wakes once per that many completions rather than once per completion.
+const ROOM_REFILL_DIVISOR: u64 = 8;
 
 /// What the generator did, beside what the system under test did.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -69,28 +79,32 @@ impl Schedule {
 
 /// Runs `send(index, due_ns)` for every event of `schedule` on the calling thread. `send`
 /// returns false when it could not hand the event over (counted, not retried). With `rate` 0,
-/// each event is due when `room()` first says there is room, so latency counts from then.
+/// each event is due when `room()` first says there is room, so latency counts from then;
+/// `room` may block for a while when there is none ([`Recorder::room`] does) and is asked again.
 pub fn run(
     schedule: Schedule,
     mut room: impl FnMut() -> bool,
     mut send: impl FnMut(u64, u64) -> bool,
 ) -> Result<Generated, BenchError> {
+    precise_sleeps();
     let count = schedule.count();
     let mut lag: Histogram<u64> = histogram()?;
     let cpu_start = thread_cpu_s();
     let start = mono_ns();
+    let duration_ns = schedule.duration.as_nanos() as u64;
     let mut sent = 0;
     let mut final_lag_ns = 0;
     let mut offered = 0;
-    for i in 0..count {
+    'events: for i in 0..count {
         // The maximum-rate cell lasts the cell's duration at most, however slow the system.
-        if schedule.rate == 0 && mono_ns() - start > schedule.duration.as_nanos() as u64 {
+        if schedule.rate == 0 && mono_ns() - start > duration_ns {
             break;
         }
-        offered += 1;
         let due = if schedule.rate == 0 {
             while !room() {
-                std::thread::yield_now();
+                if mono_ns() - start > duration_ns {
+                    break 'events;
+                }
             }
             mono_ns()
         } else {
@@ -109,6 +123,7 @@ pub fn run(
             }
             due
         };
+        offered += 1;
         if send(i, due) {
             sent += 1;
         }
@@ -130,9 +145,37 @@ pub fn run(
     })
 }
 
+/// Asks for sleeps that end within a few microseconds of their deadline on the calling thread
+/// (Linux's timer slack, 50 µs by default, is how late a sleep may end).
+fn precise_sleeps() {
+    // SAFETY: PR_SET_TIMERSLACK takes a value and changes only the calling thread's slack;
+    // a failure leaves the default, which costs precision, not correctness.
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn room_opens_as_events_finish() {
+        let recorder = std::sync::Arc::new(Recorder::new().unwrap());
+        assert!(recorder.room(3, 4, 1));
+        // A full window: blocks for a while, then says so.
+        assert!(!recorder.room(4, 4, 1));
+        let waiter = {
+            let recorder = recorder.clone();
+            std::thread::spawn(move || while !recorder.room(4, 4, 1) {})
+        };
+        recorder.ok(mono_ns());
+        waiter.join().unwrap();
+        // Two generators share the count: one completion is half of one for each.
+        assert!(!recorder.room(4, 4, 2));
+        recorder.fail("refused");
+        assert!(recorder.room(4, 4, 2));
+    }
 
     #[test]
     fn offers_the_whole_schedule_in_order() {
@@ -162,11 +205,16 @@ mod tests {
 /// Collects the completions of one run from whatever threads or tasks see them.
 pub struct Recorder {
     hist: parking_lot::Mutex<Histogram<u64>>,
-    done: std::sync::atomic::AtomicU64,
-    failed: std::sync::atomic::AtomicU64,
+    done: AtomicU64,
+    failed: AtomicU64,
     first_error: parking_lot::Mutex<Option<String>>,
     /// When the last event completed (`mono_ns`), where throughput is counted to.
-    last_ns: std::sync::atomic::AtomicU64,
+    last_ns: AtomicU64,
+    /// The finished count a generator blocked in [`room`](Self::room) waits for (the lowest
+    /// among several), `u64::MAX` when none waits: completions below it wake nobody.
+    wake_at: AtomicU64,
+    wake: parking_lot::Mutex<()>,
+    woken: parking_lot::Condvar,
 }
 
 impl Recorder {
@@ -177,6 +225,9 @@ impl Recorder {
             failed: Default::default(),
             first_error: parking_lot::Mutex::new(None),
             last_ns: Default::default(),
+            wake_at: AtomicU64::new(u64::MAX),
+            wake: parking_lot::Mutex::new(()),
+            woken: parking_lot::Condvar::new(),
         })
     }
 
@@ -184,9 +235,9 @@ impl Recorder {
     pub fn ok(&self, due_ns: u64) {
         let now = mono_ns();
         record_ns(&mut self.hist.lock(), now.saturating_sub(due_ns));
-        self.done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.last_ns
-            .fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+        self.done.fetch_add(1, Ordering::SeqCst);
+        self.last_ns.fetch_max(now, Ordering::Relaxed);
+        self.wake_waiter();
     }
 
     /// One event failed.
@@ -194,16 +245,50 @@ impl Recorder {
         self.first_error
             .lock()
             .get_or_insert_with(|| error.to_string());
-        self.failed
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.failed.fetch_add(1, Ordering::SeqCst);
+        self.wake_waiter();
     }
 
     pub fn done(&self) -> u64 {
-        self.done.load(std::sync::atomic::Ordering::Relaxed)
+        self.done.load(Ordering::SeqCst)
     }
 
     pub fn failed(&self) -> u64 {
-        self.failed.load(std::sync::atomic::Ordering::Relaxed)
+        self.failed.load(Ordering::SeqCst)
+    }
+
+    /// Whether a generator that has handed over `sent` events, with at most `window` of them
+    /// unfinished, may hand over one more; `share` is how many generators share this recorder
+    /// (each gets its part of the finished count). When the window is full this blocks, without
+    /// spinning, until an eighth of it is free or [`ROOM_WAIT_MAX`] passed.
+    pub fn room(&self, sent: u64, window: u64, share: u64) -> bool {
+        let share = share.max(1);
+        let free = |margin: u64| sent + margin < self.finished() / share + window;
+        if free(0) {
+            return true;
+        }
+        let margin = (window / ROOM_REFILL_DIVISOR).min(window.saturating_sub(1));
+        // The finished count at which `free(margin)` holds.
+        let target = (sent + margin + 1).saturating_sub(window) * share;
+        let mut guard = self.wake.lock();
+        // Published before looking, and completions count before they look at it (both
+        // SeqCst): either this sees the completion or the completion sees this waiter.
+        self.wake_at.fetch_min(target, Ordering::SeqCst);
+        if self.finished() < target {
+            self.woken.wait_for(&mut guard, ROOM_WAIT_MAX);
+        }
+        drop(guard);
+        free(0)
+    }
+
+    /// Wakes the generators blocked in [`room`](Self::room) once the count they wait for is
+    /// reached; one atomic load per completion otherwise.
+    fn wake_waiter(&self) {
+        if self.finished() >= self.wake_at.load(Ordering::SeqCst) {
+            let _guard = self.wake.lock();
+            self.wake_at.store(u64::MAX, Ordering::SeqCst);
+            self.woken.notify_all();
+        }
     }
 
     /// Completed or failed so far.
@@ -232,7 +317,7 @@ impl Recorder {
         } else {
             start_ns
         };
-        let last = self.last_ns.load(std::sync::atomic::Ordering::Relaxed);
+        let last = self.last_ns.load(Ordering::Relaxed);
         Outcome {
             delivered: self.done(),
             failed: self.failed(),
