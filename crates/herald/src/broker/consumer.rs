@@ -501,8 +501,22 @@ impl Worker {
         let commits = self.shared.state.lock().tracker.revoke_all();
         let committed = self.final_commit(commits);
         self.consumer.unsubscribe();
-        // Dropping the consumer closes it: librdkafka revokes the partitions (our callback
-        // finds nothing left to commit) and sends LeaveGroup, so the group rebalances at once.
+        // Leave while the consumer is still open: this poll hands the revocation that
+        // unsubscribing triggers to our callback (which finds nothing left to commit), so the
+        // close below finds nothing assigned. A close with partitions still assigned revokes
+        // them from inside itself, where librdkafka's unassign can wait forever for an answer
+        // (librdkafka issue 4884). Messages polled now are not handed out: nothing commits
+        // them, and the member that takes the partition over reads them.
+        let until = Instant::now() + REVOKE_WAIT;
+        while Instant::now() < until
+            && self
+                .consumer
+                .assignment()
+                .is_ok_and(|assigned| assigned.count() > 0)
+        {
+            let _ = self.consumer.poll(POLL_WAIT);
+        }
+        // Dropping the consumer closes it and sends LeaveGroup, so the group rebalances at once.
         drop(self.consumer);
         committed.map_err(|e| transport_error(format!("final offset commit failed: {e}")))
     }
