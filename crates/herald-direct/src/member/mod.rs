@@ -521,8 +521,12 @@ async fn announce_load_loop(shared: Arc<Shared>, advertisement: Arc<Mutex<Option
             };
             match ad.announce_load(load) {
                 Ok(()) => announced = load,
-                // The daemon's command queue is full or it stopped; the next change retries.
-                Err(error) => tracing::debug!(%error, load, "could not re-announce the load"),
+                Err(error) => {
+                    // The daemon's command queue was full: try again after the pause, changed
+                    // or not, so the announced load does not stay stale.
+                    tracing::debug!(%error, load, "could not re-announce the load");
+                    shared.load_changed.notify_one();
+                }
             }
         }
         tokio::time::sleep(pause).await;

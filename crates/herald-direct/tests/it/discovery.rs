@@ -226,3 +226,54 @@ fn a_browser_sees_the_load_of_a_member_holding_events_and_its_return_to_zero() {
 fn a_browser_follows_a_load_that_changes_while_the_registration_is_new() {
     a_browser_follows_the_load(true);
 }
+
+#[tokio::test]
+async fn a_load_announce_interval_below_the_minimum_is_refused() {
+    let mut config = MemberConfig::new("t", "g", "127.0.0.1:0".parse().unwrap());
+    config.load_announce_interval_ms = LOAD_ANNOUNCE_INTERVAL_MS_MIN - 1;
+    let handler = Arc::new(crate::harness::Shared(crate::harness::Recorder::new()));
+    match Member::start(config, handler).await {
+        Err(herald_direct::MemberStartError::Config(message)) => {
+            assert!(message.contains("load_announce_interval_ms"), "{message}")
+        }
+        Err(other) => panic!("refused for another reason: {other}"),
+        Ok(_) => panic!("an interval below the minimum was taken"),
+    }
+}
+
+#[test]
+fn a_member_with_load_announcements_off_is_browsed_without_a_load() {
+    let outcome = in_private_netns(|| {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let browser = PeerBrowser::start(PEERS_MAX).unwrap();
+            let mut config = MemberConfig::new("sensors", "g", (HOST, 0).into());
+            config.mdns = true;
+            config.load_announce_interval_ms = 0;
+            let handler = Arc::new(crate::harness::Shared(crate::harness::Recorder::new()));
+            let member = Member::start(config, handler).await.unwrap();
+            let name = format!("herald-{:032x}", member.member_id());
+            let mut last = Vec::new();
+            let seen = eventually(Duration::from_secs(30), || {
+                last = browser.snapshot();
+                last.iter().any(|peer| peer.fullname.starts_with(&name))
+            })
+            .await;
+            assert!(seen, "the member was never seen; last view: {last:?}");
+            let peer = last
+                .iter()
+                .find(|peer| peer.fullname.starts_with(&name))
+                .unwrap();
+            assert_eq!(peer.load, None, "{peer:?}");
+            assert_eq!(peer.capacity, Some(64), "{peer:?}");
+            member.shutdown().await;
+        });
+    });
+    if let Err(reason) = outcome {
+        println!("skipped: {reason}");
+    }
+}
