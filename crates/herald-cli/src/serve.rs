@@ -377,6 +377,7 @@ fn peer_source(browser: Arc<PeerBrowser>) -> http::PeerSource {
                 group: peer.group,
                 addresses: peer.addrs.iter().map(ToString::to_string).collect(),
                 capacity: peer.capacity,
+                load: peer.load,
                 protocol_version: peer.version,
                 first_seen_ms: peer.first_seen_ms,
                 last_seen_ms: peer.last_seen_ms,

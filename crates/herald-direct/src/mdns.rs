@@ -1,5 +1,6 @@
 //! Discovery on the LAN with mDNS-SD: members advertise `_herald._tcp.local.` with their topic,
-//! group, capacity and protocol version in TXT records; producers browse for them.
+//! group, capacity, load and protocol version in TXT records; producers browse for them, and
+//! [`PeerBrowser`] keeps a view of them for the broker console.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -21,48 +22,95 @@ pub enum MdnsError {
     Thread(std::io::Error),
 }
 
+/// Shortest `load_announce_interval_ms` a member accepts (other than 0, off). Each
+/// re-announcement is two multicast responses about 1.1 s apart (RFC 6762, 8.3), and a browser
+/// replaces a cached TXT record by a new one only if it received the old one more than a second
+/// before (RFC 6762, 10.2; otherwise both stay cached until their TTL): 2.5 s leaves both
+/// margins.
+pub const LOAD_ANNOUNCE_INTERVAL_MS_MIN: u64 = 2_500;
+
 /// A member's registration; unregistering announces that the member leaves.
 pub struct Advertisement {
     daemon: ServiceDaemon,
     fullname: String,
+    addr: SocketAddr,
+    instance: String,
+    host: String,
+    topic: String,
+    group: String,
+    capacity: u32,
+    /// Load announcements made, sent as `load_seq` (see [`properties`]).
+    load_seq: u64,
 }
 
 impl Advertisement {
+    /// Registers a member serving `topic` in `group` at `addr`, advertising `capacity` and, when
+    /// the member announces its load, its current `load` (events in flight). Without a load
+    /// the registration has no `load` property, so browsers show none rather than a stale one.
     pub fn register(
         addr: SocketAddr,
         member_id: u128,
         topic: &str,
         group: &str,
         capacity: u32,
+        load: Option<u32>,
     ) -> Result<Advertisement, MdnsError> {
         let daemon = ServiceDaemon::new()?;
-        let instance = format!("herald-{:032x}", member_id);
-        let host = format!("herald-{:016x}.local.", member_id as u64);
-        let capacity = capacity.to_string();
-        let version = PROTOCOL_VERSION.to_string();
-        let props = [
-            ("topic", topic),
-            ("group", group),
-            ("capacity", capacity.as_str()),
-            ("version", version.as_str()),
-        ];
-        let info = if addr.ip().is_unspecified() {
-            ServiceInfo::new(SERVICE_TYPE, &instance, &host, "", addr.port(), &props[..])?
-                .enable_addr_auto()
+        let mut advertisement = Advertisement {
+            daemon,
+            fullname: String::new(),
+            addr,
+            instance: format!("herald-{:032x}", member_id),
+            host: format!("herald-{:016x}.local.", member_id as u64),
+            topic: topic.to_string(),
+            group: group.to_string(),
+            capacity,
+            load_seq: 0,
+        };
+        let info = advertisement.service_info(load.map(|load| (load, 0)))?;
+        advertisement.fullname = info.get_fullname().to_string();
+        advertisement.daemon.register(info)?;
+        tracing::info!(fullname = %advertisement.fullname, %addr, "registered with mDNS");
+        Ok(advertisement)
+    }
+
+    /// Re-announces the registration with a new `load` TXT value. The other records are the
+    /// member's already, so this is not probed again (RFC 6762, 8.4): the daemon sends the
+    /// updated records at once and repeats them a second later, and browsers that cached the
+    /// old TXT record replace it (it carries the cache-flush bit).
+    pub fn announce_load(&mut self, load: u32) -> Result<(), MdnsError> {
+        let seq = self.load_seq.wrapping_add(1);
+        let mut info = self.service_info(Some((load, seq)))?;
+        info.set_requires_probe(false);
+        self.daemon.register(info)?;
+        self.load_seq = seq;
+        Ok(())
+    }
+
+    /// The registration, with the load and its announcement number when there is a load.
+    fn service_info(&self, load: Option<(u32, u64)>) -> Result<ServiceInfo, MdnsError> {
+        let props = properties(&self.topic, &self.group, self.capacity, load);
+        let info = if self.addr.ip().is_unspecified() {
+            ServiceInfo::new(
+                SERVICE_TYPE,
+                &self.instance,
+                &self.host,
+                "",
+                self.addr.port(),
+                &props[..],
+            )?
+            .enable_addr_auto()
         } else {
             ServiceInfo::new(
                 SERVICE_TYPE,
-                &instance,
-                &host,
-                addr.ip(),
-                addr.port(),
+                &self.instance,
+                &self.host,
+                self.addr.ip(),
+                self.addr.port(),
                 &props[..],
             )?
         };
-        let fullname = info.get_fullname().to_string();
-        daemon.register(info)?;
-        tracing::info!(%fullname, %addr, "registered with mDNS");
-        Ok(Advertisement { daemon, fullname })
+        Ok(info)
     }
 
     /// Sends the goodbye announcement (TTL 0) and stops the daemon.
@@ -72,6 +120,33 @@ impl Advertisement {
         }
         let _ = self.daemon.shutdown();
     }
+}
+
+/// The TXT properties of a member's registration (`docs/direct-protocol.md`, "Discovery"),
+/// with `load` and `load_seq` when the member announces its load.
+///
+/// `load_seq` numbers the announcements so that each TXT record differs from every earlier one.
+/// A browser that still caches an earlier record with the same bytes (one it received less than
+/// a second before the record that followed it, which then did not replace it) would take the
+/// repeat for that old record, refresh it and report no change: a load going 0, 3, 0 would stay
+/// at 3 in its view.
+fn properties(
+    topic: &str,
+    group: &str,
+    capacity: u32,
+    load: Option<(u32, u64)>,
+) -> Vec<(&'static str, String)> {
+    let mut props = vec![
+        ("topic", topic.to_string()),
+        ("group", group.to_string()),
+        ("capacity", capacity.to_string()),
+        ("version", PROTOCOL_VERSION.to_string()),
+    ];
+    if let Some((load, seq)) = load {
+        props.push(("load", load.to_string()));
+        props.push(("load_seq", seq.to_string()));
+    }
+    props
 }
 
 /// What one member's registration says, read from its addresses and TXT records.
@@ -84,6 +159,9 @@ pub(crate) struct Record {
     pub(crate) group: String,
     /// `None` when the member advertised none or something that is not a number.
     pub(crate) capacity: Option<u32>,
+    /// Events the member had in flight when it last announced; `None` when it advertised none
+    /// (members before load announcements) or something that is not a number.
+    pub(crate) load: Option<u32>,
     pub(crate) version: String,
 }
 
@@ -98,14 +176,17 @@ impl Record {
             .collect();
         addrs.sort();
         let text = |name: &str| info.get_property_val_str(name).unwrap_or("").to_string();
+        let number = |name: &str| {
+            info.get_property_val_str(name)
+                .and_then(|value| value.parse().ok())
+        };
         Record {
             fullname: info.get_fullname().to_string(),
             addrs,
             topic: text("topic"),
             group: text("group"),
-            capacity: info
-                .get_property_val_str("capacity")
-                .and_then(|value| value.parse().ok()),
+            capacity: number("capacity"),
+            load: number("load"),
             version: text("version"),
         }
     }
@@ -181,6 +262,11 @@ pub struct Peer {
     pub addrs: Vec<SocketAddr>,
     /// Events the member takes in flight, as it advertised; `None` when it advertised none.
     pub capacity: Option<u32>,
+    /// Events the member had in flight (admitted, not yet acknowledged) at its last
+    /// announcement; `None` when it advertises no load (an older member, or one with load
+    /// announcements off). Members re-announce at most once per `load_announce_interval_ms`,
+    /// so this lags the member by up to that interval.
+    pub load: Option<u32>,
     /// The direct protocol version it advertised (members of any version are listed).
     pub version: String,
     /// When it was first seen, ms since the Unix epoch.
@@ -211,6 +297,7 @@ impl PeerMap {
             peer.group = record.group;
             peer.addrs = record.addrs;
             peer.capacity = record.capacity;
+            peer.load = record.load;
             peer.version = record.version;
             peer.last_seen_ms = now_ms;
             return;
@@ -236,6 +323,7 @@ impl PeerMap {
                 group: record.group,
                 addrs: record.addrs,
                 capacity: record.capacity,
+                load: record.load,
                 version: record.version,
                 first_seen_ms: now_ms,
                 last_seen_ms: now_ms,
@@ -320,8 +408,54 @@ mod tests {
             topic: "sensors".to_string(),
             group: "g".to_string(),
             capacity: Some(64),
+            load: Some(0),
             version: PROTOCOL_VERSION.to_string(),
         }
+    }
+
+    /// What a browser resolves from a registration with these TXT properties.
+    fn resolved(props: &[(&str, String)]) -> Record {
+        let info = ServiceInfo::new(
+            SERVICE_TYPE,
+            "herald-test",
+            "herald-test.local.",
+            "10.0.0.1",
+            7000,
+            props,
+        )
+        .unwrap();
+        Record::of(&info.as_resolved_service())
+    }
+
+    #[test]
+    fn a_registration_with_a_load_is_read_with_it() {
+        let record = resolved(&properties("sensors", "g", 64, Some((3, 7))));
+        assert_eq!(record.load, Some(3));
+        assert_eq!(record.capacity, Some(64));
+        assert_eq!(
+            (record.topic.as_str(), record.group.as_str()),
+            ("sensors", "g")
+        );
+        assert_eq!(record.addrs, vec![SocketAddr::from(([10, 0, 0, 1], 7000))]);
+        assert!(record.compatible());
+    }
+
+    #[test]
+    fn a_registration_without_a_load_is_read_as_none() {
+        let record = resolved(&properties("sensors", "g", 64, None));
+        assert_eq!(record.load, None);
+        assert_eq!(record.capacity, Some(64));
+        assert!(record.compatible());
+    }
+
+    #[test]
+    fn a_load_that_is_not_a_number_is_read_as_none() {
+        let mut props = properties("sensors", "g", 64, None);
+        props.push(("load", "many".to_string()));
+        assert_eq!(resolved(&props).load, None);
+        let mut props = properties("sensors", "g", 64, None);
+        props.push(("load", "-1".to_string()));
+        assert_eq!(resolved(&props).load, None);
     }
 
     #[test]
@@ -343,10 +477,12 @@ mod tests {
         map.seen(record("a"), 1);
         let mut moved = record("a");
         moved.capacity = Some(8);
+        moved.load = Some(5);
         map.seen(moved, 5);
         let peers = map.snapshot();
         assert_eq!(peers.len(), 1);
         assert_eq!(peers[0].capacity, Some(8));
+        assert_eq!(peers[0].load, Some(5));
         assert_eq!((peers[0].first_seen_ms, peers[0].last_seen_ms), (1, 5));
         map.removed(&record("a").fullname);
         assert!(map.snapshot().is_empty());

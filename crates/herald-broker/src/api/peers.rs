@@ -25,6 +25,9 @@ pub struct PeerView {
     pub addresses: Vec<String>,
     /// Events it takes in flight, as it advertised; `None` when it advertised none.
     pub capacity: Option<u32>,
+    /// Events it had in flight (admitted, not yet acknowledged) when it last announced its
+    /// load; `None` when it announces none (load announcements off, or an older member).
+    pub load: Option<u32>,
     /// The direct protocol version it advertised.
     pub protocol_version: String,
     /// When it was first seen, ms since the Unix epoch.
@@ -65,4 +68,48 @@ pub(crate) async fn list(State(state): State<ApiState>) -> Response {
         }
     };
     Json(body).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn view(load: Option<u32>) -> PeerView {
+        PeerView {
+            instance: "herald-1._herald._tcp.local.".to_string(),
+            topic: "sensors".to_string(),
+            group: "g".to_string(),
+            addresses: vec!["10.0.0.1:7400".to_string()],
+            capacity: Some(64),
+            load,
+            protocol_version: "1".to_string(),
+            first_seen_ms: 1,
+            last_seen_ms: 2,
+        }
+    }
+
+    #[test]
+    fn a_peer_is_shown_with_its_load_or_a_null_one() {
+        let shown = serde_json::to_value(view(Some(3))).unwrap();
+        assert_eq!(shown["load"], 3);
+        assert_eq!(shown["capacity"], 64);
+        // Present and null, not left out, so a client tells "announces none" from a typo.
+        let shown = serde_json::to_value(view(None)).unwrap();
+        assert!(shown.as_object().unwrap().contains_key("load"), "{shown}");
+        assert!(shown["load"].is_null(), "{shown}");
+    }
+
+    #[test]
+    fn the_openapi_document_describes_every_field_of_a_peer() {
+        let document: serde_json::Value = serde_json::from_str(super::super::OPENAPI_JSON).unwrap();
+        let schema = &document["paths"]["/api/v1/peers"]["get"]["responses"]["200"]["content"]["application/json"]
+            ["schema"]["properties"]["peers"]["items"]["properties"];
+        let mut documented: Vec<&String> = schema.as_object().unwrap().keys().collect();
+        documented.sort();
+        let shown = serde_json::to_value(view(Some(3))).unwrap();
+        let mut served: Vec<&String> = shown.as_object().unwrap().keys().collect();
+        served.sort();
+        assert_eq!(documented, served);
+    }
 }

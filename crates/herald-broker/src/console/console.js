@@ -380,6 +380,16 @@ pages.group = () => {
   });
 };
 
+// A member's load out of its capacity, "3 / 64", with a bar when both are known.
+function load(value, capacity) {
+  const known = (n) => n == null ? "–" : Number(n).toLocaleString("en");
+  const cell = el("td", { class: "num load" }, known(value) + " / " + known(capacity));
+  if (value != null && capacity != null && capacity > 0) {
+    cell.append(el("meter", { min: "0", max: String(capacity), value: String(Math.min(value, capacity)) }));
+  }
+  return cell;
+}
+
 pages.peers = () => live(async () => {
   const { browsing, reason, peers } = await api("/api/v1/peers");
   const off = document.getElementById("peers-off");
@@ -390,7 +400,7 @@ pages.peers = () => live(async () => {
   fill("peers", peers.map((p) => el("tr", { "data-instance": p.instance },
     el("td", {}, p.topic), el("td", {}, p.group),
     el("td", {}, ...p.addresses.flatMap((a, i) => i ? [el("br"), a] : [a])),
-    num(p.capacity), el("td", { class: "num" }, p.protocol_version),
+    load(p.load, p.capacity), el("td", { class: "num" }, p.protocol_version),
     el("td", { title: new Date(p.last_seen_ms).toISOString() },
       duration(Math.max(0, now - p.last_seen_ms)) + " ago"))));
 });

@@ -182,11 +182,12 @@ async fn group(State(state): State<ApiState>, Path(group): Path<String>) -> Resp
 
 async fn peers(State(state): State<ApiState>) -> Response {
     let main = "data-page=\"peers\"><h1>Peers</h1>\
-<p>Brokerless members this broker sees on the LAN by mDNS, read only. Members advertise their \
-capacity (events in flight), not their load.</p>\
+<p>Brokerless members this broker sees on the LAN by mDNS, read only. Load is the events a member \
+has in flight out of its capacity, as it last announced them: members re-announce a changed load \
+every few seconds at most, and older members announce none.</p>\
 <p class=\"message\" id=\"peers-off\" hidden></p>\
 <div class=\"scroll\"><table id=\"peers\"><thead><tr><th>Topic</th><th>Group</th><th>Addresses</th>\
-<th class=\"num\">Capacity</th><th class=\"num\">Version</th><th>Last seen</th></tr></thead><tbody></tbody></table></div>\
+<th class=\"num\">Load / capacity</th><th class=\"num\">Version</th><th>Last seen</th></tr></thead><tbody></tbody></table></div>\
 <p class=\"message\" id=\"peers-empty\" hidden>No members seen yet.</p>";
     page(&state, "Peers", "/peers", main)
 }

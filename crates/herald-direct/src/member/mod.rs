@@ -25,7 +25,7 @@ use crate::event::system_to_unix_ms;
 use crate::event::{Handler, Mode, Received};
 use crate::frame::{self, Frame, NackReason};
 use crate::handshake::{GroupKey, HANDSHAKE_TIMEOUT_MS_DEFAULT};
-use crate::mdns::Advertisement;
+use crate::mdns::{Advertisement, LOAD_ANNOUNCE_INTERVAL_MS_MIN};
 use crate::seal::{self, DatagramKey, Replay, ReplayGuard};
 use crate::tls::MemberTls;
 use crate::window::{DedupWindow, GapCounter};
@@ -40,6 +40,10 @@ pub const DATAGRAM_PAYLOAD_BYTES_MAX_DEFAULT: usize = 1472;
 
 /// Default largest age of a sealed datagram (see [`MemberConfig::datagram_age_ms_max`]).
 pub const DATAGRAM_AGE_MS_MAX_DEFAULT: u64 = 30_000;
+
+/// Default shortest time between two mDNS announcements of a member's load (see
+/// [`MemberConfig::load_announce_interval_ms`]).
+pub const LOAD_ANNOUNCE_INTERVAL_MS_DEFAULT: u64 = 5_000;
 
 /// How a member is set up.
 #[derive(Debug, Clone)]
@@ -68,6 +72,11 @@ pub struct MemberConfig {
     pub shutdown_drain_ms: u64,
     /// Announce the member with mDNS-SD (`_herald._tcp.local.`).
     pub mdns: bool,
+    /// With `mdns`, the member advertises its load (events admitted and not yet acknowledged)
+    /// in a `load` TXT property and re-announces it when it changed, at most once per this
+    /// many milliseconds. 0 turns load announcements off (no `load` property at all); otherwise
+    /// at least [`LOAD_ANNOUNCE_INTERVAL_MS_MIN`].
+    pub load_announce_interval_ms: u64,
     /// The topic's datagram keys. When there is any, only sealed datagrams whose tag checks
     /// with one of them are delivered (several keys allow a rotation); every other datagram is
     /// counted as rejected. Empty: datagrams are taken unsealed, as version 1 sends them.
@@ -103,6 +112,7 @@ impl MemberConfig {
             drop_every_nth_datagram: None,
             shutdown_drain_ms: 5_000,
             mdns: false,
+            load_announce_interval_ms: LOAD_ANNOUNCE_INTERVAL_MS_DEFAULT,
             datagram_keys: Vec::new(),
             datagram_age_ms_max: DATAGRAM_AGE_MS_MAX_DEFAULT,
             group_key: None,
@@ -173,6 +183,12 @@ struct Shared {
     state: Mutex<State>,
     datagrams_seen: AtomicU64,
     idle: tokio::sync::Notify,
+    /// Whether the member announces its load: only then do admissions and completions signal
+    /// `load_changed`.
+    announces_load: bool,
+    /// Signalled when the count of events in flight moved; holds one permit while nobody waits,
+    /// so the announcing task sees every change made during its pause.
+    load_changed: tokio::sync::Notify,
 }
 
 /// A running member. Dropping it without [`Member::shutdown`] stops it abruptly (like a crash).
@@ -182,7 +198,10 @@ pub struct Member {
     shutdown_tx: watch::Sender<bool>,
     tasks: Mutex<JoinSet<()>>,
     connections: Arc<Mutex<JoinSet<()>>>,
-    advertisement: Mutex<Option<Advertisement>>,
+    /// Shared with the load announcing task, which re-registers under this lock: taking the
+    /// advertisement out (shutdown) therefore waits for an announcement being made, and no
+    /// announcement follows the goodbye.
+    advertisement: Arc<Mutex<Option<Advertisement>>>,
 }
 
 impl Member {
@@ -201,6 +220,13 @@ impl Member {
                 "topic must be 1..=255 bytes, group at most 255".into(),
             ));
         }
+        if config.load_announce_interval_ms != 0
+            && config.load_announce_interval_ms < LOAD_ANNOUNCE_INTERVAL_MS_MIN
+        {
+            return Err(MemberStartError::Config(format!(
+                "load_announce_interval_ms must be 0 (off) or at least {LOAD_ANNOUNCE_INTERVAL_MS_MIN}"
+            )));
+        }
         let (listener, udp) = bind_pair(config.bind).await?;
         let local_addr = listener
             .local_addr()
@@ -209,6 +235,7 @@ impl Member {
                 source,
             })?;
         let member_id = uuid::Uuid::new_v4().as_u128();
+        let announces_load = config.mdns && config.load_announce_interval_ms > 0;
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 dedup: DedupWindow::new(config.dedup_window_events),
@@ -223,6 +250,8 @@ impl Member {
             handler,
             datagrams_seen: AtomicU64::new(0),
             idle: tokio::sync::Notify::new(),
+            announces_load,
+            load_changed: tokio::sync::Notify::new(),
         });
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let connections = Arc::new(Mutex::new(JoinSet::new()));
@@ -242,12 +271,17 @@ impl Member {
                     &shared.config.topic,
                     &shared.config.group,
                     shared.config.capacity,
+                    announces_load.then_some(0),
                 )
                 .map_err(|e| MemberStartError::Mdns(e.to_string()))?,
             )
         } else {
             None
         };
+        let advertisement = Arc::new(Mutex::new(advertisement));
+        if announces_load {
+            tasks.spawn(announce_load_loop(shared.clone(), advertisement.clone()));
+        }
         tracing::info!(
             addr = %local_addr,
             topic = %shared.config.topic,
@@ -261,7 +295,7 @@ impl Member {
             shutdown_tx,
             tasks: Mutex::new(tasks),
             connections,
-            advertisement: Mutex::new(advertisement),
+            advertisement,
         })
     }
 
@@ -305,7 +339,9 @@ impl Member {
     /// `shutdown_drain_ms`), unregisters from mDNS, sends goodbye on every connection and closes.
     pub async fn shutdown(self) -> MemberStats {
         self.shared.state.lock().shutting_down = true;
-        if let Some(ad) = self.advertisement.lock().take() {
+        // Taken under the lock the announcing task re-registers with, so none follows the goodbye.
+        let advertisement = self.advertisement.lock().take();
+        if let Some(ad) = advertisement {
             ad.unregister();
         }
         let drain_deadline = tokio::time::Instant::now()
@@ -427,6 +463,10 @@ fn admit(shared: &Shared, id: u128, dedup: bool) -> Admit {
     state.stats.in_flight += 1;
     debug_assert_eq!(state.stats.in_flight as usize, state.in_progress.len());
     state.stats.in_flight_max = state.stats.in_flight_max.max(state.stats.in_flight);
+    drop(state);
+    if shared.announces_load {
+        shared.load_changed.notify_one();
+    }
     Admit::Run
 }
 
@@ -448,8 +488,48 @@ fn finish(shared: &Shared, id: u128, handled: bool, request: bool) {
     }
     let idle = state.stats.in_flight == 0;
     drop(state);
+    if shared.announces_load {
+        shared.load_changed.notify_one();
+    }
     if idle {
         shared.idle.notify_waiters();
+    }
+}
+
+/// Re-announces the member's load over mDNS when it changed, until the member stops (the task
+/// is in the member's task set) or its advertisement is taken for the goodbye.
+///
+/// The mDNS traffic this adds is bounded whatever the event rate: after every wake-up the task
+/// pauses for `load_announce_interval_ms` (at least [`LOAD_ANNOUNCE_INTERVAL_MS_MIN`]), so it
+/// re-registers at most once per interval, and each re-registration is two multicast responses
+/// per interface and address family (the announcement and its repeat a second later), a few
+/// hundred bytes each: at most 0.4 packets a second per interface at the 5 s default, 0.8 at
+/// the 2.5 s minimum. An idle
+/// member costs nothing: the task sleeps on `load_changed` and nothing signals it, and a load
+/// that came back to the value last announced is not announced again.
+async fn announce_load_loop(shared: Arc<Shared>, advertisement: Arc<Mutex<Option<Advertisement>>>) {
+    let pause = Duration::from_millis(shared.config.load_announce_interval_ms);
+    // The registration advertised 0.
+    let mut announced = 0u32;
+    loop {
+        shared.load_changed.notified().await;
+        let load = shared.state.lock().stats.in_flight;
+        if load != announced {
+            let mut guard = advertisement.lock();
+            let Some(ad) = guard.as_mut() else {
+                return;
+            };
+            match ad.announce_load(load) {
+                Ok(()) => announced = load,
+                Err(error) => {
+                    // The daemon's command queue was full: try again after the pause, changed
+                    // or not, so the announced load does not stay stale.
+                    tracing::debug!(%error, load, "could not re-announce the load");
+                    shared.load_changed.notify_one();
+                }
+            }
+        }
+        tokio::time::sleep(pause).await;
     }
 }
 

@@ -1,4 +1,5 @@
-//! In-process tests of herald-direct: several members on 127.0.0.1 ports and a publisher.
+//! In-process tests of herald-direct: several members on 127.0.0.1 ports and a publisher, and
+//! mDNS discovery in a network namespace of the test's own.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod acks;
@@ -6,6 +7,7 @@ mod capacity;
 mod datagram;
 mod datagram_security;
 mod delivery;
+mod discovery;
 mod group_key;
 mod harness;
 mod membership;

@@ -1,5 +1,5 @@
 //! mDNS-SD discovery between two processes in two network namespaces joined by a veth pair:
-//! a publisher finding a member, and a broker's `/api/v1/peers` listing one.
+//! a publisher finding a member, and a broker's `/api/v1/peers` listing one with its load.
 
 use std::process::Command;
 use std::time::Duration;
@@ -21,8 +21,11 @@ struct NetnsPair {
 
 impl NetnsPair {
     fn create() -> Result<NetnsPair, String> {
+        // Names unique per pair, not only per process: the tests of one binary run at once.
+        static PAIRS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = PAIRS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 10;
         let id = std::process::id() % 100_000;
-        let (a, b) = (format!("hdm{id}a"), format!("hdm{id}b"));
+        let (a, b) = (format!("hdm{id}{n}a"), format!("hdm{id}{n}b"));
         if !ip(&["netns", "add", &a]) {
             return Err("cannot create network namespaces (needs root and `ip`)".into());
         }
@@ -30,7 +33,7 @@ impl NetnsPair {
         if !ip(&["netns", "add", &pair.b]) {
             return Err("cannot create a second network namespace".into());
         }
-        let (va, vb) = (format!("vd{id}a"), format!("vd{id}b"));
+        let (va, vb) = (format!("vd{id}{n}a"), format!("vd{id}{n}b"));
         let subnet = 10 + id % 200;
         let ok = ip(&[
             "link", "add", &va, "netns", &pair.a, "type", "veth", "peer", "name", &vb, "netns",
@@ -152,7 +155,7 @@ fn get_in(ns: &str, addr: &str, path: &str) -> Option<String> {
 }
 
 #[test]
-fn a_broker_lists_a_member_it_sees_by_mdns_until_it_leaves() {
+fn a_broker_lists_a_member_it_sees_by_mdns_with_its_load_until_it_leaves() {
     let pair = match NetnsPair::create() {
         Ok(pair) => pair,
         Err(reason) => {
@@ -189,23 +192,40 @@ fn a_broker_lists_a_member_it_sees_by_mdns_until_it_leaves() {
     assert_eq!(peers().unwrap()["browsing"], true, "{:?}", peers());
 
     let bind = format!("{}:7400", pair.addr(2));
+    // Each event takes this long, so the events published below stay in flight long enough for
+    // the member's load announcement (at most one per 5 s by default) to reach the broker.
+    let delay_ms = "20000";
     let (mut member, _) = Proc::member_with(
         &["ip", "netns", "exec", &pair.b],
         &[
-            "peer", "listen", "--topic", "sensors", "--group", "g", "--bind", &bind, "--mdns",
-            "--output", "json",
+            "peer",
+            "listen",
+            "--topic",
+            "sensors",
+            "--group",
+            "g",
+            "--bind",
+            &bind,
+            "--mdns",
+            "--delay-ms",
+            delay_ms,
+            "--output",
+            "json",
         ],
     );
-    let listed = |view: &serde_json::Value| {
-        view["peers"].as_array().is_some_and(|peers| {
-            peers.iter().any(|peer| {
-                peer["topic"] == "sensors"
-                    && peer["group"] == "g"
-                    && peer["addresses"]
-                        .as_array()
-                        .is_some_and(|addrs| addrs.iter().any(|a| a == bind.as_str()))
-            })
+    let ours = |view: &serde_json::Value| -> Option<serde_json::Value> {
+        view["peers"].as_array()?.iter().find_map(|peer| {
+            let ours = peer["topic"] == "sensors"
+                && peer["group"] == "g"
+                && peer["addresses"]
+                    .as_array()
+                    .is_some_and(|addrs| addrs.iter().any(|a| a == bind.as_str()));
+            ours.then(|| peer.clone())
         })
+    };
+    let listed = |view: &serde_json::Value| ours(view).is_some();
+    let with_load = |view: &serde_json::Value, load: u64| {
+        ours(view).is_some_and(|peer| peer["load"].as_u64() == Some(load))
     };
     // mDNS queries are repeated at 1, 2, 4, 8 ... s, so a lost first exchange costs seconds.
     let mut last = None;
@@ -214,9 +234,53 @@ fn a_broker_lists_a_member_it_sees_by_mdns_until_it_leaves() {
         last.as_ref().is_some_and(listed)
     });
     assert!(seen, "the member was never listed; last answer: {last:?}");
-    let peer = last.clone().unwrap()["peers"][0].clone();
+    let peer = ours(last.as_ref().unwrap()).unwrap();
     assert!(peer["capacity"].as_u64().is_some_and(|c| c > 0), "{peer}");
     assert!(peer["protocol_version"].as_str().is_some(), "{peer}");
+    // Idle so far: it announced no event in flight.
+    assert_eq!(peer["load"], 0, "{peer}");
+
+    // Three events held by the member's handler show as its load, then 0 once acknowledged.
+    let mut publisher = Proc::spawn_with(
+        &["ip", "netns", "exec", &pair.b],
+        &[
+            "peer",
+            "publish",
+            "--topic",
+            "sensors",
+            "--peers",
+            &bind,
+            "--timeout-ms",
+            "60000",
+            "--output",
+            "json",
+        ],
+    );
+    publisher.write_lines(["a", "b", "c"].map(String::from));
+    publisher.close_stdin();
+    let loaded = super::harness::poll(Duration::from_secs(15), || {
+        last = peers();
+        last.as_ref().is_some_and(|view| with_load(view, 3))
+    });
+    assert!(
+        loaded,
+        "the member was never listed with load 3; last answer: {last:?}\nmember:\n{}",
+        member.stderr_text()
+    );
+    assert_eq!(
+        publisher.wait_exit(Duration::from_secs(60)),
+        0,
+        "publisher:\n{}",
+        publisher.stderr_text()
+    );
+    let idle = super::harness::poll(Duration::from_secs(20), || {
+        last = peers();
+        last.as_ref().is_some_and(|view| with_load(view, 0))
+    });
+    assert!(
+        idle,
+        "the member's load never went back to 0; last answer: {last:?}"
+    );
 
     // Stopping the member sends its mDNS goodbye, which takes it off the list.
     member.terminate_for_summary();
