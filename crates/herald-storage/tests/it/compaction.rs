@@ -13,10 +13,10 @@ use herald_storage::{
     build_keyed_batch, decode_records,
 };
 
-const T0: i64 = 1_700_000_000_000;
-const HOUR_MS: u64 = 3_600_000;
+pub(crate) const T0: i64 = 1_700_000_000_000;
+pub(crate) const HOUR_MS: u64 = 3_600_000;
 
-fn compacted(segment_bytes: u64) -> LogConfig {
+pub(crate) fn compacted(segment_bytes: u64) -> LogConfig {
     LogConfig {
         segment_bytes,
         segment_ms: HOUR_MS,
@@ -28,7 +28,7 @@ fn compacted(segment_bytes: u64) -> LogConfig {
 }
 
 /// Appends one batch of `(key, value)` updates (`None` value: a tombstone).
-fn put(
+pub(crate) fn put(
     log: &PartitionLog,
     ts: i64,
     records: &[(String, Option<String>)],
@@ -42,7 +42,7 @@ fn put(
 }
 
 /// Every record from the log start to the end.
-fn read_all(log: &PartitionLog) -> Vec<StoredRecord> {
+pub(crate) fn read_all(log: &PartitionLog) -> Vec<StoredRecord> {
     let mut out = Vec::new();
     let mut offset = log.offsets().log_start;
     let end = log.offsets().high_watermark;
@@ -79,7 +79,7 @@ fn last_offset_of(mut batches: &[u8]) -> u64 {
 }
 
 /// The latest value per key in `records` (tombstones as `None`).
-fn latest(records: &[StoredRecord]) -> BTreeMap<Vec<u8>, Option<Vec<u8>>> {
+pub(crate) fn latest(records: &[StoredRecord]) -> BTreeMap<Vec<u8>, Option<Vec<u8>>> {
     let mut out = BTreeMap::new();
     for r in records {
         out.insert(r.key.clone().unwrap(), r.value.clone());
@@ -88,12 +88,12 @@ fn latest(records: &[StoredRecord]) -> BTreeMap<Vec<u8>, Option<Vec<u8>>> {
 }
 
 /// Rolls the active segment by moving the clock past `segment_ms`.
-fn roll(log: &PartitionLog, clock: &ManualClock) {
+pub(crate) fn roll(log: &PartitionLog, clock: &ManualClock) {
     clock.advance_ms(HOUR_MS as i64 + 1);
     assert!(log.maintain().unwrap().rolled);
 }
 
-fn clean_all(log: &PartitionLog, buffer: u64) -> usize {
+pub(crate) fn clean_all(log: &PartitionLog, buffer: u64) -> usize {
     let throttle = Throttle::new(None);
     let mut passes = 0;
     loop {
@@ -269,28 +269,6 @@ fn the_active_segment_and_young_segments_are_never_cleaned() {
     assert!(out.swapped);
     assert_eq!(out.records_removed, 9);
     assert_eq!(read_all(&log).len(), 1);
-}
-
-#[test]
-fn transactional_and_control_batches_are_kept_untouched() {
-    let fs = SimFs::default();
-    fs.clock().set_ms(T0);
-    let log = PartitionLog::open_with(Path::new("/t"), compacted(1 << 20), fs.env()).unwrap();
-    let mut txn = build_keyed_batch(T0, &[(Some(b"k"), Some(b"txn"))], None);
-    // Mark it transactional (attributes bit 4) and fix its CRC.
-    txn[22] |= 0x10;
-    let crc = crc32c::crc32c(&txn[21..]);
-    txn[17..21].copy_from_slice(&crc.to_be_bytes());
-    log.append(&txn).unwrap();
-    put(&log, T0, &[("k".into(), Some("plain".into()))], None);
-    put(&log, T0, &[("k".into(), Some("latest".into()))], None);
-    roll(&log, fs.clock());
-    clean_all(&log, DEFAULT_DEDUPE_BUFFER_BYTES);
-    let values: Vec<_> = read_all(&log)
-        .into_iter()
-        .map(|r| r.value.unwrap())
-        .collect();
-    assert_eq!(values, vec![b"txn".to_vec(), b"latest".to_vec()]);
 }
 
 #[test]
