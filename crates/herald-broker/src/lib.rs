@@ -507,6 +507,11 @@ async fn maintenance_loop(core: Arc<Core>) {
                 warn!(%error, "could not re-read the ACLs; keeping the ones loaded");
             }
             let deleted = core.topics.maintain_all(retention);
+            if retention {
+                if let Err(error) = core.transactions.prune_aborted(&core.topics) {
+                    warn!(%error, "cannot prune the aborted transactions listed below log starts");
+                }
+            }
             Counters::add(&core.counters.retention_segments_deleted, deleted);
             Counters::add(&core.counters.maintenance_passes, 1);
             if trim {
@@ -541,6 +546,7 @@ async fn cleaner_loop(core: Arc<Core>) {
                 pass_core.config.cleaner_dedupe_buffer_bytes,
                 &pass_throttle,
                 &pass_core.counters,
+                &pass_core.transactions,
             )
         })
         .await;

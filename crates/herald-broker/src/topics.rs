@@ -15,7 +15,7 @@ use herald_storage::{AppendError, AppendInfo, Env, LogConfig, OpenError, Partiti
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::BrokerConfig;
@@ -955,16 +955,33 @@ impl Topics {
 
     /// One log cleaner pass on the compacted partition most in need of it (due, and the
     /// dirtiest by ratio); `false` when none is due. Counts what it did.
+    ///
+    /// A pass cleans only below the partition's last stable offset's bound, so nothing of an
+    /// open transaction is cleaned, and keeps the abort markers of the aborted transactions
+    /// read_committed consumers are still told of; those it reports without a record left
+    /// are no longer listed afterwards, which lets a later pass drop their markers.
     pub(crate) fn clean_dirtiest(
         &self,
         dedupe_buffer_bytes: u64,
         throttle: &herald_storage::Throttle,
         counters: &crate::stats::Counters,
+        transactions: &crate::txn::Transactions,
     ) -> bool {
+        // The log end is read before the coordinator is asked, so a transaction that opens
+        // in between starts at or above it.
+        let stable_bound = |topic: &Topic, partition: &Partition| {
+            let end = partition.log.offsets().high_watermark;
+            transactions
+                .first_unstable(&topic.name, partition.index)
+                .map_or(end, |first| first.min(end))
+        };
         let mut best: Option<(u64, Arc<Topic>, Arc<Partition>)> = None;
         for topic in self.list() {
             for partition in topic.loaded_partitions() {
-                let Some(c) = partition.log.cleanable() else {
+                let Some(c) = partition
+                    .log
+                    .cleanable_below(stable_bound(&topic, &partition))
+                else {
                     continue;
                 };
                 let ratio = c.dirty_ratio_ppm();
@@ -976,11 +993,39 @@ impl Topics {
         let Some((_, topic, partition)) = best else {
             return false;
         };
+        let below = stable_bound(&topic, &partition);
+        let listed = transactions.listed_abort_markers(&topic.name, partition.index);
+        let abort_listed = |producer_id: i64, offset: u64| listed.contains(&(producer_id, offset));
+        let bounds = herald_storage::CleanBounds {
+            below,
+            abort_listed: &abort_listed,
+        };
         use crate::stats::Counters as C;
-        match partition.log.clean(dedupe_buffer_bytes, throttle) {
+        match partition
+            .log
+            .clean_below(dedupe_buffer_bytes, throttle, &bounds)
+        {
             Ok(out) => {
                 C::add(&counters.cleaner_bytes_read, out.bytes_read);
+                if out.held_back {
+                    debug!(
+                        topic = %topic.name,
+                        partition = partition.index,
+                        cleaned_to = out.cleaned_to,
+                        "log cleaner held back by a transaction whose marker is not in a cleanable segment yet"
+                    );
+                }
                 if out.swapped {
+                    // Unlisted before the pass is counted, so a counted pass is a finished one.
+                    let log_start = partition.log.offsets().log_start;
+                    if let Err(error) = transactions.forget_aborted(
+                        &topic.name,
+                        partition.index,
+                        log_start,
+                        &out.abort_markers_without_data,
+                    ) {
+                        warn!(topic = %topic.name, partition = partition.index, %error, "cannot record the aborted transactions no longer listed; their markers stay");
+                    }
                     C::add(&counters.cleaner_passes, 1);
                     C::add(
                         &counters.cleaner_bytes_reclaimed,
@@ -993,6 +1038,7 @@ impl Topics {
                         bytes_before = out.bytes_before,
                         bytes_after = out.bytes_after,
                         records_removed = out.records_removed,
+                        markers_removed = out.markers_removed,
                         cleaned_to = out.cleaned_to,
                         "log cleaner pass"
                     );

@@ -161,6 +161,24 @@ impl BatchFault {
 
 /// Checks one batch at the start of `buf` and returns its header. `buf` may hold more after it.
 pub(crate) fn check_batch(buf: &[u8], batch_bytes_max: usize) -> Result<BatchHeader, BatchFault> {
+    check_batch_counting(buf, batch_bytes_max, true)
+}
+
+/// [`check_batch`] for a batch the log cleaner may have rewritten: it keeps the batch's last
+/// offset delta and drops records, so its records count may be anything from 0 (a producer's
+/// last batch kept for its sequence numbers) to `lastOffsetDelta + 1`.
+pub(crate) fn check_cleaned_batch(
+    buf: &[u8],
+    batch_bytes_max: usize,
+) -> Result<BatchHeader, BatchFault> {
+    check_batch_counting(buf, batch_bytes_max, false)
+}
+
+fn check_batch_counting(
+    buf: &[u8],
+    batch_bytes_max: usize,
+    exact_count: bool,
+) -> Result<BatchHeader, BatchFault> {
     if buf.len() < LOG_OVERHEAD_BYTES {
         return Err(BatchFault::Truncated);
     }
@@ -179,10 +197,14 @@ pub(crate) fn check_batch(buf: &[u8], batch_bytes_max: usize) -> Result<BatchHea
         return Err(BatchFault::BadCrc);
     }
     let header = parse_header(batch).ok_or(BatchFault::Truncated)?;
-    if header.records_count < 1
-        || header.last_offset_delta < 0
-        || i64::from(header.last_offset_delta) + 1 != i64::from(header.records_count)
-    {
+    let full = i64::from(header.last_offset_delta) + 1;
+    let count = i64::from(header.records_count);
+    let count_ok = if exact_count {
+        count == full
+    } else {
+        (0..=full).contains(&count)
+    };
+    if header.last_offset_delta < 0 || !count_ok {
         return Err(BatchFault::BadRecordCount);
     }
     if header.attributes & COMPRESSION_MASK > 4 {
@@ -503,6 +525,46 @@ pub(crate) fn with_records(
     Ok(out)
 }
 
+/// `batch` without its records: the header alone, records count 0, uncompressed (an empty
+/// record set needs no codec), CRC computed again. The cleaner keeps this in place of a
+/// producer's last batch when every record of it goes, so the producer's sequence numbers
+/// and epoch can still be rebuilt from the log (Kafka keeps such empty batches too).
+pub(crate) fn emptied(batch: &[u8], h: &BatchHeader) -> Vec<u8> {
+    let mut out = batch[..BATCH_HEADER_BYTES].to_vec();
+    let length = (BATCH_HEADER_BYTES - LOG_OVERHEAD_BYTES) as i32;
+    out[8..12].copy_from_slice(&length.to_be_bytes());
+    let attributes = h.attributes & !COMPRESSION_MASK;
+    out[21..23].copy_from_slice(&attributes.to_be_bytes());
+    out[57..61].copy_from_slice(&0i32.to_be_bytes());
+    let crc = crc32c::crc32c(&out[CRC_START..]);
+    out[17..21].copy_from_slice(&crc.to_be_bytes());
+    out
+}
+
+/// What a transaction marker says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Marker {
+    Abort,
+    Commit,
+}
+
+/// The marker a control batch holds, from its record's key (version i16, type i16: 0 abort,
+/// 1 commit); `None` for a batch that is not a transaction marker (not a control batch, an
+/// undecodable one, or another control type).
+pub(crate) fn marker(batch: &[u8], h: &BatchHeader) -> Option<Marker> {
+    if h.attributes & CONTROL_BIT == 0 || h.records_count < 1 {
+        return None;
+    }
+    let records = crate::records::uncompressed_records(batch, h).ok()?;
+    let first = crate::records::parse_records(&records, 1).ok()?;
+    let (start, end) = first.first()?.key?;
+    match records.get(start..end)? {
+        [_, _, 0, 0] => Some(Marker::Abort),
+        [_, _, 0, 1] => Some(Marker::Commit),
+        _ => None,
+    }
+}
+
 fn put_varlong(out: &mut Vec<u8>, v: i64) {
     let mut z = ((v << 1) ^ (v >> 63)) as u64;
     loop {
@@ -548,6 +610,48 @@ mod tests {
         assert!(!crate::producer::is_idempotent(&h));
         // The record's key says commit (type 1) after its 8 bytes of framing.
         assert_ne!(b, build_control_batch(9, 3, false, 0, 1_000));
+    }
+
+    #[test]
+    fn markers_are_read_from_the_control_record_key() {
+        for (commit, want) in [(true, Marker::Commit), (false, Marker::Abort)] {
+            let b = build_control_batch(9, 3, commit, 0, 1_000);
+            let h = check_batch(&b, 1 << 20).unwrap();
+            assert_eq!(marker(&b, &h), Some(want));
+        }
+        let data = build_batch(1, &[0], &[b"x"], None);
+        let h = check_batch(&data, 1 << 20).unwrap();
+        assert_eq!(marker(&data, &h), None);
+    }
+
+    #[test]
+    fn an_emptied_batch_keeps_its_header_and_passes_only_the_cleaned_check() {
+        let mut b = build_batch(1000, &[0, 5, 9], &[b"a", b"bc", b"d"], Some((7, 1, 3)));
+        assign_offset(&mut b, 42);
+        let h = check_batch(&b, 1 << 20).unwrap();
+        let e = emptied(&b, &h);
+        assert_eq!(e.len(), BATCH_HEADER_BYTES);
+        assert!(matches!(
+            check_batch(&e, 1 << 20),
+            Err(BatchFault::BadRecordCount)
+        ));
+        let eh = check_cleaned_batch(&e, 1 << 20).unwrap();
+        assert_eq!(eh.records_count, 0);
+        assert_eq!(
+            (
+                eh.base_offset,
+                eh.last_offset(),
+                eh.base_sequence,
+                eh.producer_id
+            ),
+            (42, 44, 3, 7)
+        );
+        // More records than the offsets cover is damage even for a cleaned batch.
+        let mut over = b.clone();
+        over[57..61].copy_from_slice(&4i32.to_be_bytes());
+        let crc = crc32c::crc32c(&over[CRC_START..]);
+        over[17..21].copy_from_slice(&crc.to_be_bytes());
+        assert!(check_cleaned_batch(&over, 1 << 20).is_err());
     }
 
     #[test]

@@ -41,7 +41,7 @@ pub use files::{
     DEFAULT_OPEN_FILES_MAX, FileCache, FileCacheStats, is_disk_full, is_open_files_limit,
 };
 pub use log::{
-    AppendInfo, CHECKPOINT_LAG_BYTES_MAX, CleanOutcome, Cleanable, DEFAULT_DEDUPE_BUFFER_BYTES,
-    KEY_MAP_ENTRY_BYTES, LogStats, MaintainOutcome, Offsets, PartitionLog, READ_BYTES_MAX,
-    ReadOutcome, Throttle,
+    AbortMarker, AppendInfo, CHECKPOINT_LAG_BYTES_MAX, CleanBounds, CleanOutcome, Cleanable,
+    DEFAULT_DEDUPE_BUFFER_BYTES, KEY_MAP_ENTRY_BYTES, LogStats, MaintainOutcome, Offsets,
+    PartitionLog, READ_BYTES_MAX, ReadOutcome, Throttle,
 };

@@ -354,7 +354,7 @@ impl Transactions {
                 if inner.finishing.contains(transactional_id) {
                     return Err(TxnError::Concurrent);
                 }
-                self.bump_epoch(&mut inner, transactional_id, allocate)?;
+                self.fence_epoch(&mut inner, transactional_id, allocate)?;
                 if let Some(txn) = inner.txns.get_mut(transactional_id) {
                     txn.state = TxnState::PrepareAbort;
                 }
@@ -364,6 +364,14 @@ impl Transactions {
                 drop(inner);
                 self.finish(topics, transactional_id, false)?;
                 inner = self.inner.lock();
+                // The abort may have taken the last epoch: the new producer gets a new id.
+                let exhausted = inner
+                    .txns
+                    .get(transactional_id)
+                    .is_some_and(|txn| txn.producer_epoch >= i16::MAX - 1);
+                if exhausted {
+                    self.bump_epoch(&mut inner, transactional_id, allocate)?;
+                }
             }
             _ => {
                 self.bump_epoch(&mut inner, transactional_id, allocate)?;
@@ -382,6 +390,26 @@ impl Transactions {
         inner.reindex(transactional_id);
         self.persist(&mut inner)?;
         Ok(answer)
+    }
+
+    /// The next epoch under the same producer id, to abort an open transaction: its markers
+    /// must carry the producer id of its records (a consumer and the log cleaner match them by
+    /// it). The epochs handed to producers stop below `i16::MAX` (see [`Self::bump_epoch`]),
+    /// which leaves this one spare; only if it is taken already does the id change.
+    fn fence_epoch(
+        &self,
+        inner: &mut Inner,
+        transactional_id: &str,
+        allocate: impl FnOnce() -> Result<i64, TxnError>,
+    ) -> Result<(), TxnError> {
+        let Some(txn) = inner.txns.get_mut(transactional_id) else {
+            return Ok(());
+        };
+        if txn.producer_epoch < i16::MAX {
+            txn.producer_epoch += 1;
+            return Ok(());
+        }
+        self.bump_epoch(inner, transactional_id, allocate)
     }
 
     /// The next epoch, or a new producer id at epoch 0 when the epochs run out.
@@ -772,7 +800,7 @@ impl Transactions {
                             .allocate()
                             .map_err(|error| TxnError::Storage(error.to_string()))
                     };
-                    if self.bump_epoch(&mut inner, &id, allocate).is_err() {
+                    if self.fence_epoch(&mut inner, &id, allocate).is_err() {
                         continue;
                     }
                     if let Some(txn) = inner.txns.get_mut(&id) {
@@ -829,6 +857,127 @@ impl Transactions {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// The abort markers (producer id, offset) of the aborted transactions listed on a
+    /// partition: the log cleaner keeps these markers (see [`Self::forget_aborted`]).
+    pub(crate) fn listed_abort_markers(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> std::collections::HashSet<(i64, u64)> {
+        let inner = self.inner.lock();
+        inner
+            .aborted
+            .get(&(topic.to_string(), partition))
+            .map(|ranges| {
+                ranges
+                    .iter()
+                    .map(|range| (range.producer_id, range.last_offset))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Stops listing a partition's aborted transactions that no read_committed consumer needs
+    /// any more: those wholly below the log start, and those the log cleaner found without a
+    /// record left (`without_data`, by their abort markers). A consumer told of an aborted
+    /// transaction skips that producer's transactional records until it reads the abort
+    /// marker, so the cleaner drops a marker only once it is no longer listed, and unlisting
+    /// is durable first: memory changes only after the file does.
+    pub(crate) fn forget_aborted(
+        &self,
+        topic: &str,
+        partition: i32,
+        log_start: u64,
+        without_data: &[herald_storage::AbortMarker],
+    ) -> Result<(), TxnError> {
+        let mut inner = self.inner.lock();
+        let key = (topic.to_string(), partition);
+        let Some(ranges) = inner.aborted.get(&key) else {
+            return Ok(());
+        };
+        let kept: Vec<AbortedTxn> = ranges
+            .iter()
+            .filter(|range| {
+                range.last_offset >= log_start
+                    && !without_data.iter().any(|m| {
+                        m.producer_id == range.producer_id && m.offset == range.last_offset
+                    })
+            })
+            .copied()
+            .collect();
+        if kept.len() == ranges.len() {
+            return Ok(());
+        }
+        let before = Self::replace_ranges(&mut inner, key.clone(), kept);
+        self.persist(&mut inner).inspect_err(|_| {
+            Self::replace_ranges(&mut inner, key, before);
+        })
+    }
+
+    /// Drops, at the log retention check, the aborted transactions listed for partitions that
+    /// no longer exist and those wholly below their partition's log start (DeleteRecords and
+    /// retention move it), so the list does not grow without bound.
+    pub(crate) fn prune_aborted(&self, topics: &Topics) -> Result<(), TxnError> {
+        let mut inner = self.inner.lock();
+        let mut pruned = HashMap::new();
+        for ((topic, partition), ranges) in &inner.aborted {
+            let log_start = match topics.get(topic) {
+                None => None,
+                Some(t) => match usize::try_from(*partition) {
+                    Ok(index) if index < t.partition_count() => {
+                        // A partition not opened yet keeps its list until it is.
+                        let Some(p) = t
+                            .loaded_partitions()
+                            .into_iter()
+                            .find(|p| p.index == *partition)
+                        else {
+                            continue;
+                        };
+                        Some(p.log.offsets().log_start)
+                    }
+                    _ => None,
+                },
+            };
+            let kept: Vec<AbortedTxn> = match log_start {
+                Some(start) => ranges
+                    .iter()
+                    .filter(|range| range.last_offset >= start)
+                    .copied()
+                    .collect(),
+                None => Vec::new(),
+            };
+            if kept.len() < ranges.len() {
+                pruned.insert((topic.clone(), *partition), kept);
+            }
+        }
+        if pruned.is_empty() {
+            return Ok(());
+        }
+        let mut before = Vec::new();
+        for (key, kept) in pruned {
+            before.push((key.clone(), Self::replace_ranges(&mut inner, key, kept)));
+        }
+        self.persist(&mut inner).inspect_err(|_| {
+            for (key, ranges) in before {
+                Self::replace_ranges(&mut inner, key, ranges);
+            }
+        })
+    }
+
+    /// Sets a partition's listed aborted transactions (none: the entry goes), returning the
+    /// previous ones.
+    fn replace_ranges(
+        inner: &mut Inner,
+        key: (String, i32),
+        ranges: Vec<AbortedTxn>,
+    ) -> Vec<AbortedTxn> {
+        if ranges.is_empty() {
+            inner.aborted.remove(&key).unwrap_or_default()
+        } else {
+            inner.aborted.insert(key, ranges).unwrap_or_default()
+        }
     }
 
     /// DescribeTransactions: the current transaction of each id, if the id is known.

@@ -185,3 +185,126 @@ fn bad_timeouts_and_unknown_partitions_are_refused() {
         Err(TxnError::ProducerIdMapping { .. })
     ));
 }
+
+/// Aborts one transaction of a fresh producer on `t`-0 and returns (producer id, marker offset).
+fn abort_one(f: &Fixture, txns: &Transactions, id: &str) -> (i64, u64) {
+    let (pid, epoch) = txns
+        .init_producer_id(&f.topics, &f.ids, id, 60_000, None)
+        .unwrap();
+    txns.add_partitions(&f.topics, id, pid, epoch, &[("t".into(), 0)])
+        .unwrap();
+    append(f, pid, epoch);
+    txns.end_prepare(id, pid, epoch, false).unwrap().unwrap();
+    txns.finish(&f.topics, id, false).unwrap();
+    let ranges = txns.aborted_between("t", 0, 0, u64::MAX);
+    let range = ranges.iter().find(|r| r.producer_id == pid).unwrap();
+    (pid, range.last_offset)
+}
+
+#[test]
+fn aborted_transactions_the_cleaner_left_without_records_are_no_longer_listed() {
+    let f = fixture();
+    let txns = Transactions::open(f.dir.path()).unwrap();
+    let (a, marker_a) = abort_one(&f, &txns, "a");
+    let (b, marker_b) = abort_one(&f, &txns, "b");
+    let listed = txns.listed_abort_markers("t", 0);
+    assert!(listed.contains(&(a, marker_a)) && listed.contains(&(b, marker_b)));
+    let gone = [herald_storage::AbortMarker {
+        producer_id: a,
+        offset: marker_a,
+    }];
+    txns.forget_aborted("t", 0, 0, &gone).unwrap();
+    let left = |txns: &Transactions| {
+        txns.aborted_between("t", 0, 0, u64::MAX)
+            .iter()
+            .map(|r| r.producer_id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(left(&txns), vec![b]);
+    // The change was durable before it took effect.
+    drop(txns);
+    let txns = Transactions::open(f.dir.path()).unwrap();
+    assert_eq!(left(&txns), vec![b]);
+    assert_eq!(
+        txns.listed_abort_markers("t", 0),
+        [(b, marker_b)].into_iter().collect()
+    );
+}
+
+#[test]
+fn aborted_transactions_below_the_log_start_or_of_deleted_partitions_are_pruned() {
+    let f = fixture();
+    f.topics.get_or_create("u").unwrap();
+    let txns = Transactions::open(f.dir.path()).unwrap();
+    let (first, first_marker) = abort_one(&f, &txns, "a");
+    let (second, _) = abort_one(&f, &txns, "b");
+    // A range on another topic, which is then deleted.
+    let (pid, epoch) = txns
+        .init_producer_id(&f.topics, &f.ids, "c", 60_000, None)
+        .unwrap();
+    txns.add_partitions(&f.topics, "c", pid, epoch, &[("u".into(), 0)])
+        .unwrap();
+    txns.end_prepare("c", pid, epoch, false).unwrap().unwrap();
+    txns.finish(&f.topics, "c", false).unwrap();
+    assert_eq!(txns.aborted_between("u", 0, 0, u64::MAX).len(), 1);
+    f.topics.delete("u").unwrap();
+
+    // Nothing is below the log start yet.
+    txns.prune_aborted(&f.topics).unwrap();
+    assert_eq!(txns.aborted_between("t", 0, 0, u64::MAX).len(), 2);
+    assert!(txns.aborted_between("u", 0, 0, u64::MAX).is_empty());
+    let partition = f.topics.get("t").unwrap().partition(0).unwrap();
+    partition
+        .log
+        .delete_records_before(first_marker + 1)
+        .unwrap();
+    txns.prune_aborted(&f.topics).unwrap();
+    let left: Vec<_> = txns
+        .aborted_between("t", 0, 0, u64::MAX)
+        .iter()
+        .map(|r| r.producer_id)
+        .collect();
+    assert_eq!(left, vec![second]);
+    assert_ne!(first, second);
+    drop(txns);
+    let txns = Transactions::open(f.dir.path()).unwrap();
+    assert_eq!(txns.aborted_between("t", 0, 0, u64::MAX).len(), 1);
+}
+
+#[test]
+fn a_transaction_fenced_on_its_last_epoch_is_aborted_under_its_own_producer_id() {
+    let f = fixture();
+    let txns = Transactions::open(f.dir.path()).unwrap();
+    let (pid, _) = txns
+        .init_producer_id(&f.topics, &f.ids, "app", 60_000, None)
+        .unwrap();
+    // The highest epoch a producer is given.
+    let epoch = i16::MAX - 1;
+    txns.inner
+        .lock()
+        .txns
+        .get_mut("app")
+        .unwrap()
+        .producer_epoch = epoch;
+    txns.add_partitions(&f.topics, "app", pid, epoch, &[("t".into(), 0)])
+        .unwrap();
+    append(&f, pid, epoch);
+    let (new_pid, new_epoch) = txns
+        .init_producer_id(&f.topics, &f.ids, "app", 60_000, None)
+        .unwrap();
+    // The abort marker carries the records' producer id, with the spare last epoch; the new
+    // producer gets a new id.
+    let aborted = txns.aborted_between("t", 0, 0, u64::MAX);
+    assert_eq!(aborted.len(), 1);
+    assert_eq!(aborted[0].producer_id, pid);
+    let partition = f.topics.get("t").unwrap().partition(0).unwrap();
+    let read = partition
+        .log
+        .read(aborted[0].last_offset, 1 << 20, true)
+        .unwrap();
+    let marker_pid = i64::from_be_bytes(read.batches[43..51].try_into().unwrap());
+    let marker_epoch = i16::from_be_bytes(read.batches[51..53].try_into().unwrap());
+    assert_eq!((marker_pid, marker_epoch), (pid, i16::MAX));
+    assert_ne!(new_pid, pid);
+    assert_eq!(new_epoch, 0);
+}

@@ -4,6 +4,7 @@
 
 mod admin;
 mod bad_input;
+mod compaction_transactions;
 mod decode;
 mod fetch_limits;
 mod group_assignors;

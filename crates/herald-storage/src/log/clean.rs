@@ -3,16 +3,27 @@
 //! crash at any point leaves either the old or the new segments (`docs/storage-format.md`,
 //! "Compaction").
 //!
-//! One pass ([`PartitionLog::clean`]): build a bounded map key-hash -> latest offset over the
-//! dirty part of the closed segments (from the cleaner checkpoint on, as far as the map holds),
-//! then rewrite every closed segment up to where the map stopped, keeping a record unless a
-//! later record of its key is in the map, or it is a tombstone older than
-//! `delete_retention_ms`. Adjacent segments are merged into one while they fit in
-//! `segment_bytes`. Batches keep their base offset and last offset delta, so offsets keep their
-//! gaps and producer state stays right; control batches and transactional batches are kept
-//! untouched (this log has no transactions to resolve them against).
+//! One pass ([`PartitionLog::clean_below`]): pass 1 reads the dirty part of the closed segments
+//! (from the cleaner checkpoint on, below the caller's bound) into a bounded map key-hash ->
+//! latest offset. A transaction's records wait beside the map until its marker says whether
+//! they count: a commit puts them in, an abort drops them (and notes the aborted range), so an
+//! aborted value never shadows a committed one. Where the map fills up, pass 1 reads on for
+//! the markers of the transactions still open there; the map stops before any transaction
+//! whose marker it did not find. Pass 2 rewrites every closed segment up to where the map
+//! stopped, dropping a record if a later record of its key is in the map, if it is a
+//! tombstone older than `delete_retention_ms`, or if its transaction aborted; it drops a
+//! marker once no record of its transaction was left when the pass began, consumers had
+//! `delete_retention_ms` to read it and (for an abort) the caller no longer lists the aborted
+//! transaction. A producer's last batch stays, emptied of its records, so its sequence numbers
+//! can be rebuilt from the log. Adjacent segments are merged into one while they fit in
+//! `segment_bytes`. Batches keep their base offset and last offset delta, so offsets keep
+//! their gaps.
+//!
+//! Every record below the cleaner checkpoint has been through a pass, so no transaction below
+//! it is undecided, and none aborted has records left: a transactional record found there
+//! belongs to a committed transaction.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,7 +34,7 @@ use parking_lot::Mutex;
 
 use super::{PartitionLog, Segment, elapsed_ms, index_path, log_path, time_path};
 use crate::batch::{
-    self, BATCH_HEADER_BYTES, BatchHeader, CONTROL_BIT, NO_TIMESTAMP, TIMESTAMP_TYPE_BIT,
+    self, BATCH_HEADER_BYTES, BatchHeader, CONTROL_BIT, Marker, NO_TIMESTAMP, TIMESTAMP_TYPE_BIT,
     TRANSACTIONAL_BIT,
 };
 use crate::env::{FileSystem, StorageFile};
@@ -43,7 +54,13 @@ pub(crate) const CLEANED_SUFFIX: &str = ".cleaned";
 
 const CLEANER_CHECKPOINT_MAGIC: &[u8; 4] = b"HRCL";
 const SWAP_MAGIC: &[u8; 4] = b"HRSW";
+/// Version of the swap manifest.
 const FORMAT_VERSION: u16 = 1;
+/// Version of the cleaner checkpoint. Version 1 was written by a cleaner that kept
+/// transactional batches and markers as they were: below it an aborted transaction may still
+/// have records, so such a log is cleaned again from its start (its gaps are still accepted).
+const CLEANER_CHECKPOINT_VERSION: u16 = 2;
+const CLEANER_CHECKPOINT_VERSION_KEPT_TRANSACTIONS: u16 = 1;
 const CLEANER_CHECKPOINT_BYTES: usize = 20;
 const _: () = assert!(CLEANER_CHECKPOINT_BYTES == 4 + 2 + 2 + 8 + 4);
 /// A manifest longer than this is damage, not a pass (a group per segment of a huge log is far
@@ -131,8 +148,62 @@ impl Cleanable {
     }
 }
 
+/// What the owner of a log knows of its transactions, which bounds a cleaner pass (the log
+/// itself finds each transaction's outcome in its markers, and nothing else).
+///
+/// ```
+/// use herald_storage::CleanBounds;
+/// // A broker cleans below its last stable offset, and keeps the abort markers of the
+/// // aborted transactions it still lists to read_committed consumers.
+/// let listed = |producer_id: i64, offset: u64| producer_id == 7 && offset == 120;
+/// let bounds = CleanBounds { below: 100, abort_listed: &listed };
+/// assert!((bounds.abort_listed)(7, 120));
+/// ```
+#[derive(Clone, Copy)]
+pub struct CleanBounds<'a> {
+    /// No segment holding an offset at or above this one is cleaned: a broker passes the
+    /// first offset of the earliest transaction still open on the partition, or the log end
+    /// it read before looking for one (a transaction that opens later starts above it).
+    pub below: u64,
+    /// Whether the aborted transaction whose abort marker is (producer id, offset) is still
+    /// listed to read_committed consumers. Such a marker stays: a consumer told of the
+    /// aborted transaction skips that producer's transactional records until it reads the
+    /// marker.
+    pub abort_listed: &'a dyn Fn(i64, u64) -> bool,
+}
+
+impl CleanBounds<'_> {
+    /// No bound: a log without a transaction coordinator (every transaction whose marker is
+    /// in the log is decided; one without a marker is left alone).
+    pub fn none() -> CleanBounds<'static> {
+        CleanBounds {
+            below: u64::MAX,
+            abort_listed: &never_listed,
+        }
+    }
+}
+
+fn never_listed(_producer_id: i64, _offset: u64) -> bool {
+    false
+}
+
+impl std::fmt::Debug for CleanBounds<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CleanBounds")
+            .field("below", &self.below)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An abort marker, by producer id and offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AbortMarker {
+    pub producer_id: i64,
+    pub offset: u64,
+}
+
 /// What one cleaner pass did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CleanOutcome {
     /// Segments were rewritten and swapped in.
     pub swapped: bool,
@@ -149,6 +220,15 @@ pub struct CleanOutcome {
     pub cleaned_to: u64,
     /// Dirty records are left past where the key map filled up: another pass is due.
     pub more: bool,
+    /// Transaction markers removed (counted in `records_removed` too).
+    pub markers_removed: u64,
+    /// Abort markers the caller lists (see [`CleanBounds::abort_listed`]) of which no record
+    /// is left after this pass: the caller can stop listing them, which lets a later pass
+    /// remove the markers. At most as many as the caller lists.
+    pub abort_markers_without_data: Vec<AbortMarker>,
+    /// A transaction whose marker is not in the cleanable segments stopped the pass before
+    /// its first record: the log is not due again until more segments become cleanable.
+    pub held_back: bool,
 }
 
 /// A closed segment as a pass sees it.
@@ -299,25 +379,226 @@ enum Kept {
     Some { batch: Vec<u8>, removed: u64 },
 }
 
-/// The rules of one pass for deciding which records stay.
-struct Filter<'a> {
-    map: &'a KeyMap,
-    /// Offset up to which the map covers the dirty records.
-    map_end: u64,
-    now: i64,
-    delete_retention_ms: u64,
+/// A transaction pass 1 has read records of but not yet its marker.
+struct OpenTxn {
+    /// Offset of its first batch in the dirty part.
+    first: u64,
+    /// Its keyed records (key hash, offset): they enter the key map only if it commits.
+    pending: Vec<(u128, u64)>,
 }
 
-impl Filter<'_> {
+/// Aborted transactions with records in the dirty part, per producer id: (offset of their
+/// first batch there, offset of the abort marker), in log order.
+type AbortedRanges = HashMap<i64, VecDeque<(u64, u64)>>;
+
+/// What pass 1 learned.
+struct Scan {
+    map: KeyMap,
+    /// Offset up to which the map covers the dirty records; every transaction with records
+    /// below it is decided, by a marker pass 1 read.
+    map_end: u64,
+    aborted: AbortedRanges,
+    /// A transaction whose marker was not found held `map_end` back to its first record.
+    held_back: bool,
+}
+
+/// Pass 1's tables. Their entries together stay within the key map's budget: keys in the
+/// map, records waiting for their transaction's marker, open transactions, aborted ranges.
+#[derive(Default)]
+struct ScanTables {
+    map: KeyMap,
+    open: HashMap<i64, OpenTxn>,
+    pending: usize,
+    aborted: AbortedRanges,
+    aborted_count: usize,
+}
+
+impl ScanTables {
+    fn entries(&self) -> usize {
+        self.map.len() + self.pending + self.open.len() + self.aborted_count
+    }
+
+    /// A transaction's marker: a commit's records enter the map (where a later record of the
+    /// same key already there stays), an abort's are dropped and its range noted.
+    fn on_marker(&mut self, producer_id: i64, marker: Marker, offset: u64) {
+        let Some(txn) = self.open.remove(&producer_id) else {
+            // No record of this transaction in the dirty part: nothing to decide.
+            return;
+        };
+        self.pending -= txn.pending.len();
+        match marker {
+            Marker::Commit => {
+                for (hash, at) in txn.pending {
+                    let latest = self.map.entry(hash).or_insert(at);
+                    *latest = (*latest).max(at);
+                }
+            }
+            Marker::Abort => {
+                self.aborted
+                    .entry(producer_id)
+                    .or_default()
+                    .push_back((txn.first, offset));
+                self.aborted_count += 1;
+            }
+        }
+    }
+}
+
+/// Whether a producer's transaction had records in what pass 2 read, and in what it kept.
+#[derive(Debug, Clone, Copy, Default)]
+struct TxnRecords {
+    read: bool,
+    kept: bool,
+}
+
+/// Pass 2's rules for which records stay, and what it saw of transactions on the way. Batches
+/// must be fed in log order.
+struct Rewrite<'a> {
+    map: &'a KeyMap,
+    /// Offset up to which the map covers the dirty records; batches from here on are copied.
+    map_end: u64,
+    /// Below this offset every transactional record belongs to a committed transaction.
+    dirty_start: u64,
+    now: i64,
+    delete_retention_ms: u64,
+    aborted: AbortedRanges,
+    bounds: &'a CleanBounds<'a>,
+    /// Producer id -> last offset of its last batch (the idempotent-producer state when the
+    /// pass began, so at most `producers_max` entries).
+    last_batches: HashMap<i64, u64>,
+    /// Producers whose transaction has records in what was read, its marker not yet reached.
+    in_txn: HashMap<i64, TxnRecords>,
+    in_txn_max: usize,
+    /// `in_txn` was full: a marker of a producer not in it may have records before it.
+    in_txn_overflowed: bool,
+    markers_removed: u64,
+    abort_markers_without_data: Vec<AbortMarker>,
+}
+
+impl Rewrite<'_> {
     fn batch(
+        &mut self,
+        bytes: &[u8],
+        h: &BatchHeader,
+        seg: &SegInfo,
+    ) -> Result<Kept, records::DecodeFault> {
+        let base = h.base_offset as u64;
+        let control = h.attributes & CONTROL_BIT != 0;
+        let transactional = h.attributes & TRANSACTIONAL_BIT != 0;
+        if base >= self.map_end {
+            // Past what pass 1 decided: copied as it is (a later pass cleans it).
+            if transactional && !control && h.records_count > 0 {
+                self.note_txn(h.producer_id, true);
+            }
+            return Ok(Kept::All);
+        }
+        if control {
+            return Ok(self.marker(bytes, h, seg));
+        }
+        if h.records_count <= 0 {
+            // An emptied batch is needed only while it is its producer's last.
+            return Ok(if self.is_last_of_producer(h) {
+                Kept::All
+            } else {
+                Kept::Nothing { removed: 0 }
+            });
+        }
+        let aborted = transactional && base >= self.dirty_start && self.is_aborted(h);
+        let kept = if aborted {
+            Kept::Nothing {
+                removed: h.records_count as u64,
+            }
+        } else {
+            self.records(bytes, h, seg)?
+        };
+        if transactional {
+            self.note_txn(h.producer_id, !matches!(kept, Kept::Nothing { .. }));
+        }
+        match kept {
+            // The producer's sequence numbers and epoch live on in its last batch's header.
+            Kept::Nothing { removed } if self.is_last_of_producer(h) => Ok(Kept::Some {
+                batch: batch::emptied(bytes, h),
+                removed,
+            }),
+            kept => Ok(kept),
+        }
+    }
+
+    fn is_last_of_producer(&self, h: &BatchHeader) -> bool {
+        crate::producer::is_idempotent(h)
+            && self.last_batches.get(&h.producer_id) == Some(&(h.last_offset() as u64))
+    }
+
+    /// Whether a transactional batch in the dirty part belongs to an aborted transaction: one
+    /// whose range, among its producer's, starts at or before it and ends after it.
+    fn is_aborted(&mut self, h: &BatchHeader) -> bool {
+        let base = h.base_offset as u64;
+        let Some(ranges) = self.aborted.get_mut(&h.producer_id) else {
+            return false;
+        };
+        while ranges.front().is_some_and(|(_, marker)| *marker < base) {
+            ranges.pop_front();
+        }
+        ranges.front().is_some_and(|(first, _)| *first <= base)
+    }
+
+    /// Notes that a producer's transaction had records in what was read (and in what is kept).
+    fn note_txn(&mut self, producer_id: i64, kept: bool) {
+        if let Some(t) = self.in_txn.get_mut(&producer_id) {
+            t.kept |= kept;
+        } else if self.in_txn.len() < self.in_txn_max {
+            self.in_txn
+                .insert(producer_id, TxnRecords { read: true, kept });
+        } else {
+            self.in_txn_overflowed = true;
+        }
+    }
+
+    /// A control batch below the map's end: a marker goes once no record of its transaction
+    /// was left when this pass began (so a consumer never meets a transaction's records
+    /// without its marker, and the cleaner never meets them undecided), consumers had
+    /// `delete_retention_ms` to read it since it was written, and, for an abort, the owner
+    /// no longer lists the aborted transaction.
+    fn marker(&mut self, bytes: &[u8], h: &BatchHeader, seg: &SegInfo) -> Kept {
+        let Some(marker) = batch::marker(bytes, h) else {
+            return Kept::All;
+        };
+        let (producer_id, offset) = (h.producer_id, h.base_offset as u64);
+        let txn = match self.in_txn.remove(&producer_id) {
+            Some(t) => t,
+            // Without a note the producer may have had records here all the same.
+            None if self.in_txn_overflowed => TxnRecords {
+                read: true,
+                kept: true,
+            },
+            None => TxnRecords::default(),
+        };
+        let listed = marker == Marker::Abort && (self.bounds.abort_listed)(producer_id, offset);
+        if listed && !txn.kept {
+            self.abort_markers_without_data.push(AbortMarker {
+                producer_id,
+                offset,
+            });
+        }
+        let ts = h.max_timestamp_known();
+        let ts = if ts > 0 { ts } else { seg.retention_ts };
+        let expired = elapsed_ms(self.now, ts) > self.delete_retention_ms;
+        if !txn.read && expired && !listed {
+            self.markers_removed += 1;
+            Kept::Nothing { removed: 1 }
+        } else {
+            Kept::All
+        }
+    }
+
+    /// The records of a data batch that stay: the latest of each key (by the map), unless it
+    /// is a tombstone past `delete_retention_ms`, and every record without a key.
+    fn records(
         &self,
         bytes: &[u8],
         h: &BatchHeader,
         seg: &SegInfo,
     ) -> Result<Kept, records::DecodeFault> {
-        if h.attributes & (CONTROL_BIT | TRANSACTIONAL_BIT) != 0 {
-            return Ok(Kept::All);
-        }
         let records = records::uncompressed_records(bytes, h)?;
         let refs = records::parse_records(&records, h.records_count)?;
         let base = h.base_offset as u64;
@@ -466,12 +747,19 @@ struct Cleaned {
 impl PartitionLog {
     /// How dirty the log is, for a scheduler; `None` unless the log compacts.
     pub fn cleanable(&self) -> Option<Cleanable> {
+        self.cleanable_below(u64::MAX)
+    }
+
+    /// [`PartitionLog::cleanable`] counting only the segments a pass bounded by `below` (see
+    /// [`CleanBounds::below`]) may clean. A log whose last pass was held back by an undecided
+    /// transaction is not due until more segments become cleanable.
+    pub fn cleanable_below(&self, below: u64) -> Option<Cleanable> {
         let st = self.state.read();
         if !st.config.cleanup_policy.compacts() {
             return None;
         }
         let now = self.env.clock.now_ms();
-        let (infos, start) = cleanable_segments(&st, now);
+        let (infos, start) = cleanable_segments(&st, now, below);
         let mut out = Cleanable {
             cleaned_to: start,
             ..Cleanable::default()
@@ -488,18 +776,31 @@ impl PartitionLog {
             && out.dirty_ratio_ppm() >= u64::from(st.config.min_cleanable_dirty_ratio_ppm);
         let lag_due =
             oldest_dirty.is_some_and(|ts| elapsed_ms(now, ts) >= st.config.max_compaction_lag_ms);
-        out.due = ratio_due || lag_due;
+        let dirty_end = infos.last().map_or(start, |s| s.next_offset);
+        let stalled = st.clean_held_at.is_some_and(|at| dirty_end <= at);
+        out.due = (ratio_due || lag_due) && !stalled;
         Some(out)
     }
 
-    /// One cleaner pass (see the module docs of the cleaner), its reads and writes paced by
-    /// `throttle`, its key map at most `dedupe_buffer_bytes`. Returns at once, doing nothing,
-    /// if the log does not compact, has nothing dirty to clean, or a pass is already running.
-    /// Reads and appends go on during the pass; readers holding old segment files keep them.
+    /// One cleaner pass with no bound ([`CleanBounds::none`]).
     pub fn clean(
         &self,
         dedupe_buffer_bytes: u64,
         throttle: &Throttle,
+    ) -> Result<CleanOutcome, CleanError> {
+        self.clean_below(dedupe_buffer_bytes, throttle, &CleanBounds::none())
+    }
+
+    /// One cleaner pass (see the module docs of the cleaner) over the closed segments wholly
+    /// below `bounds.below`, its reads and writes paced by `throttle`, its tables at most
+    /// `dedupe_buffer_bytes`. Returns at once, doing nothing, if the log does not compact,
+    /// has nothing dirty to clean, or a pass is already running. Reads and appends go on
+    /// during the pass; readers holding old segment files keep them.
+    pub fn clean_below(
+        &self,
+        dedupe_buffer_bytes: u64,
+        throttle: &Throttle,
+        bounds: &CleanBounds<'_>,
     ) -> Result<CleanOutcome, CleanError> {
         if self.is_poisoned() {
             return Err(CleanError::Poisoned);
@@ -509,13 +810,19 @@ impl PartitionLog {
         }
         let _guard = CleaningGuard(&self.cleaning);
         let now = self.env.clock.now_ms();
-        let (infos, dirty_start, cfg) = {
+        let (infos, dirty_start, cfg, last_batches) = {
             let st = self.state.read();
             if self.is_retired() || !st.config.cleanup_policy.compacts() {
                 return Ok(CleanOutcome::default());
             }
-            let (infos, start) = cleanable_segments(&st, now);
-            (infos, start, st.config.clone())
+            let (infos, start) = cleanable_segments(&st, now, bounds.below);
+            let last_batches: HashMap<i64, u64> = st
+                .producers
+                .producers
+                .iter()
+                .filter_map(|(pid, e)| e.batches.back().map(|b| (*pid, b.last_offset)))
+                .collect();
+            (infos, start, st.config.clone(), last_batches)
         };
         let mut out = CleanOutcome {
             cleaned_to: dirty_start,
@@ -526,9 +833,15 @@ impl PartitionLog {
             return Ok(out);
         }
         let entries_max = (dedupe_buffer_bytes / KEY_MAP_ENTRY_BYTES).max(1) as usize;
-        let (map, map_end) =
-            self.build_map(&infos, dirty_start, entries_max, throttle, &mut out)?;
-        out.more = map_end < dirty_end;
+        let scan = self.scan_dirty(&infos, dirty_start, entries_max, throttle, &mut out)?;
+        let map_end = scan.map_end;
+        self.state.write().clean_held_at = scan.held_back.then_some(dirty_end);
+        out.held_back = scan.held_back;
+        // Past a transaction held back, the next pass would stop at it again.
+        out.more = map_end < dirty_end && !scan.held_back;
+        if map_end <= dirty_start {
+            return Ok(out);
+        }
         let groups = plan_groups(&infos, map_end, cfg.segment_bytes);
         if groups.is_empty() {
             self.state.write().cleaned_to = map_end;
@@ -536,16 +849,25 @@ impl PartitionLog {
             write_cleaner_checkpoint(self.env.fs.as_ref(), &self.dir, map_end)?;
             return Ok(out);
         }
-        let filter = Filter {
-            map: &map,
+        let mut rewrite = Rewrite {
+            map: &scan.map,
             map_end,
+            dirty_start,
             now,
             delete_retention_ms: cfg.delete_retention_ms,
+            aborted: scan.aborted,
+            bounds,
+            last_batches,
+            in_txn: HashMap::new(),
+            in_txn_max: entries_max,
+            in_txn_overflowed: false,
+            markers_removed: 0,
+            abort_markers_without_data: Vec::new(),
         };
         let interval = u64::from(cfg.index_interval_bytes);
         let mut cleaned = Vec::with_capacity(groups.len());
         for group in &groups {
-            match self.write_cleaned(group, &infos, &filter, interval, throttle, &mut out) {
+            match self.write_cleaned(group, &infos, &mut rewrite, interval, throttle, &mut out) {
                 Ok(c) => cleaned.push(c),
                 Err(e) => {
                     self.discard_cleaned(&groups);
@@ -553,7 +875,10 @@ impl PartitionLog {
                 }
             }
         }
-        drop(map);
+        let markers_removed = rewrite.markers_removed;
+        let abort_markers_without_data = std::mem::take(&mut rewrite.abort_markers_without_data);
+        drop(rewrite);
+        drop(scan.map);
         if let Err(e) = write_manifest(self.env.fs.as_ref(), &self.dir, &groups) {
             self.discard_cleaned(&groups);
             let _ = remove_if_present(self.env.fs.as_ref(), &self.dir.join(SWAP_TMP_FILE));
@@ -563,22 +888,28 @@ impl PartitionLog {
         self.swap_in(cleaned, out.cleaned_to)?;
         out.swapped = true;
         out.segments_cleaned = groups.iter().map(|g| g.bases.len()).sum();
+        out.markers_removed = markers_removed;
+        out.abort_markers_without_data = abort_markers_without_data;
         Ok(out)
     }
 
     /// Pass 1: the key map over the dirty records from `dirty_start`, as far as `entries_max`
-    /// keys allow; returns it and the offset it covers up to.
-    fn build_map(
+    /// entries allow, and the outcome of every transaction with records below where it
+    /// stops. Once the tables are full it reads on only for the markers of the transactions
+    /// still open; it stops before the first record of one whose marker it does not find.
+    fn scan_dirty(
         &self,
         infos: &[SegInfo],
         dirty_start: u64,
         entries_max: usize,
         throttle: &Throttle,
         out: &mut CleanOutcome,
-    ) -> Result<(KeyMap, u64), CleanError> {
-        let mut map = KeyMap::default();
+    ) -> Result<Scan, CleanError> {
+        let mut t = ScanTables::default();
         let mut map_end = dirty_start;
-        for seg in infos.iter().filter(|s| s.next_offset > dirty_start) {
+        // The tables are full: from here on only markers of open transactions are read.
+        let mut full = false;
+        'segments: for seg in infos.iter().filter(|s| s.next_offset > dirty_start) {
             let file = self.cleaner_file(seg.base)?;
             let mut reader = BatchReader::new(file.as_ref(), seg.base, seg.size);
             loop {
@@ -589,12 +920,38 @@ impl PartitionLog {
                 out.bytes_read += bytes.len() as u64;
                 throttle.consume(bytes.len() as u64);
                 let last = h.last_offset() as u64;
-                if last < dirty_start || h.attributes & (CONTROL_BIT | TRANSACTIONAL_BIT) != 0 {
+                if last < dirty_start {
+                    continue;
+                }
+                if h.attributes & CONTROL_BIT != 0 {
+                    if let Some(marker) = batch::marker(bytes, &h) {
+                        t.on_marker(h.producer_id, marker, h.base_offset as u64);
+                    }
+                    if full {
+                        if t.open.is_empty() {
+                            break 'segments;
+                        }
+                    } else {
+                        map_end = map_end.max(last + 1);
+                    }
+                    continue;
+                }
+                if full {
+                    continue;
+                }
+                // An emptied batch (a producer's last, kept for its sequence numbers) has no
+                // records to map and no transaction to decide.
+                let count = h.records_count.max(0) as usize;
+                if count == 0 {
                     map_end = map_end.max(last + 1);
                     continue;
                 }
-                if !map.is_empty() && map.len() + h.records_count.max(0) as usize > entries_max {
-                    return Ok((map, map_end));
+                if t.entries() > 0 && t.entries() + count > entries_max {
+                    full = true;
+                    if t.open.is_empty() {
+                        break 'segments;
+                    }
+                    continue;
                 }
                 let corrupt = |reason| CleanError::Corrupt {
                     segment_base: seg.base,
@@ -606,20 +963,51 @@ impl PartitionLog {
                 let refs = records::parse_records(&records, h.records_count)
                     .map_err(|_| corrupt("records could not be decoded"))?;
                 let base = h.base_offset as u64;
+                let mut pending = Vec::new();
                 for r in refs {
                     let Some((ks, ke)) = r.key else { continue };
                     let Some(offset) = base.checked_add_signed(r.offset_delta) else {
                         return Err(corrupt("record offset out of range"));
                     };
-                    if offset >= dirty_start {
-                        map.insert(key_hash(&records[ks..ke]), offset);
+                    if offset < dirty_start {
+                        continue;
                     }
+                    let hash = key_hash(&records[ks..ke]);
+                    if h.attributes & TRANSACTIONAL_BIT != 0 {
+                        pending.push((hash, offset));
+                    } else {
+                        t.map.insert(hash, offset);
+                    }
+                }
+                if h.attributes & TRANSACTIONAL_BIT != 0 {
+                    t.pending += pending.len();
+                    t.open
+                        .entry(h.producer_id)
+                        .or_insert_with(|| OpenTxn {
+                            first: base.max(dirty_start),
+                            pending: Vec::new(),
+                        })
+                        .pending
+                        .extend(pending);
                 }
                 map_end = map_end.max(last + 1);
             }
-            map_end = map_end.max(seg.next_offset);
+            if !full {
+                map_end = map_end.max(seg.next_offset);
+            }
         }
-        Ok((map, map_end))
+        // A transaction still open here has its marker past the cleanable segments (or has
+        // none yet): nothing from its first record on is cleaned in this pass.
+        let held_back = !t.open.is_empty();
+        if let Some(first) = t.open.values().map(|txn| txn.first).min() {
+            map_end = map_end.min(first);
+        }
+        Ok(Scan {
+            map: t.map,
+            map_end,
+            aborted: t.aborted,
+            held_back,
+        })
     }
 
     /// Pass 2 for one group: its segments' kept batches into one cleaned segment, fsynced.
@@ -627,7 +1015,7 @@ impl PartitionLog {
         &self,
         group: &Group,
         infos: &[SegInfo],
-        filter: &Filter<'_>,
+        rewrite: &mut Rewrite<'_>,
         interval: u64,
         throttle: &Throttle,
         out: &mut CleanOutcome,
@@ -648,7 +1036,7 @@ impl PartitionLog {
                 };
                 out.bytes_read += bytes.len() as u64;
                 throttle.consume(bytes.len() as u64);
-                let kept = filter
+                let kept = rewrite
                     .batch(bytes, &h, seg)
                     .map_err(|_| CleanError::Corrupt {
                         segment_base: seg.base,
@@ -782,14 +1170,16 @@ impl PartitionLog {
 }
 
 /// The closed segments a pass may touch (above the log start, up to the first one younger than
-/// `min_compaction_lag_ms`), and where the dirty part begins.
-fn cleanable_segments(st: &super::State, now: i64) -> (Vec<SegInfo>, u64) {
+/// `min_compaction_lag_ms` or reaching `below`), and where the dirty part begins.
+fn cleanable_segments(st: &super::State, now: i64, below: u64) -> (Vec<SegInfo>, u64) {
     let start = st.cleaned_to.max(st.log_start);
     let mut infos = Vec::new();
     let closed = &st.segments[..st.segments.len().saturating_sub(1)];
     for seg in closed.iter().filter(|s| s.next_offset > st.log_start) {
         let retention_ts = seg.retention_ts();
-        if elapsed_ms(now, retention_ts) < st.config.min_compaction_lag_ms {
+        if elapsed_ms(now, retention_ts) < st.config.min_compaction_lag_ms
+            || seg.next_offset > below
+        {
             break;
         }
         infos.push(SegInfo {
@@ -953,7 +1343,7 @@ fn write_cleaner_checkpoint(
 ) -> std::io::Result<()> {
     let mut out = Vec::with_capacity(CLEANER_CHECKPOINT_BYTES);
     out.extend_from_slice(CLEANER_CHECKPOINT_MAGIC);
-    out.extend_from_slice(&FORMAT_VERSION.to_be_bytes());
+    out.extend_from_slice(&CLEANER_CHECKPOINT_VERSION.to_be_bytes());
     out.extend_from_slice(&0u16.to_be_bytes());
     out.extend_from_slice(&cleaned_to.to_be_bytes());
     let crc = crc32c::crc32c(&out);
@@ -968,27 +1358,47 @@ fn write_cleaner_checkpoint(
     )
 }
 
-/// The cleaner checkpoint's offset, 0 when there is none or it is damaged (everything is then
-/// dirty again, which costs a pass and loses nothing).
-pub(super) fn read_cleaner_checkpoint(fs: &dyn FileSystem, dir: &Path) -> u64 {
+/// The cleaner checkpoint as a log starts from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(super) struct CleanerCheckpoint {
+    /// Offset gaps below this offset are what cleaning left.
+    pub gaps_below: u64,
+    /// Every record below this offset went through a pass that resolved transactions: the
+    /// dirty part starts here. 0 for a checkpoint of a cleaner that kept transactions as
+    /// they were (its log is cleaned again from the start).
+    pub cleaned_to: u64,
+}
+
+/// The cleaner checkpoint, zero when there is none or it is damaged (everything is then dirty
+/// again, which costs a pass and loses nothing).
+pub(super) fn read_cleaner_checkpoint(fs: &dyn FileSystem, dir: &Path) -> CleanerCheckpoint {
     let path = dir.join(CLEANER_CHECKPOINT_FILE);
     let Ok(file) = fs.open(&path, false) else {
-        return 0;
+        return CleanerCheckpoint::default();
     };
     let mut buf = [0u8; CLEANER_CHECKPOINT_BYTES];
     if crate::env::read_exact_at(file.as_ref(), &mut buf, 0).is_err() {
-        return 0;
+        return CleanerCheckpoint::default();
     }
     let (body, crc) = buf.split_at(CLEANER_CHECKPOINT_BYTES - 4);
-    if crc32c::crc32c(body).to_be_bytes() != crc
-        || &body[..4] != CLEANER_CHECKPOINT_MAGIC
-        || body[4..6] != FORMAT_VERSION.to_be_bytes()
+    let version = u16::from_be_bytes([body[4], body[5]]);
+    let known = version == CLEANER_CHECKPOINT_VERSION
+        || version == CLEANER_CHECKPOINT_VERSION_KEPT_TRANSACTIONS;
+    if crc32c::crc32c(body).to_be_bytes() != crc || &body[..4] != CLEANER_CHECKPOINT_MAGIC || !known
     {
-        return 0;
+        return CleanerCheckpoint::default();
     }
     let mut offset = [0u8; 8];
     offset.copy_from_slice(&body[8..16]);
-    u64::from_be_bytes(offset)
+    let offset = u64::from_be_bytes(offset);
+    CleanerCheckpoint {
+        gaps_below: offset,
+        cleaned_to: if version == CLEANER_CHECKPOINT_VERSION {
+            offset
+        } else {
+            0
+        },
+    }
 }
 
 /// What [`recover_swap`] did.
@@ -1008,7 +1418,7 @@ pub(super) fn recover_swap(
     names: &[String],
 ) -> std::io::Result<SwapRecovery> {
     let mut changed = false;
-    let mut gaps_below = read_cleaner_checkpoint(fs, dir);
+    let mut gaps_below = read_cleaner_checkpoint(fs, dir).gaps_below;
     if names.iter().any(|n| n == SWAP_FILE) {
         let path = dir.join(SWAP_FILE);
         let file = fs.open(&path, false)?;

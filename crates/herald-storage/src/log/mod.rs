@@ -29,7 +29,8 @@ mod clean;
 mod recovery;
 
 pub use clean::{
-    CleanOutcome, Cleanable, DEFAULT_DEDUPE_BUFFER_BYTES, KEY_MAP_ENTRY_BYTES, Throttle,
+    AbortMarker, CleanBounds, CleanOutcome, Cleanable, DEFAULT_DEDUPE_BUFFER_BYTES,
+    KEY_MAP_ENTRY_BYTES, Throttle,
 };
 
 /// What an append did.
@@ -158,6 +159,10 @@ struct State {
     last_checkpoint_ms: i64,
     /// Compacted logs: every record below this offset has been through a cleaner pass.
     cleaned_to: u64,
+    /// Compacted logs: the last cleaner pass was held back by a transaction whose marker was
+    /// not in the segments it could clean, which ended at this offset; the log is not due
+    /// again until cleanable segments reach past it.
+    clean_held_at: Option<u64>,
 }
 
 /// One partition's durable log of Kafka record batches.
@@ -324,7 +329,8 @@ impl PartitionLog {
             producers: recovered.producers,
             last_checkpoint: recovered.checkpoint.unwrap_or_default(),
             last_checkpoint_ms: now,
-            cleaned_to: clean::read_cleaner_checkpoint(env.fs.as_ref(), dir),
+            cleaned_to: clean::read_cleaner_checkpoint(env.fs.as_ref(), dir).cleaned_to,
+            clean_held_at: None,
         };
         let log = PartitionLog {
             dir: dir.to_path_buf(),

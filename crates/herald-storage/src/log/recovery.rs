@@ -537,7 +537,14 @@ impl<'a> Scanner<'a> {
         let Some(bytes) = self.bytes(pos, len)? else {
             return Ok(None);
         };
-        match batch::check_batch(bytes, BATCH_BYTES_MAX as usize) {
+        // Below the cleaner checkpoint a batch may have lost records to the cleaner (its
+        // records count is then below its last offset delta + 1, down to 0).
+        let checked = if offset < gaps_below {
+            batch::check_cleaned_batch(bytes, BATCH_BYTES_MAX as usize)
+        } else {
+            batch::check_batch(bytes, BATCH_BYTES_MAX as usize)
+        };
+        match checked {
             // The log writes leader epoch 0; anything else there is damage the CRC cannot see.
             // Below the cleaner checkpoint a compacted segment has gaps between its batches.
             Ok(h)

@@ -3,6 +3,7 @@
 
 mod append_read;
 mod compaction;
+mod compaction_transactions;
 mod crash;
 mod fuzz_open;
 mod many_partitions;
