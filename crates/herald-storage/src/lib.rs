@@ -42,6 +42,6 @@ pub use files::{
 };
 pub use log::{
     AppendInfo, CHECKPOINT_LAG_BYTES_MAX, CleanOutcome, Cleanable, DEFAULT_DEDUPE_BUFFER_BYTES,
-    KEY_MAP_ENTRY_BYTES, LogStats, MaintainOutcome, Offsets, PartitionLog, READ_BYTES_MAX,
-    ReadOutcome, Throttle,
+    FileRange, KEY_MAP_ENTRY_BYTES, LogStats, MaintainOutcome, Offsets, PartitionLog,
+    READ_BYTES_MAX, RangedBatches, RangedReadOutcome, ReadOutcome, Throttle,
 };

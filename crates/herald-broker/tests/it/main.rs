@@ -6,6 +6,7 @@ mod admin;
 mod bad_input;
 mod decode;
 mod fetch_limits;
+mod fetch_sendfile;
 mod group_assignors;
 mod group_rebalance;
 mod group_support;
