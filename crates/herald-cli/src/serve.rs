@@ -46,6 +46,10 @@ pub struct ServeArgs {
     /// [default: true] [env: HERALD_PEERS_MDNS]
     #[arg(long, value_name = "BOOL")]
     pub peers_mdns: Option<bool>,
+    /// Send Fetch responses' record batches from the segment files with sendfile(2) instead
+    /// of reading them into memory first [default: true] [env: HERALD_FETCH_SENDFILE]
+    #[arg(long, value_name = "BOOL")]
+    pub fetch_sendfile: Option<bool>,
 }
 
 /// Settings of the process around the broker library: where the HTTP side listens and how it
@@ -112,6 +116,9 @@ fn settings_help() -> String {
   http_basic_auth (SASL users by basic auth), http_metrics_auth (protect /metrics too).
   bench_results_path: the JSON of a `herald bench matrix` run for the console's trade-offs.
   peers_mdns: browse mDNS for brokerless members, shown by the console's Peers page.
+  fetch_sendfile (default true): Fetch responses' record batches go from the segment files
+  to plain TCP connections by sendfile(2), never copied through the broker; false reads them
+  into memory first (to compare the two, docs/benchmarks.md).
 
   setting = default                                   environment variable
 ",
@@ -217,6 +224,9 @@ fn settings_from(
     }
     if let Some(on) = args.peers_mdns {
         flags.push(("--peers-mdns", "peers_mdns", Value::Boolean(on)));
+    }
+    if let Some(on) = args.fetch_sendfile {
+        flags.push(("--fetch-sendfile", "fetch_sendfile", Value::Boolean(on)));
     }
     let combined: Combined = layer(&Combined::default(), file, env, flags)?;
     Ok((combined.process, combined.broker))
@@ -420,6 +430,7 @@ mod tests {
             "  http_addr = \"127.0.0.1:8092\"",
             "  log_format = \"human\"",
             "  peers_mdns = true",
+            "  fetch_sendfile = true",
         ] {
             assert!(help.contains(line), "{line} missing from\n{help}");
         }
@@ -438,14 +449,39 @@ mod tests {
                 config: None,
                 log_format: None,
                 peers_mdns: None,
+                fetch_sendfile: None,
             },
             Vec::new(),
         )
         .unwrap();
         assert_eq!(broker.data_dir, PathBuf::from("./herald-data"));
+        assert!(broker.fetch_sendfile);
         assert_eq!(broker.kafka_addr.to_string(), "127.0.0.1:9092");
         assert_eq!(process.http_addr.to_string(), "127.0.0.1:8092");
         assert_eq!(process.log_format, LogFormat::Human);
         assert!(process.peers_mdns);
+    }
+
+    #[test]
+    fn the_fetch_sendfile_flag_beats_the_environment() {
+        let args = ServeArgs {
+            data_dir: None,
+            kafka_addr: None,
+            listeners: None,
+            http_addr: None,
+            config: None,
+            log_format: None,
+            peers_mdns: None,
+            fetch_sendfile: None,
+        };
+        let env = vec![("HERALD_FETCH_SENDFILE".into(), "false".into())];
+        let (_, broker) = settings_from(&args, env.clone()).unwrap();
+        assert!(!broker.fetch_sendfile);
+        let args = ServeArgs {
+            fetch_sendfile: Some(true),
+            ..args
+        };
+        let (_, broker) = settings_from(&args, env).unwrap();
+        assert!(broker.fetch_sendfile);
     }
 }

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
+use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -31,6 +32,13 @@ pub trait StorageFile: Send + Sync + fmt::Debug {
     /// When the file's content last changed, in milliseconds since the epoch, if known.
     fn modified_ms(&self) -> io::Result<Option<i64>> {
         Ok(None)
+    }
+    /// The operating system's descriptor of the file, for sending its bytes to a socket
+    /// without copying them through the process (`sendfile(2)`); valid while this handle
+    /// lives. `None` for a file that is not a real one (the simulated file system): its
+    /// readers copy the bytes instead.
+    fn raw_fd(&self) -> Option<RawFd> {
+        None
     }
 }
 
@@ -200,6 +208,10 @@ impl StorageFile for OsFile {
             .duration_since(std::time::UNIX_EPOCH)
             .ok()
             .and_then(|d| i64::try_from(d.as_millis()).ok()))
+    }
+    fn raw_fd(&self) -> Option<RawFd> {
+        use std::os::fd::AsRawFd;
+        Some(self.0.as_raw_fd())
     }
 }
 

@@ -74,6 +74,9 @@ impl StorageFile for CachedFile {
     fn modified_ms(&self) -> io::Result<Option<i64>> {
         self.inner.modified_ms()
     }
+    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.inner.raw_fd()
+    }
 }
 
 struct Slot {

@@ -42,6 +42,7 @@ pub use files::{
 };
 pub use log::{
     AbortMarker, AppendInfo, CHECKPOINT_LAG_BYTES_MAX, CleanBounds, CleanOutcome, Cleanable,
-    DEFAULT_DEDUPE_BUFFER_BYTES, KEY_MAP_ENTRY_BYTES, LogStats, MaintainOutcome, Offsets,
-    PartitionLog, READ_BYTES_MAX, ReadOutcome, Throttle,
+    DEFAULT_DEDUPE_BUFFER_BYTES, FileRange, KEY_MAP_ENTRY_BYTES, LogStats, MaintainOutcome,
+    Offsets, PartitionLog, READ_BYTES_MAX, RangedBatches, RangedReadOutcome, ReadOutcome,
+    Throttle,
 };

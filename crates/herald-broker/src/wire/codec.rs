@@ -15,7 +15,9 @@ use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeade
 use kafka_protocol::protocol::buf::ByteBuf;
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
+use super::segmented::{Part, SegmentedBuf, is_placeholder};
 use super::versions;
+use herald_storage::FileRange;
 
 /// Why a request frame could not be turned into a request.
 #[derive(Debug, thiserror::Error)]
@@ -295,13 +297,15 @@ impl ByteBuf for GuardedBuf {
 
 /// Encodes a response frame: size prefix, response header, body. The frame comes in parts;
 /// a Fetch response's record batches are parts of their own, shared with the log's read
-/// buffers rather than copied.
+/// buffers rather than copied, or left in their files: `files` are the ranges behind the
+/// response's placeholder records, in order (see `segmented`).
 pub(crate) fn encode_response(
     api_key: ApiKey,
     api_version: i16,
     correlation_id: i32,
     body: &ResponseKind,
-) -> Result<Vec<Bytes>, String> {
+    files: Vec<FileRange>,
+) -> Result<Vec<Part>, String> {
     // ApiVersions answers with header v0 whatever its version, so that a client that sent a
     // version we do not know can still read the error and our supported range.
     let header_version = if api_key == ApiKey::ApiVersions {
@@ -310,14 +314,16 @@ pub(crate) fn encode_response(
         api_key.response_header_version(api_version)
     };
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
+    let mut with_files = !files.is_empty();
     if let ResponseKind::Fetch(fetch) = body {
-        let shared = fetch
+        let (stand_ins, shared): (Vec<Bytes>, Vec<Bytes>) = fetch
             .responses
             .iter()
             .flat_map(|topic| topic.partitions.iter())
             .filter_map(|partition| partition.records.clone())
-            .collect();
-        let mut buf = super::segmented::SegmentedBuf::new(shared);
+            .partition(|records| is_placeholder(records));
+        with_files |= !stand_ins.is_empty();
+        let mut buf = SegmentedBuf::new(shared, files);
         header
             .encode(&mut buf, header_version)
             .map_err(|error| error.to_string())?;
@@ -326,9 +332,15 @@ pub(crate) fn encode_response(
             .map_err(|error| error.to_string())?;
         let size = i32::try_from(buf.len()).map_err(|_| "response too large".to_string())?;
         if let Some(mut parts) = buf.finish() {
-            parts.insert(0, Bytes::copy_from_slice(&size.to_be_bytes()));
+            parts.insert(0, Part::Bytes(Bytes::copy_from_slice(&size.to_be_bytes())));
             return Ok(parts);
         }
+    }
+    // Copying would send the placeholders' zeros in place of the records.
+    if with_files {
+        return Err(
+            "the records left in their files could not be placed in the response".to_string(),
+        );
     }
     let mut buf = BytesMut::with_capacity(capacity_hint(body));
     buf.put_i32(0);
@@ -339,7 +351,7 @@ pub(crate) fn encode_response(
         .map_err(|error| error.to_string())?;
     let size = i32::try_from(buf.len() - 4).map_err(|_| "response too large".to_string())?;
     buf[..4].copy_from_slice(&size.to_be_bytes());
-    Ok(vec![buf.freeze()])
+    Ok(vec![Part::Bytes(buf.freeze())])
 }
 
 /// Bytes to reserve for a response, so that large Fetch responses are not regrown (and
@@ -467,5 +479,73 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    /// The bytes of encoded parts, file ranges read from their files.
+    fn joined(parts: &[Part]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for part in parts {
+            match part {
+                Part::Bytes(bytes) => out.extend_from_slice(bytes),
+                Part::File(range) => out.extend_from_slice(&range.to_bytes().unwrap()),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn fetch_responses_with_file_ranges_encode_as_with_their_bytes() {
+        use crate::wire::segmented::placeholder;
+        use crate::wire::segmented::tests::{log_on_disk, range_at};
+        use kafka_protocol::messages::FetchResponse;
+        use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+
+        let dir = tempfile::tempdir().unwrap();
+        let log = log_on_disk(dir.path(), herald_storage::LogConfig::default(), 8, 8);
+        let ranges = [range_at(&log, 0, 20_000), range_at(&log, 24, 1 << 20)];
+        let small = Bytes::from_static(b"not a batch, only bytes");
+        let response = |records: [Bytes; 2]| {
+            let [first, second] = records;
+            let partition = |index, records| {
+                PartitionData::default()
+                    .with_partition_index(index)
+                    .with_high_watermark(64)
+                    .with_records(Some(records))
+            };
+            ResponseKind::Fetch(FetchResponse::default().with_responses(vec![
+                FetchableTopicResponse::default()
+                    .with_topic(TopicName(StrBytes::from_static_str("t")))
+                    .with_partitions(vec![
+                        partition(0, first),
+                        partition(1, small.clone()),
+                        partition(2, second),
+                    ]),
+            ]))
+        };
+        let with_bytes = response(ranges.clone().map(|range| range.to_bytes().unwrap()));
+        let with_files = response(
+            ranges
+                .clone()
+                .map(|range| placeholder(range.len()).unwrap()),
+        );
+        for version in 4..=12 {
+            let copied =
+                encode_response(ApiKey::Fetch, version, 3, &with_bytes, Vec::new()).unwrap();
+            let sent =
+                encode_response(ApiKey::Fetch, version, 3, &with_files, ranges.to_vec()).unwrap();
+            assert_eq!(
+                sent.iter()
+                    .filter(|part| matches!(part, Part::File(_)))
+                    .count(),
+                2,
+                "v{version}"
+            );
+            assert_eq!(joined(&sent), joined(&copied), "v{version}");
+            let size = i32::from_be_bytes(joined(&sent)[..4].try_into().unwrap());
+            let total: u64 = sent.iter().map(Part::len).sum();
+            assert_eq!(u64::try_from(size).unwrap() + 4, total, "v{version}");
+            // Placeholders whose ranges are missing are an error, never zeros on the wire.
+            assert!(encode_response(ApiKey::Fetch, version, 3, &with_files, Vec::new()).is_err());
+        }
     }
 }

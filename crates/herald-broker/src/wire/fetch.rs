@@ -5,11 +5,18 @@
 //! Limits follow Kafka (KIP-74): `partition_max_bytes` per partition and `max_bytes` per
 //! response, except that the first batch of the first partition with data is returned whole
 //! so that a consumer can always make progress.
+//!
+//! With `fetch_sendfile` (the default) the batches are not read: each partition's answer is a
+//! range of its segment file, which the connection's writer sends with `sendfile(2)` (see
+//! `segmented` for how the response is encoded around it). A range pins its segment file (and,
+//! if retention deletes it meanwhile, its disk space) until it is sent; what it holds is
+//! bounded by the partition's share of the fetch's `max_bytes`, or one larger first batch.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use herald_storage::ReadError;
+use bytes::Bytes;
+use herald_storage::{FileRange, RangedBatches, ReadError};
 use kafka_protocol::messages::fetch_response::{
     AbortedTransaction, FetchableTopicResponse, PartitionData,
 };
@@ -21,7 +28,8 @@ use uuid::Uuid;
 
 use super::errors::{self, code};
 use super::produce::count_records;
-use super::{Reply, topic_name};
+use super::segmented::placeholder;
+use super::{Reply, WithFiles, topic_name};
 use crate::Core;
 use crate::problem::Problem;
 use crate::stats::Counters;
@@ -29,6 +37,10 @@ use crate::topics::Partition;
 
 /// Fetch v7+ sessions (KIP-227) are not kept; a client asking to continue one is told so.
 const FETCH_SESSION_ID_NOT_FOUND: i16 = 70;
+
+/// Ranges shorter than this are read into the response instead of sent by `sendfile`: for a
+/// few batches the flush and the extra system call before them cost more than the copy.
+const SENDFILE_BYTES_MIN: u64 = 16 * 1024;
 
 /// One partition asked for, resolved against the topics.
 struct Wanted {
@@ -107,12 +119,16 @@ pub(crate) fn fetch(core: &Arc<Core>, request: FetchRequest, version: i16) -> Re
         })
         .collect();
     let committed = (request.isolation_level == 1).then(|| core.clone());
-    let (first, bytes, any_error) = read_all(&topics, limits, version, committed.as_deref());
-    if bytes >= limits.min_bytes || any_error || max_wait_ms == 0 || wakers.is_empty() {
-        return Reply::Ready(Box::new(finish(core, first)));
+    let sendfile = core.config.fetch_sendfile;
+    let first = read_all(&topics, limits, version, committed.as_deref(), sendfile);
+    if first.bytes >= limits.min_bytes || first.any_error || max_wait_ms == 0 || wakers.is_empty() {
+        return Reply::ReadyWithFiles(Box::new(finish(core, first)));
     }
+    // The first read's ranges are not sent: drop them now rather than hold their files open
+    // through the wait.
+    drop(first);
     let core = core.clone();
-    Reply::Later(Box::pin(async move {
+    Reply::LaterWithFiles(Box::pin(async move {
         let deadline = Instant::now() + Duration::from_millis(max_wait_ms);
         let mut stopping = core.stopping.clone();
         loop {
@@ -129,40 +145,80 @@ pub(crate) fn fetch(core: &Arc<Core>, request: FetchRequest, version: i16) -> Re
             for waker in &mut wakers {
                 waker.borrow_and_update();
             }
-            let (next, bytes, any_error) = read_all(&topics, limits, version, committed.as_deref());
-            if timed_out || bytes >= limits.min_bytes || any_error {
+            let next = read_all(&topics, limits, version, committed.as_deref(), sendfile);
+            if timed_out || next.bytes >= limits.min_bytes || next.any_error {
                 break finish(&core, next);
             }
         }
     }))
 }
 
-fn finish(core: &Core, response: FetchResponse) -> ResponseKind {
-    for topic in &response.responses {
+/// One read of every wanted partition.
+struct Read {
+    response: FetchResponse,
+    /// The ranges behind the response's placeholder records, in response order.
+    files: Vec<FileRange>,
+    /// Record bytes and records per topic of `response.responses`, in the same order.
+    traffic: Vec<(u64, u64)>,
+    /// Record bytes in the response.
+    bytes: usize,
+    /// Whether any partition has an error (which ends a long poll at once, as in Kafka).
+    any_error: bool,
+}
+
+/// The response of the read that answers the request, counted as traffic out.
+fn finish(core: &Core, read: Read) -> WithFiles {
+    for (topic, &(bytes, records)) in read.response.responses.iter().zip(&read.traffic) {
+        if bytes == 0 {
+            continue;
+        }
+        Counters::add(&core.counters.fetched_bytes, bytes);
+        Counters::add(&core.counters.fetched_records, records);
         // Fetch v13+ names topics by id only.
         let known = if topic.topic.is_empty() {
             core.topics.get_by_id(topic.topic_id)
         } else {
             core.topics.get(topic.topic.as_str())
         };
-        for partition in &topic.partitions {
-            if let Some(records) = &partition.records {
-                if !records.is_empty() {
-                    let count = count_records(records);
-                    Counters::add(&core.counters.fetched_bytes, records.len() as u64);
-                    Counters::add(&core.counters.fetched_records, count);
-                    if let Some(known) = &known {
-                        known.traffic.record_out(records.len() as u64, count);
-                    }
+        if let Some(known) = &known {
+            known.traffic.record_out(bytes, records);
+        }
+    }
+    WithFiles {
+        body: ResponseKind::Fetch(read.response),
+        files: read.files,
+    }
+}
+
+/// A partition's batches as the response's records and their record count: bytes as read,
+/// or a placeholder for a range sent from its file (pushed onto `files`); short ranges, and
+/// any range no placeholder can stand for, are read into memory.
+fn records_of(
+    batches: RangedBatches,
+    files: &mut Vec<FileRange>,
+) -> Result<(Bytes, u64), ReadError> {
+    match batches {
+        RangedBatches::Bytes(bytes) => {
+            let records = count_records(&bytes);
+            Ok((bytes, records))
+        }
+        RangedBatches::File(range) => {
+            let records = range.records();
+            let stand_in = (range.len() >= SENDFILE_BYTES_MIN)
+                .then(|| placeholder(range.len()))
+                .flatten();
+            match stand_in {
+                Some(stand_in) => {
+                    files.push(range);
+                    Ok((stand_in, records))
                 }
+                None => Ok((range.to_bytes().map_err(ReadError::Io)?, records)),
             }
         }
     }
-    ResponseKind::Fetch(response)
 }
 
-/// Reads every wanted partition once; returns the response, its record bytes, and whether any
-/// partition has an error (which ends a long poll at once, as in Kafka).
+/// Reads every wanted partition once: as file ranges when `sendfile`, else into memory.
 /// With `committed` (isolation_level=1, read_committed), reads stop at the last stable offset
 /// and each partition's answer lists the aborted transactions in the range returned.
 fn read_all(
@@ -170,13 +226,17 @@ fn read_all(
     limits: Limits,
     version: i16,
     committed: Option<&Core>,
-) -> (FetchResponse, usize, bool) {
+    sendfile: bool,
+) -> Read {
     let mut budget = limits.max_bytes;
     let mut bytes = 0usize;
     let mut any_error = false;
+    let mut files = Vec::new();
+    let mut traffic = Vec::with_capacity(topics.len());
     let mut responses = Vec::with_capacity(topics.len());
     for topic in topics {
         let mut partitions = Vec::with_capacity(topic.partitions.len());
+        let (mut topic_bytes, mut topic_records) = (0u64, 0u64);
         for wanted in &topic.partitions {
             let mut data = PartitionData::default().with_partition_index(wanted.index);
             let Some(partition) = &wanted.partition else {
@@ -205,19 +265,33 @@ fn read_all(
             // The last stable offset: below the first open transaction on the partition.
             let stable = committed
                 .and_then(|core| core.transactions.first_unstable(&topic.name, wanted.index));
+            let stable_end = stable.unwrap_or(u64::MAX);
             let outcome = if max == 0 && !at_least_one {
                 let offsets = partition.log.offsets();
-                Ok((bytes::Bytes::new(), offsets.visible_end, offsets.log_start))
+                Ok((Bytes::new(), 0, offsets.visible_end, offsets.log_start))
+            } else if sendfile {
+                partition
+                    .log
+                    .read_visible_below_ranged(offset, stable_end, max, at_least_one)
+                    .and_then(|read| {
+                        let (records, count) = records_of(read.batches, &mut files)?;
+                        Ok((records, count, read.high_watermark, read.log_start))
+                    })
             } else {
                 partition
                     .log
-                    .read_visible_below(offset, stable.unwrap_or(u64::MAX), max, at_least_one)
-                    .map(|read| (read.batches, read.high_watermark, read.log_start))
+                    .read_visible_below(offset, stable_end, max, at_least_one)
+                    .map(|read| {
+                        let count = count_records(&read.batches);
+                        (read.batches, count, read.high_watermark, read.log_start)
+                    })
             };
             match outcome {
-                Ok((batches, read_end, log_start)) => {
+                Ok((batches, records, read_end, log_start)) => {
                     bytes += batches.len();
                     budget = budget.saturating_sub(batches.len());
+                    topic_bytes += batches.len() as u64;
+                    topic_records += records;
                     let high_watermark = partition.log.offsets().visible_end.max(read_end);
                     let last_stable = stable.map_or(high_watermark, |s| s.min(high_watermark));
                     if let Some(core) = committed {
@@ -265,6 +339,7 @@ fn read_all(
             }
             partitions.push(data);
         }
+        traffic.push((topic_bytes, topic_records));
         responses.push(
             FetchableTopicResponse::default()
                 .with_topic(topic_name(&topic.name))
@@ -272,11 +347,13 @@ fn read_all(
                 .with_partitions(partitions),
         );
     }
-    (
-        FetchResponse::default().with_responses(responses),
+    Read {
+        response: FetchResponse::default().with_responses(responses),
+        files,
+        traffic,
         bytes,
         any_error,
-    )
+    }
 }
 
 fn as_i64(offset: u64) -> i64 {

@@ -38,6 +38,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use herald_storage::FileRange;
 use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
@@ -51,6 +52,7 @@ use crate::stats::Counters;
 use authorize::Gate;
 use codec::{DecodeError, Request};
 use sasl::Session;
+use segmented::Part;
 
 /// What a handler hands back for one request.
 pub(crate) enum Reply {
@@ -70,12 +72,24 @@ pub(crate) enum Reply {
     /// No response, and the connection is closed: the only way to tell an `acks=0` producer
     /// that its data was refused, as Kafka does.
     Close(String),
+    /// A response whose record batches may be left in their files (Fetch), ready now.
+    ReadyWithFiles(Box<WithFiles>),
+    /// The same once this future completes (a Fetch long poll); waits like `Later`.
+    LaterWithFiles(Pin<Box<dyn Future<Output = WithFiles> + Send>>),
+}
+
+/// A response whose record batches may be partly left in their segment files, to be sent
+/// from there (`sendfile(2)`): `files` are the ranges behind the response's placeholder
+/// records, in the order the response holds them (see `segmented`).
+pub(crate) struct WithFiles {
+    pub(crate) body: ResponseKind,
+    pub(crate) files: Vec<FileRange>,
 }
 
 /// A response on its way to the writer, in request order.
 enum Outgoing {
-    Ready(Vec<Bytes>),
-    Later(tokio::task::JoinHandle<Option<Vec<Bytes>>>),
+    Ready(Vec<Part>),
+    Later(tokio::task::JoinHandle<Option<Vec<Part>>>),
 }
 
 /// Why a connection was closed by the broker.
@@ -170,7 +184,7 @@ async fn serve_connection<R, W>(
     mut stop: watch::Receiver<bool>,
 ) where
     R: AsyncRead + Unpin + Send,
-    W: AsyncWrite + Unpin + Send + 'static,
+    W: ResponseStream,
 {
     let peer = session.peer;
     let in_flight =
@@ -207,7 +221,10 @@ async fn serve_connection<R, W>(
             match sasl::raw_token(&core, &mut session, frame).await {
                 Some(token) => {
                     let size = u32::try_from(token.len()).unwrap_or(u32::MAX).to_be_bytes();
-                    let parts = vec![Bytes::copy_from_slice(&size), Bytes::from(token)];
+                    let parts = vec![
+                        Part::Bytes(Bytes::copy_from_slice(&size)),
+                        Part::Bytes(Bytes::from(token)),
+                    ];
                     if outgoing.send(Outgoing::Ready(parts)).await.is_err() {
                         break;
                     }
@@ -355,16 +372,23 @@ async fn handle_frame(
     let reply = timed(reply, core, versions::name(api_key), started);
     match reply {
         Reply::Ready(body) => encode(api_key, version, correlation_id, &body).map(Some),
+        Reply::ReadyWithFiles(response) => {
+            let WithFiles { body, files } = *response;
+            encode_with_files(api_key, version, correlation_id, &body, files).map(Some)
+        }
         Reply::Later(future) => Ok(Some(Outgoing::Later(tokio::spawn(async move {
             let body = future.await;
-            match encode(api_key, version, correlation_id, &body) {
-                Ok(Outgoing::Ready(bytes)) => Some(bytes),
-                Ok(Outgoing::Later(_)) => None,
-                Err(reason) => {
-                    warn!(%reason, "dropping response");
-                    None
-                }
-            }
+            later_parts(encode(api_key, version, correlation_id, &body))
+        })))),
+        Reply::LaterWithFiles(future) => Ok(Some(Outgoing::Later(tokio::spawn(async move {
+            let WithFiles { body, files } = future.await;
+            later_parts(encode_with_files(
+                api_key,
+                version,
+                correlation_id,
+                &body,
+                files,
+            ))
         })))),
         Reply::Serial(future) => match future.await {
             Some(body) => encode(api_key, version, correlation_id, &body).map(Some),
@@ -377,6 +401,19 @@ async fn handle_frame(
     }
 }
 
+/// The parts of a response encoded on its own task; `None` drops it (and ends the
+/// connection's responses there, as a failed handler does).
+fn later_parts(encoded: Result<Outgoing, CloseReason>) -> Option<Vec<Part>> {
+    match encoded {
+        Ok(Outgoing::Ready(parts)) => Some(parts),
+        Ok(Outgoing::Later(_)) => None,
+        Err(reason) => {
+            warn!(%reason, "dropping response");
+            None
+        }
+    }
+}
+
 /// The same reply with `patch` applied to its response once there is one.
 fn patched(reply: Reply, patch: authorize::Patch) -> Reply {
     match reply {
@@ -384,6 +421,15 @@ fn patched(reply: Reply, patch: authorize::Patch) -> Reply {
             patch(&mut body);
             Reply::Ready(body)
         }
+        Reply::ReadyWithFiles(mut response) => {
+            patch(&mut response.body);
+            Reply::ReadyWithFiles(response)
+        }
+        Reply::LaterWithFiles(future) => Reply::LaterWithFiles(Box::pin(async move {
+            let mut response = future.await;
+            patch(&mut response.body);
+            response
+        })),
         Reply::Later(future) => Reply::Later(Box::pin(async move {
             let mut body = future.await;
             patch(&mut body);
@@ -412,6 +458,11 @@ fn timed(reply: Reply, core: &Arc<Core>, api: &'static str, started: std::time::
             latency.observe_request(api, started.elapsed());
             body
         })),
+        Reply::LaterWithFiles(future) => Reply::LaterWithFiles(Box::pin(async move {
+            let response = future.await;
+            latency.observe_request(api, started.elapsed());
+            response
+        })),
         other => {
             latency.observe_request(api, started.elapsed());
             other
@@ -425,7 +476,17 @@ fn encode(
     correlation_id: i32,
     body: &ResponseKind,
 ) -> Result<Outgoing, CloseReason> {
-    codec::encode_response(api_key, version, correlation_id, body)
+    encode_with_files(api_key, version, correlation_id, body, Vec::new())
+}
+
+fn encode_with_files(
+    api_key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &ResponseKind,
+    files: Vec<FileRange>,
+) -> Result<Outgoing, CloseReason> {
+    codec::encode_response(api_key, version, correlation_id, body, files)
         .map(Outgoing::Ready)
         .map_err(|message| CloseReason::Encode {
             api: versions::name(api_key),
@@ -533,13 +594,40 @@ fn topic_name(text: &str) -> TopicName {
     TopicName(str_bytes(text))
 }
 
+/// Bytes the writer buffers before a write to the socket.
+const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+
+/// Bytes of a file range read at once for a stream that cannot take it by `sendfile(2)`.
+const RANGE_COPY_BYTES: usize = 64 * 1024;
+
+/// The stream a connection's responses are written to, and whether it takes file ranges
+/// straight from the page cache.
+pub(crate) trait ResponseStream: AsyncWrite + Unpin + Send + 'static {
+    /// The plain TCP socket under the stream, which file ranges are sent to with
+    /// `sendfile(2)`; `None` for a stream that transforms the bytes (TLS), to which the
+    /// writer copies them through a buffer instead.
+    fn socket(&self) -> Option<&TcpStream> {
+        None
+    }
+}
+
+impl ResponseStream for tokio::net::tcp::OwnedWriteHalf {
+    fn socket(&self) -> Option<&TcpStream> {
+        Some(self.as_ref())
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Send + 'static> ResponseStream for tokio::io::WriteHalf<S> {}
+
 /// Writes responses in request order, waiting for pending ones in turn.
-async fn write_responses<W: AsyncWrite + Unpin + Send>(
+async fn write_responses<W: ResponseStream>(
     writer: W,
     mut queue: mpsc::Receiver<Outgoing>,
     peer: SocketAddr,
 ) {
-    let mut writer = BufWriter::with_capacity(64 * 1024, writer);
+    let mut writer = BufWriter::with_capacity(WRITE_BUFFER_BYTES, writer);
+    // Allocated the first time a range is copied rather than sent by sendfile.
+    let mut scratch = Vec::new();
     while let Some(outgoing) = queue.recv().await {
         let parts = match outgoing {
             Outgoing::Ready(parts) => parts,
@@ -565,7 +653,14 @@ async fn write_responses<W: AsyncWrite + Unpin + Send>(
         };
         for part in parts {
             // Parts larger than the buffer (record batches) go straight to the socket.
-            if let Err(error) = writer.write_all(&part).await {
+            let written = match part {
+                Part::Bytes(bytes) => writer.write_all(&bytes).await,
+                Part::File(range) => write_range(&mut writer, &range, &mut scratch)
+                    .await
+                    .map(|_| ()),
+            };
+            if let Err(error) = written {
+                // The response's size prefix promised these bytes: the connection cannot go on.
                 debug!(%peer, %error, "write failed");
                 return;
             }
@@ -580,4 +675,217 @@ async fn write_responses<W: AsyncWrite + Unpin + Send>(
     }
     let _ = writer.flush().await;
     let _ = writer.shutdown().await;
+}
+
+/// Writes a file range: with `sendfile(2)` from the page cache to a plain TCP socket, after
+/// what is buffered so the bytes stay in order; otherwise (TLS, or a file `sendfile` cannot
+/// read) read into `scratch` piece by piece and written through the buffer. Returns the
+/// bytes `sendfile` sent.
+async fn write_range<W: ResponseStream>(
+    writer: &mut BufWriter<W>,
+    range: &FileRange,
+    scratch: &mut Vec<u8>,
+) -> std::io::Result<u64> {
+    let mut sent = 0u64;
+    if range.raw_fd().is_some() && writer.get_ref().socket().is_some() {
+        writer.flush().await?;
+        if let (Some(socket), Some(fd)) = (writer.get_ref().socket(), range.raw_fd()) {
+            sent = sendfile_range(socket, fd, range).await?;
+        }
+    }
+    let by_sendfile = sent;
+    while sent < range.len() {
+        if scratch.is_empty() {
+            scratch.resize(RANGE_COPY_BYTES, 0);
+        }
+        let want = usize::try_from(range.len() - sent)
+            .unwrap_or(usize::MAX)
+            .min(scratch.len());
+        let n = range.read_at(&mut scratch[..want], sent)?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "segment file shorter than the range read from it",
+            ));
+        }
+        writer.write_all(&scratch[..n]).await?;
+        sent += n as u64;
+    }
+    Ok(by_sendfile)
+}
+
+/// Sends `range` (whose file is `fd`) to `socket` with `sendfile(2)`, waiting for the socket
+/// to take more whenever it is full. Returns the bytes sent: all of them, or fewer when the
+/// kernel cannot `sendfile` from this file, in which case the caller copies the rest.
+async fn sendfile_range(
+    socket: &TcpStream,
+    fd: std::os::fd::RawFd,
+    range: &FileRange,
+) -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    let mut sent = 0u64;
+    while sent < range.len() {
+        socket.writable().await?;
+        let result = socket.try_io(tokio::io::Interest::WRITABLE, || {
+            let mut offset = libc::off_t::try_from(range.position() + sent)
+                .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+            let count = usize::try_from(range.len() - sent).unwrap_or(usize::MAX);
+            // SAFETY: both descriptors are open for the call: the socket's while `socket` is
+            // borrowed, the file's while `range` (which holds the file) lives; `offset` is a
+            // valid `off_t` the kernel reads and advances.
+            let n = unsafe { libc::sendfile(socket.as_raw_fd(), fd, &mut offset, count) };
+            usize::try_from(n).map_err(|_| std::io::Error::last_os_error())
+        });
+        match result {
+            Ok(0) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "segment file shorter than the range read from it",
+                ));
+            }
+            Ok(n) => sent += n as u64,
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                ) => {}
+            // A file system without the page-cache path sendfile needs: copy instead.
+            Err(error)
+                if matches!(
+                    error.raw_os_error(),
+                    Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
+                ) =>
+            {
+                return Ok(sent);
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(sent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::segmented::tests::{log_on_disk, range_at};
+    use super::*;
+    use herald_storage::LogConfig;
+    use tokio::net::TcpListener;
+
+    /// A connected pair: the broker's write half and the client's stream.
+    async fn tcp_pair() -> (tokio::net::tcp::OwnedWriteHalf, TcpStream, SocketAddr) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, peer) = listener.accept().await.unwrap();
+        let (_read, write) = server.into_split();
+        (write, client, peer)
+    }
+
+    /// Queues `responses`, lets the writer send them and returns what the client received.
+    async fn written<W: ResponseStream, R: AsyncRead + Unpin>(
+        writer: W,
+        mut client: R,
+        peer: SocketAddr,
+        responses: Vec<Vec<Part>>,
+    ) -> Vec<u8> {
+        let (queue, receiver) = mpsc::channel(responses.len());
+        let writing = tokio::spawn(write_responses(writer, receiver, peer));
+        for parts in responses {
+            queue.send(Outgoing::Ready(parts)).await.unwrap();
+        }
+        drop(queue);
+        let mut received = Vec::new();
+        client.read_to_end(&mut received).await.unwrap();
+        writing.await.unwrap();
+        received
+    }
+
+    /// Responses of bytes around file ranges, and the bytes they stand for.
+    fn responses(ranges: &[FileRange]) -> (Vec<Vec<Part>>, Vec<u8>) {
+        let mut expected = Vec::new();
+        let mut out = Vec::new();
+        for (i, range) in ranges.iter().enumerate() {
+            let head = Bytes::from(format!("head {i}"));
+            let tail = Bytes::from(vec![i as u8; 100]);
+            expected.extend_from_slice(&head);
+            expected.extend_from_slice(&range.to_bytes().unwrap());
+            expected.extend_from_slice(&tail);
+            out.push(vec![
+                Part::Bytes(head),
+                Part::File(range.clone()),
+                Part::Bytes(tail),
+            ]);
+        }
+        (out, expected)
+    }
+
+    #[tokio::test]
+    async fn file_ranges_reach_a_tcp_socket_by_sendfile_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = log_on_disk(dir.path(), LogConfig::default(), 40, 16);
+        let range = range_at(&log, 0, 1 << 20);
+        let (writer, mut client, _) = tcp_pair().await;
+        // More than a socket's send buffer usually takes at once: the send may wait for the
+        // reader, partway through the range.
+        let big = range_at(&log, 0, 8 << 20);
+        assert!(big.len() > 600_000);
+        let reading = tokio::spawn(async move {
+            let mut received = Vec::new();
+            client.read_to_end(&mut received).await.unwrap();
+            received
+        });
+        let mut buffered = BufWriter::new(writer);
+        buffered.write_all(b"before").await.unwrap();
+        let mut scratch = Vec::new();
+        let by_sendfile = write_range(&mut buffered, &big, &mut scratch)
+            .await
+            .unwrap();
+        assert_eq!(by_sendfile, big.len(), "all of it by sendfile");
+        assert!(scratch.is_empty(), "nothing copied");
+        buffered.write_all(b"after").await.unwrap();
+        buffered.shutdown().await.unwrap();
+        drop(buffered);
+        let mut expected = b"before".to_vec();
+        expected.extend_from_slice(&big.to_bytes().unwrap());
+        expected.extend_from_slice(b"after");
+        assert_eq!(reading.await.unwrap(), expected);
+
+        // Through the connection's writer: several responses, in order.
+        let (writer, client, peer) = tcp_pair().await;
+        let (parts, expected) = responses(&[range.clone(), big, range]);
+        assert_eq!(written(writer, client, peer, parts).await, expected);
+    }
+
+    #[tokio::test]
+    async fn a_range_is_sent_after_retention_deleted_its_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            segment_bytes: 64 * 1024,
+            ..LogConfig::default()
+        };
+        let log = log_on_disk(dir.path(), config, 20, 16);
+        let range = range_at(&log, 0, 1 << 20);
+        let (parts, expected) = responses(&[range]);
+        // The read is done; before the response is sent, the segment goes.
+        let first = dir.path().join(format!("{:020}.log", 0));
+        log.delete_records_before(log.offsets().high_watermark)
+            .unwrap();
+        assert!(!first.exists());
+        let (writer, client, peer) = tcp_pair().await;
+        assert_eq!(written(writer, client, peer, parts).await, expected);
+    }
+
+    #[tokio::test]
+    async fn streams_without_a_socket_get_file_ranges_copied() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = log_on_disk(dir.path(), LogConfig::default(), 20, 16);
+        let ranges = [range_at(&log, 0, 100_000), range_at(&log, 32, 1 << 20)];
+        let (parts, expected) = responses(&ranges);
+        // A stream like TLS's write half: not a socket, so no sendfile.
+        let (server, client) = tokio::io::duplex(16 * 1024);
+        let (_read, write) = tokio::io::split(server);
+        let peer = SocketAddr::from(([127, 0, 0, 1], 1));
+        assert_eq!(written(write, client, peer, parts).await, expected);
+    }
 }

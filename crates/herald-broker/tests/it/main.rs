@@ -7,6 +7,7 @@ mod bad_input;
 mod compaction_transactions;
 mod decode;
 mod fetch_limits;
+mod fetch_sendfile;
 mod group_assignors;
 mod group_rebalance;
 mod group_support;

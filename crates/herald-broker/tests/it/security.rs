@@ -175,13 +175,26 @@ fn grant(
 
 /// Produces `count` messages and reads them back from the start, through `config`.
 async fn round_trip(config: &ClientConfig, topic: &str, count: usize) {
+    let seen = round_trip_padded(config, topic, count, 0).await;
+    assert_eq!(seen[0], "message 0");
+}
+
+/// Produces `count` messages, each followed by `padding` spaces, and returns the first
+/// `count` read back from the start of the topic.
+async fn round_trip_padded(
+    config: &ClientConfig,
+    topic: &str,
+    count: usize,
+    padding: usize,
+) -> Vec<String> {
     let producer: FutureProducer = config.create().unwrap();
+    let pad = " ".repeat(padding);
     for i in 0..count {
         producer
             .send(
                 FutureRecord::to(topic)
                     .key("k")
-                    .payload(&format!("message {i}")),
+                    .payload(&format!("message {i}{pad}")),
                 Duration::from_secs(10),
             )
             .await
@@ -207,8 +220,8 @@ async fn round_trip(config: &ClientConfig, topic: &str, count: usize) {
             seen.push(String::from_utf8(message.payload().unwrap().to_vec()).unwrap());
         }
     }
-    assert_eq!(seen.len(), count, "read back {seen:?}");
-    assert_eq!(seen[0], "message 0");
+    assert_eq!(seen.len(), count, "read back {} of {count}", seen.len());
+    seen
 }
 
 /// Fetches metadata through `config`; the error librdkafka gives if it cannot.
@@ -234,15 +247,17 @@ async fn sasl_ssl_scram_sha512_and_mtls_clients_produce_and_consume() {
         .set_password("alice", "alice-pw", &[Mechanism::Sha512], 4096)
         .unwrap();
     for operation in [Operation::Write, Operation::Read, Operation::Create] {
-        grant(
-            data.path(),
-            "User:alice",
-            ResourceType::Topic,
-            "orders",
-            PatternType::Literal,
-            operation,
-            Permission::Allow,
-        );
+        for topic in ["orders", "bulk"] {
+            grant(
+                data.path(),
+                "User:alice",
+                ResourceType::Topic,
+                topic,
+                PatternType::Literal,
+                operation,
+                Permission::Allow,
+            );
+        }
     }
     grant(
         data.path(),
@@ -275,6 +290,11 @@ async fn sasl_ssl_scram_sha512_and_mtls_clients_produce_and_consume() {
     .await;
     // The same principal from its certificate's subject, mapped to its common name.
     round_trip(&mtls_client(&pki, &ssl, "alice"), "orders", 10).await;
+    // Fetches of many kilobytes, sent from the segment files: TLS gets them copied.
+    let pad = " ".repeat(4096);
+    let seen = round_trip_padded(&mtls_client(&pki, &ssl, "alice"), "bulk", 200, 4096).await;
+    let expected: Vec<String> = (0..200).map(|i| format!("message {i}{pad}")).collect();
+    assert!(seen == expected, "the large messages came back changed");
 
     // Metadata advertises the listener each client came in on.
     let seen = metadata(&mtls_client(&pki, &ssl, "alice")).unwrap();

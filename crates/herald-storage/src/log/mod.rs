@@ -26,7 +26,10 @@ use crate::producer::{Check, ProducerState};
 use crate::records;
 
 mod clean;
+mod range;
 mod recovery;
+
+pub use range::{FileRange, RangedBatches, RangedReadOutcome};
 
 pub use clean::{
     AbortMarker, CleanBounds, CleanOutcome, Cleanable, DEFAULT_DEDUPE_BUFFER_BYTES,
@@ -280,6 +283,65 @@ fn segment_bases(names: &[String]) -> Vec<u64> {
     bases.sort_unstable();
     bases.dedup();
     bases
+}
+
+/// Where a read begins, found by [`PartitionLog::read_start`].
+enum Start {
+    /// Nothing to read at the offset (it is at or past the read's end).
+    Nothing { high_watermark: u64, log_start: u64 },
+    /// The batch holding the offset.
+    At(ReadStart),
+}
+
+/// The first batch a read returns, in its segment file.
+struct ReadStart {
+    /// The segment's log file, held for the whole read.
+    file: Arc<dyn StorageFile>,
+    segment_base: u64,
+    /// Bytes of whole batches in the segment when the read began.
+    size: u64,
+    /// Position of the first batch.
+    pos: u64,
+    /// Its length in bytes.
+    first_len: usize,
+    /// The read's end (the log end if lower), reported as the high watermark.
+    high_watermark: u64,
+    log_start: u64,
+}
+
+impl ReadStart {
+    /// Bytes from the first batch on that a read of `max_bytes` looks at: up to `max_bytes`
+    /// (at most [`READ_BYTES_MAX`]) within the segment, or the first batch alone when it is
+    /// larger and `at_least_one` (KIP-74), or nothing.
+    fn window_bytes(&self, max_bytes: usize, at_least_one: bool) -> usize {
+        let max_bytes = max_bytes.min(READ_BYTES_MAX);
+        if self.first_len > max_bytes {
+            if at_least_one { self.first_len } else { 0 }
+        } else {
+            max_bytes.min((self.size - self.pos) as usize)
+        }
+    }
+
+    /// The whole batches of the window below the high watermark, read into memory.
+    fn read_bytes(&self, max_bytes: usize, at_least_one: bool) -> Result<Bytes, ReadError> {
+        let mut buf = vec![0u8; self.window_bytes(max_bytes, at_least_one)];
+        read_exact_at(self.file.as_ref(), &mut buf, self.pos)?;
+        // Keep whole batches only, and only those below the end.
+        let mut keep = 0usize;
+        while keep < buf.len() {
+            match batch::announced_len(&buf[keep..]) {
+                Some(len)
+                    if keep + len <= buf.len()
+                        && batch::announced_last_offset(&buf[keep..]) < self.high_watermark =>
+                {
+                    keep += len;
+                }
+                _ => break,
+            }
+        }
+        buf.truncate(keep);
+        Ok(Bytes::from(buf))
+    }
 }
 
 impl PartitionLog {
@@ -725,10 +787,33 @@ impl PartitionLog {
         max_bytes: usize,
         at_least_one: bool,
     ) -> Result<ReadOutcome, ReadError> {
+        let start = match self.read_start(offset, end)? {
+            Start::Nothing {
+                high_watermark,
+                log_start,
+            } => {
+                return Ok(ReadOutcome {
+                    batches: Bytes::new(),
+                    high_watermark,
+                    log_start,
+                });
+            }
+            Start::At(start) => start,
+        };
+        Ok(ReadOutcome {
+            batches: start.read_bytes(max_bytes, at_least_one)?,
+            high_watermark: start.high_watermark,
+            log_start: start.log_start,
+        })
+    }
+
+    /// Finds where a read of `offset` bounded by `end` starts: the segment file and the
+    /// position of the batch holding `offset` (or nothing to read).
+    fn read_start(&self, offset: u64, end: u64) -> Result<Start, ReadError> {
         // A compacted segment may end before its offset range does: an offset in such a gap is
         // read from the next segment on.
         let mut offset = offset;
-        let (file, size, pos, first_len, hw, log_start) = loop {
+        loop {
             let (seg_base, size, seg_next, file, start_pos, hw, log_start) = {
                 let st = self.state.read();
                 let (hw, log_start) = (end.min(st.next_offset), st.log_start);
@@ -739,8 +824,7 @@ impl PartitionLog {
                     });
                 }
                 if offset >= hw {
-                    return Ok(ReadOutcome {
-                        batches: Bytes::new(),
+                    return Ok(Start::Nothing {
                         high_watermark: hw,
                         log_start,
                     });
@@ -795,11 +879,20 @@ impl PartitionLog {
                 pos += len as u64;
             };
             match found {
-                Some(len) => break (file, size, pos, len, hw, log_start),
+                Some(first_len) => {
+                    return Ok(Start::At(ReadStart {
+                        file,
+                        segment_base: seg_base,
+                        size,
+                        pos,
+                        first_len,
+                        high_watermark: hw,
+                        log_start,
+                    }));
+                }
                 // A gap running past what readers may see yet reads as nothing.
                 None if pos == size && seg_next > offset && seg_next > hw => {
-                    return Ok(ReadOutcome {
-                        batches: Bytes::new(),
+                    return Ok(Start::Nothing {
                         high_watermark: hw,
                         log_start,
                     });
@@ -807,34 +900,7 @@ impl PartitionLog {
                 None if pos == size && seg_next > offset => offset = seg_next,
                 None => return Err(corrupt(pos, "offset not found where the index points")),
             }
-        };
-        let max_bytes = max_bytes.min(READ_BYTES_MAX);
-        let want = if first_len > max_bytes {
-            if at_least_one { first_len } else { 0 }
-        } else {
-            max_bytes.min((size - pos) as usize)
-        };
-        let mut buf = vec![0u8; want];
-        read_exact_at(file.as_ref(), &mut buf, pos)?;
-        // Keep whole batches only, and only those below the end.
-        let mut keep = 0usize;
-        while keep < buf.len() {
-            match batch::announced_len(&buf[keep..]) {
-                Some(len)
-                    if keep + len <= buf.len()
-                        && batch::announced_last_offset(&buf[keep..]) < hw =>
-                {
-                    keep += len;
-                }
-                _ => break,
-            }
         }
-        buf.truncate(keep);
-        Ok(ReadOutcome {
-            batches: Bytes::from(buf),
-            high_watermark: hw,
-            log_start,
-        })
     }
 
     /// The log start, high watermark and durable end.

@@ -8,6 +8,7 @@ mod crash;
 mod fuzz_open;
 mod many_partitions;
 mod model;
+mod ranged_read;
 mod retention;
 mod sigkill;
 mod support;
