@@ -3,7 +3,8 @@
 //!
 //! The service keeps no files. Its view of every notification is rebuilt from the topics each
 //! time it starts: two subscriptions under groups unique to this process start at the earliest
-//! event of `sms` (every request: `pending`) and of `sms.results` (every outcome), and merge
+//! event of `sms` (every request: `pending`) and of `sms.results` (every outcome; both names
+//! are configurable, [`Names`]), and merge
 //! them in a [`StatusBook`] whatever order they arrive in. Those groups are only a way to read
 //! the topics from the start; their committed offsets are never used again (the broker expires
 //! them with its offset retention). Memory is bounded by `notifications_max`: beyond it the
@@ -24,7 +25,7 @@ use herald::{
 use parking_lot::Mutex;
 use serde_json::json;
 
-use crate::messages::{RESULTS_TOPIC, SMS_TOPIC, SmsRequest, SmsResult};
+use crate::messages::{Names, SmsRequest, SmsResult};
 use crate::status::StatusBook;
 
 /// Largest request body accepted, in bytes; larger ones get 413.
@@ -40,12 +41,15 @@ const PHONE_DIGITS_MAX: usize = 15;
 pub struct NotifierConfig {
     /// Notifications tracked for `GET`; the oldest are forgotten beyond this.
     pub notifications_max: usize,
+    /// The topics it publishes requests to and reads outcomes from.
+    pub names: Names,
 }
 
 impl Default for NotifierConfig {
     fn default() -> Self {
         NotifierConfig {
             notifications_max: crate::status::NOTIFICATIONS_MAX_DEFAULT,
+            names: Names::default(),
         }
     }
 }
@@ -54,6 +58,8 @@ impl Default for NotifierConfig {
 struct AppState {
     bus: Bus,
     book: Arc<Mutex<StatusBook>>,
+    /// The topic requests are published to.
+    sms_topic: Arc<str>,
 }
 
 /// The notification service's subscriptions and HTTP routes.
@@ -71,7 +77,7 @@ impl Notifier {
         let instance = EventId::new();
         let requests = {
             let book = book.clone();
-            bus.subscribe(SMS_TOPIC)
+            bus.subscribe(&config.names.sms_topic)
                 .group(&format!("notification-service.requests.{instance}"))
                 .start_from(StartFrom::Earliest)
                 // This view must never dead-letter: `sms.dlq` means "the SMS service gave up".
@@ -90,7 +96,7 @@ impl Notifier {
         };
         let results = {
             let book = book.clone();
-            bus.subscribe(RESULTS_TOPIC)
+            bus.subscribe(&config.names.results_topic)
                 .group(&format!("notification-service.results.{instance}"))
                 .start_from(StartFrom::Earliest)
                 .dead_letter(DeadLetter::Refuse)
@@ -108,7 +114,11 @@ impl Notifier {
                 .await?
         };
         Ok(Notifier {
-            state: AppState { bus, book },
+            state: AppState {
+                bus,
+                book,
+                sms_topic: config.names.sms_topic.as_str().into(),
+            },
             requests,
             results,
         })
@@ -189,7 +199,7 @@ async fn create(State(state): State<AppState>, body: Bytes) -> Response {
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
     let id = event.id;
-    match state.bus.publish(SMS_TOPIC, event).await {
+    match state.bus.publish(&state.sms_topic, event).await {
         Ok(receipt) if matches!(receipt.completed, Completed::Stored { .. }) => {
             state.book.lock().request(id, &request.to);
             tracing::info!(%id, to = %request.to, "notification stored");

@@ -5,7 +5,7 @@
 //! publishes a `sent` result; a provider failure returns an error, so the SDK retries it with
 //! backoff and finally dead-letters it to `sms.dlq`. The second (group `sms-service.failures`
 //! on `sms.dlq`) turns each dead letter into a `failed` result, so the user learns the outcome
-//! either way. An event is acknowledged (its offset committed) only after its handler
+//! either way. The topic and group names are those of [`Names`] (the defaults above). An event is acknowledged (its offset committed) only after its handler
 //! returned, so a crash between sending and committing redelivers it, and the provider's
 //! idempotency key keeps that redelivery from sending twice.
 
@@ -16,9 +16,7 @@ use herald::{
     RetryPolicy, SubscribeError, Subscription, SubscriptionStats,
 };
 
-use crate::messages::{
-    DLQ_GROUP, DLQ_TOPIC, RESULTS_TOPIC, SMS_GROUP, SMS_TOPIC, SmsRequest, SmsResult, Status,
-};
+use crate::messages::{Names, SmsRequest, SmsResult, Status};
 use crate::provider::{SentSms, StandInProvider};
 
 /// How the SMS service handles events.
@@ -28,6 +26,8 @@ pub struct SenderConfig {
     pub retry: RetryPolicy,
     /// SMS sent at once (one recipient's messages are never sent at the same time).
     pub concurrency: usize,
+    /// The topics it reads and publishes to, and its groups.
+    pub names: Names,
 }
 
 impl Default for SenderConfig {
@@ -35,6 +35,7 @@ impl Default for SenderConfig {
         SenderConfig {
             retry: RetryPolicy::default(),
             concurrency: herald::CONCURRENCY_DEFAULT,
+            names: Names::default(),
         }
     }
 }
@@ -58,29 +59,33 @@ impl Sender {
         provider: Arc<StandInProvider>,
         config: SenderConfig,
     ) -> Result<Self, SubscribeError> {
+        let names = Arc::new(config.names);
         let sms = {
             let bus = bus.clone();
             let provider = provider.clone();
+            let names = names.clone();
             bus.clone()
-                .subscribe(SMS_TOPIC)
-                .group(SMS_GROUP)
+                .subscribe(&names.sms_topic)
+                .group(&names.sms_group)
                 .concurrency(config.concurrency)
                 .retry(config.retry.clone())
-                .dead_letter(DeadLetter::Topic(DLQ_TOPIC.to_string()))
+                .dead_letter(DeadLetter::Topic(names.dlq_topic.clone()))
                 .handle_json(move |request: SmsRequest, event: Event| {
-                    send(bus.clone(), provider.clone(), request, event)
+                    send(bus.clone(), provider.clone(), names.clone(), request, event)
                 })
                 .await?
         };
         let failures = bus
             .clone()
-            .subscribe(DLQ_TOPIC)
-            .group(DLQ_GROUP)
+            .subscribe(&names.dlq_topic)
+            .group(&names.dlq_group())
             .concurrency(config.concurrency)
             // Publishing the result is all this handler does; if that keeps failing, leave the
             // dead letter uncommitted so it is reported after a restart rather than lost.
             .dead_letter(DeadLetter::Refuse)
-            .handle(move |event: Event| report_failure(bus.clone(), provider.clone(), event))
+            .handle(move |event: Event| {
+                report_failure(bus.clone(), provider.clone(), names.clone(), event)
+            })
             .await?;
         Ok(Sender { sms, failures })
     }
@@ -100,6 +105,7 @@ impl Sender {
 async fn send(
     bus: Bus,
     provider: Arc<StandInProvider>,
+    names: Arc<Names>,
     request: SmsRequest,
     event: Event,
 ) -> Result<(), HandlerError> {
@@ -110,7 +116,7 @@ async fn send(
         .await
         .map_err(|e| HandlerError::retryable(format!("the provider call did not finish: {e}")))??;
     tracing::info!(%id, to = %to, attempts = sms.attempts, "sms sent");
-    bus.publish_result(RESULTS_TOPIC, &event, &sent_result(sms))
+    bus.publish_result(&names.results_topic, &event, &sent_result(sms))
         .await?;
     Ok(())
 }
@@ -130,12 +136,13 @@ fn sent_result(sms: SentSms) -> SmsResult {
 async fn report_failure(
     bus: Bus,
     provider: Arc<StandInProvider>,
+    names: Arc<Names>,
     event: Event,
 ) -> Result<(), HandlerError> {
     // `sms.dlq` may be shared with other groups' dead letters; only ours are SMS requests.
     if event
         .header_str(HEADER_DLQ_GROUP)
-        .is_some_and(|g| g != SMS_GROUP)
+        .is_some_and(|g| g != names.sms_group)
     {
         return Ok(());
     }
@@ -157,6 +164,7 @@ async fn report_failure(
         },
     };
     tracing::warn!(id = %event.id, status = ?result.status, error = ?result.error, "reporting a dead-lettered sms");
-    bus.publish_result(RESULTS_TOPIC, &event, &result).await?;
+    bus.publish_result(&names.results_topic, &event, &result)
+        .await?;
     Ok(())
 }

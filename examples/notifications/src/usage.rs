@@ -30,10 +30,8 @@ use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
 use crate::bounded::BoundedMap;
-use crate::messages::{SMS_TOPIC, SmsRequest};
+use crate::messages::{Names, SmsRequest};
 
-/// The usage service's consumer group on `sms`.
-pub const USAGE_GROUP: &str = "usage-service";
 /// Counted ids remembered by default. A redelivery only concerns events not yet committed (those
 /// in flight and those handled since the last commit, a fraction of a second's worth), so this
 /// is far wider than needed; an id older than the window would be counted again.
@@ -252,14 +250,16 @@ fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::File::open(&dir)?.sync_all()
 }
 
-/// Counts every `sms` event under the group `usage-service`.
+/// Counts every event of the requests topic under the usage group (by default `sms` and
+/// `usage-service`).
 pub async fn subscribe(
     bus: &Bus,
     book: Arc<UsageBook>,
     concurrency: usize,
+    names: &Names,
 ) -> Result<Subscription, SubscribeError> {
-    bus.subscribe(SMS_TOPIC)
-        .group(USAGE_GROUP)
+    bus.subscribe(&names.sms_topic)
+        .group(&names.usage_group)
         .concurrency(concurrency)
         // A failed save stops counting; leave the event uncommitted for after the restart.
         .dead_letter(DeadLetter::Refuse)

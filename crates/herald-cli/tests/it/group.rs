@@ -1,6 +1,7 @@
 //! `herald group` and consumer groups across a broker crash, against the real `herald serve`
 //! process: committed offsets survive SIGKILL, consumers resume, and the CLI's lag and
-//! reset-offsets agree with what a consumer then reads.
+//! reset-offsets agree with what a consumer then reads. The last runs against the external
+//! broker `HERALD_TEST_BOOTSTRAP` names, when set; the crash needs Herald and skips there.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, Output};
@@ -15,7 +16,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
 
-use crate::support::ServeProcess;
+use crate::support::{ServeProcess, TestBroker};
 
 fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
@@ -120,6 +121,12 @@ fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> BTre
 
 #[test]
 fn committed_offsets_survive_broker_sigkill_and_consumers_resume() {
+    if herald_testkit::skip_on_external(
+        "committed_offsets_survive_broker_sigkill_and_consumers_resume",
+        "SIGKILLs the broker and restarts it on the same data directory",
+    ) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let mut server = ServeProcess::start(&dir.path().join("data"));
     let bootstrap = server.kafka_addr.to_string();
@@ -189,14 +196,16 @@ fn committed_offsets_survive_broker_sigkill_and_consumers_resume() {
 #[test]
 fn cli_lag_and_reset_offsets_match_what_a_consumer_reads() {
     let dir = tempfile::tempdir().unwrap();
-    let server = ServeProcess::start(&dir.path().join("data"));
-    let bootstrap = server.kafka_addr.to_string();
-    create_topic(&bootstrap, "t", 1);
-    produce(&bootstrap, "t", 1, 10);
+    let server = TestBroker::start(&dir.path().join("data"));
+    let bootstrap = server.bootstrap();
+    let (topic, group) = (server.name("t"), server.name("g"));
+    let (topic, group) = (topic.as_str(), group.as_str());
+    create_topic(&bootstrap, topic, 1);
+    produce(&bootstrap, topic, 1, 10);
 
     // Read four messages and commit offset 4, then leave the group.
-    let reader = group_consumer(&bootstrap, "g");
-    reader.subscribe(&["t"]).unwrap();
+    let reader = group_consumer(&bootstrap, group);
+    reader.subscribe(&[topic]).unwrap();
     let mut read = 0;
     let deadline = Instant::now() + Duration::from_secs(60);
     while read < 4 {
@@ -215,9 +224,9 @@ fn cli_lag_and_reset_offsets_match_what_a_consumer_reads() {
         &[
             "group",
             "reset-offsets",
-            "g",
+            group,
             "--topic",
-            "t",
+            topic,
             "--to-offset",
             "2",
         ],
@@ -231,7 +240,7 @@ fn cli_lag_and_reset_offsets_match_what_a_consumer_reads() {
     drop(reader);
 
     let describe = |bootstrap: &str| {
-        let d = herald_json(bootstrap, &["group", "describe", "g"]);
+        let d = herald_json(bootstrap, &["group", "describe", group]);
         let o = d["offsets"][0].clone();
         (
             d["state"].as_str().unwrap().to_string(),
@@ -256,7 +265,7 @@ fn cli_lag_and_reset_offsets_match_what_a_consumer_reads() {
             .as_array()
             .unwrap()
             .iter()
-            .any(|g| g["group"] == "g" && g["state"] == "Empty")
+            .any(|g| g["group"] == group && g["state"] == "Empty")
     );
 
     let plan = herald_json(
@@ -264,9 +273,9 @@ fn cli_lag_and_reset_offsets_match_what_a_consumer_reads() {
         &[
             "group",
             "reset-offsets",
-            "g",
+            group,
             "--topic",
-            "t",
+            topic,
             "--to-offset",
             "2",
             "--dry-run",
@@ -280,9 +289,9 @@ fn cli_lag_and_reset_offsets_match_what_a_consumer_reads() {
         &[
             "group",
             "reset-offsets",
-            "g",
+            group,
             "--topic",
-            "t",
+            topic,
             "--to-offset",
             "2",
         ],
@@ -293,9 +302,9 @@ fn cli_lag_and_reset_offsets_match_what_a_consumer_reads() {
         &[
             "group",
             "reset-offsets",
-            "g",
+            group,
             "--topic",
-            "t",
+            topic,
             "--shift-by",
             "-1",
         ],
@@ -304,8 +313,8 @@ fn cli_lag_and_reset_offsets_match_what_a_consumer_reads() {
     assert_eq!((committed, lag), (Some(1), Some(9)));
 
     // A consumer of the group now starts exactly there.
-    let next = group_consumer(&bootstrap, "g");
-    next.subscribe(&["t"]).unwrap();
+    let next = group_consumer(&bootstrap, group);
+    next.subscribe(&[topic]).unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     let first = loop {
         assert!(Instant::now() < deadline);
@@ -321,7 +330,7 @@ fn cli_lag_and_reset_offsets_match_what_a_consumer_reads() {
 
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let out = herald(&bootstrap, &["group", "delete", "g"]);
+        let out = herald(&bootstrap, &["group", "delete", group]);
         if out.status.success() {
             break;
         }
@@ -335,7 +344,7 @@ fn cli_lag_and_reset_offsets_match_what_a_consumer_reads() {
         assert!(Instant::now() < deadline, "group never became deletable");
     }
     assert_eq!(
-        herald(&bootstrap, &["group", "describe", "g"])
+        herald(&bootstrap, &["group", "describe", group])
             .status
             .code(),
         Some(4)

@@ -2,7 +2,8 @@
 //! with its own data directory and log file, ready once `/health` answers, stopped with SIGTERM or
 //! SIGKILL, and restartable on the same addresses. Tests that only need some Kafka-compatible
 //! broker take it from [`TestBroker::start`], which uses the external broker
-//! `HERALD_TEST_BOOTSTRAP` names when that is set.
+//! `HERALD_TEST_BOOTSTRAP` names when that is set (`herald_testkit`), and name what they create
+//! with [`TestBroker::name`].
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -226,31 +227,26 @@ impl Drop for ServeProcess {
     }
 }
 
-/// The variable that names an external Kafka-compatible broker (`host:port`) for the client
-/// tests to use instead of starting `herald serve`.
-pub const EXTERNAL_BOOTSTRAP_VAR: &str = "HERALD_TEST_BOOTSTRAP";
-
-/// The external broker's bootstrap address when `HERALD_TEST_BOOTSTRAP` is set and not empty.
-pub fn external_bootstrap() -> Option<String> {
-    std::env::var(EXTERNAL_BOOTSTRAP_VAR)
-        .ok()
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty())
-}
-
-/// The broker a client test talks to: a `herald serve` started for the test, or the external
-/// Kafka-compatible broker `HERALD_TEST_BOOTSTRAP` names.
+/// The broker a test talks to: a `herald serve` started for the test, or the external
+/// Kafka-compatible broker `HERALD_TEST_BOOTSTRAP` names, shared with other tests and runs.
 pub enum TestBroker {
     Started(ServeProcess),
-    External(String),
+    External {
+        bootstrap: String,
+        /// Appended to the test's names (see [`TestBroker::name`]).
+        suffix: String,
+    },
 }
 
 impl TestBroker {
     /// The external broker when `HERALD_TEST_BOOTSTRAP` is set, else a `herald serve` started
     /// on free ports over `data_dir`.
     pub fn start(data_dir: &Path) -> TestBroker {
-        match external_bootstrap() {
-            Some(bootstrap) => TestBroker::External(bootstrap),
+        match herald_testkit::external_bootstrap() {
+            Some(bootstrap) => TestBroker::External {
+                bootstrap,
+                suffix: herald_testkit::unique_suffix(),
+            },
             None => TestBroker::Started(ServeProcess::start(data_dir)),
         }
     }
@@ -259,27 +255,42 @@ impl TestBroker {
     pub fn bootstrap(&self) -> String {
         match self {
             TestBroker::Started(process) => process.kafka_addr.to_string(),
-            TestBroker::External(bootstrap) => bootstrap.clone(),
+            TestBroker::External { bootstrap, .. } => bootstrap.clone(),
         }
     }
 
-    /// Whether the broker is shared with other tests and earlier runs.
-    pub fn is_external(&self) -> bool {
-        matches!(self, TestBroker::External(_))
+    /// The name topic, group or transactional id `base` has in this test: `base` itself on a
+    /// broker of the test's own, `base` with a suffix unique to this test on a shared external
+    /// broker, so reruns and tests running at the same time never meet each other's data.
+    pub fn name(&self, base: &str) -> String {
+        match self {
+            TestBroker::Started(_) => base.to_string(),
+            TestBroker::External { suffix, .. } => format!("{base}-{suffix}"),
+        }
     }
-}
 
-/// A suffix for names of topics and groups on a shared external broker, different on every
-/// call, so reruns and tests running at the same time never meet each other's data.
-pub fn run_suffix() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static CALLS: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or_default();
-    let salt = u64::from(std::process::id()) << 32 | CALLS.fetch_add(1, Ordering::Relaxed);
-    format!("{:012x}", (nanos ^ salt.rotate_left(17)) & 0xffff_ffff_ffff)
+    /// Of `named` things listed by the broker, those this test made: all of them on a broker
+    /// of its own, only those with this test's suffix on a shared external broker.
+    pub fn own<T>(&self, named: Vec<(String, T)>) -> Vec<(String, T)> {
+        match self {
+            TestBroker::Started(_) => named,
+            TestBroker::External { suffix, .. } => named
+                .into_iter()
+                .filter(|(name, _)| name.ends_with(suffix.as_str()))
+                .collect(),
+        }
+    }
+
+    /// What the broker has logged so far, for failure messages; an external broker's log is not
+    /// ours to read.
+    pub fn log(&self) -> String {
+        match self {
+            TestBroker::Started(process) => process.log(),
+            TestBroker::External { bootstrap, .. } => {
+                format!("(the external broker at {bootstrap}: its log is not available here)")
+            }
+        }
+    }
 }
 
 /// Polls `check` until it holds, or panics after [`READY_TIMEOUT`].

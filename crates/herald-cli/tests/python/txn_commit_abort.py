@@ -3,6 +3,8 @@ read_committed consumer must see exactly the committed records and a read_uncomm
 every record.
 
 Usage: txn_commit_abort.py BOOTSTRAP TOPIC
+The transactional id and the readers' group are named after TOPIC, so runs with different
+topics on a shared broker never fence or join each other.
 Prints "ok" on success; exits 3 when confluent_kafka is not installed; otherwise prints what
 differed and exits 1.
 """
@@ -21,7 +23,7 @@ CALL_TIMEOUT_S = 30
 def read_to_end(bootstrap, topic, isolation):
     consumer = Consumer({
         "bootstrap.servers": bootstrap,
-        "group.id": "txn-reader",
+        "group.id": f"{topic}-reader",
         "enable.auto.commit": False,
         "enable.partition.eof": True,
         "isolation.level": isolation,
@@ -43,7 +45,7 @@ def read_to_end(bootstrap, topic, isolation):
 
 def main() -> int:
     bootstrap, topic = sys.argv[1], sys.argv[2]
-    producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": "python-txn"})
+    producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": f"{topic}-txn"})
     producer.init_transactions(CALL_TIMEOUT_S)
     for prefix, commit in (("kept", True), ("dropped", False), ("also", True)):
         producer.begin_transaction()

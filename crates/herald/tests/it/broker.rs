@@ -57,10 +57,7 @@ impl HeraldBroker {
             return HeraldBroker {
                 _broker: None,
                 bootstrap,
-                group_suffix: Some(format!(
-                    "{:012x}",
-                    EventId::new().as_u128() & 0xffff_ffff_ffff
-                )),
+                group_suffix: Some(herald_testkit::unique_suffix()),
                 _dir: None,
             };
         }

@@ -4,39 +4,17 @@
 
 use std::time::Duration;
 
-use herald::{Event, EventId, RetryPolicy, SubscribeBuilder, Subscription};
+use herald::{Event, RetryPolicy, SubscribeBuilder, Subscription};
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
 /// Bounds every wait, so a broken transport fails the test instead of hanging it.
 pub const WAIT: Duration = Duration::from_secs(60);
 
-/// The variable that names an external Kafka-compatible broker (`host:port`) for the broker
-/// tests to use instead of starting Herald in this process.
-pub const EXTERNAL_BOOTSTRAP_VAR: &str = "HERALD_TEST_BOOTSTRAP";
+pub use herald_testkit::{external_bootstrap, skip_on_external};
 
-/// The external broker's bootstrap address when `HERALD_TEST_BOOTSTRAP` is set and not empty.
-pub fn external_bootstrap() -> Option<String> {
-    std::env::var(EXTERNAL_BOOTSTRAP_VAR)
-        .ok()
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty())
-}
-
-/// True (after printing why) when the tests run against an external broker and this test needs
-/// Herald itself, so the caller returns early; false when Herald runs in this process.
-pub fn skip_on_external(test: &str, needs: &str) -> bool {
-    let Some(bootstrap) = external_bootstrap() else {
-        return false;
-    };
-    println!(
-        "skipped {test}: it needs Herald itself ({needs}), and {EXTERNAL_BOOTSTRAP_VAR}={bootstrap} names an external broker"
-    );
-    true
-}
-
-/// A topic name no other test uses.
+/// A topic name no other test uses, on this broker or a shared external one.
 pub fn topic(name: &str) -> String {
-    format!("{name}-{}", EventId::new().as_u128() & 0xffff_ffff_ffff)
+    herald_testkit::unique_name(name)
 }
 
 /// The next value from `rx`, failing the test if none comes within [`WAIT`].

@@ -18,6 +18,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
 use herald_broker::{Broker, BrokerConfig};
 use notifications::client::{self, Answer, CallError};
+use notifications::messages::Names;
 use notifications::provider::SentSms;
 use notifications::usage::Totals;
 use serde::Serialize;
@@ -78,6 +79,9 @@ struct Args {
     service_logs: bool,
     #[arg(long, value_enum, default_value_t = Output::Table)]
     output: Output,
+    /// Given to every service it starts, so a run can share a broker with others.
+    #[command(flatten)]
+    names: Names,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -239,7 +243,10 @@ struct Service {
 impl Run<'_> {
     fn command(&self, binary: &str) -> Command {
         let mut command = Command::new(self.bin_dir.join(binary));
-        command.kill_on_drop(true).stdin(Stdio::null());
+        command
+            .kill_on_drop(true)
+            .stdin(Stdio::null())
+            .args(self.args.names.args());
         if self.args.service_logs {
             if std::env::var_os("RUST_LOG").is_none() {
                 command.env("RUST_LOG", "warn");

@@ -8,12 +8,14 @@ use clap::{Parser, ValueEnum};
 use herald::Bus;
 use notifications::calls::{CallsConfig, calling_router};
 use notifications::client::authority_of;
+use notifications::messages::Names;
 use notifications::notifier::{Notifier, NotifierConfig};
 use notifications::signals::{init_logging, stop_signal};
 use notifications::status::NOTIFICATIONS_MAX_DEFAULT;
 
 /// Accepts SMS notifications over HTTP, publishes them to the `sms` topic and reports their
-/// status from `sms.results`; or, with `--via http`, calls the SMS service and waits.
+/// status from `sms.results` (see the topic flags); or, with `--via http`, calls the SMS service
+/// and waits.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
@@ -46,6 +48,8 @@ struct Args {
     /// Longest a `POST` waits for the broker to store the request before answering 503.
     #[arg(long, default_value_t = 10_000)]
     publish_timeout_ms: u64,
+    #[command(flatten)]
+    names: Names,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -95,6 +99,7 @@ async fn main() -> anyhow::Result<()> {
         bus.clone(),
         NotifierConfig {
             notifications_max: args.notifications_max,
+            names: args.names.clone(),
         },
     )
     .await

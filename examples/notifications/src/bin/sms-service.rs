@@ -9,12 +9,14 @@ use anyhow::Context;
 use clap::Parser;
 use herald::{Bus, RetryPolicy};
 use notifications::calls::sms_router;
+use notifications::messages::Names;
 use notifications::provider::StandInProvider;
 use notifications::sender::{Sender, SenderConfig};
 use notifications::signals::{init_logging, stop_signal};
 
 /// Sends the SMS requested on the `sms` topic through a stand-in provider (a file), publishes
-/// each outcome to `sms.results`, retries failures and dead-letters what keeps failing.
+/// each outcome to `sms.results`, retries failures and dead-letters what keeps failing to
+/// `sms.dlq` (see the topic and group flags).
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
@@ -55,6 +57,8 @@ struct Args {
     /// after a crash, a restarted sms-service resumes at most this much later.
     #[arg(long, default_value_t = 10_000)]
     session_timeout_ms: u64,
+    #[command(flatten)]
+    names: Names,
 }
 
 #[tokio::main]
@@ -94,6 +98,7 @@ async fn main() -> anyhow::Result<()> {
             Duration::from_millis(args.backoff_ms_max),
         ),
         concurrency: args.concurrency,
+        names: args.names.clone(),
     };
     let sender = Sender::start(bus.clone(), Arc::new(provider), config)
         .await

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use herald::Bus;
+use notifications::messages::Names;
 use notifications::signals::{init_logging, stop_signal};
 use notifications::usage::{self, SEEN_IDS_MAX_DEFAULT, UsageBook};
 
@@ -20,8 +21,8 @@ struct Args {
     /// The counts and the counted ids, replaced atomically on every save.
     #[arg(long, value_name = "FILE")]
     state: PathBuf,
-    /// Where the notifications come from: the `sms` topic (group `usage-service`), or only
-    /// `POST /usage` calls (the direct-call design).
+    /// Where the notifications come from: the `sms` topic (group `usage-service`; see the topic
+    /// and group flags), or only `POST /usage` calls (the direct-call design).
     #[arg(long, value_enum, default_value_t = Via::Broker)]
     via: Via,
     /// Kafka address of the Herald broker.
@@ -45,6 +46,8 @@ struct Args {
     /// How long the broker waits for a silent member before giving its partitions to another.
     #[arg(long, default_value_t = 10_000)]
     session_timeout_ms: u64,
+    #[command(flatten)]
+    names: Names,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -69,7 +72,7 @@ async fn main() -> anyhow::Result<()> {
                 .connect()
                 .await
                 .context("connecting to the broker")?;
-            let sub = usage::subscribe(&bus, book.clone(), args.concurrency)
+            let sub = usage::subscribe(&bus, book.clone(), args.concurrency, &args.names)
                 .await
                 .context("subscribing to the sms topic")?;
             Some((bus, sub))

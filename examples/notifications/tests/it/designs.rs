@@ -1,6 +1,8 @@
 //! The two designs side by side: the direct-call design refuses what it cannot send while the
 //! SMS service is down, the usage service counts each notification once across its own crash,
-//! and `compare` reports that the event design lost nothing where the direct one did.
+//! and `compare` reports that the event design lost nothing where the direct one did. The
+//! direct-call design needs no broker; the others use the broker of `start_broker`, Herald's
+//! or the external one `HERALD_TEST_BOOTSTRAP` names.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -14,7 +16,7 @@ use crate::processes::{
 };
 use crate::support::{PATIENCE, provider_log, wait_for};
 
-fn usage_service(state: &Path, extra: &[&str]) -> Command {
+fn usage_service(state: &Path, extra: &[impl AsRef<std::ffi::OsStr>]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_usage-service"));
     command
         .arg("--state")
@@ -113,7 +115,7 @@ async fn a_crashed_usage_service_counts_each_notification_once() {
     let broker = start_broker().await;
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("usage.json");
-    let mut web = start_notification_service(&broker.bootstrap, &[]).await;
+    let mut web = start_notification_service(&broker, &[]).await;
     let recipients = ["+4430001", "+4430002", "+4430003"];
     let mut posted = [0u64; 3];
     let mut post_some = async |n: usize| {
@@ -126,20 +128,15 @@ async fn a_crashed_usage_service_counts_each_notification_once() {
 
     // Nothing is committed while this one runs, so after its crash every event it counted is
     // delivered again.
-    let args = [
-        "--bootstrap",
-        &broker.bootstrap,
-        "--commit-interval-ms",
-        "3600000",
-    ];
+    let mut args = broker.service_args();
+    args.extend(["--commit-interval-ms".to_string(), "3600000".to_string()]);
     let mut usage = start_http_service(usage_service(&state, &args)).await;
     post_some(20).await;
     wait_usage_total(&usage, 20).await;
     usage.child.kill().await.unwrap();
 
     post_some(10).await;
-    let mut usage =
-        start_http_service(usage_service(&state, &["--bootstrap", &broker.bootstrap])).await;
+    let mut usage = start_http_service(usage_service(&state, &broker.service_args())).await;
     let totals = wait_usage_total(&usage, 30).await;
     // Redeliveries were skipped by id, not merely absent.
     let skipped = wait_for("the redelivered events to be skipped", || async {
@@ -156,7 +153,7 @@ async fn a_crashed_usage_service_counts_each_notification_once() {
 
     assert!(terminate(&mut usage.child).await.success());
     assert!(terminate(&mut web.child).await.success());
-    broker.broker.shutdown().await.unwrap();
+    broker.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -182,7 +179,7 @@ async fn compare_shows_the_direct_design_losing_what_events_keep() {
             "json",
         ])
         .args(["--session-timeout-ms", SESSION_TIMEOUT_MS])
-        .args(["--bootstrap", &broker.bootstrap])
+        .args(broker.service_args())
         .arg("--bin-dir")
         .arg(bin_dir)
         .stdout(Stdio::piped())
@@ -230,5 +227,5 @@ async fn compare_shows_the_direct_design_losing_what_events_keep() {
     assert_eq!(n(events, "sms_sent_twice"), 0, "{events}");
     assert_eq!(n(events, "usage_counted"), 120, "{events}");
 
-    broker.broker.shutdown().await.unwrap();
+    broker.shutdown().await;
 }

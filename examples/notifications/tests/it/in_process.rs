@@ -195,6 +195,7 @@ async fn the_tracked_notifications_are_capped() {
         bus,
         NotifierConfig {
             notifications_max: 2,
+            ..NotifierConfig::default()
         },
     )
     .await

@@ -1,8 +1,11 @@
-//! The binaries as separate processes over a real Herald broker (in-process, on a temporary
-//! directory and a free port): a crashed SMS service loses nothing and sends nothing twice, a
-//! restarted notification service rebuilds its view from the topics, a provider that always
-//! fails ends in `failed` results and dead letters, a crashed usage service counts each
-//! notification once, and the direct-call design refuses what it cannot send.
+//! The binaries as separate processes over a real broker: a crashed SMS service loses nothing
+//! and sends nothing twice, a restarted notification service rebuilds its view from the topics,
+//! a provider that always fails ends in `failed` results and dead letters, and a request the
+//! broker does not store is answered 503.
+//!
+//! The broker is a Herald broker in this process (on a temporary directory and a free port), or
+//! the external Kafka-compatible broker `HERALD_TEST_BOOTSTRAP` names; every test gives the
+//! services topic and group names of its own, so tests sharing that broker never meet.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -17,19 +20,51 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStdout, Command};
 
-use crate::support::{PATIENCE, provider_log, wait_for};
+use notifications::messages::Names;
+
+use crate::support::{PATIENCE, provider_log, unique_names, wait_for};
 
 /// A session timeout as short as the broker allows, so a killed sms-service's partitions move
 /// to its successor soon.
 pub(crate) const SESSION_TIMEOUT_MS: &str = "6000";
 
+/// The broker of one test and the names the test's services use on it.
 pub(crate) struct TestBroker {
-    pub(crate) broker: Broker,
+    /// The Herald broker in this process; `None` against an external broker.
+    broker: Option<Broker>,
     pub(crate) bootstrap: String,
-    _dir: tempfile::TempDir,
+    /// Unique to this test (see [`unique_names`]).
+    pub(crate) names: Names,
+    _dir: Option<tempfile::TempDir>,
 }
 
+impl TestBroker {
+    /// The flags that point a service at this broker with this test's names.
+    pub(crate) fn service_args(&self) -> Vec<String> {
+        let mut args = vec!["--bootstrap".to_string(), self.bootstrap.clone()];
+        args.extend(self.names.args());
+        args
+    }
+
+    /// Stops the broker in this process, fsyncing everything; nothing for an external broker.
+    pub(crate) async fn shutdown(self) {
+        if let Some(broker) = self.broker {
+            broker.shutdown().await.unwrap();
+        }
+    }
+}
+
+/// The external broker `HERALD_TEST_BOOTSTRAP` names, or a Herald broker started in this
+/// process on a free port over a temporary directory.
 pub(crate) async fn start_broker() -> TestBroker {
+    if let Some(bootstrap) = herald_testkit::external_bootstrap() {
+        return TestBroker {
+            broker: None,
+            bootstrap,
+            names: unique_names(),
+            _dir: None,
+        };
+    }
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(BrokerConfig {
         data_dir: dir.path().to_path_buf(),
@@ -40,8 +75,9 @@ pub(crate) async fn start_broker() -> TestBroker {
     .unwrap();
     TestBroker {
         bootstrap: broker.kafka_addr().to_string(),
-        broker,
-        _dir: dir,
+        broker: Some(broker),
+        names: unique_names(),
+        _dir: Some(dir),
     }
 }
 
@@ -53,9 +89,9 @@ pub(crate) struct HttpService {
     _stdout: BufReader<ChildStdout>,
 }
 
-pub(crate) async fn start_notification_service(bootstrap: &str, extra: &[&str]) -> HttpService {
+pub(crate) async fn start_notification_service(broker: &TestBroker, extra: &[&str]) -> HttpService {
     let mut command = Command::new(env!("CARGO_BIN_EXE_notification-service"));
-    command.args(["--bootstrap", bootstrap]).args(extra);
+    command.args(broker.service_args()).args(extra);
     start_http_service(command).await
 }
 
@@ -94,9 +130,10 @@ pub(crate) async fn start_http_service(mut command: Command) -> HttpService {
     }
 }
 
-pub(crate) fn start_sms_service(bootstrap: &str, log: &Path, extra: &[&str]) -> Child {
+pub(crate) fn start_sms_service(broker: &TestBroker, log: &Path, extra: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_sms-service"))
-        .args(["--bootstrap", bootstrap, "--provider-log"])
+        .args(broker.service_args())
+        .arg("--provider-log")
         .arg(log)
         .args(["--session-timeout-ms", SESSION_TIMEOUT_MS])
         .args(extra)
@@ -177,8 +214,8 @@ async fn a_crashed_sms_service_loses_nothing_and_sends_nothing_twice() {
     let broker = start_broker().await;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("provider.log");
-    let mut web = start_notification_service(&broker.bootstrap, &[]).await;
-    let mut sms = start_sms_service(&broker.bootstrap, &log, &[]);
+    let mut web = start_notification_service(&broker, &[]).await;
+    let mut sms = start_sms_service(&broker, &log, &[]);
 
     // The group is up and working before the crash.
     let mut ids = vec![post(web.addr, "+4410000", "before the crash").await];
@@ -198,7 +235,7 @@ async fn a_crashed_sms_service_loses_nothing_and_sends_nothing_twice() {
     assert_eq!(provider_log(&log).len(), 1);
 
     // The restarted service resumes where the group left off.
-    let mut sms = start_sms_service(&broker.bootstrap, &log, &[]);
+    let mut sms = start_sms_service(&broker, &log, &[]);
     for id in &ids {
         let body = wait_status(web.addr, id, "sent").await;
         assert!(body["to"].as_str().unwrap().starts_with("+44100"), "{body}");
@@ -215,7 +252,7 @@ async fn a_crashed_sms_service_loses_nothing_and_sends_nothing_twice() {
 
     // A restarted notification service rebuilds every status from the topics.
     assert!(terminate(&mut web.child).await.success());
-    let mut web = start_notification_service(&broker.bootstrap, &[]).await;
+    let mut web = start_notification_service(&broker, &[]).await;
     for id in &ids {
         wait_status(web.addr, id, "sent").await;
     }
@@ -225,7 +262,7 @@ async fn a_crashed_sms_service_loses_nothing_and_sends_nothing_twice() {
     assert!(terminate(&mut web.child).await.success());
     assert!(terminate(&mut sms).await.success());
     assert_eq!(provider_log(&log).len(), ids.len());
-    broker.broker.shutdown().await.unwrap();
+    broker.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,9 +270,9 @@ async fn what_the_provider_never_takes_is_failed_and_dead_lettered() {
     let broker = start_broker().await;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("provider.log");
-    let mut web = start_notification_service(&broker.bootstrap, &[]).await;
+    let mut web = start_notification_service(&broker, &[]).await;
     let mut sms = start_sms_service(
-        &broker.bootstrap,
+        &broker,
         &log,
         &["--fail-rate", "1", "--attempts", "3", "--backoff-ms", "10"],
     );
@@ -262,8 +299,8 @@ async fn what_the_provider_never_takes_is_failed_and_dead_lettered() {
         .unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
     let reader = bus
-        .subscribe("sms.dlq")
-        .group("test-dlq-reader")
+        .subscribe(&broker.names.dlq_topic)
+        .group(&herald_testkit::unique_name("test-dlq-reader"))
         .handle(move |event: Event| {
             let tx = tx.clone();
             async move {
@@ -280,7 +317,10 @@ async fn what_the_provider_never_takes_is_failed_and_dead_lettered() {
             .expect("dead letters did not arrive in time")
             .unwrap();
         assert_eq!(event.header_str(HEADER_DLQ_ATTEMPTS), Some("3"));
-        assert_eq!(event.header_str(HEADER_DLQ_GROUP), Some("sms-service"));
+        assert_eq!(
+            event.header_str(HEADER_DLQ_GROUP),
+            Some(broker.names.sms_group.as_str())
+        );
         dead.push(event.id.to_string());
     }
     dead.sort();
@@ -292,16 +332,20 @@ async fn what_the_provider_never_takes_is_failed_and_dead_lettered() {
 
     assert!(terminate(&mut web.child).await.success());
     assert!(terminate(&mut sms).await.success());
-    broker.broker.shutdown().await.unwrap();
+    broker.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_the_broker_does_not_store_gets_503() {
+    if herald_testkit::skip_on_external(
+        "a_request_the_broker_does_not_store_gets_503",
+        "stops the broker while the notification service runs",
+    ) {
+        return;
+    }
     let broker = start_broker().await;
-    let web =
-        start_notification_service(&broker.bootstrap, &["--publish-timeout-ms", "1000"]).await;
-    broker.broker.shutdown().await.unwrap();
-    drop(broker);
+    let web = start_notification_service(&broker, &["--publish-timeout-ms", "1000"]).await;
+    broker.shutdown().await;
 
     let (status, body) = http(
         web.addr,

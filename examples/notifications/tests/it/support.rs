@@ -1,10 +1,11 @@
-//! Helpers shared by the notifications tests: waiting with a bounded patience, and reading the
-//! stand-in provider's log.
+//! Helpers shared by the notifications tests: waiting with a bounded patience, reading the
+//! stand-in provider's log, and topic and group names unique to a test.
 
 use std::future::Future;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use notifications::messages::Names;
 use notifications::provider::SentSms;
 
 /// How long a test waits for something that should happen promptly; generous because the
@@ -38,5 +39,25 @@ pub fn provider_log(path: &Path) -> Vec<SentSms> {
             .collect(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => panic!("reading {}: {e}", path.display()),
+    }
+}
+
+/// The example's topic and group names, each with one suffix unique to this call, so tests
+/// sharing a broker (an external one, or later runs) never read or join each other's.
+pub fn unique_names() -> Names {
+    let suffix = herald_testkit::unique_suffix();
+    let Names {
+        sms_topic,
+        results_topic,
+        dlq_topic,
+        sms_group,
+        usage_group,
+    } = Names::default();
+    Names {
+        sms_topic: format!("{sms_topic}-{suffix}"),
+        results_topic: format!("{results_topic}-{suffix}"),
+        dlq_topic: format!("{dlq_topic}-{suffix}"),
+        sms_group: format!("{sms_group}-{suffix}"),
+        usage_group: format!("{usage_group}-{suffix}"),
     }
 }

@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{TestBroker, run_suffix};
+use crate::support::TestBroker;
 
 pub const HERALD: &str = env!("CARGO_BIN_EXE_herald");
 
@@ -17,10 +17,8 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 /// external broker.
 pub struct Broker {
     // Declared before the directory so the process is killed before its data is removed.
-    _process: TestBroker,
+    process: TestBroker,
     pub bootstrap: String,
-    /// Appended to topic and group names on an external broker (see [`Broker::name`]).
-    suffix: Option<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -30,31 +28,19 @@ impl Broker {
         let process = TestBroker::start(&dir.path().join("data"));
         Broker {
             bootstrap: process.bootstrap(),
-            suffix: process.is_external().then(run_suffix),
-            _process: process,
+            process,
             _dir: dir,
         }
     }
 
-    /// The name topic or group `base` has in this test: `base` itself on a broker of its own,
-    /// `base` with a suffix unique to this test on a shared external broker.
+    /// The name topic or group `base` has in this test (see [`TestBroker::name`]).
     pub fn name(&self, base: &str) -> String {
-        match &self.suffix {
-            Some(suffix) => format!("{base}-{suffix}"),
-            None => base.to_string(),
-        }
+        self.process.name(base)
     }
 
-    /// Of `topics` listed by the broker, those this test made: all of them on a broker of its
-    /// own, only the suffixed ones on a shared external broker.
+    /// Of `topics` listed by the broker, those this test made (see [`TestBroker::own`]).
     pub fn own<T>(&self, topics: Vec<(String, T)>) -> Vec<(String, T)> {
-        match &self.suffix {
-            Some(suffix) => topics
-                .into_iter()
-                .filter(|(name, _)| name.ends_with(suffix.as_str()))
-                .collect(),
-            None => topics,
-        }
+        self.process.own(topics)
     }
 
     /// Runs `herald --bootstrap ADDR args...` and returns what it did.
