@@ -43,6 +43,5 @@ pub use files::{
 pub use log::{
     AbortMarker, AppendInfo, CHECKPOINT_LAG_BYTES_MAX, CleanBounds, CleanOutcome, Cleanable,
     DEFAULT_DEDUPE_BUFFER_BYTES, FileRange, KEY_MAP_ENTRY_BYTES, LogStats, MaintainOutcome,
-    Offsets, PartitionLog, READ_BYTES_MAX, RangedBatches, RangedReadOutcome, ReadOutcome,
-    Throttle,
+    Offsets, PartitionLog, READ_BYTES_MAX, RangedBatches, RangedReadOutcome, ReadOutcome, Throttle,
 };

@@ -733,22 +733,23 @@ impl Coordinator {
 
     /// The offsets of a committed transaction (TxnOffsetCommit, applied at EndTxn): written
     /// like any commit, without the member checks, which a transaction's offsets skip (the
-    /// transaction coordinator fenced older producers instead). Returns once they are durable.
+    /// transaction coordinator fenced older producers instead). Each offset is (group, topic,
+    /// partition, offset, leader epoch, metadata). Returns once they are durable.
     pub async fn commit_transactional(
         &self,
-        offsets: Vec<(String, String, i32, i64, String)>,
+        offsets: Vec<(String, String, i32, i64, i32, String)>,
     ) -> Result<(), GroupError> {
         let now = self.shared.clock.now_ms();
         let records = offsets
             .into_iter()
             .map(
-                |(group, topic, partition, offset, metadata)| OffsetRecord::Commit {
+                |(group, topic, partition, offset, leader_epoch, metadata)| OffsetRecord::Commit {
                     group,
                     topic,
                     partition,
                     value: CommittedOffset {
                         offset,
-                        leader_epoch: -1,
+                        leader_epoch,
                         metadata,
                         commit_timestamp_ms: now,
                     },

@@ -92,7 +92,15 @@ pub(crate) struct TxnOffset {
     pub(crate) topic: String,
     pub(crate) partition: i32,
     pub(crate) offset: i64,
+    /// The leader epoch the consumer saw at `offset` (KIP-320), -1 when unknown; files written
+    /// before it was kept have none.
+    #[serde(default = "no_leader_epoch")]
+    pub(crate) leader_epoch: i32,
     pub(crate) metadata: String,
+}
+
+fn no_leader_epoch() -> i32 {
+    -1
 }
 
 /// A transactional id and its current transaction.

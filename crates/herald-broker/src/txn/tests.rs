@@ -111,6 +111,7 @@ fn state_survives_reopen_and_a_decided_transaction_is_finished_after_it() {
             topic: "t".into(),
             partition: 0,
             offset: 5,
+            leader_epoch: 2,
             metadata: String::new(),
         }],
     )
@@ -124,6 +125,8 @@ fn state_survives_reopen_and_a_decided_transaction_is_finished_after_it() {
     assert_eq!(due.len(), 1);
     assert!(due[0].commit);
     assert_eq!(due[0].offsets.len(), 1);
+    // The consumer's leader epoch is kept with the offset (KIP-320: OffsetFetch returns it).
+    assert_eq!(due[0].offsets[0].leader_epoch, 2);
     txns.finish(&f.topics, "app", true).unwrap();
     assert_eq!(
         txns.describe("app").unwrap().state,

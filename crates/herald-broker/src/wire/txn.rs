@@ -192,6 +192,7 @@ pub(crate) fn offset_commit(
                 topic: topic.name.as_str().to_string(),
                 partition: partition.partition_index,
                 offset: partition.committed_offset,
+                leader_epoch: partition.committed_leader_epoch,
                 metadata: partition
                     .committed_metadata
                     .as_ref()
@@ -308,6 +309,7 @@ pub(crate) async fn complete(
                             o.topic.clone(),
                             o.partition,
                             o.offset,
+                            o.leader_epoch,
                             o.metadata.clone(),
                         )
                     })
