@@ -10,11 +10,10 @@ use herald_broker::{Broker, BrokerConfig};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
+use rdkafka::Message;
 use rdkafka::admin::{AlterConfig, NewTopic, ResourceSpecifier, TopicReplication};
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::support::{self, PATIENCE, RawClient};
 
@@ -42,18 +41,8 @@ fn value(round: usize, key: usize) -> String {
 
 /// Every (key, value) a consumer with `isolation` reads from the start to the end.
 fn consume_all(bootstrap: &str, isolation: &str) -> Vec<(String, String)> {
-    let consumer: BaseConsumer = support::client_config(bootstrap)
-        .set("group.id", format!("check-{isolation}"))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("isolation.level", isolation)
-        .create()
-        .unwrap();
-    let mut assignment = TopicPartitionList::new();
-    assignment
-        .add_partition_offset(TOPIC, 0, Offset::Beginning)
-        .unwrap();
-    consumer.assign(&assignment).unwrap();
+    let consumer =
+        support::reader_from_start(bootstrap, TOPIC, &format!("check-{isolation}"), isolation);
     let deadline = Instant::now() + PATIENCE;
     let mut out = Vec::new();
     loop {

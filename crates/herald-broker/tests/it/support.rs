@@ -70,6 +70,31 @@ pub fn client_config(bootstrap: &str) -> ClientConfig {
     config
 }
 
+/// A consumer of `group` reading partition 0 of `topic` from its start with `isolation`
+/// (`read_committed` or `read_uncommitted`), assigned rather than subscribed, reporting the
+/// partition's end.
+pub fn reader_from_start(
+    bootstrap: &str,
+    topic: &str,
+    group: &str,
+    isolation: &str,
+) -> rdkafka::consumer::BaseConsumer {
+    use rdkafka::consumer::Consumer;
+    let consumer: rdkafka::consumer::BaseConsumer = client_config(bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", isolation)
+        .create()
+        .unwrap();
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    assignment
+        .add_partition_offset(topic, 0, rdkafka::Offset::Beginning)
+        .unwrap();
+    consumer.assign(&assignment).unwrap();
+    consumer
+}
+
 pub fn admin(bootstrap: &str) -> AdminClient<DefaultClientContext> {
     client_config(bootstrap).create().unwrap()
 }

@@ -39,18 +39,7 @@ fn send(producer: &ThreadedProducer<DefaultProducerContext>, topic: &str, values
 
 /// Every value on partition 0 a consumer with `isolation` sees, up to the end it may read.
 fn read_to_end(bootstrap: &str, topic: &str, isolation: &str) -> Vec<String> {
-    let consumer: BaseConsumer = support::client_config(bootstrap)
-        .set("group.id", "reader")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("isolation.level", isolation)
-        .create()
-        .unwrap();
-    let mut assignment = TopicPartitionList::new();
-    assignment
-        .add_partition_offset(topic, 0, Offset::Beginning)
-        .unwrap();
-    consumer.assign(&assignment).unwrap();
+    let consumer = support::reader_from_start(bootstrap, topic, "reader", isolation);
     let deadline = std::time::Instant::now() + PATIENCE;
     let mut values = Vec::new();
     loop {
