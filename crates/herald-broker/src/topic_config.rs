@@ -274,7 +274,9 @@ pub(crate) const SPECS: &[Spec] = &[
     Spec {
         name: "preallocate",
         kind: Kind::Boolean,
-        effect: Effect::None("segments grow as they are written"),
+        effect: Effect::None(
+            "the active segment always reserves space ahead of its writes (up to 8 MiB, cheaper fsyncs), cut off when it closes",
+        ),
         default: Default::Fixed("false"),
     },
     Spec {

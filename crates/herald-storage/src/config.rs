@@ -137,7 +137,16 @@ pub struct LogConfig {
     /// Recompress batches into this codec before storing them; `None` stores them as the
     /// producer compressed them.
     pub compression: Option<Compression>,
+    /// The active segment's blocks are reserved up to this far ahead of its end (as far as
+    /// the segment already holds, at least 64 KiB, never past `segment_bytes`), so most
+    /// appends allocate nothing and change no length and their fsync writes data only (about
+    /// a third less time per fsync on ext4); 0 = grow with each write. The reserve is cut off
+    /// when the segment closes and by recovery.
+    pub preallocate_bytes: u64,
 }
+
+/// The default [`LogConfig::preallocate_bytes`]: one `fallocate` per 8 MiB appended.
+pub const PREALLOCATE_BYTES_DEFAULT: u64 = 8 << 20;
 
 /// Kafka's default `max.message.bytes`.
 pub const DEFAULT_BATCH_BYTES_MAX: u32 = 1_048_588;
@@ -171,6 +180,7 @@ impl Default for LogConfig {
             timestamp_before_max_ms: None,
             timestamp_after_max_ms: None,
             compression: None,
+            preallocate_bytes: PREALLOCATE_BYTES_DEFAULT,
         }
     }
 }
@@ -186,7 +196,13 @@ impl LogConfig {
                 max: SEGMENT_BYTES_MAX,
             });
         }
-        let ranges: [(&'static str, u64, u64, u64); 8] = [
+        let ranges: [(&'static str, u64, u64, u64); 9] = [
+            (
+                "preallocate_bytes",
+                self.preallocate_bytes,
+                0,
+                SEGMENT_BYTES_MAX,
+            ),
             (
                 "min_cleanable_dirty_ratio_ppm",
                 u64::from(self.min_cleanable_dirty_ratio_ppm),

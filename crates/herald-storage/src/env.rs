@@ -27,6 +27,13 @@ pub trait StorageFile: Send + Sync + fmt::Debug {
     }
     /// Truncates or extends to `len` bytes.
     fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Reserves the blocks of `from..to` and makes the file at least `to` bytes long (the new
+    /// bytes read as zeros), so that writes below `to` allocate nothing and leave the length
+    /// alone: their fdatasync then writes the data and no allocation metadata.
+    /// `Ok(false)` when the file system cannot (the file is unchanged).
+    fn preallocate(&self, _from: u64, _to: u64) -> io::Result<bool> {
+        Ok(false)
+    }
     /// Makes every byte written so far durable (fdatasync).
     fn sync_data(&self) -> io::Result<()>;
     /// When the file's content last changed, in milliseconds since the epoch, if known.
@@ -199,6 +206,30 @@ impl StorageFile for OsFile {
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.0.set_len(len)
     }
+    fn preallocate(&self, from: u64, to: u64) -> io::Result<bool> {
+        use std::os::fd::AsRawFd;
+        let (Ok(offset), Ok(len)) = (
+            libc::off_t::try_from(from),
+            libc::off_t::try_from(to.saturating_sub(from)),
+        ) else {
+            return Ok(false);
+        };
+        if len == 0 {
+            return Ok(true);
+        }
+        // Mode 0: allocate and extend the length (KEEP_SIZE would leave every append changing
+        // the length, which is the metadata this avoids).
+        // SAFETY: fallocate only reads its integer arguments; the descriptor is ours and open.
+        let result = unsafe { libc::fallocate(self.0.as_raw_fd(), 0, offset, len) };
+        if result == 0 {
+            return Ok(true);
+        }
+        let error = io::Error::last_os_error();
+        match error.raw_os_error() {
+            Some(libc::EOPNOTSUPP | libc::ENOSYS) => Ok(false),
+            _ => Err(error),
+        }
+    }
     fn sync_data(&self) -> io::Result<()> {
         self.0.sync_data()
     }
@@ -325,6 +356,15 @@ impl StorageFile for SimFile {
         data.modified_ms = Some(self.clock.now_ms());
         Ok(())
     }
+    fn preallocate(&self, _from: u64, to: u64) -> io::Result<bool> {
+        // Like a real file system: zeros up to `to`, durable only once synced.
+        take_op(&self.ops_left)?;
+        let mut data = self.data.lock();
+        if (data.current.len() as u64) < to {
+            data.current.resize(to as usize, 0);
+        }
+        Ok(true)
+    }
     fn modified_ms(&self) -> io::Result<Option<i64>> {
         Ok(self.data.lock().modified_ms)
     }
@@ -411,6 +451,9 @@ impl StorageFile for SimHandle {
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.file.set_len(len)
+    }
+    fn preallocate(&self, from: u64, to: u64) -> io::Result<bool> {
+        self.file.preallocate(from, to)
     }
     fn sync_data(&self) -> io::Result<()> {
         self.file.sync_data()

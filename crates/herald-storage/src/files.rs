@@ -62,6 +62,10 @@ impl StorageFile for CachedFile {
         self.dirty.store(true, Ordering::SeqCst);
         self.inner.set_len(len)
     }
+    fn preallocate(&self, from: u64, to: u64) -> io::Result<bool> {
+        self.dirty.store(true, Ordering::SeqCst);
+        self.inner.preallocate(from, to)
+    }
     fn sync_data(&self) -> io::Result<()> {
         // Cleared before the fsync: a write racing with it sets the flag again.
         self.dirty.store(false, Ordering::SeqCst);

@@ -27,7 +27,7 @@ pub use batch::{
 };
 pub use config::{
     BATCH_BYTES_MAX, CleanupPolicy, Compression, DEFAULT_BATCH_BYTES_MAX, FlushPolicy, LogConfig,
-    SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, TimestampType,
+    PREALLOCATE_BYTES_DEFAULT, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, TimestampType,
 };
 pub use env::{
     Clock, DirLock, Env, FileSystem, LOCK_FILE, ManualClock, OsFileSystem, SimFs, StorageFile,

@@ -251,17 +251,21 @@ pub(crate) fn produce(core: &Arc<Core>, request: ProduceRequest, version: i16) -
     if durable.is_empty() {
         return Reply::Ready(Box::new(ResponseKind::Produce(response)));
     }
-    Reply::Later(Box::pin(wait_durable(response, durable)))
+    let waits: Vec<_> = durable
+        .iter()
+        .map(|wait| group_commit::durable(&wait.partition, wait.end_offset))
+        .collect();
+    Reply::Later(Box::pin(wait_durable(response, durable, waits)))
 }
 
 /// Waits for every appended partition to be fsynced (group commit, one flusher per
 /// partition); a partition whose fsync fails is answered with a storage error instead of its
 /// offset.
-async fn wait_durable(mut response: ProduceResponse, durable: Vec<Durable>) -> ResponseKind {
-    let waits: Vec<_> = durable
-        .iter()
-        .map(|wait| group_commit::durable(&wait.partition, wait.end_offset))
-        .collect();
+async fn wait_durable(
+    mut response: ProduceResponse,
+    durable: Vec<Durable>,
+    waits: Vec<tokio::sync::oneshot::Receiver<bool>>,
+) -> ResponseKind {
     for (wait, synced) in durable.iter().zip(waits) {
         // A dropped sender means the flusher died: nothing is known to be durable.
         if synced.await.unwrap_or(false) {

@@ -1139,6 +1139,7 @@ impl PartitionLog {
                         active: None,
                         offset_entries: c.offset_entries,
                         time_entries: c.time_entries,
+                        allocated: c.size,
                     }],
                 );
             }

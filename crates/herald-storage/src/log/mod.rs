@@ -138,6 +138,9 @@ struct Segment {
     /// Entries in the index files of a closed segment.
     offset_entries: u64,
     time_entries: u64,
+    /// The log file's length when it is more than `size` (space preallocated past the end,
+    /// reading as zeros; cut off when the segment closes), else `size` or less.
+    allocated: u64,
 }
 
 impl Segment {
@@ -569,6 +572,7 @@ impl PartitionLog {
                 let seg = st.segments.last_mut().ok_or(AppendError::Poisoned)?;
                 // Failing to get the file (no descriptor left) wrote nothing: no poisoning.
                 let file = self.file(seg.base, FileKind::Log)?;
+                preallocate(&st.config, seg, buf.len() as u64, file.as_ref());
                 if let Err(e) = file.write_all_at(&buf, seg.size) {
                     self.poison("segment write", &e);
                     return Err(AppendError::Io(e));
@@ -1264,10 +1268,19 @@ impl PartitionLog {
         if self.is_retired() {
             return Ok(());
         }
+        // Space reserved past the end goes with a clean close (the checkpoint's fsync makes the
+        // length durable), so a clean reopen finds the file as it left it and writes nothing.
+        let mut cut = false;
+        if let Some(seg) = st.segments.last_mut().filter(|s| s.allocated > s.size) {
+            let file = self.file(seg.base, FileKind::Log).map_err(FlushError::Io)?;
+            file.set_len(seg.size).map_err(FlushError::Io)?;
+            seg.allocated = seg.size;
+            cut = true;
+        }
         let behind = st.segments.last().is_some_and(|s| {
             st.last_checkpoint.segment_base != s.base || st.last_checkpoint.position != s.size
         });
-        if behind {
+        if behind || cut {
             if let Err(e) = self.checkpoint_locked(&mut st) {
                 self.poison_checkpoint(&e);
                 return Err(FlushError::Io(e));
@@ -1413,6 +1426,11 @@ fn check_keys(batches: &[u8], headers: &[BatchHeader]) -> Result<(), AppendError
 
 /// Turns the active segment into a closed one: final time entry, indexes written, all fsynced.
 fn close_segment(seg: &mut Segment, files: &SegFiles) -> std::io::Result<()> {
+    if seg.allocated > seg.size {
+        // A closed segment's length is its data: recovery trusts it without reading.
+        files.log.set_len(seg.size)?;
+        seg.allocated = seg.size;
+    }
     if let Some(mut idx) = seg.active.take() {
         if seg.size > 0 {
             let last_rel = (seg.next_offset - 1 - seg.base) as u32;
@@ -1459,5 +1477,35 @@ fn create_segment(
         }),
         offset_entries: 0,
         time_entries: 0,
+        allocated: 0,
     })
+}
+
+/// The least a reserve grows by: a partition that is written rarely holds this much, not
+/// `preallocate_bytes`, so many idle partitions do not fill a disk with reserved blocks.
+const PREALLOCATE_STEP_MIN_BYTES: u64 = 64 << 10;
+
+/// Reserves the active segment's space ahead of an append of `bytes` that would pass what is
+/// reserved: as far ahead as the segment already holds, from `PREALLOCATE_STEP_MIN_BYTES` up
+/// to `config.preallocate_bytes`, so the reserve follows the partition's write rate. A file
+/// system that cannot, or an error (no space: the write reports it), leaves the segment
+/// growing with its writes until it closes; nothing was written, so nothing is lost either way.
+fn preallocate(config: &LogConfig, seg: &mut Segment, bytes: u64, file: &dyn StorageFile) {
+    let end = seg.size + bytes;
+    if config.preallocate_bytes == 0 || end <= seg.allocated {
+        return;
+    }
+    let ahead = seg
+        .size
+        .max(PREALLOCATE_STEP_MIN_BYTES)
+        .min(config.preallocate_bytes);
+    let to = end.saturating_add(ahead).min(config.segment_bytes.max(end));
+    seg.allocated = match file.preallocate(seg.allocated.max(seg.size), to) {
+        Ok(true) => to,
+        Ok(false) => u64::MAX,
+        Err(error) => {
+            tracing::debug!(base = seg.base, %error, "preallocating segment space failed");
+            u64::MAX
+        }
+    };
 }

@@ -284,6 +284,7 @@ fn trust_closed(
         active: None,
         offset_entries: idx_len / OFFSET_ENTRY_BYTES,
         time_entries: time_len / TIME_ENTRY_BYTES,
+        allocated: file_len,
     }))
 }
 
@@ -359,8 +360,18 @@ fn recover_tail(
         pos += h.total_bytes as u64;
         offset = next;
     }
+    // The age of the data, taken before a cut below changes the file.
+    let touched_ms = modified_or(files.log.as_ref(), scan.now);
     if pos < file_len {
-        tracing::warn!(dir = %dir.display(), base, valid_bytes = pos, file_bytes = file_len, "truncating torn or corrupt segment tail");
+        // Zeros where the next batch header would start are the space reserved ahead of the
+        // writes (`LogConfig::preallocate_bytes`), left by every stop: expected, not damage.
+        let mut head = [0u8; 12];
+        let zeros = read_exact_at(files.log.as_ref(), &mut head, pos).is_ok() && head == [0u8; 12];
+        if zeros {
+            tracing::debug!(dir = %dir.display(), base, valid_bytes = pos, file_bytes = file_len, "cutting preallocated segment space");
+        } else {
+            tracing::warn!(dir = %dir.display(), base, valid_bytes = pos, file_bytes = file_len, "truncating torn or corrupt segment tail");
+        }
         files.log.set_len(pos).map_err(io_err(&lp))?;
         scan.changed = true;
     } else if pos > start_pos {
@@ -377,7 +388,6 @@ fn recover_tail(
             .map(|h| h.max_timestamp_known())
     };
     let roll_base_ms = (pos > 0).then(|| first_ts.filter(|t| *t >= 0).unwrap_or(scan.now));
-    let touched_ms = modified_or(files.log.as_ref(), scan.now);
     Ok(Segment {
         base,
         size: pos,
@@ -388,6 +398,7 @@ fn recover_tail(
         active: Some(idx),
         offset_entries: 0,
         time_entries: 0,
+        allocated: pos,
     })
 }
 

@@ -109,19 +109,30 @@ fn log_with_unsynced_tail(checkpoint_at_end: bool) -> (SimFs, Vec<(u64, Vec<u8>)
     (fs, appended, durable, seg)
 }
 
+/// The segment's bytes (with the zeros preallocated past its end), where the fsynced part ends,
+/// and where the last batch, never fsynced, ends.
+fn unsynced_tail(fs: &SimFs, seg: &Path, appended: &[(u64, Vec<u8>)]) -> (Vec<u8>, usize, usize) {
+    let full = fs.contents(seg).unwrap();
+    let synced = fs.durable_len(seg).unwrap() as usize;
+    let end = synced + appended.last().unwrap().1.len();
+    assert!(full.len() > end, "space is reserved past the last batch");
+    assert!(full[end..].iter().all(|b| *b == 0));
+    (full, synced, end)
+}
+
 #[test]
 fn a_torn_last_write_is_cut_at_every_byte_and_recovery_truncates_it() {
     for checkpoint_at_end in [false, true] {
         let (fs, appended, durable, seg) = log_with_unsynced_tail(checkpoint_at_end);
-        let full = fs.contents(&seg).unwrap();
-        let synced = fs.durable_len(&seg).unwrap() as usize;
-        assert!(synced < full.len());
-        for cut in synced..=full.len() {
+        let (full, synced, end) = unsynced_tail(&fs, &seg, &appended);
+        assert!(synced < end);
+        // Every cut of the last batch, then the whole file with the space reserved past it.
+        for cut in (synced..=end).chain([full.len()]) {
             let image = fs.process_crash_image();
             image.write_file(&seg, &full[..cut]);
             let log = PartitionLog::open_with(dir(), small(1 << 20), image.env()).unwrap();
             let hw = log.offsets().high_watermark;
-            if cut == full.len() {
+            if cut >= end {
                 assert_eq!(hw, durable + 3, "complete batch lost at cut {cut}");
             } else {
                 assert_eq!(hw, durable, "partial batch kept at cut {cut}");
@@ -135,9 +146,8 @@ fn a_torn_last_write_is_cut_at_every_byte_and_recovery_truncates_it() {
 fn flipped_bits_in_the_tail_drop_the_damaged_batch_and_nothing_before_it() {
     for checkpoint_at_end in [false, true] {
         let (fs, appended, durable, seg) = log_with_unsynced_tail(checkpoint_at_end);
-        let full = fs.contents(&seg).unwrap();
-        let synced = fs.durable_len(&seg).unwrap() as usize;
-        for byte in synced..full.len() {
+        let (full, synced, end) = unsynced_tail(&fs, &seg, &appended);
+        for byte in synced..end {
             for bit in [0, 3, 7] {
                 let mut damaged = full.clone();
                 damaged[byte] ^= 1 << bit;
@@ -268,4 +278,101 @@ fn reopening_after_a_clean_close_reads_none_of_the_data() {
     let log = PartitionLog::open_with(dir(), small(4096), image.env()).unwrap();
     assert!(image.bytes_read() - before < 16 * 1024);
     assert_eq!(log.offsets().high_watermark, 16_080);
+}
+
+/// A config whose active segment reserves `preallocate_bytes` ahead of its end.
+fn reserving(segment_bytes: u64, preallocate_bytes: u64) -> LogConfig {
+    LogConfig {
+        preallocate_bytes,
+        ..small(segment_bytes)
+    }
+}
+
+#[test]
+fn space_is_reserved_ahead_of_the_active_segment_and_cut_when_it_closes() {
+    let fs = SimFs::default();
+    let config = reserving(16 << 10, 4 << 10);
+    let log = PartitionLog::open_with(dir(), config.clone(), fs.env()).unwrap();
+    let mut appended = Vec::new();
+    let mut data_bytes = 0;
+    while segment_files(&fs).len() < 2 {
+        let b = batch(appended.len() as u64, 3, 10);
+        let info = log.append(&b).unwrap();
+        appended.push((info.base_offset, stored(&b, info.base_offset)));
+        data_bytes += b.len();
+        if segment_files(&fs).len() == 1 {
+            let len = fs.contents(&segment_files(&fs)[0]).unwrap().len();
+            assert!(
+                len > data_bytes,
+                "nothing reserved: {len} bytes for {data_bytes}"
+            );
+            assert!(
+                len as u64 <= config.segment_bytes,
+                "reserved past segment_bytes"
+            );
+        }
+    }
+    // The closed segment holds its batches and nothing after them.
+    let closed = split(&fs.contents(&segment_files(&fs)[0]).unwrap());
+    assert_eq!(closed, appended[..closed.len()]);
+    let last = appended.last().unwrap().1.len();
+    let active = fs.contents(&segment_files(&fs)[1]).unwrap();
+    assert!(active.len() > last && active[last..].iter().all(|b| *b == 0));
+    // A clean close cuts the reserve; the reopened log reads everything and writes on.
+    log.close().unwrap();
+    assert_eq!(fs.contents(&segment_files(&fs)[1]).unwrap().len(), last);
+    let log = PartitionLog::open_with(dir(), config, fs.env()).unwrap();
+    let b = batch(99, 2, 10);
+    let info = log.append(&b).unwrap();
+    appended.push((info.base_offset, stored(&b, info.base_offset)));
+    check_recovered(&log, &appended, info.last_offset + 1);
+}
+
+#[test]
+fn a_crash_leaving_reserved_space_recovers_the_durable_batches_and_appends_after_them() {
+    let fs = SimFs::default();
+    let config = reserving(1 << 20, 64 << 10);
+    let log = PartitionLog::open_with(dir(), config.clone(), fs.env()).unwrap();
+    let mut appended = Vec::new();
+    for i in 0..5u64 {
+        let b = batch(i, 2, 10);
+        let info = log.append(&b).unwrap();
+        appended.push((info.base_offset, stored(&b, info.base_offset)));
+    }
+    let durable = log.offsets().high_watermark;
+    log.sync_to(durable).unwrap();
+    let image = fs.crash_image();
+    std::mem::forget(log);
+    let seg = segment_files(&image).pop().unwrap();
+    let data: usize = appended.iter().map(|(_, b)| b.len()).sum();
+    assert!(
+        image.contents(&seg).unwrap().len() > data,
+        "the reserve is durable"
+    );
+
+    let log = PartitionLog::open_with(dir(), config.clone(), image.env()).unwrap();
+    assert_eq!(
+        image.contents(&seg).unwrap().len(),
+        data,
+        "recovery cut the zeros"
+    );
+    assert_eq!(read_all(&log), appended);
+    // Appends go right after the recovered batches, across another crash.
+    let b = batch(7, 3, 10);
+    let info = log.append(&b).unwrap();
+    appended.push((info.base_offset, stored(&b, info.base_offset)));
+    log.sync_to(info.last_offset + 1).unwrap();
+    let image = image.crash_image();
+    std::mem::forget(log);
+    let log = PartitionLog::open_with(dir(), config, image.env()).unwrap();
+    check_recovered(&log, &appended, info.last_offset + 1);
+}
+
+#[test]
+fn without_a_reserve_the_active_segment_grows_with_its_writes() {
+    let fs = SimFs::default();
+    let log = PartitionLog::open_with(dir(), reserving(1 << 20, 0), fs.env()).unwrap();
+    let b = batch(0, 2, 10);
+    log.append(&b).unwrap();
+    assert_eq!(fs.contents(&segment_files(&fs)[0]).unwrap().len(), b.len());
 }
