@@ -57,11 +57,12 @@ fn flush_rounds(partition: &Partition) {
         let started = std::time::Instant::now();
         let result = partition.log.sync_to(target);
         crate::metrics::observe_fsync(started.elapsed());
-        let synced = match result {
-            Ok(()) => true,
+        let (synced, covered) = match result {
+            // The fsync covered the log as it stood when it began, often past `target`.
+            Ok(()) => (true, partition.log.offsets().durable_end.max(target)),
             Err(error) => {
                 warn!(partition = partition.index, %error, "fsync failed; answering waiting producers with a storage error");
-                false
+                (false, target)
             }
         };
         // What the fsync covered may now be read: consumers see nothing a crash could take back.
@@ -69,7 +70,7 @@ fn flush_rounds(partition: &Partition) {
         let mut state = partition.group_commit.state.lock();
         let waiters = std::mem::take(&mut state.waiters);
         for (end, tx) in waiters {
-            if !synced || end <= target {
+            if !synced || end <= covered {
                 // A producer that went away no longer needs its answer.
                 let _ = tx.send(synced);
             } else {
